@@ -1,0 +1,461 @@
+"""The `newsletter` command (SPEC section 3). Every failure is one sentence and an exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import jobs
+from .config import Settings, ensure_secret_key, find_config_path, load_settings, read_secret_key
+from .errors import ConfigError, NewsletterError, NotFoundError
+from .models import DeliveryStatus, Issue, SubscriberStatus
+from .render import fill, greeting_for
+from .store import Store
+from .subscribers import check_name, import_csv, normalise_email, write_csv
+from .tokens import Tokens
+from .transport import Envelope, open_transport
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class App:
+    """What the commands share: the settings, loaded once, and the store, opened once."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = find_config_path(config_path)
+        self._settings: Settings | None = None
+        self._store: Store | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config_path)
+        return self._settings
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.settings.database_url)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+class _Group(click.Group):
+    """Turns every NewsletterError into one plain sentence and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NewsletterError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # a bug or an unforeseen system error: still one sentence
+            if os.environ.get("NEWSLETTER_DEBUG"):
+                raise
+            _fail(f"unexpected {type(exc).__name__}: {exc} (set NEWSLETTER_DEBUG=1 for the traceback)", 1)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"error: {message}", markup=False)
+    sys.exit(code)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+@click.group(cls=_Group)
+@click.option("--config", "config_path", metavar="PATH", help="config.toml (default: $NEWSLETTER_CONFIG, else ./config.toml)")
+@click.version_option(package_name="newsletter")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """A self-hosted daily digest newsletter."""
+    app = App(config_path)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+def _print_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _log(message: str) -> None:
+    err.print(f"{datetime.now().astimezone():%H:%M:%S} {message}", markup=False)
+
+
+# -- init ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@pass_app
+def init(app: App) -> None:
+    """Create or migrate the database; create the secret key file if missing."""
+    revision = app.store.migrate()
+    created = ensure_secret_key(app.settings)
+    out.print(f"database ready at revision {revision} ({_safe_url(app.settings.database_url)})", markup=False)
+    if created:
+        out.print(f"created the secret key file {app.settings.secret_key_path}", markup=False)
+
+
+def _safe_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}@{host}"
+    return url
+
+
+# -- subscribers --------------------------------------------------------------------------------
+
+
+@main.group()
+def subscribers() -> None:
+    """Add, import, export, list and remove subscribers."""
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--name", default=None, help="the subscriber's name")
+@pass_app
+def subscribers_add(app: App, email: str, name: str | None) -> None:
+    """Add an active subscriber (no confirmation mail)."""
+    address, clean_name = _checked(email, name)
+    sub, created = app.store.add_subscriber(address, clean_name, now=_now(), source="cli")
+    out.print(f"{'added' if created else 'already present'}: {sub.email} ({sub.status})", markup=False)
+
+
+def _checked(email: str, name: str | None) -> tuple[str, str | None]:
+    try:
+        return normalise_email(email), check_name(name)
+    except NewsletterError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@pass_app
+def subscribers_import(app: App, file: Path) -> None:
+    """Import a CSV file with an `email` column and an optional `name` column."""
+    report = import_csv(file, app.store, now=_now())
+    for line, reason in report.bad:
+        err.print(f"{file}:{line}: skipped: {reason}", markup=False)
+    out.print(
+        f"imported {report.added} new, {report.existing} already present, "
+        f"{report.duplicates} repeated in the file, {len(report.bad)} bad rows skipped",
+        markup=False,
+    )
+
+
+@subscribers.command("export")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@pass_app
+def subscribers_export(app: App, file: Path | None) -> None:
+    """Write every subscriber with status and dates as CSV (to FILE, or standard output)."""
+    if file is None:
+        write_csv(app.store.iter_subscribers(), sys.stdout)
+        return
+    with file.open("w", newline="", encoding="utf-8") as handle:
+        n = write_csv(app.store.iter_subscribers(), handle)
+    out.print(f"exported {n} subscribers to {file}", markup=False)
+
+
+@subscribers.command("list")
+@click.option("--status", type=click.Choice([s.value for s in SubscriberStatus]))
+@click.option("--json", "as_json", is_flag=True, help="one JSON document")
+@pass_app
+def subscribers_list(app: App, status: str | None, as_json: bool) -> None:
+    """List subscribers, optionally of one status."""
+    rows = app.store.iter_subscribers(status=status)
+    if as_json:
+        _print_json({"subscribers": [
+            {"email": s.email, "name": s.name, "status": s.status, "created_at": s.created_at,
+             "confirmed_at": s.confirmed_at, "unsubscribed_at": s.unsubscribed_at}
+            for s in rows
+        ]})
+        return
+    table = Table("email", "name", "status", "since")
+    for s in rows:
+        table.add_row(s.email, s.name or "", s.status, f"{s.created_at:%Y-%m-%d}")
+    out.print(table)
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@pass_app
+def subscribers_remove(app: App, email: str) -> None:
+    """Unsubscribe an address (the row is kept, for the record)."""
+    address, _ = _checked(email, None)
+    sub = app.store.get_subscriber(address)
+    if sub is None:
+        raise NotFoundError(f"no subscriber {address}")
+    changed = app.store.unsubscribe(sub.id, now=_now())
+    out.print(f"{'unsubscribed' if changed else 'already unsubscribed'}: {address}", markup=False)
+
+
+# -- gather, build, preview ---------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def gather(app: App, as_json: bool) -> None:
+    """Fetch every source and store new stories."""
+    report = _gather(app, quiet=as_json)
+    if as_json:
+        _print_json({"new_stories": report.new_stories, "sources": [
+            {"name": r.source.name, "url": r.source.url, "ok": r.ok, "error": r.error,
+             "stories": len(r.stories), "not_modified": r.not_modified}
+            for r in report.results
+        ]})
+    if report.results and len(report.failed) == len(report.results):
+        raise NewsletterError("no source could be read")
+
+
+def _gather(app: App, *, quiet: bool = False) -> jobs.GatherReport:
+    with _spinner(f"gathering {len(app.settings.sources)} sources", quiet=quiet):
+        report = jobs.gather(app.settings, app.store, now=_now())
+    for r in report.results:
+        if r.error:
+            err.print(f"source '{r.source.name}' ({r.source.url}) failed: {r.error}", markup=False)
+    if not quiet:
+        ok = len(report.results) - len(report.failed)
+        out.print(f"gathered {ok} of {len(report.results)} sources: {report.new_stories} new stories", markup=False)
+    return report
+
+
+@contextmanager
+def _spinner(label: str, *, quiet: bool) -> Iterator[None]:
+    if quiet or not err.is_terminal:
+        yield
+        return
+    with err.status(label):
+        yield
+
+
+def _issue_date(app: App, value: str | None) -> date:
+    if value is None:
+        return jobs.today(app.settings, _now())
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--date must be YYYY-MM-DD, not {value!r}") from None
+
+
+def _build(app: App, issue_date: date, *, quiet: bool = False) -> jobs.BuildOutcome:
+    if app.store.issue_for_date(issue_date) is None:
+        report = _gather(app, quiet=quiet)
+        if report.results and len(report.failed) == len(report.results):
+            err.print("no source could be read; building from the stories already stored", markup=False)
+    return jobs.build(app.settings, app.store, issue_date=issue_date, now=_now())
+
+
+@main.command()
+@click.option("--date", "date_text", metavar="YYYY-MM-DD", help="the issue's date (default: today)")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def build(app: App, date_text: str | None, as_json: bool) -> None:
+    """Gather, choose the day's stories and store the rendered issue (one per date)."""
+    outcome = _build(app, _issue_date(app, date_text), quiet=as_json)
+    if as_json:
+        issue = outcome.issue
+        _print_json({"issue": None if issue is None else {
+            "id": issue.id, "date": issue.issue_date, "subject": issue.subject, "stories": issue.story_count},
+            "created": outcome.created, "message": outcome.reason})
+        return
+    out.print(outcome.reason, markup=False)
+    if outcome.issue is not None:
+        out.print(f"issue {outcome.issue.id}: {outcome.issue.subject}", markup=False)
+
+
+def _issue(app: App, issue_id: int | None, *, build_today: bool) -> Issue:
+    if issue_id is not None:
+        issue = app.store.get_issue(issue_id)
+        if issue is None:
+            raise NotFoundError(f"there is no issue {issue_id}")
+        return issue
+    today = jobs.today(app.settings, _now())
+    issue = app.store.issue_for_date(today)
+    if issue is None and build_today:
+        issue = _build(app, today).issue
+    if issue is None:
+        raise NotFoundError(f"there is no issue for today ({today}); too few new stories to build one")
+    return issue
+
+
+@main.command()
+@click.option("--issue", "issue_id", type=int, help="an issue id (default: today's, built if needed)")
+@click.option("--out", "out_file", type=click.Path(path_type=Path), help="write the HTML here (default: preview.html)")
+@click.option("--to", "to_address", metavar="EMAIL", help="mail a test copy to this address instead")
+@pass_app
+def preview(app: App, issue_id: int | None, out_file: Path | None, to_address: str | None) -> None:
+    """Write the inlined HTML of an issue for a browser, or mail a [Test] copy."""
+    issue = _issue(app, issue_id, build_today=True)
+    if to_address:
+        address, _ = _checked(to_address, None)
+        template = jobs.issue_template(app.settings, issue, subject_prefix="[Test] ")
+        tokens = Tokens(read_secret_key(app.settings))
+        from .compose import Recipient
+
+        sub = app.store.get_subscriber(address)
+        # A subscriber's copy carries their own link; anyone else's a link that unsubscribes nobody.
+        token = tokens.unsubscribe(sub.id) if sub else "test-copy"
+        message = template.compose(Recipient(sub.id if sub else 0, address, sub.name if sub else None, token))
+        transport = open_transport(app.settings)
+        try:
+            key = f"test/issue-{issue.id}-{int(time.time())}"
+            result = transport.send(Envelope(jobs.mail_from(app.settings), address, key), message)
+        finally:
+            transport.close()
+        if result.status != DeliveryStatus.SENT:
+            raise NewsletterError(f"the test copy to {address} was not accepted: {result.reply}")
+        out.print(f"sent a test copy of issue {issue.id} to {address}", markup=False)
+        return
+    path = out_file or Path("preview.html")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = app.settings.newsletter.base_url.rstrip("/")
+    html = fill(issue.html, greeting=greeting_for(None), unsubscribe_url=base + "/", for_html=True)
+    path.write_text(html, encoding="utf-8")
+    out.print(f"wrote the preview of issue {issue.id} to {path.resolve()}", markup=False)
+
+
+# -- send, run, status --------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--issue", "issue_id", type=int, help="an issue id (default: today's)")
+@click.option("--wait", is_flag=True, help="wait for another sender of the same issue to finish")
+@click.option("--resend-unknown", is_flag=True, help="also resend messages whose fate a crash left unknown")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def send(app: App, issue_id: int | None, wait: bool, resend_unknown: bool, as_json: bool) -> None:
+    """Deliver an issue to every active subscriber who has not had it (resumes, never repeats)."""
+    issue = _issue(app, issue_id, build_today=False)
+    _send(app, issue, resend_unknown=resend_unknown, as_json=as_json)
+
+
+def _send(app: App, issue: Issue, *, resend_unknown: bool, as_json: bool) -> None:
+    transport = open_transport(app.settings)
+    active = app.store.subscriber_counts().get(SubscriberStatus.ACTIVE.value, 0)
+    started = time.monotonic()
+    with _progress(f"sending issue {issue.id}", total=active, quiet=as_json) as tick:
+        try:
+            report = jobs.send(app.settings, app.store, transport, issue, resend_unknown=resend_unknown,
+                               on_result=tick)
+        finally:
+            transport.close()
+    elapsed = time.monotonic() - started
+    counts = report.counts
+    if as_json:
+        _print_json({"issue": issue.id, "finished": report.finished, "seconds": round(elapsed, 3),
+                     "unknown_found": report.unknown_found, "counts": counts})
+        return
+    parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to send"
+    out.print(f"issue {issue.id}: {parts} in {elapsed:.1f} s", markup=False)
+    if report.unknown_found:
+        err.print(f"{report.unknown_found} messages were in flight when a sender stopped; their fate is "
+                  f"unknown (resend them with --resend-unknown)", markup=False)
+    if not report.finished:
+        out.print("some messages wait for a retry; run send again later to finish", markup=False)
+
+
+@contextmanager
+def _progress(label: str, *, total: int, quiet: bool) -> Iterator[Callable[[DeliveryStatus], None]]:
+    if quiet:
+        yield lambda _status: None
+        return
+    if err.is_terminal:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.speed} msg/s"), TimeRemainingColumn())
+        with Progress(*columns, console=err, transient=True) as bar:
+            task = bar.add_task(label, total=total or None)
+            yield lambda _status: bar.advance(task)
+        return
+    state = {"n": 0, "last": time.monotonic()}
+
+    def tick(_status: DeliveryStatus) -> None:
+        state["n"] += 1
+        now = time.monotonic()
+        if now - state["last"] >= 5:
+            state["last"] = now
+            _log(f"{label}: {state['n']} of {total} handled")
+
+    yield tick
+
+
+@main.command()
+@click.option("--date", "date_text", metavar="YYYY-MM-DD", help="the issue's date (default: today)")
+@pass_app
+def run(app: App, date_text: str | None) -> None:
+    """The main job once: build the day's issue, then send it."""
+    outcome = _build(app, _issue_date(app, date_text))
+    out.print(outcome.reason, markup=False)
+    if outcome.issue is None:
+        return
+    _send(app, outcome.issue, resend_unknown=False, as_json=False)
+
+
+@main.command()
+@click.option("--issue", "issue_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def status(app: App, issue_id: int | None, as_json: bool) -> None:
+    """Issues with their deliveries counted by state."""
+    rows = app.store.issue_counts(issue_id)
+    if issue_id is not None and not rows:
+        raise NotFoundError(f"there is no issue {issue_id}")
+    if as_json:
+        _print_json({
+            "issues": [{"id": r.issue_id, "date": r.issue_date, "subject": r.subject, "status": r.status,
+                        "stories": r.story_count, "created_at": r.created_at, "sent_at": r.sent_at,
+                        "deliveries": r.deliveries} for r in rows],
+            "subscribers": app.store.subscriber_counts(),
+        })
+        return
+    if not rows:
+        out.print("no issues yet", markup=False)
+        return
+    table = Table("id", "date", "status", "subject", *(s.value for s in _SHOWN))
+    for r in rows:
+        table.add_row(str(r.issue_id), r.issue_date.isoformat(), r.status, r.subject,
+                      *(str(r.deliveries.get(s.value, 0)) for s in _SHOWN))
+    out.print(table)
+    unknown = sum(r.deliveries.get("unknown", 0) for r in rows)
+    if unknown:
+        err.print(f"{unknown} messages have an unknown fate (a sender stopped while they were in flight)",
+                  markup=False)
+
+
+_SHOWN = (DeliveryStatus.SENT, DeliveryStatus.PENDING, DeliveryStatus.DEFERRED, DeliveryStatus.FAILED,
+          DeliveryStatus.BOUNCED, DeliveryStatus.UNKNOWN, DeliveryStatus.SKIPPED)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,176 @@
+"""Pure: a rendered issue and one subscriber in, the bytes of one message out.
+
+The message is encoded once per issue. Its text and HTML parts are quoted-printable,
+split where the per-subscriber values go; composing a message encodes only those short
+values and joins the pieces with soft line breaks (`=` CRLF), which a reader's decoder
+removes. So one message costs a few microseconds and never re-renders or re-encodes the
+issue. tests/test_compose.py builds the same message the slow way and compares."""
+
+from __future__ import annotations
+
+import html as htmlmod
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email import policy
+from email.utils import format_datetime, formataddr, getaddresses
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from .render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, greeting_for
+
+__all__ = ["Recipient", "MessageTemplate", "qp_encode", "list_id_for"]
+
+CRLF = b"\r\n"
+SOFT_BREAK = b"=\r\n"
+_QP_LINE = 75  # 76 with the soft break's "="
+_PLACEHOLDER = re.compile(f"({GREETING}|{UNSUBSCRIBE_URL})")
+# One token per byte: printable ASCII stays, "=" and everything else becomes =XX.
+_QP_BYTE = [chr(b) if 33 <= b <= 126 and b != 61 or b in (9, 32) else f"={b:02X}" for b in range(256)]
+
+
+@dataclass(frozen=True)
+class Recipient:
+    subscriber_id: int
+    email: str
+    name: str | None
+    unsubscribe_token: str
+
+
+def qp_encode(text: str) -> bytes:
+    """Quoted-printable (RFC 2045) with CRLF line ends and lines of at most 76 characters."""
+    out: list[str] = []
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        tokens = [_QP_BYTE[b] for b in line.encode("utf-8")]
+        if tokens and tokens[-1] in (" ", "\t"):  # trailing white space would be lost in transit
+            tokens[-1] = f"={ord(tokens[-1]):02X}"
+        current = ""
+        for tok in tokens:
+            if len(current) + len(tok) > _QP_LINE:
+                out.append(current + "=")
+                current = ""
+            current += tok
+        out.append(current)
+    return "\r\n".join(out).encode("ascii")
+
+
+def list_id_for(name: str, base_url: str) -> str:
+    host = urlsplit(base_url).hostname or "localhost"
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "digest"
+    return f"{name} <{slug}.{host}>"
+
+
+class _Part:
+    """One body part's quoted-printable pieces: fixed bytes, and slots for the per-subscriber values."""
+
+    def __init__(self, source: str) -> None:
+        self.pieces: list[bytes | str] = []
+        for i, chunk in enumerate(_PLACEHOLDER.split(source)):
+            if i % 2:
+                self.pieces.append(chunk)  # a placeholder name
+            elif chunk:
+                self.pieces.append(qp_encode(chunk))
+
+    def encode(self, values: dict[str, bytes]) -> list[bytes]:
+        out: list[bytes] = []
+        for piece in self.pieces:
+            if out:
+                out.append(SOFT_BREAK)
+            out.append(values[piece] if isinstance(piece, str) else piece)
+        return out
+
+
+class MessageTemplate:
+    """An issue encoded once; `compose` makes one subscriber's message from it."""
+
+    def __init__(
+        self,
+        issue: RenderedIssue,
+        *,
+        issue_id: int,
+        newsletter_name: str,
+        sender: str,
+        reply_to: str | None,
+        base_url: str,
+        subject_prefix: str = "",
+        extra_headers: tuple[tuple[str, str], ...] = (),
+        signer: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        self.issue_id = issue_id
+        self.base_url = base_url.rstrip("/")
+        self.domain = getaddresses([sender])[0][1].rpartition("@")[2] or "localhost"
+        self.boundary = f"=_nl_{secrets.token_hex(12)}"
+        self.signer = signer
+        fold = policy.SMTP.fold
+        fixed = [
+            fold("From", sender),
+            *([fold("Reply-To", reply_to)] if reply_to else []),
+            fold("Subject", subject_prefix + issue.subject),
+            fold("List-Id", list_id_for(newsletter_name, base_url)),
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+            "Auto-Submitted: auto-generated\r\n",
+            *(fold(k, v) for k, v in extra_headers),
+            "MIME-Version: 1.0\r\n",
+            f'Content-Type: multipart/alternative; boundary="{self.boundary}"\r\n',
+        ]
+        self._fixed_headers = "".join(fixed).encode("ascii")
+        part_head = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+        delimiter = f"\r\n--{self.boundary}\r\n".encode("ascii")
+        self._text_head = f"--{self.boundary}\r\n".encode("ascii") + part_head.format("plain").encode("ascii")
+        self._html_head = delimiter + part_head.format("html").encode("ascii")
+        self._tail = f"\r\n--{self.boundary}--\r\n".encode("ascii")
+        self._text = _Part(issue.text)
+        self._html = _Part(issue.html)
+        self._date_second = -1
+        self._date_header = b""
+
+    def unsubscribe_url(self, token: str) -> str:
+        return f"{self.base_url}/unsubscribe/{token}"
+
+    def compose(self, recipient: Recipient) -> bytes:
+        url = self.unsubscribe_url(recipient.unsubscribe_token)
+        greeting = greeting_for(_one_line(recipient.name))
+        text_values = {GREETING: qp_encode(greeting), UNSUBSCRIBE_URL: qp_encode(url)}
+        html_values = {
+            GREETING: qp_encode(htmlmod.escape(greeting)),
+            UNSUBSCRIBE_URL: qp_encode(htmlmod.escape(url)),
+        }
+        message_id = f"<{self.issue_id}.{recipient.subscriber_id}.{secrets.token_hex(6)}@{self.domain}>"
+        head = (
+            self._date()
+            + f"Message-ID: {message_id}\r\n".encode("ascii")
+            + _to_header(recipient.email, _one_line(recipient.name))
+            + f"List-Unsubscribe: <{url}>\r\n".encode("ascii")
+            + self._fixed_headers
+            + CRLF
+        )
+        message = b"".join(
+            [head, self._text_head, *self._text.encode(text_values),
+             self._html_head, *self._html.encode(html_values), self._tail]
+        )
+        return self.signer(message) if self.signer else message
+
+    def _date(self) -> bytes:
+        second = int(time.time())
+        if second != self._date_second:
+            self._date_second = second
+            when = datetime.fromtimestamp(second, tz=UTC)
+            self._date_header = f"Date: {format_datetime(when)}\r\n".encode("ascii")
+        return self._date_header
+
+
+def _one_line(name: str | None) -> str | None:
+    if not name:
+        return None
+    return " ".join(name.split()) or None
+
+
+def _to_header(email: str, name: str | None) -> bytes:
+    if not name:
+        return f"To: {email}\r\n".encode("ascii")
+    value = formataddr((name, email))
+    if value.isascii() and len(value) < 70:
+        return f"To: {value}\r\n".encode("ascii")
+    return policy.SMTP.fold("To", value).encode("ascii")

@@ -1,0 +1,329 @@
+"""Load config.toml into frozen, typed settings; refuse what is unknown or mistyped, by name."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "load_settings", "find_config_path", "read_secret_key", "ensure_secret_key"]
+
+
+@dataclass(frozen=True)
+class NewsletterSettings:
+    name: str
+    sender: str
+    base_url: str
+    postal_address: str
+    reply_to: str | None = None
+    timezone: str = "UTC"
+    secret_key_file: str = ".secret_key"
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def sender_address(self) -> str:
+        return getaddresses([self.sender])[0][1]
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:///subscribers.db"
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    cron: str = "0 7 * * *"
+    misfire_grace_seconds: int = 3600
+
+
+@dataclass(frozen=True)
+class DigestSettings:
+    window_hours: int = 24
+    max_stories: int = 12
+    min_stories: int = 1
+    subject: str = "{{ date }}: {{ lead.title }}"
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    name: str
+    url: str
+    section: str | None = None
+    max_items: int | None = None
+
+    @property
+    def is_remote(self) -> bool:
+        return self.url.startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    transport: Literal["outbox", "smtp"] = "outbox"
+    outbox_dir: str = "outbox"
+    rate_per_second: float = 0
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str = "localhost"
+    port: int = 587
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str = ""
+    connections: int = 4
+    timeout_seconds: float = 30
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    domain: str
+    selector: str
+    private_key_file: str = "dkim.pem"
+
+
+@dataclass(frozen=True)
+class BounceSettings:
+    return_path: str
+    mailbox: str = "maildir:bounces"
+    soft_bounce_limit: int = 3
+    soft_bounce_window_days: int = 30
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    signups_per_ip_per_hour: int = 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    newsletter: NewsletterSettings
+    sources: tuple[SourceSettings, ...]
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    digest: DigestSettings = field(default_factory=DigestSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    dkim: DkimSettings | None = None
+    bounces: BounceSettings | None = None
+    web: WebSettings = field(default_factory=WebSettings)
+    # Not keys of the file: where it was, and what came from the environment.
+    config_dir: Path = Path(".")
+    smtp_password: str = ""
+
+    def path(self, value: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.config_dir / p
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url
+
+    @property
+    def secret_key_path(self) -> Path:
+        return self.path(self.newsletter.secret_key_file)
+
+
+_TABLE_KEYS = {f.name for f in dataclasses.fields(Settings)} - {"config_dir", "smtp_password"}
+
+
+def find_config_path(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get("NEWSLETTER_CONFIG"):
+        return Path(env)
+    return Path("config.toml")
+
+
+def load_settings(path: Path) -> Settings:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"no configuration file at {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the configuration file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return settings_from_dict(raw, config_dir=path.resolve().parent)
+
+
+def settings_from_dict(raw: dict[str, Any], *, config_dir: Path) -> Settings:
+    unknown = sorted(set(raw) - _TABLE_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown configuration key '{unknown[0]}'")
+    settings = _build(Settings, raw, "")
+    settings = dataclasses.replace(
+        settings,
+        config_dir=config_dir,
+        database=_database_with_env(settings.database, config_dir),
+        smtp_password=os.environ.get("NEWSLETTER_SMTP_PASSWORD", ""),
+    )
+    _check(settings)
+    return settings
+
+
+def _database_with_env(db: DatabaseSettings, config_dir: Path) -> DatabaseSettings:
+    url = os.environ.get("NEWSLETTER_DATABASE_URL") or db.url
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        url = prefix + str(config_dir / url[len(prefix) :])
+    return DatabaseSettings(url=url)
+
+
+def _build(cls: type[Any], table: Any, where: str) -> Any:
+    """Make dataclass `cls` from a TOML table, naming any bad key by its dotted path."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"'{where}' must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name in _file_keys(cls)}
+    for key in table:
+        if key not in fields:
+            raise ConfigError(f"unknown configuration key '{_join(where, key)}'")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        dotted = _join(where, name)
+        if name not in table:
+            has_default = (
+                f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            )
+            if not has_default:
+                raise ConfigError(f"missing required configuration key '{dotted}'")
+            continue
+        values[name] = _convert(hints[name], table[name], dotted)
+    return cls(**values)
+
+
+def _file_keys(cls: type[Any]) -> set[str]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return names & _TABLE_KEYS if cls is Settings else names
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _convert(hint: Any, value: Any, dotted: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, dotted)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(f'"{a}"' for a in args)
+            raise ConfigError(f"configuration key '{dotted}' must be one of {choices}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"'{dotted}' must be a list of tables ([[{dotted}]])")
+        return tuple(_build(args[0], item, f"{dotted}[{i}]") for i, item in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return _build(typing.cast(type[Any], hint), value, dotted)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"configuration key '{dotted}' must be a number")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"configuration key '{dotted}' must be a whole number")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"configuration key '{dotted}' must be a string")
+        return value
+    raise ConfigError(f"configuration key '{dotted}' has an unsupported type")  # pragma: no cover
+
+
+def _check(s: Settings) -> None:
+    """Rules beyond types: ranges, formats, things that must parse."""
+
+    def need(ok: bool, key: str, reason: str) -> None:
+        if not ok:
+            raise ConfigError(f"configuration key '{key}' {reason}")
+
+    n = s.newsletter
+    need(bool(n.name.strip()), "newsletter.name", "must not be empty")
+    need(_one_address(n.sender), "newsletter.sender", "must be one email address")
+    need(n.reply_to is None or _one_address(n.reply_to), "newsletter.reply_to", "must be one email address")
+    need(n.base_url.startswith(("http://", "https://")), "newsletter.base_url", "must start with http:// or https://")
+    need(bool(n.postal_address.strip()), "newsletter.postal_address", "must not be empty")
+    try:
+        ZoneInfo(n.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"configuration key 'newsletter.timezone' names no known time zone: {n.timezone!r}") from None
+    need(len(s.schedule.cron.split()) == 5, "schedule.cron", "must have five fields")
+    need(s.schedule.misfire_grace_seconds >= 0, "schedule.misfire_grace_seconds", "must not be negative")
+    d = s.digest
+    need(d.window_hours > 0, "digest.window_hours", "must be positive")
+    need(d.max_stories > 0, "digest.max_stories", "must be positive")
+    need(0 <= d.min_stories <= d.max_stories, "digest.min_stories", "must be between 0 and digest.max_stories")
+    try:
+        SandboxedEnvironment().from_string(d.subject)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"configuration key 'digest.subject' is not a valid template: {exc}") from None
+    need(len(s.sources) > 0, "sources", "must name at least one feed ([[sources]])")
+    for i, src in enumerate(s.sources):
+        need(bool(src.url.strip()), f"sources[{i}].url", "must not be empty")
+        need(src.max_items is None or src.max_items > 0, f"sources[{i}].max_items", "must be positive")
+    need(s.delivery.rate_per_second >= 0, "delivery.rate_per_second", "must not be negative")
+    need(s.delivery.max_attempts >= 1, "delivery.max_attempts", "must be at least 1")
+    need(1 <= s.smtp.port <= 65535, "smtp.port", "must be a port number")
+    need(s.smtp.connections >= 1, "smtp.connections", "must be at least 1")
+    need(s.smtp.timeout_seconds > 0, "smtp.timeout_seconds", "must be positive")
+    need(1 <= s.web.port <= 65535, "web.port", "must be a port number")
+    need(s.web.signups_per_ip_per_hour >= 1, "web.signups_per_ip_per_hour", "must be at least 1")
+    if s.bounces is not None:
+        need("@" in s.bounces.return_path, "bounces.return_path", "must be an email address")
+
+
+def _one_address(value: str) -> bool:
+    if "\r" in value or "\n" in value:
+        return False
+    pairs = getaddresses([value])
+    return len(pairs) == 1 and "@" in pairs[0][1]
+
+
+def read_secret_key(settings: Settings) -> str:
+    """The signing key: $NEWSLETTER_SECRET_KEY, else the secret key file."""
+    if env := os.environ.get("NEWSLETTER_SECRET_KEY"):
+        return env
+    try:
+        key = settings.secret_key_path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no secret key: set NEWSLETTER_SECRET_KEY or run 'newsletter init' "
+            f"to create {settings.secret_key_path}"
+        ) from None
+    if len(key) < 16:
+        raise ConfigError(f"the secret key in {settings.secret_key_path} is too short (16 characters at least)")
+    return key
+
+
+def ensure_secret_key(settings: Settings) -> bool:
+    """Create the secret key file with a random key when missing; True if it was created."""
+    path = settings.secret_key_path
+    if os.environ.get("NEWSLETTER_SECRET_KEY") or path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secrets.token_urlsafe(48) + "\n")
+    return True

@@ -1,0 +1,120 @@
+"""The main job's steps, shared by the command line, the scheduler and the web app:
+gather the feeds, build the day's issue, send it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from .compose import MessageTemplate
+from .config import Settings, read_secret_key
+from .deliver import SendOptions, SendReport, send_issue
+from .digest import StoryItem, choose, issue_window
+from .models import DeliveryStatus, Issue, Story
+from .render import RenderedIssue, render_issue
+from .sources import Conditional, FeedResult, Limits, fetch_all
+from .store import Store
+from .tokens import Tokens
+from .transport import Transport
+
+__all__ = ["GatherReport", "BuildOutcome", "gather", "build", "issue_template", "send", "today"]
+
+
+def today(settings: Settings, now: datetime) -> date:
+    return now.astimezone(settings.newsletter.tz).date()
+
+
+@dataclass(frozen=True)
+class GatherReport:
+    results: list[FeedResult]
+    new_stories: int
+
+    @property
+    def failed(self) -> list[FeedResult]:
+        return [r for r in self.results if not r.ok]
+
+
+def gather(settings: Settings, store: Store, *, now: datetime, limits: Limits = Limits()) -> GatherReport:
+    """Fetch every source and store the stories not seen before; failures are reported, not raised."""
+    conditionals = {}
+    for src in settings.sources:
+        state = store.feed_state(src.url) if src.is_remote else None
+        if state is not None:
+            conditionals[src.url] = Conditional(state.etag, state.last_modified)
+    results = fetch_all(settings.sources, base_dir=settings.config_dir, conditionals=conditionals,
+                        now=now, limits=limits)
+    new = 0
+    for result in results:
+        new += store.add_stories(result.stories, now=now)
+        if result.source.is_remote:
+            store.save_feed_state(result.source.url, etag=result.etag, last_modified=result.last_modified,
+                                  error=result.error, now=now)
+    return GatherReport(results=results, new_stories=new)
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    issue: Issue | None
+    created: bool
+    reason: str  # why there is no issue, or how it came to be
+
+
+def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) -> BuildOutcome:
+    """The issue for a date: the one already built, a new one, or none (too few new stories)."""
+    existing = store.issue_for_date(issue_date)
+    if existing is not None:
+        return BuildOutcome(existing, False, f"issue {existing.id} for {issue_date} was already built")
+    d = settings.digest
+    since, until = issue_window(issue_date, now=now, tz=settings.newsletter.tz, window_hours=d.window_hours)
+    candidates = [_item(s) for s in store.unused_stories(since=since, until=until)]
+    digest = choose(candidates, issue_date=issue_date, max_stories=d.max_stories,
+                    min_stories=d.min_stories, section_order=[s.section or "" for s in settings.sources])
+    if digest is None:
+        return BuildOutcome(None, False, f"no issue for {issue_date}: {len(candidates)} new "
+                            f"{'story' if len(candidates) == 1 else 'stories'} in the last "
+                            f"{d.window_hours} hours, {d.min_stories} needed")
+
+    def render(issue_id: int) -> tuple[str, str, str, str]:
+        r = render_issue(digest, settings, issue_id=issue_id)
+        return r.subject, r.preheader, r.html, r.text
+
+    issue = store.create_issue(issue_date, story_ids=[s.id for s in digest.stories], render=render, now=now)
+    if issue is None:  # another builder stored this date's issue first
+        issue = store.issue_for_date(issue_date)
+        return BuildOutcome(issue, False, f"issue for {issue_date} was built by another process")
+    return BuildOutcome(issue, True, f"built issue {issue.id} for {issue_date} with {issue.story_count} stories")
+
+
+def _item(s: Story) -> StoryItem:
+    return StoryItem(id=s.id, title=s.title, link=s.link, source=s.source, section=s.section,
+                     summary=s.summary, bullets=tuple(s.bullets or ()), author=s.author, image=s.image,
+                     published_at=s.published_at, fetched_at=s.fetched_at)
+
+
+def issue_template(settings: Settings, issue: Issue, *, subject_prefix: str = "") -> MessageTemplate:
+    n = settings.newsletter
+    rendered = RenderedIssue(subject=issue.subject, preheader=issue.preheader, html=issue.html, text=issue.text)
+    return MessageTemplate(rendered, issue_id=issue.id, newsletter_name=n.name, sender=n.sender,
+                           reply_to=n.reply_to, base_url=n.base_url, subject_prefix=subject_prefix)
+
+
+def mail_from(settings: Settings) -> str:
+    return settings.bounces.return_path if settings.bounces else settings.newsletter.sender_address
+
+
+def send(
+    settings: Settings,
+    store: Store,
+    transport: Transport,
+    issue: Issue,
+    *,
+    resend_unknown: bool = False,
+    options: SendOptions | None = None,
+    on_result: Callable[[DeliveryStatus], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> SendReport:
+    options = options or SendOptions(max_attempts=settings.delivery.max_attempts)
+    return send_issue(store, transport, issue_template(settings, issue), Tokens(read_secret_key(settings)),
+                      issue_id=issue.id, mail_from=mail_from(settings), options=options,
+                      resend_unknown=resend_unknown, on_result=on_result, should_stop=should_stop)

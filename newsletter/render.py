@@ -1,0 +1,161 @@
+"""The Jinja2 environment; renders an issue and inlines its CSS once.
+
+What differs per subscriber (greeting, unsubscribe link) is left as placeholders in the
+inlined HTML and the text; `fill` puts the values in, escaped for each part."""
+
+from __future__ import annotations
+
+import html as htmlmod
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime
+from functools import cache
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+from premailer import Premailer
+
+from .config import Settings
+from .digest import Digest, StoryItem
+
+__all__ = [
+    "GREETING",
+    "UNSUBSCRIBE_URL",
+    "RenderedIssue",
+    "environment",
+    "fill",
+    "greeting_for",
+    "inline_css",
+    "render_issue",
+]
+
+# Placeholders: plain word characters, so premailer, lxml and quoted-printable leave them whole.
+GREETING = "__NL_GREETING__"
+UNSUBSCRIBE_URL = "__NL_UNSUBSCRIBE_URL__"
+PLACEHOLDERS = (GREETING, UNSUBSCRIBE_URL)
+
+
+@dataclass(frozen=True)
+class RenderedIssue:
+    subject: str
+    preheader: str
+    html: str  # inlined, with placeholders
+    text: str  # with placeholders
+
+
+@cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("newsletter", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "html.j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["wrap"] = _wrap
+    return env
+
+
+def render_issue(digest: Digest, settings: Settings, *, issue_id: int) -> RenderedIssue:
+    n = settings.newsletter
+    tz = n.tz
+    subject = render_subject(settings.digest.subject, digest)
+    preheader = _preheader(digest)
+
+    def when(story: StoryItem) -> str:
+        if story.published_at is None:
+            return ""
+        local = story.published_at.astimezone(tz)
+        return f"{local:%H:%M} {local.tzname()}"
+
+    context: dict[str, Any] = {
+        "newsletter": n,
+        "subject": subject,
+        "preheader": preheader,
+        "date_label": long_date(digest.issue_date),
+        "lead": digest.lead,
+        "sections": digest.sections,
+        "story_count": len(digest.stories),
+        "when": when,
+        "archive_url": f"{n.base_url.rstrip('/')}/archive/{issue_id}",
+        "signup_url": n.base_url.rstrip("/") + "/",
+        "greeting": GREETING,
+        "unsubscribe_url": UNSUBSCRIBE_URL,
+    }
+    env = environment()
+    html = env.get_template("email/digest.html.j2").render(context)
+    text = env.get_template("email/digest.txt.j2").render(context)
+    return RenderedIssue(subject=subject, preheader=preheader, html=inline_css(html), text=text)
+
+
+def render_subject(expression: str, digest: Digest) -> str:
+    template = SandboxedEnvironment(autoescape=False).from_string(expression)
+    subject = template.render(
+        date=short_date(digest.issue_date),
+        issue_date=digest.issue_date,
+        lead=digest.lead,
+        stories=digest.stories,
+        sections=digest.sections,
+    )
+    return " ".join(subject.split())[:250]  # one line: no CR or LF can reach the header
+
+
+def inline_css(html: str) -> str:
+    """premailer: every rule that can be inlined goes into style attributes; media queries stay."""
+    return str(
+        Premailer(
+            html,
+            keep_style_tags=False,
+            strip_important=False,
+            allow_network=False,
+            disable_validation=True,
+            cssutils_logging_level=logging.CRITICAL,
+            remove_classes=False,
+        ).transform()
+    )
+
+
+def fill(template: str, *, greeting: str, unsubscribe_url: str, for_html: bool) -> str:
+    """Put one subscriber's values into rendered HTML or text, escaped for that part."""
+    if for_html:
+        greeting, unsubscribe_url = htmlmod.escape(greeting), htmlmod.escape(unsubscribe_url)
+    return template.replace(GREETING, greeting).replace(UNSUBSCRIBE_URL, unsubscribe_url)
+
+
+def greeting_for(name: str | None) -> str:
+    first = (name or "").strip().split(" ")[0] if name else ""
+    return f"Good morning, {first}." if first else "Good morning."
+
+
+def short_date(d: date) -> str:
+    return f"{d.day} {d:%b %Y}"
+
+
+def long_date(d: date) -> str:
+    return f"{d:%A}, {d.day} {d:%B %Y}"
+
+
+def _preheader(digest: Digest) -> str:
+    others = [s.title for s in digest.stories[1:3]]
+    text = digest.lead.title + ("; also: " + "; ".join(others) if others else "")
+    return text[:140]
+
+
+def _wrap(text: str, width: int = 72, indent: str = "") -> str:
+    import textwrap
+
+    return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent,
+                         break_long_words=False, break_on_hyphens=False)
+
+
+def render_web(html: str, settings: Settings) -> str:
+    """The archive's copy of an issue: no subscriber's name, no token."""
+    base = settings.newsletter.base_url.rstrip("/")
+    return fill(html, greeting="Good morning.", unsubscribe_url=base + "/", for_html=True)
+
+
+def now_label(now: datetime, settings: Settings) -> str:
+    local = now.astimezone(settings.newsletter.tz)
+    return f"{local:%Y-%m-%d %H:%M %Z}"

@@ -1,0 +1,120 @@
+"""Feed HTML made safe: nh3 with an allow-list, tracking pixels out, plain words and bullets kept.
+
+The digest never copies feed markup into a mail. It keeps the words, the bullet points and
+one image URL, and the templates render those as escaped text; so nothing a feed sends
+(script, style, form, iframe, event handler, javascript: or data: URL) can reach a reader."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+
+import nh3
+
+__all__ = ["CleanContent", "clean_html", "cut_words", "is_safe_url"]
+
+SUMMARY_WORDS = 60
+MAX_BULLETS = 5
+BULLET_WORDS = 30
+
+_TAGS = {"p", "br", "ul", "ol", "li", "a", "b", "strong", "i", "em", "img", "div", "span",
+         "h1", "h2", "h3", "h4", "blockquote", "figure", "figcaption"}
+_ATTRIBUTES = {"a": {"href"}, "img": {"src", "alt", "width", "height", "style"}}
+# Dropped with everything inside them, not only the tags.
+_DROP_WITH_CONTENT = {"script", "style", "iframe", "object", "embed", "form", "noscript",
+                      "template", "svg", "math", "select", "textarea", "button"}
+_BLOCKS = {"p", "br", "div", "li", "h1", "h2", "h3", "h4", "blockquote", "figure", "ul", "ol"}
+_LABELS = {"tldr", "tl;dr", "tl,dr", "key points", "in brief", "summary"}
+_HIDDEN_STYLE = re.compile(
+    r"display\s*:\s*none|visibility\s*:\s*hidden|(?:width|height)\s*:\s*[01](?:px)?\s*(?:;|$)", re.I
+)
+
+
+@dataclass
+class CleanContent:
+    text: str = ""
+    bullets: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+
+
+def is_safe_url(url: str | None) -> bool:
+    return bool(url) and str(url).strip().lower().startswith(("http://", "https://"))
+
+
+def clean_html(html: str) -> CleanContent:
+    """The words, bullets and real (non-pixel) images of a piece of feed HTML."""
+    safe = nh3.clean(
+        html,
+        tags=_TAGS,
+        attributes=_ATTRIBUTES,
+        clean_content_tags=_DROP_WITH_CONTENT,
+        url_schemes={"http", "https"},
+        link_rel=None,
+    )
+    reader = _Reader()
+    reader.feed(safe)
+    reader.close()
+    paragraphs = [p for p in reader.paragraphs if p.strip(" :").lower() not in _LABELS]
+    text = " ".join(" ".join(paragraphs).split())
+    bullets = [cut_words(b, BULLET_WORDS) for b in reader.bullets if b][:MAX_BULLETS]
+    return CleanContent(text=text, bullets=bullets, images=reader.images)
+
+
+def cut_words(text: str, limit: int = SUMMARY_WORDS) -> str:
+    """At most `limit` words, cut on a word boundary, with an ellipsis when cut."""
+    words = text.split()
+    if len(words) <= limit:
+        return " ".join(words)
+    return " ".join(words[:limit]).rstrip(",;:.-–—") + "…"
+
+
+def _is_pixel(attrs: dict[str, str]) -> bool:
+    for dim in ("width", "height"):
+        value = attrs.get(dim, "").strip().lower().removesuffix("px")
+        if value.isdigit() and int(value) <= 1:
+            return True
+    return bool(_HIDDEN_STYLE.search(attrs.get("style", "")))
+
+
+class _Reader(HTMLParser):
+    """Splits sanitised HTML into paragraph text, list items and image sources."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.paragraphs: list[str] = []
+        self.bullets: list[str] = []
+        self.images: list[str] = []
+        self._current: list[str] = []
+        self._in_item = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            values = {k: v or "" for k, v in attrs}
+            if not _is_pixel(values) and is_safe_url(values.get("src")):
+                self.images.append(values["src"].strip())
+            return
+        if tag in _BLOCKS:
+            self._flush()
+        if tag == "li":
+            self._in_item += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _BLOCKS:
+            self._flush()
+        if tag == "li" and self._in_item:
+            self._in_item -= 1
+
+    def handle_data(self, data: str) -> None:
+        self._current.append(data)
+
+    def close(self) -> None:
+        super().close()
+        self._flush()
+
+    def _flush(self) -> None:
+        words = " ".join("".join(self._current).split())
+        self._current = []
+        if not words:
+            return
+        (self.bullets if self._in_item else self.paragraphs).append(words)
