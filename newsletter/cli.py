@@ -87,7 +87,12 @@ pass_app = click.make_pass_decorator(App)
 
 
 @click.group(cls=_Group)
-@click.option("--config", "config_path", metavar="PATH", help="config.toml (default: $NEWSLETTER_CONFIG, else ./config.toml)")
+@click.option(
+    "--config",
+    "config_path",
+    metavar="PATH",
+    help="config.toml (default: $NEWSLETTER_CONFIG, else ./config.toml)",
+)
 @click.version_option(package_name="newsletter")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
@@ -195,11 +200,21 @@ def subscribers_list(app: App, status: str | None, as_json: bool) -> None:
     """List subscribers, optionally of one status."""
     rows = app.store.iter_subscribers(status=status)
     if as_json:
-        _print_json({"subscribers": [
-            {"email": s.email, "name": s.name, "status": s.status, "created_at": s.created_at,
-             "confirmed_at": s.confirmed_at, "unsubscribed_at": s.unsubscribed_at}
-            for s in rows
-        ]})
+        _print_json(
+            {
+                "subscribers": [
+                    {
+                        "email": s.email,
+                        "name": s.name,
+                        "status": s.status,
+                        "created_at": s.created_at,
+                        "confirmed_at": s.confirmed_at,
+                        "unsubscribed_at": s.unsubscribed_at,
+                    }
+                    for s in rows
+                ]
+            }
+        )
         return
     table = Table("email", "name", "status", "since")
     for s in rows:
@@ -230,11 +245,22 @@ def gather(app: App, as_json: bool) -> None:
     """Fetch every source and store new stories."""
     report = _gather(app, quiet=as_json)
     if as_json:
-        _print_json({"new_stories": report.new_stories, "sources": [
-            {"name": r.source.name, "url": r.source.url, "ok": r.ok, "error": r.error,
-             "stories": len(r.stories), "not_modified": r.not_modified}
-            for r in report.results
-        ]})
+        _print_json(
+            {
+                "new_stories": report.new_stories,
+                "sources": [
+                    {
+                        "name": r.source.name,
+                        "url": r.source.url,
+                        "ok": r.ok,
+                        "error": r.error,
+                        "stories": len(r.stories),
+                        "not_modified": r.not_modified,
+                    }
+                    for r in report.results
+                ],
+            }
+        )
     if report.results and len(report.failed) == len(report.results):
         raise NewsletterError("no source could be read")
 
@@ -247,7 +273,9 @@ def _gather(app: App, *, quiet: bool = False) -> jobs.GatherReport:
             err.print(f"source '{r.source.name}' ({r.source.url}) failed: {r.error}", markup=False)
     if not quiet:
         ok = len(report.results) - len(report.failed)
-        out.print(f"gathered {ok} of {len(report.results)} sources: {report.new_stories} new stories", markup=False)
+        out.print(
+            f"gathered {ok} of {len(report.results)} sources: {report.new_stories} new stories", markup=False
+        )
     return report
 
 
@@ -286,9 +314,20 @@ def build(app: App, date_text: str | None, as_json: bool) -> None:
     outcome = _build(app, _issue_date(app, date_text), quiet=as_json)
     if as_json:
         issue = outcome.issue
-        _print_json({"issue": None if issue is None else {
-            "id": issue.id, "date": issue.issue_date, "subject": issue.subject, "stories": issue.story_count},
-            "created": outcome.created, "message": outcome.reason})
+        _print_json(
+            {
+                "issue": None
+                if issue is None
+                else {
+                    "id": issue.id,
+                    "date": issue.issue_date,
+                    "subject": issue.subject,
+                    "stories": issue.story_count,
+                },
+                "created": outcome.created,
+                "message": outcome.reason,
+            }
+        )
         return
     out.print(outcome.reason, markup=False)
     if outcome.issue is not None:
@@ -312,7 +351,9 @@ def _issue(app: App, issue_id: int | None, *, build_today: bool) -> Issue:
 
 @main.command()
 @click.option("--issue", "issue_id", type=int, help="an issue id (default: today's, built if needed)")
-@click.option("--out", "out_file", type=click.Path(path_type=Path), help="write the HTML here (default: preview.html)")
+@click.option(
+    "--out", "out_file", type=click.Path(path_type=Path), help="write the HTML here (default: preview.html)"
+)
 @click.option("--to", "to_address", metavar="EMAIL", help="mail a test copy to this address instead")
 @pass_app
 def preview(app: App, issue_id: int | None, out_file: Path | None, to_address: str | None) -> None:
@@ -367,21 +408,32 @@ def _send(app: App, issue: Issue, *, resend_unknown: bool, as_json: bool) -> Non
     started = time.monotonic()
     with _progress(f"sending issue {issue.id}", total=active, quiet=as_json) as tick:
         try:
-            report = jobs.send(app.settings, app.store, transport, issue, resend_unknown=resend_unknown,
-                               on_result=tick)
+            report = jobs.send(
+                app.settings, app.store, transport, issue, resend_unknown=resend_unknown, on_result=tick
+            )
         finally:
             transport.close()
     elapsed = time.monotonic() - started
     counts = report.counts
     if as_json:
-        _print_json({"issue": issue.id, "finished": report.finished, "seconds": round(elapsed, 3),
-                     "unknown_found": report.unknown_found, "counts": counts})
+        _print_json(
+            {
+                "issue": issue.id,
+                "finished": report.finished,
+                "seconds": round(elapsed, 3),
+                "unknown_found": report.unknown_found,
+                "counts": counts,
+            }
+        )
         return
     parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to send"
     out.print(f"issue {issue.id}: {parts} in {elapsed:.1f} s", markup=False)
     if report.unknown_found:
-        err.print(f"{report.unknown_found} messages were in flight when a sender stopped; their fate is "
-                  f"unknown (resend them with --resend-unknown)", markup=False)
+        err.print(
+            f"{report.unknown_found} messages were in flight when a sender stopped; their fate is "
+            f"unknown (resend them with --resend-unknown)",
+            markup=False,
+        )
     if not report.finished:
         out.print("some messages wait for a retry; run send again later to finish", markup=False)
 
@@ -392,8 +444,13 @@ def _progress(label: str, *, total: int, quiet: bool) -> Iterator[Callable[[Deli
         yield lambda _status: None
         return
     if err.is_terminal:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.speed} msg/s"), TimeRemainingColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.speed} msg/s"),
+            TimeRemainingColumn(),
+        )
         with Progress(*columns, console=err, transient=True) as bar:
             task = bar.add_task(label, total=total or None)
             yield lambda _status: bar.advance(task)
@@ -432,29 +489,55 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
     if issue_id is not None and not rows:
         raise NotFoundError(f"there is no issue {issue_id}")
     if as_json:
-        _print_json({
-            "issues": [{"id": r.issue_id, "date": r.issue_date, "subject": r.subject, "status": r.status,
-                        "stories": r.story_count, "created_at": r.created_at, "sent_at": r.sent_at,
-                        "deliveries": r.deliveries} for r in rows],
-            "subscribers": app.store.subscriber_counts(),
-        })
+        _print_json(
+            {
+                "issues": [
+                    {
+                        "id": r.issue_id,
+                        "date": r.issue_date,
+                        "subject": r.subject,
+                        "status": r.status,
+                        "stories": r.story_count,
+                        "created_at": r.created_at,
+                        "sent_at": r.sent_at,
+                        "deliveries": r.deliveries,
+                    }
+                    for r in rows
+                ],
+                "subscribers": app.store.subscriber_counts(),
+            }
+        )
         return
     if not rows:
         out.print("no issues yet", markup=False)
         return
     table = Table("id", "date", "status", "subject", *(s.value for s in _SHOWN))
     for r in rows:
-        table.add_row(str(r.issue_id), r.issue_date.isoformat(), r.status, r.subject,
-                      *(str(r.deliveries.get(s.value, 0)) for s in _SHOWN))
+        table.add_row(
+            str(r.issue_id),
+            r.issue_date.isoformat(),
+            r.status,
+            r.subject,
+            *(str(r.deliveries.get(s.value, 0)) for s in _SHOWN),
+        )
     out.print(table)
     unknown = sum(r.deliveries.get("unknown", 0) for r in rows)
     if unknown:
-        err.print(f"{unknown} messages have an unknown fate (a sender stopped while they were in flight)",
-                  markup=False)
+        err.print(
+            f"{unknown} messages have an unknown fate (a sender stopped while they were in flight)",
+            markup=False,
+        )
 
 
-_SHOWN = (DeliveryStatus.SENT, DeliveryStatus.PENDING, DeliveryStatus.DEFERRED, DeliveryStatus.FAILED,
-          DeliveryStatus.BOUNCED, DeliveryStatus.UNKNOWN, DeliveryStatus.SKIPPED)
+_SHOWN = (
+    DeliveryStatus.SENT,
+    DeliveryStatus.PENDING,
+    DeliveryStatus.DEFERRED,
+    DeliveryStatus.FAILED,
+    DeliveryStatus.BOUNCED,
+    DeliveryStatus.UNKNOWN,
+    DeliveryStatus.SKIPPED,
+)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,9 +14,9 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email import policy
 from email.utils import format_datetime, formataddr, getaddresses
-from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from .render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, greeting_for
@@ -67,6 +67,8 @@ class _Part:
 
     def __init__(self, source: str) -> None:
         self.pieces: list[bytes | str] = []
+        if not source.endswith("\n"):
+            source += "\n"  # a part ends with a line break, as the standard library writes it
         for i, chunk in enumerate(_PLACEHOLDER.split(source)):
             if i % 2:
                 self.pieces.append(chunk)  # a placeholder name
@@ -103,7 +105,7 @@ class MessageTemplate:
         self.domain = getaddresses([sender])[0][1].rpartition("@")[2] or "localhost"
         self.boundary = f"=_nl_{secrets.token_hex(12)}"
         self.signer = signer
-        fold = policy.SMTP.fold
+        fold = _fold
         fixed = [
             fold("From", sender),
             *([fold("Reply-To", reply_to)] if reply_to else []),
@@ -116,7 +118,9 @@ class MessageTemplate:
             f'Content-Type: multipart/alternative; boundary="{self.boundary}"\r\n',
         ]
         self._fixed_headers = "".join(fixed).encode("ascii")
-        part_head = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+        part_head = (
+            'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
+        )
         delimiter = f"\r\n--{self.boundary}\r\n".encode("ascii")
         self._text_head = f"--{self.boundary}\r\n".encode("ascii") + part_head.format("plain").encode("ascii")
         self._html_head = delimiter + part_head.format("html").encode("ascii")
@@ -147,8 +151,14 @@ class MessageTemplate:
             + CRLF
         )
         message = b"".join(
-            [head, self._text_head, *self._text.encode(text_values),
-             self._html_head, *self._html.encode(html_values), self._tail]
+            [
+                head,
+                self._text_head,
+                *self._text.encode(text_values),
+                self._html_head,
+                *self._html.encode(html_values),
+                self._tail,
+            ]
         )
         return self.signer(message) if self.signer else message
 
@@ -173,4 +183,9 @@ def _to_header(email: str, name: str | None) -> bytes:
     value = formataddr((name, email))
     if value.isascii() and len(value) < 70:
         return f"To: {value}\r\n".encode("ascii")
-    return policy.SMTP.fold("To", value).encode("ascii")
+    return _fold("To", value).encode("ascii")
+
+
+def _fold(name: str, value: str) -> str:
+    """One header line, RFC 2047-encoded and folded by the standard library."""
+    return str(policy.SMTP.header_factory(name, value).fold(policy=policy.SMTP))

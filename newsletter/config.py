@@ -169,7 +169,7 @@ def settings_from_dict(raw: dict[str, Any], *, config_dir: Path) -> Settings:
     unknown = sorted(set(raw) - _TABLE_KEYS)
     if unknown:
         raise ConfigError(f"unknown configuration key '{unknown[0]}'")
-    settings = _build(Settings, raw, "")
+    settings: Settings = _build(Settings, raw, "")
     settings = dataclasses.replace(
         settings,
         config_dir=config_dir,
@@ -201,9 +201,7 @@ def _build(cls: type[Any], table: Any, where: str) -> Any:
     for name, f in fields.items():
         dotted = _join(where, name)
         if name not in table:
-            has_default = (
-                f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-            )
+            has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
             if not has_default:
                 raise ConfigError(f"missing required configuration key '{dotted}'")
             continue
@@ -263,18 +261,26 @@ def _check(s: Settings) -> None:
     need(bool(n.name.strip()), "newsletter.name", "must not be empty")
     need(_one_address(n.sender), "newsletter.sender", "must be one email address")
     need(n.reply_to is None or _one_address(n.reply_to), "newsletter.reply_to", "must be one email address")
-    need(n.base_url.startswith(("http://", "https://")), "newsletter.base_url", "must start with http:// or https://")
+    need(
+        n.base_url.startswith(("http://", "https://")),
+        "newsletter.base_url",
+        "must start with http:// or https://",
+    )
     need(bool(n.postal_address.strip()), "newsletter.postal_address", "must not be empty")
     try:
         ZoneInfo(n.timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"configuration key 'newsletter.timezone' names no known time zone: {n.timezone!r}") from None
+        raise ConfigError(
+            f"configuration key 'newsletter.timezone' names no known time zone: {n.timezone!r}"
+        ) from None
     need(len(s.schedule.cron.split()) == 5, "schedule.cron", "must have five fields")
     need(s.schedule.misfire_grace_seconds >= 0, "schedule.misfire_grace_seconds", "must not be negative")
     d = s.digest
     need(d.window_hours > 0, "digest.window_hours", "must be positive")
     need(d.max_stories > 0, "digest.max_stories", "must be positive")
-    need(0 <= d.min_stories <= d.max_stories, "digest.min_stories", "must be between 0 and digest.max_stories")
+    need(
+        0 <= d.min_stories <= d.max_stories, "digest.min_stories", "must be between 0 and digest.max_stories"
+    )
     try:
         SandboxedEnvironment().from_string(d.subject)
     except jinja2.TemplateSyntaxError as exc:
@@ -313,7 +319,9 @@ def read_secret_key(settings: Settings) -> str:
             f"to create {settings.secret_key_path}"
         ) from None
     if len(key) < 16:
-        raise ConfigError(f"the secret key in {settings.secret_key_path} is too short (16 characters at least)")
+        raise ConfigError(
+            f"the secret key in {settings.secret_key_path} is too short (16 characters at least)"
+        )
     return key
 
 

@@ -30,10 +30,21 @@ class DeliveryStore(Protocol):
     def start_send(self, issue_id: int) -> int: ...
     def mark_in_flight_unknown(self, issue_id: int) -> int: ...
     def requeue_unknown(self, issue_id: int) -> int: ...
-    def due_targets(self, issue_id: int, *, now: datetime, after: int, limit: int) -> list[DeliveryTarget]: ...
+    def due_targets(
+        self, issue_id: int, *, now: datetime, after: int, limit: int
+    ) -> list[DeliveryTarget]: ...
     def claim(self, issue_id: int, subscriber_id: int, *, now: datetime) -> bool: ...
-    def record(self, issue_id: int, subscriber_id: int, *, status: DeliveryStatus, reply: str,
-               attempts: int, next_attempt_at: datetime | None, now: datetime) -> None: ...
+    def record(
+        self,
+        issue_id: int,
+        subscriber_id: int,
+        *,
+        status: DeliveryStatus,
+        reply: str,
+        attempts: int,
+        next_attempt_at: datetime | None,
+        now: datetime,
+    ) -> None: ...
     def next_deferred_at(self, issue_id: int) -> datetime | None: ...
     def finish_issue_if_done(self, issue_id: int, *, now: datetime) -> bool: ...
 
@@ -71,9 +82,11 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def backoff_seconds(attempts: int, options: SendOptions, *, rng: Callable[[], float] = random.random) -> float:
+def backoff_seconds(
+    attempts: int, options: SendOptions, *, rng: Callable[[], float] = random.random
+) -> float:
     """Exponential backoff with jitter: base, 2x base, 4x base ... each within +-20 %."""
-    raw = options.retry_base_seconds * 2 ** max(0, attempts - 1)
+    raw = options.retry_base_seconds * 2.0 ** max(0, attempts - 1)
     return min(options.retry_max_seconds, raw) * (0.8 + 0.4 * rng())
 
 
@@ -99,9 +112,19 @@ def send_issue(
     report.added = store.start_send(issue_id)
     waited = 0.0
     while True:
-        if not _send_due(store, transport, template, tokens, report, issue_id=issue_id,
-                         mail_from=mail_from, options=options, now=now, on_result=on_result,
-                         should_stop=should_stop):
+        if not _send_due(
+            store,
+            transport,
+            template,
+            tokens,
+            report,
+            issue_id=issue_id,
+            mail_from=mail_from,
+            options=options,
+            now=now,
+            on_result=on_result,
+            should_stop=should_stop,
+        ):
             report.stopped = True
             break
         due = store.next_deferred_at(issue_id)
@@ -146,17 +169,24 @@ def _send_due(
                 report.add(DeliveryStatus.SKIPPED)
                 continue
             message = template.compose(
-                Recipient(target.subscriber_id, target.email, target.name,
-                          tokens.unsubscribe(target.subscriber_id))
+                Recipient(
+                    target.subscriber_id, target.email, target.name, tokens.unsubscribe(target.subscriber_id)
+                )
             )
             envelope = Envelope(mail_from, target.email, f"issue-{issue_id}/{target.subscriber_id:08d}")
             try:
                 result = transport.send(envelope, message)
             except TransportError:
                 # Nothing reached the server: the row goes back to waiting, untouched.
-                store.record(issue_id, target.subscriber_id, status=DeliveryStatus.PENDING,
-                             reply="not sent: no connection to the mail server",
-                             attempts=target.attempts, next_attempt_at=None, now=now())
+                store.record(
+                    issue_id,
+                    target.subscriber_id,
+                    status=DeliveryStatus.PENDING,
+                    reply="not sent: no connection to the mail server",
+                    attempts=target.attempts,
+                    next_attempt_at=None,
+                    now=now(),
+                )
                 raise
             status = _record(store, result, target, issue_id=issue_id, options=options, now=now())
             report.add(status)
@@ -180,6 +210,13 @@ def _record(
             status = DeliveryStatus.FAILED
         else:
             next_at = now + timedelta(seconds=backoff_seconds(attempts, options))
-    store.record(issue_id, target.subscriber_id, status=status, reply=result.reply,
-                 attempts=attempts, next_attempt_at=next_at, now=now)
+    store.record(
+        issue_id,
+        target.subscriber_id,
+        status=status,
+        reply=result.reply,
+        attempts=attempts,
+        next_attempt_at=next_at,
+        now=now,
+    )
     return status

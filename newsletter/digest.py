@@ -59,7 +59,9 @@ class Digest:
         return (self.lead, *(s for sec in self.sections for s in sec.stories))
 
 
-def issue_window(issue_date: date, *, now: datetime, tz: ZoneInfo, window_hours: int) -> tuple[datetime, datetime]:
+def issue_window(
+    issue_date: date, *, now: datetime, tz: ZoneInfo, window_hours: int
+) -> tuple[datetime, datetime]:
     """[since, until]: the window ends at the issue moment (now, or the end of a past date)."""
     end_of_day = datetime.combine(issue_date + timedelta(days=1), time(), tzinfo=tz)
     until = min(now, end_of_day)

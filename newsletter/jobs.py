@@ -13,7 +13,7 @@ from .deliver import SendOptions, SendReport, send_issue
 from .digest import StoryItem, choose, issue_window
 from .models import DeliveryStatus, Issue, Story
 from .render import RenderedIssue, render_issue
-from .sources import Conditional, FeedResult, Limits, fetch_all
+from .sources import DEFAULT_LIMITS, Conditional, FeedResult, Limits, fetch_all
 from .store import Store
 from .tokens import Tokens
 from .transport import Transport
@@ -35,21 +35,29 @@ class GatherReport:
         return [r for r in self.results if not r.ok]
 
 
-def gather(settings: Settings, store: Store, *, now: datetime, limits: Limits = Limits()) -> GatherReport:
+def gather(
+    settings: Settings, store: Store, *, now: datetime, limits: Limits = DEFAULT_LIMITS
+) -> GatherReport:
     """Fetch every source and store the stories not seen before; failures are reported, not raised."""
     conditionals = {}
     for src in settings.sources:
         state = store.feed_state(src.url) if src.is_remote else None
         if state is not None:
             conditionals[src.url] = Conditional(state.etag, state.last_modified)
-    results = fetch_all(settings.sources, base_dir=settings.config_dir, conditionals=conditionals,
-                        now=now, limits=limits)
+    results = fetch_all(
+        settings.sources, base_dir=settings.config_dir, conditionals=conditionals, now=now, limits=limits
+    )
     new = 0
     for result in results:
         new += store.add_stories(result.stories, now=now)
         if result.source.is_remote:
-            store.save_feed_state(result.source.url, etag=result.etag, last_modified=result.last_modified,
-                                  error=result.error, now=now)
+            store.save_feed_state(
+                result.source.url,
+                etag=result.etag,
+                last_modified=result.last_modified,
+                error=result.error,
+                now=now,
+            )
     return GatherReport(results=results, new_stories=new)
 
 
@@ -68,12 +76,21 @@ def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) 
     d = settings.digest
     since, until = issue_window(issue_date, now=now, tz=settings.newsletter.tz, window_hours=d.window_hours)
     candidates = [_item(s) for s in store.unused_stories(since=since, until=until)]
-    digest = choose(candidates, issue_date=issue_date, max_stories=d.max_stories,
-                    min_stories=d.min_stories, section_order=[s.section or "" for s in settings.sources])
+    digest = choose(
+        candidates,
+        issue_date=issue_date,
+        max_stories=d.max_stories,
+        min_stories=d.min_stories,
+        section_order=[s.section or "" for s in settings.sources],
+    )
     if digest is None:
-        return BuildOutcome(None, False, f"no issue for {issue_date}: {len(candidates)} new "
-                            f"{'story' if len(candidates) == 1 else 'stories'} in the last "
-                            f"{d.window_hours} hours, {d.min_stories} needed")
+        return BuildOutcome(
+            None,
+            False,
+            f"no issue for {issue_date}: {len(candidates)} new "
+            f"{'story' if len(candidates) == 1 else 'stories'} in the last "
+            f"{d.window_hours} hours, {d.min_stories} needed",
+        )
 
     def render(issue_id: int) -> tuple[str, str, str, str]:
         r = render_issue(digest, settings, issue_id=issue_id)
@@ -83,20 +100,41 @@ def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) 
     if issue is None:  # another builder stored this date's issue first
         issue = store.issue_for_date(issue_date)
         return BuildOutcome(issue, False, f"issue for {issue_date} was built by another process")
-    return BuildOutcome(issue, True, f"built issue {issue.id} for {issue_date} with {issue.story_count} stories")
+    return BuildOutcome(
+        issue, True, f"built issue {issue.id} for {issue_date} with {issue.story_count} stories"
+    )
 
 
 def _item(s: Story) -> StoryItem:
-    return StoryItem(id=s.id, title=s.title, link=s.link, source=s.source, section=s.section,
-                     summary=s.summary, bullets=tuple(s.bullets or ()), author=s.author, image=s.image,
-                     published_at=s.published_at, fetched_at=s.fetched_at)
+    return StoryItem(
+        id=s.id,
+        title=s.title,
+        link=s.link,
+        source=s.source,
+        section=s.section,
+        summary=s.summary,
+        bullets=tuple(s.bullets or ()),
+        author=s.author,
+        image=s.image,
+        published_at=s.published_at,
+        fetched_at=s.fetched_at,
+    )
 
 
 def issue_template(settings: Settings, issue: Issue, *, subject_prefix: str = "") -> MessageTemplate:
     n = settings.newsletter
-    rendered = RenderedIssue(subject=issue.subject, preheader=issue.preheader, html=issue.html, text=issue.text)
-    return MessageTemplate(rendered, issue_id=issue.id, newsletter_name=n.name, sender=n.sender,
-                           reply_to=n.reply_to, base_url=n.base_url, subject_prefix=subject_prefix)
+    rendered = RenderedIssue(
+        subject=issue.subject, preheader=issue.preheader, html=issue.html, text=issue.text
+    )
+    return MessageTemplate(
+        rendered,
+        issue_id=issue.id,
+        newsletter_name=n.name,
+        sender=n.sender,
+        reply_to=n.reply_to,
+        base_url=n.base_url,
+        subject_prefix=subject_prefix,
+    )
 
 
 def mail_from(settings: Settings) -> str:
@@ -115,6 +153,15 @@ def send(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> SendReport:
     options = options or SendOptions(max_attempts=settings.delivery.max_attempts)
-    return send_issue(store, transport, issue_template(settings, issue), Tokens(read_secret_key(settings)),
-                      issue_id=issue.id, mail_from=mail_from(settings), options=options,
-                      resend_unknown=resend_unknown, on_result=on_result, should_stop=should_stop)
+    return send_issue(
+        store,
+        transport,
+        issue_template(settings, issue),
+        Tokens(read_secret_key(settings)),
+        issue_id=issue.id,
+        mail_from=mail_from(settings),
+        options=options,
+        resend_unknown=resend_unknown,
+        on_result=on_result,
+        should_stop=should_stop,
+    )

@@ -146,8 +146,14 @@ def _preheader(digest: Digest) -> str:
 def _wrap(text: str, width: int = 72, indent: str = "") -> str:
     import textwrap
 
-    return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent,
-                         break_long_words=False, break_on_hyphens=False)
+    return textwrap.fill(
+        text,
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def render_web(html: str, settings: Settings) -> str:

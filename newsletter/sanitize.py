@@ -18,12 +18,45 @@ SUMMARY_WORDS = 60
 MAX_BULLETS = 5
 BULLET_WORDS = 30
 
-_TAGS = {"p", "br", "ul", "ol", "li", "a", "b", "strong", "i", "em", "img", "div", "span",
-         "h1", "h2", "h3", "h4", "blockquote", "figure", "figcaption"}
+_TAGS = {
+    "p",
+    "br",
+    "ul",
+    "ol",
+    "li",
+    "a",
+    "b",
+    "strong",
+    "i",
+    "em",
+    "img",
+    "div",
+    "span",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "blockquote",
+    "figure",
+    "figcaption",
+}
 _ATTRIBUTES = {"a": {"href"}, "img": {"src", "alt", "width", "height", "style"}}
 # Dropped with everything inside them, not only the tags.
-_DROP_WITH_CONTENT = {"script", "style", "iframe", "object", "embed", "form", "noscript",
-                      "template", "svg", "math", "select", "textarea", "button"}
+_DROP_WITH_CONTENT = {
+    "script",
+    "style",
+    "iframe",
+    "object",
+    "embed",
+    "form",
+    "noscript",
+    "template",
+    "svg",
+    "math",
+    "select",
+    "textarea",
+    "button",
+}
 _BLOCKS = {"p", "br", "div", "li", "h1", "h2", "h3", "h4", "blockquote", "figure", "ul", "ol"}
 _LABELS = {"tldr", "tl;dr", "tl,dr", "key points", "in brief", "summary"}
 _HIDDEN_STYLE = re.compile(

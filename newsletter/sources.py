@@ -25,7 +25,7 @@ from .errors import FeedError
 from .sanitize import clean_html, cut_words, is_safe_url
 from .store import StoryRecord
 
-__all__ = ["FeedResult", "Limits", "fetch_all", "parse_feed", "canonical_link"]
+__all__ = ["DEFAULT_LIMITS", "FeedResult", "Limits", "fetch_all", "parse_feed", "canonical_link"]
 
 DEFAULT_SECTION = "Top stories"
 USER_AGENT = f"newsletter/{__version__} (+daily digest; feed reader)"
@@ -38,6 +38,9 @@ class Limits:
     read_seconds: float = 10.0
     total_seconds: float = 30.0
     parallel: int = 8
+
+
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,15 @@ def fetch_all(
     base_dir: Path,
     conditionals: dict[str, Conditional] | None = None,
     now: datetime,
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[FeedResult]:
     """Fetch and parse every source, in parallel, each failure caught and reported by name."""
     conditionals = conditionals or {}
     timeout = httpx.Timeout(limits.read_seconds, connect=limits.connect_seconds)
-    headers = {"User-Agent": USER_AGENT, "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, */*;q=0.5"}
+    headers = {
+        "User-Agent": USER_AGENT,
+        "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, */*;q=0.5",
+    }
     with httpx.Client(timeout=timeout, headers=headers, follow_redirects=True) as client:
 
         def one(src: SourceSettings) -> FeedResult:
@@ -242,6 +248,9 @@ def canonical_link(url: str) -> str:
     if not url:
         return ""
     parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-             if not k.lower().startswith(_TRACKING_PARAMS)]
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if not k.lower().startswith(_TRACKING_PARAMS)
+    ]
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", urlencode(query), ""))

@@ -11,7 +11,6 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Engine,
-    Row,
     and_,
     case,
     create_engine,
@@ -412,14 +411,17 @@ class Store:
             )
             .on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
         )
+        # INSERT's rowcount is not reported on every driver: count the issue's rows instead.
+        rows = select(func.count()).select_from(Delivery).where(Delivery.issue_id == issue_id)
         with self.write() as s:
-            result = s.execute(stmt)
+            before = s.scalar(rows) or 0
+            s.execute(stmt)
             s.execute(
                 update(Issue)
                 .where(Issue.id == issue_id, Issue.status == IssueStatus.BUILT)
                 .values(status=IssueStatus.SENDING)
             )
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+            return (s.scalar(rows) or 0) - before
 
     def mark_in_flight_unknown(self, issue_id: int) -> int:
         """Rows left `sending` by a sender that died: their fate is unknown. Returns how many."""
@@ -447,14 +449,14 @@ class Store:
             and_(Delivery.status == DeliveryStatus.DEFERRED, Delivery.next_attempt_at <= now),
         )
         with self.read() as s:
-            rows: Sequence[Row[Any]] = s.execute(
+            rows = s.execute(
                 select(Delivery.subscriber_id, Subscriber.email, Subscriber.name, Delivery.attempts)
                 .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
                 .where(Delivery.issue_id == issue_id, Delivery.subscriber_id > after, due)
                 .order_by(Delivery.subscriber_id)
                 .limit(limit)
             ).all()
-        return [DeliveryTarget(*r) for r in rows]
+        return [DeliveryTarget(r[0], r[1], r[2], r[3]) for r in rows]
 
     def claim(self, issue_id: int, subscriber_id: int, *, now: datetime) -> bool:
         """Mark one row in flight, if it is still due and its subscriber still active.
@@ -472,9 +474,7 @@ class Store:
                 and_(Delivery.status == DeliveryStatus.DEFERRED, Delivery.next_attempt_at <= now),
             )
             mine = and_(Delivery.issue_id == issue_id, Delivery.subscriber_id == subscriber_id, due)
-            claimed = s.execute(
-                update(Delivery).where(mine, active).values(status=DeliveryStatus.SENDING)
-            )
+            claimed = s.execute(update(Delivery).where(mine, active).values(status=DeliveryStatus.SENDING))
             if claimed.rowcount:  # type: ignore[attr-defined]
                 return True
             s.execute(

@@ -15,8 +15,15 @@ from .errors import NewsletterError
 from .models import Subscriber
 from .store import NewSubscriber, Store
 
-__all__ = ["InvalidSubscriber", "ImportReport", "normalise_email", "check_name", "import_csv",
-           "write_csv", "EXPORT_FIELDS"]
+__all__ = [
+    "InvalidSubscriber",
+    "ImportReport",
+    "normalise_email",
+    "check_name",
+    "import_csv",
+    "write_csv",
+    "EXPORT_FIELDS",
+]
 
 MAX_NAME = 100
 IMPORT_BATCH = 2000

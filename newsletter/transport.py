@@ -14,8 +14,15 @@ from .config import Settings
 from .errors import ConfigError, TransportError
 from .models import DeliveryStatus
 
-__all__ = ["Envelope", "SendResult", "Transport", "OutboxTransport", "SmtpTransport", "open_transport",
-           "classify_reply"]
+__all__ = [
+    "Envelope",
+    "SendResult",
+    "Transport",
+    "OutboxTransport",
+    "SmtpTransport",
+    "open_transport",
+    "classify_reply",
+]
 
 
 class Envelope(NamedTuple):
@@ -104,11 +111,17 @@ class SmtpTransport:
                 smtp.login(self.username, self.password)
             return smtp
         except smtplib.SMTPAuthenticationError as exc:
-            raise TransportError(f"the SMTP server {self.host}:{self.port} refused the login: {_text(exc.smtp_error)}") from None
+            raise TransportError(
+                f"the SMTP server {self.host}:{self.port} refused the login: {_text(exc.smtp_error)}"
+            ) from None
         except smtplib.SMTPNotSupportedError:
-            raise TransportError(f"the SMTP server {self.host}:{self.port} does not offer STARTTLS (set [smtp] security)") from None
+            raise TransportError(
+                f"the SMTP server {self.host}:{self.port} does not offer STARTTLS (set [smtp] security)"
+            ) from None
         except (OSError, smtplib.SMTPException) as exc:
-            raise TransportError(f"cannot connect to the SMTP server {self.host}:{self.port}: {exc}") from None
+            raise TransportError(
+                f"cannot connect to the SMTP server {self.host}:{self.port}: {exc}"
+            ) from None
 
     def send(self, envelope: Envelope, message: bytes) -> SendResult:
         if self._smtp is None:
@@ -163,7 +176,11 @@ def open_transport(settings: Settings) -> Transport:
     if d.transport == "smtp":
         s = settings.smtp
         return SmtpTransport(
-            s.host, s.port, security=s.security, username=s.username,
-            password=settings.smtp_password, timeout=s.timeout_seconds,
+            s.host,
+            s.port,
+            security=s.security,
+            username=s.username,
+            password=settings.smtp_password,
+            timeout=s.timeout_seconds,
         )
     raise ConfigError(f"unknown delivery transport {d.transport!r}")  # pragma: no cover

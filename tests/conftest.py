@@ -1,0 +1,356 @@
+"""Fixtures with real parts: a feed server over HTTP, an SMTP server over TCP (aiosmtpd),
+a SQLite file, and a fresh schema on the local PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import Envelope as SMTPEnvelope
+from aiosmtpd.smtp import Session as SMTPSession
+
+from newsletter.config import Settings, load_settings
+from newsletter.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("NEWSLETTER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_PG = os.environ.get("NEWSLETTER_REQUIRE_POSTGRES") == "1"
+SECRET = "test-secret-key-0123456789abcdef"
+
+
+# -- feeds over HTTP ----------------------------------------------------------------------------
+
+
+@dataclass
+class Route:
+    body: bytes = b""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    behaviour: str = ""  # "hang": say nothing for a while; "big": stream 10 MB
+
+
+class FeedServer:
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                server.requests.append((self.path, dict(self.headers)))
+                route = server.routes.get(self.path)
+                if route is None:
+                    self.send_error(404)
+                    return
+                if route.behaviour == "hang":
+                    server.release.wait(timeout=10)  # bounded: never holds a test run
+                    return
+                if route.behaviour == "big":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/rss+xml")
+                    self.end_headers()
+                    chunk = b"<!-- padding -->" * 4096
+                    try:
+                        for _ in range(10 * 1024 * 1024 // len(chunk) + 1):
+                            self.wfile.write(chunk)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    return
+                etag = route.headers.get("ETag")
+                if etag and self.headers.get("If-None-Match") == etag:
+                    self.send_response(304)
+                    self.end_headers()
+                    return
+                self.send_response(route.status)
+                self.send_header("Content-Type", "application/rss+xml; charset=utf-8")
+                self.send_header("Content-Length", str(len(route.body)))
+                for k, v in route.headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(route.body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def feed_server() -> Iterator[FeedServer]:
+    server = FeedServer()
+    yield server
+    server.close()
+
+
+def rss(items: list[dict[str, Any]], *, title: str = "Test Feed") -> bytes:
+    """An RSS 2.0 document; each item's keys: title, link, guid, description, author, date, category."""
+    parts = []
+    for it in items:
+        xml = [f"<title>{it['title']}</title>", f"<link>{it['link']}</link>"]
+        if "guid" in it:
+            xml.append(f'<guid isPermaLink="false">{it["guid"]}</guid>')
+        if "description" in it:
+            xml.append(f"<description><![CDATA[{it['description']}]]></description>")
+        if "author" in it:
+            xml.append(f"<dc:creator>{it['author']}</dc:creator>")
+        if "category" in it:
+            xml.append(f"<category>{it['category']}</category>")
+        if "image" in it:
+            xml.append(f'<enclosure url="{it["image"]}" type="image/jpeg" length="1000"/>')
+        if "date" in it:
+            xml.append(f"<pubDate>{format_datetime(it['date'])}</pubDate>")
+        parts.append("<item>" + "".join(xml) + "</item>")
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        '<rss version="2.0" xmlns:dc="http://purl.org/dc/elements/1.1/"><channel>'
+        f"<title>{title}</title><link>https://example.com/</link><description>t</description>"
+        + "".join(parts)
+        + "</channel></rss>"
+    ).encode()
+
+
+def recent(hours: float = 1) -> datetime:
+    return (datetime.now(UTC) - timedelta(hours=hours)).replace(microsecond=0)
+
+
+# -- SMTP over TCP ------------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+
+class SmtpSink:
+    """An aiosmtpd server on loopback that keeps every message; `rcpt_hook` may refuse recipients."""
+
+    def __init__(self) -> None:
+        self.messages: list[Received] = []
+        self.lock = threading.Lock()
+        self.rcpt_hook: Callable[[str], str | None] | None = None
+        sink = self
+
+        class Handler:
+            async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+                self,
+                server: SMTPServer,
+                session: SMTPSession,
+                envelope: SMTPEnvelope,
+                address: str,
+                rcpt_options: list[str],
+            ) -> str:
+                if sink.rcpt_hook and (reply := sink.rcpt_hook(address)):
+                    return reply
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
+            async def handle_DATA(  # noqa: N802
+                self, server: SMTPServer, session: SMTPSession, envelope: SMTPEnvelope
+            ) -> str:
+                with sink.lock:
+                    sink.messages.append(
+                        Received(
+                            str(envelope.mail_from),
+                            list(envelope.rcpt_tos),
+                            bytes(envelope.original_content or b""),
+                        )
+                    )
+                return "250 Message accepted"
+
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def by_recipient(self) -> dict[str, list[Received]]:
+        out: dict[str, list[Received]] = {}
+        for m in self.messages:
+            for r in m.rcpt_tos:
+                out.setdefault(r, []).append(m)
+        return out
+
+    def close(self) -> None:
+        self.controller.stop()
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink()
+    yield sink
+    sink.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- configuration and databases ----------------------------------------------------------------
+
+
+def write_config(
+    folder: Path,
+    *,
+    sources: list[tuple[str, str]] | None = None,
+    database_url: str | None = None,
+    extra: str = "",
+    delivery: str = 'transport = "outbox"',
+) -> Path:
+    """A config.toml in `folder`; sources are (name, url) pairs."""
+    sources = sources or [("Sample Tech", str(ROOT / "samples/feeds/tech-news.xml"))]
+    src = "".join(f'\n[[sources]]\nname = "{n}"\nurl = "{u}"\n' for n, u in sources)
+    db = database_url or "sqlite:///subscribers.db"
+    text = f"""
+[newsletter]
+name = "Test Digest"
+sender = "Test Digest <digest@example.com>"
+base_url = "https://news.example.com"
+postal_address = "1 Test Street, Testville"
+timezone = "UTC"
+
+[database]
+url = "{db}"
+
+[delivery]
+{delivery}
+max_attempts = 3
+{extra}
+{src}
+"""
+    path = folder / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", SECRET)
+    monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
+    monkeypatch.delenv("NEWSLETTER_CONFIG", raising=False)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, env: None) -> Settings:
+    return load_settings(write_config(tmp_path))
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(f"sqlite:///{tmp_path / 'subscribers.db'}")
+    store.migrate()
+    yield store
+    store.close()
+
+
+def _postgres_available() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_URL, connect_timeout=3):
+            return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "not here"
+        return f"PostgreSQL not reachable at {PG_URL}: {exc}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh schema on the local PostgreSQL for this test run, dropped at the end."""
+    reason = _postgres_available()
+    if reason:
+        if REQUIRE_PG:
+            pytest.fail(f"NEWSLETTER_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    import psycopg
+
+    schema = f"nltest_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    base = PG_URL.replace("postgresql://", "postgresql+psycopg://", 1)
+    sep = "&" if "?" in base else "?"
+    yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def postgres_store(postgres_url: str) -> Iterator[Store]:
+    store = Store(postgres_url)
+    store.migrate()
+    with store.engine.begin() as conn:
+        from sqlalchemy import text
+
+        conn.execute(
+            text("TRUNCATE deliveries, stories, issues, subscribers, feed_states RESTART IDENTITY CASCADE")
+        )
+    yield store
+    store.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest) -> Store:
+    """The same test on a SQLite file and on the local PostgreSQL."""
+    name = "sqlite_store" if request.param == "sqlite" else "postgres_store"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+# -- the command line as a user runs it ---------------------------------------------------------
+
+
+def run_cli(
+    config: Path,
+    *args: str,
+    timeout: float = 120,
+    check: bool = True,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET, **(extra_env or {})}
+    environment.pop("NEWSLETTER_DATABASE_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "newsletter.cli", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        cwd=config.parent,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()

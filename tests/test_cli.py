@@ -1,0 +1,145 @@
+"""The command line as a user runs it: subprocesses, real HTTP feeds, a real SMTP server."""
+
+import email
+import json
+import re
+from email import policy
+from pathlib import Path
+
+from .conftest import FeedServer, Route, SmtpSink, recent, rss, run_cli, write_config
+
+
+def smtp_config(tmp_path: Path, feed_server: FeedServer, sink: SmtpSink) -> Path:
+    feed_server.routes["/tech"] = Route(
+        rss(
+            [
+                {
+                    "title": f"Tech story {i}",
+                    "link": f"https://tech.example/{i}",
+                    "author": "Writer",
+                    "description": f"<p>Words about tech story {i}.</p>",
+                    "date": recent(i),
+                }
+                for i in range(1, 5)
+            ]
+        )
+    )
+    feed_server.routes["/reviews"] = Route(
+        rss(
+            [
+                {
+                    "title": "Review of a laptop",
+                    "link": "https://reviews.example/laptop",
+                    "category": "Reviews",
+                    "description": "<p>It is fine.</p>",
+                    "date": recent(2),
+                }
+            ]
+        )
+    )
+    return write_config(
+        tmp_path,
+        sources=[
+            ("Tech", feed_server.url("/tech")),
+            ("Reviews", feed_server.url("/reviews")),
+            ("Broken", feed_server.url("/missing")),
+        ],
+        delivery='transport = "smtp"',
+        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\nconnections = 1\n',
+    )
+
+
+def test_run_delivers_one_message_per_active_subscriber(
+    tmp_path: Path, feed_server: FeedServer, smtp_sink: SmtpSink
+) -> None:
+    config = smtp_config(tmp_path, feed_server, smtp_sink)
+    run_cli(config, "init")
+    csv = tmp_path / "subs.csv"
+    csv.write_text("email,name\n" + "".join(f"reader{i}@example.com,Reader {i}\n" for i in range(200)))
+    run_cli(config, "subscribers", "import", str(csv))
+    run_cli(config, "subscribers", "remove", "reader5@example.com")
+    run_cli(config, "subscribers", "remove", "reader6@example.com")
+
+    first = run_cli(config, "run")
+    assert "source 'Broken'" in first.stderr and "404" in first.stderr  # reported, and the rest went on
+    assert "198 sent" in first.stdout
+
+    got = smtp_sink.by_recipient()
+    assert len(got) == 198 and all(len(m) == 1 for m in got.values())
+    assert "reader5@example.com" not in got and "reader6@example.com" not in got
+
+    msg = email.message_from_bytes(got["reader7@example.com"][0].data, policy=policy.default)
+    assert msg["To"] == "Reader 7 <reader7@example.com>"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    unsubscribe = re.fullmatch(
+        r"<(https://news\.example\.com/unsubscribe/[^>]+)>", str(msg["List-Unsubscribe"])
+    )
+    assert unsubscribe
+    html = msg.get_body(("html",)).get_content()
+    text = msg.get_body(("plain",)).get_content()
+    styles = "".join(re.findall(r"<style[^>]*>(.*?)</style>", html, re.S))
+    assert re.sub(r"@media[^{]*\{(?:[^{}]*\{[^{}]*\})*[^{}]*\}", "", styles).strip() == ""
+    for link in [f"https://tech.example/{i}" for i in range(1, 5)] + ["https://reviews.example/laptop"]:
+        assert f'href="{link}"' in html and link in text
+    assert unsubscribe.group(1) in html and unsubscribe.group(1) in text
+    assert "Good morning, Reader." in text
+
+    second = run_cli(config, "run")
+    assert "already built" in second.stdout and "nothing to send" in second.stdout
+    assert len(smtp_sink.messages) == 198
+
+    status = json.loads(run_cli(config, "status", "--json").stdout)
+    (issue,) = status["issues"]
+    assert issue["status"] == "sent" and issue["deliveries"]["sent"] == 198
+    assert issue["deliveries"]["pending"] == 0 and issue["deliveries"]["unknown"] == 0
+
+    listed = json.loads(run_cli(config, "subscribers", "list", "--status", "unsubscribed", "--json").stdout)
+    assert [s["email"] for s in listed["subscribers"]] == ["reader5@example.com", "reader6@example.com"]
+    assert listed["subscribers"][0]["unsubscribed_at"]
+
+
+def test_outbox_demo_path_preview_and_test_copy(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    config = write_config(tmp_path)  # the bundled sample feed, outbox transport
+    run_cli(config, "init")
+    run_cli(config, "subscribers", "add", "ada@example.com", "--name", "Ada")
+    built = json.loads(run_cli(config, "build", "--json").stdout)
+    assert built["created"] and built["issue"]["stories"] == 4
+    run_cli(config, "send")
+    assert len(list((tmp_path / "outbox").rglob("*.eml"))) == 1
+    preview = tmp_path / "p.html"
+    run_cli(config, "preview", "--out", str(preview))
+    page = preview.read_text()
+    assert "Regional grid operator" in page and "__NL_" not in page
+    run_cli(config, "preview", "--to", "editor@example.com")
+    tests = list((tmp_path / "outbox" / "test").glob("*.eml"))
+    assert len(tests) == 1
+    msg = email.message_from_bytes(tests[0].read_bytes(), policy=policy.default)
+    assert str(msg["Subject"]).startswith("[Test] ")
+    status = json.loads(run_cli(config, "status", "--json").stdout)
+    assert status["issues"][0]["deliveries"]["sent"] == 1  # the test copy is not a delivery
+
+
+def test_exit_codes_and_plain_sentences(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    run_cli(config, "init")
+    bad = run_cli(config, "subscribers", "add", "nope", check=False)
+    assert bad.returncode == 2 and "not a valid email address" in bad.stderr
+    crlf = run_cli(
+        config, "subscribers", "add", "a@example.com", "--name", "A\r\nBcc: x@example.com", check=False
+    )
+    assert crlf.returncode == 2 and "line break" in crlf.stderr
+    missing = run_cli(config, "send", "--issue", "99", check=False)
+    assert missing.returncode == 1 and "there is no issue 99" in missing.stderr
+    assert "Traceback" not in missing.stderr + bad.stderr
+    nofile = run_cli(tmp_path / "nope.toml", "status", check=False)
+    assert nofile.returncode == 2 and "no configuration file" in nofile.stderr
+
+
+def test_no_issue_when_too_few_stories(tmp_path: Path, feed_server: FeedServer) -> None:
+    feed_server.routes["/old"] = Route(
+        rss([{"title": "Old", "link": "https://x.example/old", "date": recent(72)}])
+    )
+    config = write_config(tmp_path, sources=[("Old", feed_server.url("/old"))])
+    run_cli(config, "init")
+    proc = run_cli(config, "build")
+    assert "no issue for" in proc.stdout and "0 new stories" in proc.stdout

@@ -1,0 +1,110 @@
+"""The fast splice gives the same message as the standard library's slow way."""
+
+import email
+import random
+from email import policy
+from email.message import EmailMessage
+
+import pytest
+
+from newsletter.compose import MessageTemplate, Recipient, qp_encode
+from newsletter.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, fill, greeting_for
+
+HTML = (
+    f'<html><body><p style="color:#333">{GREETING} Caf\u00e9 news = good</p>\n'
+    + "<p>"
+    + "long line " * 40
+    + f'</p><a href="{UNSUBSCRIBE_URL}">Unsubscribe</a>\n'
+    "<p>.dot at start</p>\n</body></html>"
+)
+TEXT = f"{GREETING} Here are today's headlines.\n\nTrailing space \nUnsubscribe: {UNSUBSCRIBE_URL}\n"
+ISSUE = RenderedIssue(
+    subject="25 Nov 2026: Zo\u00eb's r\u00e9sum\u00e9 of the long, long week in tech news",
+    preheader="p",
+    html=HTML,
+    text=TEXT,
+)
+
+
+def template() -> MessageTemplate:
+    return MessageTemplate(
+        ISSUE,
+        issue_id=3,
+        newsletter_name="Test Digest",
+        sender="Test Digest <digest@example.com>",
+        reply_to="editor@example.com",
+        base_url="https://news.example.com/",
+    )
+
+
+def slow(recipient: Recipient) -> EmailMessage:
+    """The same message built with the standard library, as a naive sender would."""
+    url = f"https://news.example.com/unsubscribe/{recipient.unsubscribe_token}"
+    greeting = greeting_for(recipient.name)
+    msg = EmailMessage()
+    msg["From"] = "Test Digest <digest@example.com>"
+    msg["To"] = (
+        email.utils.formataddr((recipient.name, recipient.email)) if recipient.name else recipient.email
+    )
+    msg["Subject"] = ISSUE.subject
+    msg["Reply-To"] = "editor@example.com"
+    msg["List-Unsubscribe"] = f"<{url}>"
+    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    msg["List-Id"] = "Test Digest <test-digest.news.example.com>"
+    msg.set_content(fill(TEXT, greeting=greeting, unsubscribe_url=url, for_html=False))
+    msg.add_alternative(fill(HTML, greeting=greeting, unsubscribe_url=url, for_html=True), subtype="html")
+    return msg
+
+
+def body(msg: email.message.Message, kind: str) -> str:
+    part = msg.get_body((kind,))  # type: ignore[attr-defined]
+    return str(part.get_content()).replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize(
+    "name", [None, "Ada Lovelace", "Zo\u00eb Ch\u00e2telet", 'Smith, "J" <x>', "A very long name " * 4]
+)
+def test_spliced_message_equals_the_slow_one(name: str | None) -> None:
+    recipient = Recipient(42, "ada@example.com", name, "TOKEN.abc-_")
+    fast = email.message_from_bytes(template().compose(recipient), policy=policy.default)
+    want = email.message_from_bytes(slow(recipient).as_bytes(policy=policy.SMTP), policy=policy.default)
+    assert fast.get_content_type() == "multipart/alternative"
+    for header in (
+        "From",
+        "To",
+        "Subject",
+        "Reply-To",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        "List-Id",
+    ):
+        assert str(fast[header]) == str(want[header]), header
+    for kind in ("plain", "html"):
+        assert body(fast, kind) == body(want, kind)
+    assert fast["Message-ID"].endswith("@example.com>") and fast["Date"]
+    assert fast["Auto-Submitted"] == "auto-generated"
+    assert fast.get_body(("plain",))["Content-Type"].params["charset"] == "utf-8"
+
+
+def test_message_ids_are_unique_and_lines_short() -> None:
+    t = template()
+    raw = [t.compose(Recipient(i, f"u{i}@example.com", None, f"t{i}")) for i in range(200)]
+    ids = {email.message_from_bytes(r, policy=policy.default)["Message-ID"] for r in raw}
+    assert len(ids) == 200
+    for r in raw[:3]:
+        assert all(len(line) <= 998 for line in r.split(b"\r\n"))
+        body = r.split(b"\r\n\r\n", 1)[1]
+        assert all(len(line) <= 76 for line in body.split(b"\r\n"))
+        assert b"\n" not in r.replace(b"\r\n", b"")
+
+
+def test_quoted_printable_round_trips_random_text() -> None:
+    rng = random.Random(7)
+    alphabet = "ab =.\t\u00e9\u20ac\U0001f600\n" + "x" * 10
+    import quopri
+
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 300)))
+        encoded = qp_encode(text)
+        assert all(len(line) <= 76 for line in encoded.split(b"\r\n"))
+        assert quopri.decodestring(encoded).decode("utf-8") == text.replace("\n", "\r\n")

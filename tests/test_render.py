@@ -1,0 +1,73 @@
+import re
+from datetime import UTC, date, datetime, timedelta
+
+from newsletter.config import Settings
+from newsletter.digest import Digest, Section, StoryItem
+from newsletter.render import GREETING, UNSUBSCRIBE_URL, fill, inline_css, render_issue
+
+NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
+
+
+def story(i: int, **kw: object) -> StoryItem:
+    base = dict(
+        id=i,
+        title=f"Headline {i} & more",
+        link=f"https://x.example/{i}",
+        source="Example Wire",
+        section="Tech News",
+        summary=f"Summary {i}.",
+        bullets=(),
+        author="A. Writer",
+        image=None,
+        published_at=NOW - timedelta(hours=i),
+        fetched_at=NOW,
+    )
+    base.update(kw)
+    return StoryItem(**base)  # type: ignore[arg-type]
+
+
+def digest() -> Digest:
+    lead = story(1, image="https://img.example/lead.jpg", bullets=("Point one.", "Point two."))
+    return Digest(
+        issue_date=date(2026, 11, 25),
+        lead=lead,
+        sections=(Section("Tech News", (story(2), story(3))), Section("Reviews", (story(4),))),
+    )
+
+
+def test_placeholders_survive_premailer() -> None:
+    raw = (
+        f"<html><head><style>a {{ color: red }}</style></head><body><p>{GREETING}</p>"
+        f'<a href="{UNSUBSCRIBE_URL}">u</a></body></html>'
+    )
+    inlined = inline_css(raw)
+    assert GREETING in inlined and f'href="{UNSUBSCRIBE_URL}"' in inlined
+    assert 'style="color:red"' in inlined.replace(" ", "")
+    filled = fill(inlined, greeting="Hi <Bob> & co", unsubscribe_url="https://n.example/u/a&b", for_html=True)
+    assert "Hi &lt;Bob&gt; &amp; co" in filled and 'href="https://n.example/u/a&amp;b"' in filled
+
+
+def test_issue_html_is_inlined_with_only_media_queries_left(settings: Settings) -> None:
+    r = render_issue(digest(), settings, issue_id=7)
+    styles = re.findall(r"<style[^>]*>(.*?)</style>", r.html, re.S)
+    leftover = re.sub(r"@media[^{]*\{(?:[^{}]*\{[^{}]*\})*[^{}]*\}", "", "".join(styles)).strip()
+    assert leftover == "", leftover  # every rule outside a media query went into style attributes
+    assert "prefers-color-scheme: dark" in "".join(styles)
+    assert 'class="container"' in r.html and "width:600px" in r.html.replace(" ", "")
+    assert 'class="preheader"' in r.html and "display:none" in r.html.replace(" ", "")
+    assert 'alt="Headline 1 &amp; more"' in r.html
+    for i in range(1, 5):
+        assert f'href="https://x.example/{i}"' in r.html
+        assert f"https://x.example/{i}" in r.text
+    assert "https://news.example.com/archive/7" in r.html and "1 Test Street" in r.html
+    assert GREETING in r.html and UNSUBSCRIBE_URL in r.html and UNSUBSCRIBE_URL in r.text
+    assert "<li>Point one.</li>" in r.html.replace("\n", "") or "Point one." in r.html
+    assert r.subject == "25 Nov 2026: Headline 1 & more"
+
+
+def test_text_part_is_its_own_template(settings: Settings) -> None:
+    r = render_issue(digest(), settings, issue_id=7)
+    assert "<" not in r.text.replace("<https", "")
+    assert "* Point one." in r.text
+    assert "== TECH NEWS ==" in r.text and "== REVIEWS ==" in r.text
+    assert "Headline 1 & more" in r.text  # not HTML-escaped in the text part

@@ -1,0 +1,58 @@
+from datetime import UTC, datetime
+
+from newsletter.config import SourceSettings
+from newsletter.sanitize import clean_html, cut_words
+from newsletter.sources import parse_feed
+
+from .conftest import rss
+
+HOSTILE = """
+<p onclick="steal()">Council approves the <b>new library</b> budget.</p>
+<script>alert('x')</script><style>p{display:none}</style>
+<iframe src="https://evil.example/frame">framed words</iframe>
+<form action="https://evil.example/login"><input name="pw">Enter password</form>
+<a href="javascript:alert(1)">click me</a> <a href="data:text/html,hi">data link</a>
+<img src="https://track.example/p.gif" width="1" height="1">
+<img src="https://track.example/q.gif" style="display:none">
+<img src="https://img.example/library.jpg" onerror="alert(2)" width="600">
+<object data="x.swf">obj</object>
+"""
+
+
+def test_hostile_html_keeps_only_plain_words_and_a_real_image() -> None:
+    clean = clean_html(HOSTILE)
+    assert "Council approves the new library budget." in clean.text
+    assert "click me" in clean.text  # the words stay, the javascript: link does not
+    for bad in ("alert", "steal", "framed words", "Enter password", "display", "obj"):
+        assert bad not in clean.text
+    assert clean.images == ["https://img.example/library.jpg"]
+
+
+def test_a_hostile_feed_yields_no_markup_in_the_story() -> None:
+    body = rss(
+        [
+            {
+                "title": "Budget <script>alert(1)</script>vote",
+                "link": "https://x.example/b",
+                "description": HOSTILE,
+            }
+        ]
+    )
+    (story,) = parse_feed(body, SourceSettings(name="F", url="https://f.example/"), now=datetime.now(UTC))
+    assert story.title == "Budget vote"
+    assert story.image == "https://img.example/library.jpg"
+    assert "<" not in story.summary and "alert" not in story.summary
+
+
+def test_summaries_are_cut_on_a_word_boundary() -> None:
+    words = " ".join(f"word{i}" for i in range(100))
+    cut = cut_words(words, 60)
+    assert cut.endswith("word59…")
+    assert len(cut.split()) == 60
+    assert cut_words("short text", 60) == "short text"
+
+
+def test_bullets_are_kept_as_a_list() -> None:
+    clean = clean_html("<p>TLDR</p><ul><li>First point.</li><li>Second <i>point</i>.</li></ul><p>Body.</p>")
+    assert clean.bullets == ["First point.", "Second point."]
+    assert clean.text == "Body."

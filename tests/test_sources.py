@@ -1,0 +1,125 @@
+from datetime import UTC, datetime
+from pathlib import Path
+
+from newsletter import jobs
+from newsletter.config import SourceSettings, load_settings
+from newsletter.sources import Conditional, Limits, canonical_link, fetch_all, parse_feed
+from newsletter.store import Store
+
+from .conftest import ROOT, FeedServer, Route, recent, rss, write_config
+
+NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+FAST = Limits(connect_seconds=2, read_seconds=1, total_seconds=3)
+
+
+def src(url: str, name: str = "Feed", section: str | None = None) -> SourceSettings:
+    return SourceSettings(name=name, url=url, section=section)
+
+
+def test_rss2_atom_and_rss1_samples_parse() -> None:
+    results = fetch_all(
+        [
+            src("samples/feeds/tech-news.xml", "Tech"),
+            src("samples/feeds/in-depth.atom", "Deep"),
+            src("samples/feeds/reviews.rdf", "Reviews"),
+        ],
+        base_dir=ROOT,
+        now=NOW,
+    )
+    assert [r.error for r in results] == [None, None, None]
+    tech, deep, reviews = (r.stories for r in results)
+    assert len(tech) == 4 and len(deep) == 3 and len(reviews) == 2
+    lead = tech[0]
+    assert lead.author == "Priya Raman"
+    assert lead.section == "Infrastructure"  # no section configured: the entry's first category
+    assert lead.image == "https://news.example.com/images/grid-substation.jpg"
+    assert lead.bullets[0].startswith("The operator will approve")
+    assert deep[0].author == "Jonah Whitfield" and deep[0].section == "Top stories"
+    assert reviews[0].link == "https://reviews.example.net/e-reader-lumen-7"
+
+
+def test_identity_guid_then_link_then_hash_and_reused_links_stay_distinct() -> None:
+    body = rss(
+        [
+            {"title": "A", "link": "https://x.example/a", "guid": "urn:x:1"},
+            {"title": "B", "link": "https://x.example/b"},
+            {"title": "C", "link": "https://x.example/same"},
+            {"title": "D", "link": "https://x.example/same"},
+            {"title": "E", "link": "https://x.example/e", "guid": "42"},
+        ]
+    )
+    stories = parse_feed(body, src("https://feed.example/rss"), now=NOW)
+    ids = [s.identity for s in stories]
+    assert ids[0] == "urn:x:1"
+    assert ids[1] == "https://x.example/b"
+    assert ids[2].startswith("sha256:") and ids[3].startswith("sha256:") and ids[2] != ids[3]
+    assert ids[4] == "https://feed.example/rss#42"  # a bare guid is unique only within its feed
+    assert len(set(ids)) == 5
+
+
+def test_the_same_story_in_two_feeds_is_stored_once(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.migrate()
+    item = {"title": "Shared", "link": "https://x.example/shared?utm_source=feed#top"}
+    one = parse_feed(rss([item]), src("https://a.example/rss", "A"), now=NOW)
+    two = parse_feed(
+        rss([{**item, "link": "https://X.example/shared"}]), src("https://b.example/rss", "B"), now=NOW
+    )
+    assert store.add_stories(one, now=NOW) == 1
+    assert store.add_stories(two, now=NOW) == 0
+    assert canonical_link("https://X.example/p?a=1&utm_medium=x#f") == "https://x.example/p?a=1"
+
+
+def test_a_broken_feed_is_reported_and_the_others_still_gathered(feed_server: FeedServer) -> None:
+    good = rss([{"title": "Good news", "link": "https://x.example/good", "date": recent()}])
+    feed_server.routes["/good"] = Route(good)
+    feed_server.routes["/500"] = Route(b"oops", status=500)
+    feed_server.routes["/malformed"] = Route(b"<html><body>this is no feed</body>")
+    feed_server.routes["/hang"] = Route(behaviour="hang")
+    feed_server.routes["/big"] = Route(behaviour="big")
+    names = ["good", "500", "404", "malformed", "hang", "big"]
+    sources = [src(feed_server.url(f"/{n}"), n) for n in names]
+    results = {r.source.name: r for r in fetch_all(sources, base_dir=ROOT, now=NOW, limits=FAST)}
+    assert results["good"].ok and results["good"].stories[0].title == "Good news"
+    assert "500" in (results["500"].error or "")
+    assert "404" in (results["404"].error or "")
+    assert "not" in (results["malformed"].error or "") and "feed" in (results["malformed"].error or "")
+    assert "did not answer in time" in (results["hang"].error or "")
+    assert "larger than 5 MB" in (results["big"].error or "")
+    missing = fetch_all([src("no/such/file.xml", "missing")], base_dir=ROOT, now=NOW)[0]
+    assert "cannot read" in (missing.error or "")
+
+
+def test_conditional_requests_use_etag(feed_server: FeedServer, tmp_path: Path, env: None) -> None:
+    feed_server.routes["/feed"] = Route(
+        rss([{"title": "T", "link": "https://x.example/t"}]),
+        headers={"ETag": '"v1"', "Last-Modified": "Tue, 24 Nov 2026 06:00:00 GMT"},
+    )
+    settings = load_settings(write_config(tmp_path, sources=[("F", feed_server.url("/feed"))]))
+    store = Store(settings.database_url)
+    store.migrate()
+    first = jobs.gather(settings, store, now=NOW)
+    assert first.new_stories == 1
+    second = jobs.gather(settings, store, now=NOW)
+    assert second.results[0].not_modified and second.new_stories == 0
+    path, headers = feed_server.requests[-1]
+    assert headers.get("If-None-Match") == '"v1"'
+    assert headers.get("If-Modified-Since") == "Tue, 24 Nov 2026 06:00:00 GMT"
+    assert fetch_all(
+        [src(feed_server.url("/feed"))],
+        base_dir=ROOT,
+        now=NOW,
+        conditionals={feed_server.url("/feed"): Conditional('"v1"', None)},
+    )[0].not_modified
+
+
+def test_future_dates_are_clamped_and_undated_items_have_none() -> None:
+    body = rss(
+        [
+            {"title": "Later", "link": "https://x.example/l", "date": datetime(2030, 1, 1, tzinfo=UTC)},
+            {"title": "Undated", "link": "https://x.example/u"},
+        ]
+    )
+    later, undated = parse_feed(body, src("https://f.example/"), now=NOW)
+    assert later.published_at == NOW
+    assert undated.published_at is None
