@@ -266,8 +266,8 @@ def gather(app: App, as_json: bool) -> None:
 
 
 def _gather(app: App, *, quiet: bool = False) -> jobs.GatherReport:
-    with _spinner(f"gathering {len(app.settings.sources)} sources", quiet=quiet):
-        report = jobs.gather(app.settings, app.store, now=_now())
+    with _progress("gathering feeds", total=len(app.settings.sources), quiet=quiet) as tick:
+        report = jobs.gather(app.settings, app.store, now=_now(), on_done=lambda _result: tick())
     for r in report.results:
         if r.error:
             err.print(f"source '{r.source.name}' ({r.source.url}) failed: {r.error}", markup=False)
@@ -277,15 +277,6 @@ def _gather(app: App, *, quiet: bool = False) -> jobs.GatherReport:
             f"gathered {ok} of {len(report.results)} sources: {report.new_stories} new stories", markup=False
         )
     return report
-
-
-@contextmanager
-def _spinner(label: str, *, quiet: bool) -> Iterator[None]:
-    if quiet or not err.is_terminal:
-        yield
-        return
-    with err.status(label):
-        yield
 
 
 def _issue_date(app: App, value: str | None) -> date:
@@ -439,9 +430,10 @@ def _send(app: App, issue: Issue, *, resend_unknown: bool, as_json: bool) -> Non
 
 
 @contextmanager
-def _progress(label: str, *, total: int, quiet: bool) -> Iterator[Callable[[DeliveryStatus], None]]:
+def _progress(label: str, *, total: int, quiet: bool) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on a terminal; otherwise a plain log line every five seconds."""
     if quiet:
-        yield lambda _status: None
+        yield lambda *_: None
         return
     if err.is_terminal:
         columns = (
@@ -453,11 +445,11 @@ def _progress(label: str, *, total: int, quiet: bool) -> Iterator[Callable[[Deli
         )
         with Progress(*columns, console=err, transient=True) as bar:
             task = bar.add_task(label, total=total or None)
-            yield lambda _status: bar.advance(task)
+            yield lambda *_: bar.advance(task)
         return
     state = {"n": 0, "last": time.monotonic()}
 
-    def tick(_status: DeliveryStatus) -> None:
+    def tick(*_: object) -> None:
         state["n"] += 1
         now = time.monotonic()
         if now - state["last"] >= 5:

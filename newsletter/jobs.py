@@ -36,7 +36,12 @@ class GatherReport:
 
 
 def gather(
-    settings: Settings, store: Store, *, now: datetime, limits: Limits = DEFAULT_LIMITS
+    settings: Settings,
+    store: Store,
+    *,
+    now: datetime,
+    limits: Limits = DEFAULT_LIMITS,
+    on_done: Callable[[FeedResult], None] | None = None,
 ) -> GatherReport:
     """Fetch every source and store the stories not seen before; failures are reported, not raised."""
     conditionals = {}
@@ -45,7 +50,12 @@ def gather(
         if state is not None:
             conditionals[src.url] = Conditional(state.etag, state.last_modified)
     results = fetch_all(
-        settings.sources, base_dir=settings.config_dir, conditionals=conditionals, now=now, limits=limits
+        settings.sources,
+        base_dir=settings.config_dir,
+        conditionals=conditionals,
+        now=now,
+        limits=limits,
+        on_done=on_done,
     )
     new = 0
     for result in results:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,6 +70,7 @@ def fetch_all(
     conditionals: dict[str, Conditional] | None = None,
     now: datetime,
     limits: Limits = DEFAULT_LIMITS,
+    on_done: Callable[[FeedResult], None] | None = None,
 ) -> list[FeedResult]:
     """Fetch and parse every source, in parallel, each failure caught and reported by name."""
     conditionals = conditionals or {}
@@ -98,8 +99,14 @@ def fetch_all(
                 result.error = str(exc)
             return result
 
+        def reported(src: SourceSettings) -> FeedResult:
+            result = one(src)
+            if on_done:
+                on_done(result)
+            return result
+
         with ThreadPoolExecutor(max_workers=max(1, min(limits.parallel, len(sources)))) as pool:
-            return list(pool.map(one, sources))
+            return list(pool.map(reported, sources))
 
 
 def _fetch_http(

@@ -333,7 +333,8 @@ def run_cli(
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET, **(extra_env or {})}
-    environment.pop("NEWSLETTER_DATABASE_URL", None)
+    if not extra_env or "NEWSLETTER_DATABASE_URL" not in extra_env:
+        environment.pop("NEWSLETTER_DATABASE_URL", None)
     proc = subprocess.run(
         [sys.executable, "-m", "newsletter.cli", "--config", str(config), *args],
         capture_output=True,

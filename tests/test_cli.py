@@ -143,3 +143,34 @@ def test_no_issue_when_too_few_stories(tmp_path: Path, feed_server: FeedServer) 
     run_cli(config, "init")
     proc = run_cli(config, "build")
     assert "no issue for" in proc.stdout and "0 new stories" in proc.stdout
+
+
+def test_run_on_postgresql(
+    tmp_path: Path, feed_server: FeedServer, smtp_sink: SmtpSink, postgres_url: str
+) -> None:
+    """The same main job with the database on the local PostgreSQL server."""
+    import psycopg
+
+    schema = postgres_url.rsplit("%3D", 1)[1]
+    with psycopg.connect(postgres_url.replace("+psycopg", "").split("?")[0], autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}_cli" CASCADE')
+        conn.execute(f'CREATE SCHEMA "{schema}_cli"')
+    config = smtp_config(tmp_path, feed_server, smtp_sink)
+    env = {"NEWSLETTER_DATABASE_URL": f"{postgres_url}_cli"}
+    run_cli(config, "init", extra_env=env)
+    assert "revision 0001" in run_cli(config, "init", extra_env=env).stdout  # idempotent
+    run_cli(config, "subscribers", "add", "pg0@example.com", extra_env=env)
+    run_cli(config, "subscribers", "add", "pg1@example.com", extra_env=env)
+    csv = tmp_path / "subs.csv"
+    csv.write_text("email\n" + "".join(f"pg{i}@example.com\n" for i in range(20)))
+    assert (
+        "18 new, 2 already present"
+        in run_cli(config, "subscribers", "import", str(csv), extra_env=env).stdout
+    )
+    run_cli(config, "run", extra_env=env)
+    run_cli(config, "run", extra_env=env)
+    got = smtp_sink.by_recipient()
+    assert len(got) == 20 and all(len(m) == 1 for m in got.values())
+    status = json.loads(run_cli(config, "status", "--json", extra_env=env).stdout)
+    assert status["issues"][0]["deliveries"]["sent"] == 20
+    assert status["subscribers"] == {"active": 20}
