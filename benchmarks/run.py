@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -43,23 +43,39 @@ console = Console(width=150)
 
 def sample_digest() -> Digest:
     """Twelve stories, shaped like a real day's issue."""
-    words = ("grid operator data centre demand record winter capacity review providers generation "
-             "maintainers patch distributions researcher release catalogue repair batteries storage").split()
+    words = (
+        "grid operator data centre demand record winter capacity review providers generation "
+        "maintainers patch distributions researcher release catalogue repair batteries storage"
+    ).split()
 
     def story(i: int, section: str) -> StoryItem:
         summary = " ".join(words[(i + k) % len(words)] for k in range(55)).capitalize() + "."
-        bullets = tuple(" ".join(words[(i + k) % len(words)] for k in range(18)) + "." for k in range(3)) \
-            if i % 3 == 0 else ()
-        return StoryItem(id=i, title=f"Headline number {i}: {' '.join(words[i % 7:i % 7 + 6])}",
-                         link=f"https://news.example.com/2026/story-{i}", source="Example Wire", section=section,
-                         summary=summary, bullets=bullets, author="A. Writer",
-                         image=f"https://news.example.com/img/{i}.jpg" if i % 4 == 0 else None,
-                         published_at=NOW - timedelta(hours=i), fetched_at=NOW)
+        bullets = (
+            tuple(" ".join(words[(i + k) % len(words)] for k in range(18)) + "." for k in range(3))
+            if i % 3 == 0
+            else ()
+        )
+        return StoryItem(
+            id=i,
+            title=f"Headline number {i}: {' '.join(words[i % 7 : i % 7 + 6])}",
+            link=f"https://news.example.com/2026/story-{i}",
+            source="Example Wire",
+            section=section,
+            summary=summary,
+            bullets=bullets,
+            author="A. Writer",
+            image=f"https://news.example.com/img/{i}.jpg" if i % 4 == 0 else None,
+            published_at=NOW - timedelta(hours=i),
+            fetched_at=NOW,
+        )
 
     sections = ("Tech News", "In-Depth Tech Stories", "Expert Reviews")
     stories = [story(i, sections[i % 3]) for i in range(12)]
-    return Digest(issue_date=date.today(), lead=stories[0],
-                  sections=tuple(Section(n, tuple(s for s in stories[1:] if s.section == n)) for n in sections))
+    return Digest(
+        issue_date=NOW.date(),
+        lead=stories[0],
+        sections=tuple(Section(n, tuple(s for s in stories[1:] if s.section == n)) for n in sections),
+    )
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:
@@ -75,16 +91,20 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
 @contextmanager
 def smtp_sink(port: int) -> Iterator[str]:
     """Postfix's smtp-sink on loopback, or an aiosmtpd sink when Postfix is not installed."""
-    binary = shutil.which("smtp-sink") or ("/usr/sbin/smtp-sink" if os.path.exists("/usr/sbin/smtp-sink") else None)
+    binary = shutil.which("smtp-sink") or (
+        "/usr/sbin/smtp-sink" if os.path.exists("/usr/sbin/smtp-sink") else None
+    )
     if binary:
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
         proc = subprocess.Popen([binary, *user, f"127.0.0.1:{port}", "512"])
         kind = "smtp-sink"
     else:
-        code = ("import time\nfrom aiosmtpd.controller import Controller\n"
-                "class H:\n async def handle_DATA(self, s, se, e): return '250 OK'\n"
-                f"c = Controller(H(), hostname='127.0.0.1', port={port}); c.start()\n"
-                "time.sleep(3600)\n")
+        code = (
+            "import time\nfrom aiosmtpd.controller import Controller\n"
+            "class H:\n async def handle_DATA(self, s, se, e): return '250 OK'\n"
+            f"c = Controller(H(), hostname='127.0.0.1', port={port}); c.start()\n"
+            "time.sleep(3600)\n"
+        )
         proc = subprocess.Popen([sys.executable, "-c", code])
         kind = "aiosmtpd (install Debian's postfix for smtp-sink)"
     time.sleep(0.7)
@@ -96,12 +116,30 @@ def smtp_sink(port: int) -> Iterator[str]:
 
 
 def ceiling(port: int, *, sessions: int, messages: int, size: int) -> float | None:
-    binary = shutil.which("smtp-source") or ("/usr/sbin/smtp-source" if os.path.exists("/usr/sbin/smtp-source") else None)
+    binary = shutil.which("smtp-source") or (
+        "/usr/sbin/smtp-source" if os.path.exists("/usr/sbin/smtp-source") else None
+    )
     if not binary:
         return None
     start = time.perf_counter()
-    subprocess.run([binary, "-s", str(sessions), "-m", str(messages), "-l", str(size), "-f", "bench@example.com",
-                    "-t", "reader@example.com", f"127.0.0.1:{port}"], check=True, timeout=300)
+    subprocess.run(
+        [
+            binary,
+            "-s",
+            str(sessions),
+            "-m",
+            str(messages),
+            "-l",
+            str(size),
+            "-f",
+            "bench@example.com",
+            "-t",
+            "reader@example.com",
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+        timeout=300,
+    )
     return messages / (time.perf_counter() - start)
 
 
@@ -117,13 +155,27 @@ def main() -> None:
     rendered = render_issue(digest, settings, issue_id=1)
     render_s = timed(lambda: render_issue(digest, settings, issue_id=1), 10)
     inline_s = timed(lambda: inline_css(rendered.html), 10)
-    rows.append(("render + inline one issue (12 stories)", f"{render_s * 1000:.1f} ms", f"premailer alone {inline_s * 1000:.1f} ms"))
+    rows.append(
+        (
+            "render + inline one issue (12 stories)",
+            f"{render_s * 1000:.1f} ms",
+            f"premailer alone {inline_s * 1000:.1f} ms",
+        )
+    )
 
     tokens = Tokens(SECRET)
     n = settings.newsletter
-    template = MessageTemplate(rendered, issue_id=1, newsletter_name=n.name, sender=n.sender, reply_to=n.reply_to,
-                               base_url=n.base_url)
-    recipients = [Recipient(i, f"reader{i}@example.com", f"Reader {i}", tokens.unsubscribe(i)) for i in range(20000)]
+    template = MessageTemplate(
+        rendered,
+        issue_id=1,
+        newsletter_name=n.name,
+        sender=n.sender,
+        reply_to=n.reply_to,
+        base_url=n.base_url,
+    )
+    recipients = [
+        Recipient(i, f"reader{i}@example.com", f"Reader {i}", tokens.unsubscribe(i)) for i in range(20000)
+    ]
     size = len(template.compose(recipients[0]))
     rows.append(("message size", f"{size / 1024:.1f} KB", "multipart/alternative, quoted-printable"))
     start = time.perf_counter()
@@ -131,21 +183,31 @@ def main() -> None:
         template.compose(r)
     compose_us = (time.perf_counter() - start) / len(recipients) * 1e6
     token_us = timed(lambda: tokens.unsubscribe(12345), 2000) * 1e6
-    rows.append(("compose one message (splice)", f"{compose_us:.1f} µs", f"+ signing its token {token_us:.1f} µs"))
+    rows.append(
+        ("compose one message (splice)", f"{compose_us:.1f} µs", f"+ signing its token {token_us:.1f} µs")
+    )
 
     def naive(i: int) -> bytes:
         html = inline_css(render_issue(digest, settings, issue_id=1).html)
         url = f"{n.base_url}/unsubscribe/{tokens.unsubscribe(i)}"
         msg = EmailMessage()
         msg["From"], msg["To"], msg["Subject"] = n.sender, f"reader{i}@example.com", rendered.subject
-        msg.set_content(fill(rendered.text, greeting=greeting_for("Reader"), unsubscribe_url=url, for_html=False))
-        msg.add_alternative(fill(html, greeting=greeting_for("Reader"), unsubscribe_url=url, for_html=True),
-                            subtype="html")
+        msg.set_content(
+            fill(rendered.text, greeting=greeting_for("Reader"), unsubscribe_url=url, for_html=False)
+        )
+        msg.add_alternative(
+            fill(html, greeting=greeting_for("Reader"), unsubscribe_url=url, for_html=True), subtype="html"
+        )
         return msg.as_bytes(policy=SMTP)
 
     naive_s = timed(lambda: naive(7), 20)
-    rows.append(("compose the naive way (render + premailer + MIME)", f"{naive_s * 1e6:.0f} µs",
-                 f"{naive_s * 1e6 / compose_us:.0f}x the splice"))
+    rows.append(
+        (
+            "compose the naive way (render + premailer + MIME)",
+            f"{naive_s * 1e6:.0f} µs",
+            f"{naive_s * 1e6 / compose_us:.0f}x the splice",
+        )
+    )
 
     port = 2600 + os.getpid() % 1000
     with smtp_sink(port) as sink_kind, tempfile.TemporaryDirectory() as tmp:
@@ -154,10 +216,15 @@ def main() -> None:
             rows.append(("ceiling: smtp-source -> smtp-sink, 1 session", f"{top:,.0f} msg/s", "same size"))
         store = Store(f"sqlite:///{tmp}/bench.db")
         store.migrate()
-        store.import_subscribers([NewSubscriber(f"reader{i}@example.com", f"Reader {i}")
-                                  for i in range(args.subscribers)], now=NOW)
-        issue = store.create_issue(date.today(), story_ids=[], render=lambda _i: (
-            rendered.subject, rendered.preheader, rendered.html, rendered.text), now=NOW)
+        store.import_subscribers(
+            [NewSubscriber(f"reader{i}@example.com", f"Reader {i}") for i in range(args.subscribers)], now=NOW
+        )
+        issue = store.create_issue(
+            NOW.date(),
+            story_ids=[],
+            render=lambda _i: (rendered.subject, rendered.preheader, rendered.html, rendered.text),
+            now=NOW,
+        )
         assert issue is not None
         transport = SmtpTransport("127.0.0.1", port, security="none")
         start = time.perf_counter()

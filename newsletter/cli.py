@@ -27,8 +27,9 @@ from .subscribers import check_name, import_csv, normalise_email, write_csv
 from .tokens import Tokens
 from .transport import Envelope, open_transport
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped into a log or a cron mail, tables get room rather than the 80 columns of no terminal.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _now() -> datetime:
@@ -503,7 +504,12 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
     if not rows:
         out.print("no issues yet", markup=False)
         return
-    table = Table("id", "date", "status", "subject", *(s.value for s in _SHOWN))
+    table = Table()
+    for name in ("id", "date", "status"):
+        table.add_column(name, no_wrap=True, min_width=len(name))
+    table.add_column("subject", overflow="ellipsis", no_wrap=True, max_width=40)
+    for state in _SHOWN:
+        table.add_column(state.value, justify="right", no_wrap=True, min_width=len(state.value))
     for r in rows:
         table.add_row(
             str(r.issue_id),
@@ -524,11 +530,9 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
 _SHOWN = (
     DeliveryStatus.SENT,
     DeliveryStatus.PENDING,
-    DeliveryStatus.DEFERRED,
     DeliveryStatus.FAILED,
     DeliveryStatus.BOUNCED,
     DeliveryStatus.UNKNOWN,
-    DeliveryStatus.SKIPPED,
 )
 
 
