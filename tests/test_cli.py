@@ -3,10 +3,15 @@
 import email
 import json
 import re
+from datetime import UTC, datetime
 from email import policy
 from pathlib import Path
 
+from newsletter.models import SubscriberStatus
+from newsletter.store import Store
+
 from .conftest import FeedServer, Route, SmtpSink, recent, rss, run_cli, write_config
+from .test_sanitize import HOSTILE
 
 
 def smtp_config(tmp_path: Path, feed_server: FeedServer, sink: SmtpSink) -> Path:
@@ -37,9 +42,22 @@ def smtp_config(tmp_path: Path, feed_server: FeedServer, sink: SmtpSink) -> Path
             ]
         )
     )
+    feed_server.routes["/hostile"] = Route(
+        rss(
+            [
+                {
+                    "title": "Council <script>alert(1)</script>votes",
+                    "link": "https://local.example/vote",
+                    "description": HOSTILE,
+                    "date": recent(3),
+                }
+            ]
+        )
+    )
     return write_config(
         tmp_path,
         sources=[
+            ("Hostile", feed_server.url("/hostile")),
             ("Tech", feed_server.url("/tech")),
             ("Reviews", feed_server.url("/reviews")),
             ("Broken", feed_server.url("/missing")),
@@ -59,6 +77,9 @@ def test_run_delivers_one_message_per_active_subscriber(
     run_cli(config, "subscribers", "import", str(csv))
     run_cli(config, "subscribers", "remove", "reader5@example.com")
     run_cli(config, "subscribers", "remove", "reader6@example.com")
+    store = Store(f"sqlite:///{tmp_path / 'subscribers.db'}")
+    store.add_subscriber("waiting@example.com", None, now=datetime.now(UTC), status=SubscriberStatus.PENDING)
+    store.close()
 
     first = run_cli(config, "run")
     assert "source 'Broken'" in first.stderr and "404" in first.stderr  # reported, and the rest went on
@@ -67,6 +88,7 @@ def test_run_delivers_one_message_per_active_subscriber(
     got = smtp_sink.by_recipient()
     assert len(got) == 198 and all(len(m) == 1 for m in got.values())
     assert "reader5@example.com" not in got and "reader6@example.com" not in got
+    assert "waiting@example.com" not in got  # pending: never confirmed
 
     msg = email.message_from_bytes(got["reader7@example.com"][0].data, policy=policy.default)
     assert msg["To"] == "Reader 7 <reader7@example.com>"
@@ -83,6 +105,22 @@ def test_run_delivers_one_message_per_active_subscriber(
         assert f'href="{link}"' in html and link in text
     assert unsubscribe.group(1) in html and unsubscribe.group(1) in text
     assert "Good morning, Reader." in text
+    # the hostile feed's story arrives as plain words, with none of its markup
+    assert "Council votes" in text and "Council approves the new library budget." in html
+    lowered = html.lower()
+    for bad in (
+        "<script",
+        "onerror",
+        "onclick",
+        "javascript:",
+        "data:text",
+        "<iframe",
+        "<form",
+        "<object",
+        "track.example",
+        "alert(",
+    ):
+        assert bad not in lowered, bad
 
     second = run_cli(config, "run")
     assert "already built" in second.stdout and "nothing to send" in second.stdout

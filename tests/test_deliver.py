@@ -3,14 +3,15 @@
 import email
 from datetime import UTC, date, datetime
 from email import policy
+from typing import Any
 
 from newsletter.compose import MessageTemplate
-from newsletter.deliver import SendOptions, send_issue
+from newsletter.deliver import SendOptions, SendReport, send_issue
 from newsletter.models import DeliveryStatus
 from newsletter.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
 from newsletter.store import NewSubscriber, Store
 from newsletter.tokens import Tokens
-from newsletter.transport import OutboxTransport, SmtpTransport, classify_reply
+from newsletter.transport import OutboxTransport, SmtpTransport, Transport, classify_reply
 
 from .conftest import SECRET, SmtpSink
 
@@ -43,6 +44,18 @@ def template(issue_id: int) -> MessageTemplate:
     )
 
 
+def run_send(store: Store, transport: Transport, issue_id: int, **options: Any) -> SendReport:
+    return send_issue(
+        store,
+        transport,
+        template(issue_id),
+        Tokens(SECRET),
+        issue_id=issue_id,
+        mail_from="bounces@example.com",
+        **options,
+    )
+
+
 def smtp(sink: SmtpSink) -> SmtpTransport:
     return SmtpTransport("127.0.0.1", sink.port, security="none", timeout=5)
 
@@ -57,22 +70,16 @@ def test_each_active_subscriber_gets_one_message_and_a_rerun_sends_nothing(
     sqlite_store.unsubscribe(left.id, now=NOW)
     tokens = Tokens(SECRET)
     transport = smtp(smtp_sink)
-    report = send_issue(
+    report = run_send(
         sqlite_store,
         transport,
-        template(issue_id),
-        tokens,
-        issue_id=issue_id,
-        mail_from="bounces@example.com",
+        issue_id,
     )
     assert report.sent == 30 and report.finished
-    again = send_issue(
+    again = run_send(
         sqlite_store,
         transport,
-        template(issue_id),
-        tokens,
-        issue_id=issue_id,
-        mail_from="bounces@example.com",
+        issue_id,
     )
     transport.close()
     assert again.sent == 0 and again.added == 0
@@ -110,13 +117,10 @@ def test_replies_decide_the_fate(sqlite_store: Store, smtp_sink: SmtpSink) -> No
         clock[0] = clock[0].fromtimestamp(clock[0].timestamp() + seconds + 1, tz=UTC)
 
     transport = smtp(smtp_sink)
-    report = send_issue(
+    report = run_send(
         sqlite_store,
         transport,
-        template(issue_id),
-        Tokens(SECRET),
-        issue_id=issue_id,
-        mail_from="b@example.com",
+        issue_id,
         options=SendOptions(max_attempts=3, retry_base_seconds=10),
         now=lambda: clock[0],
         sleep=sleep,
@@ -145,13 +149,10 @@ def test_unsubscribe_during_the_send_stops_later_messages(sqlite_store: Store, t
         if len(handled) == 2:  # mid-send, as the web app would
             sqlite_store.unsubscribe(last.id, now=NOW)
 
-    report = send_issue(
+    report = run_send(
         sqlite_store,
         outbox,
-        template(issue_id),
-        Tokens(SECRET),
-        issue_id=issue_id,
-        mail_from="b@example.com",
+        issue_id,
         on_result=on_result,
     )
     assert report.sent == 9 and report.counts.get("skipped") == 1
@@ -168,23 +169,17 @@ def test_a_row_left_in_flight_is_unknown_and_not_resent_unless_asked(
     first = sqlite_store.due_targets(issue_id, now=NOW, after=0, limit=1)[0]
     sqlite_store.claim(issue_id, first.subscriber_id, now=NOW)  # a sender died here, mid-DATA
     transport = smtp(smtp_sink)
-    report = send_issue(
+    report = run_send(
         sqlite_store,
         transport,
-        template(issue_id),
-        Tokens(SECRET),
-        issue_id=issue_id,
-        mail_from="b@example.com",
+        issue_id,
     )
     assert report.unknown_found == 1 and report.sent == 2
     assert "user0@example.com" not in smtp_sink.by_recipient()
-    again = send_issue(
+    again = run_send(
         sqlite_store,
         transport,
-        template(issue_id),
-        Tokens(SECRET),
-        issue_id=issue_id,
-        mail_from="b@example.com",
+        issue_id,
         resend_unknown=True,
     )
     transport.close()
