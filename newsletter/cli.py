@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -391,43 +393,77 @@ def preview(app: App, issue_id: int | None, out_file: Path | None, to_address: s
 def send(app: App, issue_id: int | None, wait: bool, resend_unknown: bool, as_json: bool) -> None:
     """Deliver an issue to every active subscriber who has not had it (resumes, never repeats)."""
     issue = _issue(app, issue_id, build_today=False)
-    _send(app, issue, resend_unknown=resend_unknown, as_json=as_json)
+    _send(app, issue, resend_unknown=resend_unknown, as_json=as_json, wait=wait)
 
 
-def _send(app: App, issue: Issue, *, resend_unknown: bool, as_json: bool) -> None:
-    transport = open_transport(app.settings)
+def _send(app: App, issue: Issue, *, resend_unknown: bool, as_json: bool, wait: bool = False) -> None:
     active = app.store.subscriber_counts().get(SubscriberStatus.ACTIVE.value, 0)
-    started = time.monotonic()
-    with _progress(f"sending issue {issue.id}", total=active, quiet=as_json) as tick:
-        try:
-            report = jobs.send(
-                app.settings, app.store, transport, issue, resend_unknown=resend_unknown, on_result=tick
-            )
-        finally:
-            transport.close()
-    elapsed = time.monotonic() - started
-    counts = report.counts
+    options = jobs.send_options(app.settings, wait_for_sender=wait)
+    with _progress(f"sending issue {issue.id}", total=active, quiet=as_json) as tick, _stop_signals() as stop:
+        report = jobs.send(
+            app.settings,
+            app.store,
+            issue,
+            resend_unknown=resend_unknown,
+            options=options,
+            on_result=tick,
+            should_stop=stop.is_set,
+        )
+    counts = {k: v for k, v in app.store.issue_counts(issue.id)[0].deliveries.items() if v}  # final states
     if as_json:
         _print_json(
             {
                 "issue": issue.id,
                 "finished": report.finished,
-                "seconds": round(elapsed, 3),
+                "stopped": report.stopped,
+                "seconds": round(report.seconds, 3),
                 "unknown_found": report.unknown_found,
-                "counts": counts,
+                "throttled": report.throttled,
+                "this_run": report.counts,  # every attempt's outcome in this run
+                "counts": counts,  # the deliveries' final states
             }
         )
-        return
-    parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to send"
-    out.print(f"issue {issue.id}: {parts} in {elapsed:.1f} s", markup=False)
-    if report.unknown_found:
-        err.print(
-            f"{report.unknown_found} messages were in flight when a sender stopped; their fate is "
-            f"unknown (resend them with --resend-unknown)",
-            markup=False,
+    else:
+        parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        if not report.counts:
+            parts = f"nothing to send ({parts})" if parts else "nothing to send"
+        rate = f" ({report.sent / report.seconds:,.0f} msg/s)" if report.sent and report.seconds else ""
+        out.print(f"issue {issue.id}: {parts} in {report.seconds:.1f} s{rate}", markup=False)
+        if report.unknown_found:
+            err.print(
+                f"{report.unknown_found} messages were in flight when a sender stopped; their fate is "
+                f"unknown (resend them with --resend-unknown)",
+                markup=False,
+            )
+        if not report.finished and not report.stopped:
+            out.print("some messages wait for a retry; run send again later to finish", markup=False)
+    if report.stopped:
+        raise NewsletterError(
+            f"stopped by a signal after {report.sent} messages; what was in flight is "
+            f"recorded, and 'newsletter send --issue {issue.id}' finishes the rest"
         )
-    if not report.finished:
-        out.print("some messages wait for a retry; run send again later to finish", markup=False)
+
+
+@contextmanager
+def _stop_signals() -> Iterator[threading.Event]:
+    """SIGTERM and the first Ctrl-C ask the send to stop claiming; a second Ctrl-C interrupts."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handle(signum: int, _frame: object) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        _log("stopping: finishing the messages in flight, then recording them")
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @contextmanager

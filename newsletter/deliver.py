@@ -1,63 +1,87 @@
-"""The send loop: make the delivery rows, claim each, hand it to the transport, record its fate.
+"""The send loop: claim rows, mark each in flight, hand it to a connection, record its fate.
 
-Progress is the rows' states, never a "last id sent" counter: a row is `sending` only from
-the claim (just before the transport is handed the message) until its reply is recorded.
-A sender that dies leaves at most the row it had in flight `sending`; the next sender marks
-it `unknown` and sends everything else exactly once."""
+Progress is the rows' states, never a "last id sent" counter. A row is claimed in batches (a
+lease: it stays `pending`), marked `sending` in a committed transaction just before its message
+goes on the wire, and recorded when the reply comes. Recording is cheap because one ledger
+thread commits for every connection at once: "message k's reply, and message k+1 in flight" is
+one statement pair in a shared transaction (group commit). So a sender killed at any instant
+leaves at most one `sending` row per connection, which the next sender reports as `unknown`;
+every other row is sent exactly once.
+
+Threads, not asyncio: the connections spend their time in socket calls and the ledger in the
+database driver, both of which release the GIL; `make bench` shows where that stops scaling."""
 
 from __future__ import annotations
 
+import os
+import queue
 import random
+import socket
+import threading
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from .compose import MessageTemplate, Recipient
-from .errors import TransportError
-from .models import DeliveryStatus
-from .store import DeliveryTarget
+from .errors import NewsletterError, TransportError
+from .models import DeliveryStatus, Sender
+from .store import DeliveryLedger, DeliveryTarget, MarkResult
 from .tokens import Tokens
 from .transport import Envelope, SendResult, Transport
 
-__all__ = ["DeliveryStore", "SendOptions", "SendReport", "send_issue", "backoff_seconds"]
+__all__ = ["DeliveryStore", "RateLimiter", "SendOptions", "SendReport", "backoff_seconds", "send_issue"]
 
 
 class DeliveryStore(Protocol):
     """What the send loop needs of the database (newsletter.store.Store provides it)."""
 
-    def start_send(self, issue_id: int) -> int: ...
-    def mark_in_flight_unknown(self, issue_id: int) -> int: ...
-    def requeue_unknown(self, issue_id: int) -> int: ...
-    def due_targets(
-        self, issue_id: int, *, now: datetime, after: int, limit: int
-    ) -> list[DeliveryTarget]: ...
-    def claim(self, issue_id: int, subscriber_id: int, *, now: datetime) -> bool: ...
-    def record(
+    is_sqlite: bool
+
+    def register_sender(
         self,
         issue_id: int,
-        subscriber_id: int,
+        sender_id: str,
         *,
-        status: DeliveryStatus,
-        reply: str,
-        attempts: int,
-        next_attempt_at: datetime | None,
+        host: str,
+        pid: int,
         now: datetime,
-    ) -> None: ...
+        exclusive: bool,
+        stale_after: timedelta,
+        is_alive: Callable[[str, int], bool | None],
+    ) -> int: ...
+    def deregister_sender(self, sender_id: str) -> None: ...
+    def live_senders(self, issue_id: int) -> list[Sender]: ...
+    def requeue_unknown(self, issue_id: int) -> int: ...
+    def start_send(self, issue_id: int) -> int: ...
+    def claim(
+        self, issue_id: int, sender_id: str, *, now: datetime, limit: int, lease: timedelta
+    ) -> list[DeliveryTarget]: ...
+    def release(self, issue_id: int, sender_id: str, subscriber_ids: list[int]) -> None: ...
+    def ledger(self, issue_id: int, sender_id: str) -> DeliveryLedger: ...
     def next_deferred_at(self, issue_id: int) -> datetime | None: ...
     def finish_issue_if_done(self, issue_id: int, *, now: datetime) -> bool: ...
 
 
 @dataclass(frozen=True)
 class SendOptions:
+    connections: int = 1
     max_attempts: int = 3
-    batch_size: int = 500
+    rate_per_second: float = 0  # 0: as fast as the server takes them
+    batch_size: int = 200
+    lease_seconds: float = 600
     retry_base_seconds: float = 30.0
     retry_max_seconds: float = 1800.0
+    throttle_retry_seconds: float = 5.0
     # Wait within this send for deferred rows to come due (else a later `send` retries them).
     wait_for_retries: bool = True
     max_wait_seconds: float = 3600.0
+    # SQLite: one sender per issue; a second one refuses, or waits with `wait_for_sender`.
+    wait_for_sender: bool = False
+    heartbeat_seconds: float = 2.0
+    stale_after_seconds: float = 30.0
 
 
 @dataclass
@@ -69,6 +93,8 @@ class SendReport:
     counts: dict[str, int] = field(default_factory=dict)
     finished: bool = False
     stopped: bool = False
+    throttled: int = 0
+    seconds: float = 0.0
 
     def add(self, status: DeliveryStatus) -> None:
         self.counts[status.value] = self.counts.get(status.value, 0) + 1
@@ -76,10 +102,6 @@ class SendReport:
     @property
     def sent(self) -> int:
         return self.counts.get(DeliveryStatus.SENT.value, 0)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def backoff_seconds(
@@ -90,133 +112,481 @@ def backoff_seconds(
     return min(options.retry_max_seconds, raw) * (0.8 + 0.4 * rng())
 
 
+class RateLimiter:
+    """A token bucket shared by every connection. A throttling reply halves the rate; it then
+    recovers by a quarter every few quiet seconds, up to the configured rate (or unlimited)."""
+
+    RECOVER_AFTER = 5.0
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.limit = rate if rate > 0 else None
+        self.rate = self.limit
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._next = clock()
+        self._last_throttle = float("-inf")
+        self._recent: list[float] = []
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = self._clock()
+            self._recover(now)
+            self._recent.append(now)
+            if len(self._recent) > 256:
+                del self._recent[:128]
+            if self.rate is None:
+                return
+            wait = self._next - now
+            self._next = max(now, self._next) + 1.0 / self.rate
+        if wait > 0:
+            self._sleep(wait)
+
+    def throttle(self) -> None:
+        with self._lock:
+            now = self._clock()
+            if now - self._last_throttle < 1.0:
+                return  # one burst of replies is one signal
+            self._last_throttle = now
+            current = self.rate if self.rate is not None else self._observed(now)
+            self.rate = max(0.5, current / 2)
+
+    def _observed(self, now: float) -> float:
+        window = [t for t in self._recent if now - t <= 2.0]
+        return max(1.0, len(window) / 2.0)
+
+    def _recover(self, now: float) -> None:
+        if self.rate is None or now - self._last_throttle < self.RECOVER_AFTER:
+            return
+        self._last_throttle = now - self.RECOVER_AFTER / 2  # the next step comes a little later
+        self.rate *= 1.25
+        if self.limit is not None and self.rate >= self.limit:
+            self.rate = self.limit
+        elif self.limit is None and self.rate > 100_000:
+            self.rate = None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _process_alive(host: str, pid: int) -> bool | None:
+    """Whether a sender's process lives: known on this host, unknown (None) elsewhere."""
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class _Outcome:
+    target: DeliveryTarget
+    status: DeliveryStatus
+    reply: str
+    attempts: int
+    next_attempt_at: datetime | None
+
+
+@dataclass
+class _Request:
+    record: _Outcome | None = None
+    mark: DeliveryTarget | None = None
+    unmark: tuple[DeliveryTarget, str] | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    mark_result: MarkResult | None = None
+    error: BaseException | None = None
+
+
+class _Ledger(threading.Thread):
+    """Commits the connections' requests in groups: one transaction for all that are waiting."""
+
+    def __init__(
+        self, ledger: DeliveryLedger, *, heartbeat_seconds: float, now: Callable[[], datetime]
+    ) -> None:
+        super().__init__(name="ledger", daemon=True)
+        self.ledger, self.heartbeat_seconds, self.now = ledger, heartbeat_seconds, now
+        self.requests: queue.Queue[_Request | None] = queue.Queue()
+        self.failure: BaseException | None = None
+        self.commits = 0
+
+    def submit(self, request: _Request) -> _Request:
+        if self.failure is not None:
+            request.error = self.failure
+            return request
+        self.requests.put(request)
+        while not request.done.wait(0.5):
+            if not self.is_alive():  # it stopped before reaching this request
+                request.error = self.failure or NewsletterError("the send stopped")
+                break
+        return request
+
+    def run(self) -> None:
+        last_beat = time.monotonic()
+        while True:
+            try:
+                first = self.requests.get(timeout=self.heartbeat_seconds)
+            except queue.Empty:
+                first = _Request()  # nothing to record: a heartbeat alone
+            group = [first]
+            while True:
+                try:
+                    group.append(self.requests.get_nowait())
+                except queue.Empty:
+                    break
+            stopping = any(r is None for r in group)
+            work = [r for r in group if r is not None]
+            try:
+                self._commit(work, beat=time.monotonic() - last_beat >= self.heartbeat_seconds)
+            except BaseException as exc:  # the database failed: every waiter learns it
+                self.failure = exc
+                for r in work:
+                    r.error = exc
+            for r in work:
+                r.done.set()
+            if time.monotonic() - last_beat >= self.heartbeat_seconds:
+                last_beat = time.monotonic()
+            if stopping or self.failure is not None:
+                self._fail_waiting()
+                return
+
+    def _commit(self, work: list[_Request], *, beat: bool) -> None:
+        if not work and not beat:
+            return
+        now = self.now()
+        with self.ledger.transaction() as tx:
+            for r in work:
+                if r.record is not None:
+                    o = r.record
+                    tx.record(
+                        o.target.subscriber_id,
+                        status=o.status,
+                        reply=o.reply,
+                        attempts=o.attempts,
+                        next_attempt_at=o.next_attempt_at,
+                        now=now,
+                    )
+                if r.unmark is not None:
+                    tx.unmark(r.unmark[0].subscriber_id, r.unmark[1])
+                if r.mark is not None:
+                    r.mark_result = tx.mark_in_flight(r.mark.subscriber_id)
+            if beat:
+                tx.heartbeat(now)
+        self.commits += 1
+
+    def _fail_waiting(self) -> None:
+        while True:
+            try:
+                r = self.requests.get_nowait()
+            except queue.Empty:
+                return
+            if r is not None:
+                r.error = self.failure or NewsletterError("the send stopped")
+                r.done.set()
+
+    def stop(self) -> None:
+        self.requests.put(None)
+        self.join()
+
+
+_DONE = object()
+
+
+class _Sender:
+    def __init__(
+        self,
+        store: DeliveryStore,
+        connect: Callable[[], Transport],
+        template: MessageTemplate,
+        tokens: Tokens,
+        *,
+        issue_id: int,
+        mail_from: str,
+        options: SendOptions,
+        now: Callable[[], datetime],
+        sleep: Callable[[float], None],
+        on_result: Callable[[DeliveryStatus], None] | None,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.store, self.connect, self.template, self.tokens = store, connect, template, tokens
+        self.issue_id, self.mail_from, self.options = issue_id, mail_from, options
+        self.now, self.sleep, self.on_result, self.should_stop = now, sleep, on_result, should_stop
+        self.id = str(uuid.uuid4())
+        self.report = SendReport(issue_id=issue_id)
+        self.limiter = RateLimiter(options.rate_per_second)
+        self.work: queue.Queue[object] = queue.Queue()
+        self.busy = 0  # claimed rows handed to a connection whose fate is not yet committed
+        self.lock = threading.Lock()
+        self.fatal: BaseException | None = None
+        self.halt = threading.Event()
+
+    # -- the whole send -----------------------------------------------------------------------
+
+    def run(self, *, resend_unknown: bool) -> SendReport:
+        started = time.monotonic()
+        self._register()
+        ledger = _Ledger(
+            self.store.ledger(self.issue_id, self.id),
+            heartbeat_seconds=self.options.heartbeat_seconds,
+            now=self.now,
+        )
+        ledger.start()
+        workers = [
+            threading.Thread(target=self._connection, args=(ledger,), name=f"smtp-{i}", daemon=True)
+            for i in range(self.options.connections)
+        ]
+        try:
+            if resend_unknown:
+                self.report.requeued = self.store.requeue_unknown(self.issue_id)
+            self.report.added = self.store.start_send(self.issue_id)
+            for w in workers:
+                w.start()
+            self._claim_loop()
+        finally:
+            self.halt.set()
+            leftovers = self._drain()
+            for _ in workers:
+                self.work.put(_DONE)
+            for w in workers:
+                if w.is_alive():
+                    w.join()
+            ledger.stop()
+            ledger.ledger.close()
+            self.store.release(self.issue_id, self.id, leftovers)
+            self.store.deregister_sender(self.id)
+        if self.fatal is not None:
+            raise self.fatal
+        if ledger.failure is not None:
+            raise NewsletterError(
+                f"the database failed during the send: {ledger.failure}"
+            ) from ledger.failure
+        self.report.finished = self.store.finish_issue_if_done(self.issue_id, now=self.now())
+        self.report.seconds = time.monotonic() - started
+        return self.report
+
+    def _register(self) -> None:
+        waited = 0.0
+        while True:
+            try:
+                self.report.unknown_found = self.store.register_sender(
+                    self.issue_id,
+                    self.id,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    now=self.now(),
+                    exclusive=self.store.is_sqlite,
+                    stale_after=timedelta(seconds=self.options.stale_after_seconds),
+                    is_alive=_process_alive,
+                )
+                return
+            except NewsletterError:
+                if (
+                    not self.options.wait_for_sender
+                    or self.should_stop()
+                    or waited > self.options.max_wait_seconds
+                ):
+                    raise
+                self.sleep(1.0)
+                waited += 1.0
+
+    def _claim_loop(self) -> None:
+        waited = 0.0
+        while not self.halt.is_set():
+            if self.should_stop():
+                self.report.stopped = True
+                return
+            if self.work.qsize() >= self._batch():
+                self.sleep(0.005)
+                continue
+            now = self.now()
+            batch = self.store.claim(
+                self.issue_id,
+                self.id,
+                now=now,
+                limit=self._batch(),
+                lease=timedelta(seconds=self.options.lease_seconds),
+            )
+            for target in batch:
+                with self.lock:
+                    self.busy += 1
+                self.work.put(target)
+            if batch:
+                continue
+            with self.lock:
+                idle = self.busy == 0
+            if not idle:
+                self.sleep(0.01)
+                continue
+            due = self.store.next_deferred_at(self.issue_id)
+            if due is None or not self.options.wait_for_retries:
+                return
+            pause = min(1.0, max(0.0, (due - now).total_seconds()))
+            if waited + pause > self.options.max_wait_seconds:
+                return
+            self.sleep(pause if pause > 0 else 0.05)
+            waited += pause
+
+    def _batch(self) -> int:
+        size = self.options.batch_size
+        rate = self.limiter.rate
+        if rate is not None:  # never hold more rows than a minute of sending at the current rate
+            size = min(size, max(1, int(rate * 60)))
+        return size
+
+    def _drain(self) -> list[int]:
+        """Rows claimed but never handed to a connection: give them back."""
+        left: list[int] = []
+        while True:
+            try:
+                item = self.work.get_nowait()
+            except queue.Empty:
+                return left
+            if isinstance(item, DeliveryTarget):
+                left.append(item.subscriber_id)
+
+    # -- one connection -----------------------------------------------------------------------
+
+    def _connection(self, ledger: _Ledger) -> None:
+        transport = self.connect()
+        previous: _Outcome | None = None
+        failures = 0
+        try:
+            while True:
+                try:
+                    item = self.work.get_nowait()
+                except queue.Empty:
+                    self._flush(ledger, previous)  # record it now rather than hold it while idle
+                    previous = None
+                    item = self.work.get()
+                if item is _DONE:
+                    break
+                assert isinstance(item, DeliveryTarget)
+                if self.halt.is_set():  # stopping: not handed to the wire; deregistering releases it
+                    self._done(None)
+                    continue
+                target = item
+                self.limiter.acquire()
+                message = self.template.compose(
+                    Recipient(
+                        target.subscriber_id,
+                        target.email,
+                        target.name,
+                        self.tokens.unsubscribe(target.subscriber_id),
+                    )
+                )
+                request = ledger.submit(_Request(record=previous, mark=target))
+                if previous is not None:
+                    self._done(previous.status)
+                previous = None
+                if request.error is not None:
+                    self._stop_with(request.error)
+                    self._done(None)
+                    break
+                if request.mark_result is not MarkResult.IN_FLIGHT:
+                    self._done(DeliveryStatus.SKIPPED if request.mark_result is MarkResult.SKIPPED else None)
+                    continue
+                envelope = Envelope(
+                    self.mail_from, target.email, f"issue-{self.issue_id}/{target.subscriber_id:08d}"
+                )
+                try:
+                    result = transport.send(envelope, message)
+                    failures = 0
+                except TransportError as exc:  # no session: nothing was sent
+                    ledger.submit(_Request(unmark=(target, f"not sent: {exc}")))
+                    self._done(None)
+                    failures += 1
+                    if failures >= 3:
+                        self._stop_with(exc)
+                        break
+                    self.sleep(min(30.0, 2.0**failures))
+                    continue
+                previous = self._outcome(target, result)
+        finally:
+            self._flush(ledger, previous)
+            transport.close()
+
+    def _flush(self, ledger: _Ledger, previous: _Outcome | None) -> None:
+        if previous is not None:
+            request = ledger.submit(_Request(record=previous))
+            self._done(previous.status)
+            if request.error is not None:
+                self._stop_with(request.error)
+        return None
+
+    def _done(self, status: DeliveryStatus | None) -> None:
+        with self.lock:
+            self.busy -= 1
+            if status is not None:
+                self.report.add(status)
+        if status is not None and self.on_result is not None:
+            self.on_result(status)
+
+    def _stop_with(self, exc: BaseException) -> None:
+        with self.lock:
+            if self.fatal is None:
+                self.fatal = exc
+        self.halt.set()
+
+    def _outcome(self, target: DeliveryTarget, result: SendResult) -> _Outcome:
+        now = self.now()
+        status, attempts, next_at = result.status, target.attempts + 1, None
+        if result.throttled:
+            self.limiter.throttle()
+            with self.lock:
+                self.report.throttled += 1
+            # the server asked us to slow down: retry soon, without using up an attempt
+            return _Outcome(
+                target,
+                DeliveryStatus.DEFERRED,
+                result.reply,
+                target.attempts,
+                now + timedelta(seconds=self.options.throttle_retry_seconds),
+            )
+        if status == DeliveryStatus.DEFERRED:
+            if attempts >= self.options.max_attempts:
+                status = DeliveryStatus.FAILED
+            else:
+                next_at = now + timedelta(seconds=backoff_seconds(attempts, self.options))
+        return _Outcome(target, status, result.reply, attempts, next_at)
+
+
 def send_issue(
     store: DeliveryStore,
-    transport: Transport,
+    connect: Callable[[], Transport],
     template: MessageTemplate,
     tokens: Tokens,
     *,
     issue_id: int,
     mail_from: str,
-    options: SendOptions = SendOptions(),
+    options: SendOptions = SendOptions(),  # noqa: B008 - frozen
     resend_unknown: bool = False,
     now: Callable[[], datetime] = _utcnow,
     sleep: Callable[[float], None] = time.sleep,
     on_result: Callable[[DeliveryStatus], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> SendReport:
-    report = SendReport(issue_id=issue_id)
-    report.unknown_found = store.mark_in_flight_unknown(issue_id)
-    if resend_unknown:
-        report.requeued = store.requeue_unknown(issue_id)
-    report.added = store.start_send(issue_id)
-    waited = 0.0
-    while True:
-        if not _send_due(
-            store,
-            transport,
-            template,
-            tokens,
-            report,
-            issue_id=issue_id,
-            mail_from=mail_from,
-            options=options,
-            now=now,
-            on_result=on_result,
-            should_stop=should_stop,
-        ):
-            report.stopped = True
-            break
-        due = store.next_deferred_at(issue_id)
-        if due is None or not options.wait_for_retries:
-            break
-        pause = max(0.0, (due - now()).total_seconds())
-        if waited + pause > options.max_wait_seconds:
-            break
-        sleep(pause)
-        waited += pause
-    report.finished = store.finish_issue_if_done(issue_id, now=now())
-    return report
-
-
-def _send_due(
-    store: DeliveryStore,
-    transport: Transport,
-    template: MessageTemplate,
-    tokens: Tokens,
-    report: SendReport,
-    *,
-    issue_id: int,
-    mail_from: str,
-    options: SendOptions,
-    now: Callable[[], datetime],
-    on_result: Callable[[DeliveryStatus], None] | None,
-    should_stop: Callable[[], bool],
-) -> bool:
-    """One pass over every row due now; False if told to stop part way."""
-    after = 0
-    while True:
-        batch: Sequence[DeliveryTarget] = store.due_targets(
-            issue_id, now=now(), after=after, limit=options.batch_size
-        )
-        if not batch:
-            return True
-        for target in batch:
-            if should_stop():
-                return False
-            after = target.subscriber_id
-            if not store.claim(issue_id, target.subscriber_id, now=now()):
-                report.add(DeliveryStatus.SKIPPED)
-                continue
-            message = template.compose(
-                Recipient(
-                    target.subscriber_id, target.email, target.name, tokens.unsubscribe(target.subscriber_id)
-                )
-            )
-            envelope = Envelope(mail_from, target.email, f"issue-{issue_id}/{target.subscriber_id:08d}")
-            try:
-                result = transport.send(envelope, message)
-            except TransportError:
-                # Nothing reached the server: the row goes back to waiting, untouched.
-                store.record(
-                    issue_id,
-                    target.subscriber_id,
-                    status=DeliveryStatus.PENDING,
-                    reply="not sent: no connection to the mail server",
-                    attempts=target.attempts,
-                    next_attempt_at=None,
-                    now=now(),
-                )
-                raise
-            status = _record(store, result, target, issue_id=issue_id, options=options, now=now())
-            report.add(status)
-            if on_result:
-                on_result(status)
-
-
-def _record(
-    store: DeliveryStore,
-    result: SendResult,
-    target: DeliveryTarget,
-    *,
-    issue_id: int,
-    options: SendOptions,
-    now: datetime,
-) -> DeliveryStatus:
-    attempts = target.attempts + 1
-    status, next_at = result.status, None
-    if status == DeliveryStatus.DEFERRED:
-        if attempts >= options.max_attempts:
-            status = DeliveryStatus.FAILED
-        else:
-            next_at = now + timedelta(seconds=backoff_seconds(attempts, options))
-    store.record(
-        issue_id,
-        target.subscriber_id,
-        status=status,
-        reply=result.reply,
-        attempts=attempts,
-        next_attempt_at=next_at,
+    """Send an issue to every active subscriber who has not had it, over `options.connections`
+    transports made by `connect`. Re-running it resumes; it never sends a row twice."""
+    sender = _Sender(
+        store,
+        connect,
+        template,
+        tokens,
+        issue_id=issue_id,
+        mail_from=mail_from,
+        options=options,
         now=now,
+        sleep=sleep,
+        on_result=on_result,
+        should_stop=should_stop,
     )
-    return status
+    return sender.run(resend_unknown=resend_unknown)

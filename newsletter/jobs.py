@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from .compose import MessageTemplate
 from .config import Settings, read_secret_key
@@ -16,7 +17,7 @@ from .render import RenderedIssue, render_issue
 from .sources import DEFAULT_LIMITS, Conditional, FeedResult, Limits, fetch_all
 from .store import Store
 from .tokens import Tokens
-from .transport import Transport
+from .transport import open_transport
 
 __all__ = ["GatherReport", "BuildOutcome", "gather", "build", "issue_template", "send", "today"]
 
@@ -151,10 +152,17 @@ def mail_from(settings: Settings) -> str:
     return settings.bounces.return_path if settings.bounces else settings.newsletter.sender_address
 
 
+def send_options(settings: Settings, **overrides: Any) -> SendOptions:
+    d = settings.delivery
+    connections = settings.smtp.connections if d.transport == "smtp" else 1
+    return SendOptions(
+        connections=connections, max_attempts=d.max_attempts, rate_per_second=d.rate_per_second, **overrides
+    )
+
+
 def send(
     settings: Settings,
     store: Store,
-    transport: Transport,
     issue: Issue,
     *,
     resend_unknown: bool = False,
@@ -162,10 +170,11 @@ def send(
     on_result: Callable[[DeliveryStatus], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> SendReport:
-    options = options or SendOptions(max_attempts=settings.delivery.max_attempts)
+    """Send an issue over the configured transport, one connection per `[smtp] connections`."""
+    options = options or send_options(settings)
     return send_issue(
         store,
-        transport,
+        lambda: open_transport(settings),
         issue_template(settings, issue),
         Tokens(read_secret_key(settings)),
         issue_id=issue.id,

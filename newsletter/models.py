@@ -27,6 +27,7 @@ __all__ = [
     "FeedState",
     "Issue",
     "IssueStatus",
+    "Sender",
     "Story",
     "Subscriber",
     "SubscriberStatus",
@@ -149,8 +150,27 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_reply: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The sender that holds the row; a claim is a lease, never a sign that the message is in flight.
+    claimed_by: Mapped[str | None] = mapped_column(String(36))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    __table_args__ = (Index("ix_deliveries_issue_status", "issue_id", "status", "subscriber_id"),)
+    __table_args__ = (
+        Index("ix_deliveries_issue_status", "issue_id", "status", "subscriber_id"),
+        Index("ix_deliveries_claimed_by", "claimed_by"),
+    )
+
+
+class Sender(Base):
+    """A running `send` process: who it is and when it last showed it was alive."""
+
+    __tablename__ = "senders"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id"))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class FeedState(Base):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
+from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -14,6 +15,7 @@ from sqlalchemy import (
     and_,
     case,
     create_engine,
+    delete,
     event,
     func,
     literal,
@@ -26,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .errors import NewsletterError
+from .errors import NewsletterError, SendBusyError
 from .models import (
     Base,
     Delivery,
@@ -34,12 +36,22 @@ from .models import (
     FeedState,
     Issue,
     IssueStatus,
+    Sender,
     Story,
     Subscriber,
     SubscriberStatus,
 )
 
-__all__ = ["Store", "NewSubscriber", "StoryRecord", "DeliveryTarget", "IssueCounts", "open_store"]
+__all__ = [
+    "DeliveryLedger",
+    "DeliveryTarget",
+    "IssueCounts",
+    "MarkResult",
+    "NewSubscriber",
+    "Store",
+    "StoryRecord",
+    "open_store",
+]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -423,15 +435,80 @@ class Store:
             )
             return (s.scalar(rows) or 0) - before
 
-    def mark_in_flight_unknown(self, issue_id: int) -> int:
-        """Rows left `sending` by a sender that died: their fate is unknown. Returns how many."""
+    # -- senders and claims -------------------------------------------------------------------
+
+    def register_sender(
+        self,
+        issue_id: int,
+        sender_id: str,
+        *,
+        host: str,
+        pid: int,
+        now: datetime,
+        exclusive: bool,
+        stale_after: timedelta,
+        is_alive: Callable[[str, int], bool | None],
+    ) -> int:
+        """Enrol a sender for an issue; returns how many rows of dead senders became `unknown`.
+
+        A sender is dead when its heartbeat is stale, or `is_alive(host, pid)` says so (None: cannot
+        tell from here). Its `sending` rows were in flight: their fate is unknown. Its other claims
+        are released. With `exclusive` (SQLite), a live sender of the same issue refuses this one."""
         with self.write() as s:
-            result = s.execute(
-                update(Delivery)
-                .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SENDING)
-                .values(status=DeliveryStatus.UNKNOWN, last_reply="in flight when the sender stopped")
+            others = list(s.scalars(select(Sender).where(Sender.issue_id == issue_id)))
+            dead: list[Sender] = []
+            live: list[Sender] = []
+            for o in others:
+                alive = is_alive(o.host, o.pid)
+                stale = o.heartbeat_at < now - stale_after
+                (dead if alive is False or (alive is None and stale) else live).append(o)
+            if exclusive and live:
+                o = live[0]
+                raise SendBusyError(
+                    f"issue {issue_id} is being sent by another process (pid {o.pid} on {o.host}); "
+                    f"wait for it with 'send --wait'"
+                )
+            live_ids = [o.id for o in live]
+            orphaned = and_(
+                Delivery.issue_id == issue_id,
+                Delivery.status == DeliveryStatus.SENDING,
+                or_(Delivery.claimed_by.is_(None), Delivery.claimed_by.not_in(live_ids or [""])),
             )
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+            unknown = s.execute(
+                update(Delivery)
+                .where(orphaned)
+                .values(
+                    status=DeliveryStatus.UNKNOWN,
+                    last_reply="in flight when its sender stopped",
+                    claimed_by=None,
+                    claimed_until=None,
+                )
+            )
+            for o in dead:
+                s.execute(
+                    update(Delivery)
+                    .where(Delivery.claimed_by == o.id)
+                    .values(claimed_by=None, claimed_until=None)
+                )
+                s.delete(o)
+            s.add(
+                Sender(id=sender_id, issue_id=issue_id, host=host, pid=pid, started_at=now, heartbeat_at=now)
+            )
+            return int(unknown.rowcount or 0)  # type: ignore[attr-defined]
+
+    def deregister_sender(self, sender_id: str) -> None:
+        """A sender's clean exit: its remaining claims released, its row gone."""
+        with self.write() as s:
+            s.execute(
+                update(Delivery)
+                .where(Delivery.claimed_by == sender_id, Delivery.status != DeliveryStatus.SENDING)
+                .values(claimed_by=None, claimed_until=None)
+            )
+            s.execute(delete(Sender).where(Sender.id == sender_id))
+
+    def live_senders(self, issue_id: int) -> list[Sender]:
+        with self.read() as s:
+            return list(s.scalars(select(Sender).where(Sender.issue_id == issue_id)))
 
     def requeue_unknown(self, issue_id: int) -> int:
         with self.write() as s:
@@ -442,78 +519,57 @@ class Store:
             )
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
-    def due_targets(self, issue_id: int, *, now: datetime, after: int, limit: int) -> list[DeliveryTarget]:
-        """The next rows that may be sent now (pending, or deferred and due), keyset after `after`."""
+    def claim(
+        self, issue_id: int, sender_id: str, *, now: datetime, limit: int, lease: timedelta
+    ) -> list[DeliveryTarget]:
+        """Lease up to `limit` rows that may be sent now. The rows stay `pending` (or `deferred`):
+        a claim says who may send them, not that anything is in flight. Several senders on
+        PostgreSQL skip each other's locked rows; an expired lease can be taken over."""
         due = or_(
             Delivery.status == DeliveryStatus.PENDING,
             and_(Delivery.status == DeliveryStatus.DEFERRED, Delivery.next_attempt_at <= now),
         )
-        with self.read() as s:
-            rows = s.execute(
-                select(Delivery.subscriber_id, Subscriber.email, Subscriber.name, Delivery.attempts)
-                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                .where(Delivery.issue_id == issue_id, Delivery.subscriber_id > after, due)
-                .order_by(Delivery.subscriber_id)
-                .limit(limit)
+        free = or_(Delivery.claimed_by.is_(None), Delivery.claimed_until < now)
+        pick = (
+            select(Delivery.subscriber_id)
+            .where(Delivery.issue_id == issue_id, due, free)
+            .order_by(Delivery.subscriber_id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self.write() as s:
+            taken = s.execute(
+                update(Delivery)
+                .where(Delivery.issue_id == issue_id, Delivery.subscriber_id.in_(pick.scalar_subquery()))
+                .values(claimed_by=sender_id, claimed_until=now + lease)
+                .returning(Delivery.subscriber_id, Delivery.attempts)
             ).all()
-        return [DeliveryTarget(r[0], r[1], r[2], r[3]) for r in rows]
+            if not taken:
+                return []
+            attempts = dict(taken)
+            people = s.execute(
+                select(Subscriber.id, Subscriber.email, Subscriber.name).where(Subscriber.id.in_(attempts))
+            ).all()
+        return sorted(DeliveryTarget(i, e, n, attempts[i]) for i, e, n in people)
 
-    def claim(self, issue_id: int, subscriber_id: int, *, now: datetime) -> bool:
-        """Mark one row in flight, if it is still due and its subscriber still active.
-
-        The subscriber's status is checked in the same statement, so an unsubscribe committed
-        before this point stops the message; a row whose subscriber left becomes `skipped`."""
-        with self.write() as s:
-            active = (
-                select(Subscriber.id)
-                .where(Subscriber.id == subscriber_id, Subscriber.status == SubscriberStatus.ACTIVE)
-                .exists()
-            )
-            due = or_(
-                Delivery.status == DeliveryStatus.PENDING,
-                and_(Delivery.status == DeliveryStatus.DEFERRED, Delivery.next_attempt_at <= now),
-            )
-            mine = and_(Delivery.issue_id == issue_id, Delivery.subscriber_id == subscriber_id, due)
-            claimed = s.execute(update(Delivery).where(mine, active).values(status=DeliveryStatus.SENDING))
-            if claimed.rowcount:  # type: ignore[attr-defined]
-                return True
-            s.execute(
-                update(Delivery)
-                .where(mine, ~active)
-                .values(status=DeliveryStatus.SKIPPED, last_reply="subscriber no longer active")
-            )
-            return False
-
-    def record(
-        self,
-        issue_id: int,
-        subscriber_id: int,
-        *,
-        status: DeliveryStatus,
-        reply: str,
-        attempts: int,
-        next_attempt_at: datetime | None,
-        now: datetime,
-    ) -> None:
-        """Write the fate of one message; a hard bounce also marks the subscriber `bounced`."""
+    def release(self, issue_id: int, sender_id: str, subscriber_ids: Sequence[int]) -> None:
+        """Give back claimed rows that were never handed to the wire."""
+        if not subscriber_ids:
+            return
         with self.write() as s:
             s.execute(
                 update(Delivery)
-                .where(Delivery.issue_id == issue_id, Delivery.subscriber_id == subscriber_id)
-                .values(
-                    status=status,
-                    last_reply=reply[:1000],
-                    attempts=attempts,
-                    next_attempt_at=next_attempt_at,
-                    sent_at=now if status == DeliveryStatus.SENT else None,
+                .where(
+                    Delivery.issue_id == issue_id,
+                    Delivery.claimed_by == sender_id,
+                    Delivery.subscriber_id.in_(subscriber_ids),
+                    Delivery.status != DeliveryStatus.SENDING,
                 )
+                .values(claimed_by=None, claimed_until=None)
             )
-            if status == DeliveryStatus.BOUNCED:
-                s.execute(
-                    update(Subscriber)
-                    .where(Subscriber.id == subscriber_id)
-                    .values(status=SubscriberStatus.BOUNCED, bounce_count=Subscriber.bounce_count + 1)
-                )
+
+    def ledger(self, issue_id: int, sender_id: str) -> DeliveryLedger:
+        return DeliveryLedger(self, issue_id, sender_id)
 
     def next_deferred_at(self, issue_id: int) -> datetime | None:
         with self.read() as s:
@@ -543,6 +599,107 @@ class Store:
                 )
             )
             return True
+
+
+class MarkResult(Enum):
+    IN_FLIGHT = "in flight"  # durable: the message may now go on the wire
+    SKIPPED = "skipped"  # the subscriber is no longer active
+    LOST = "lost"  # the claim went to another sender (its lease ran out)
+
+
+class DeliveryLedger:
+    """The send loop's hot path: a transaction that records finished messages and marks the
+    next ones in flight, for every connection at once (group commit). Plain DB-API statements
+    on one connection of the pool, so recording costs microseconds, not an ORM round."""
+
+    def __init__(self, store: Store, issue_id: int, sender_id: str) -> None:
+        self.issue_id, self.sender_id = issue_id, sender_id
+        self.sqlite = store.is_sqlite
+        self._conn = store.engine.raw_connection()
+        self._cur = self._conn.cursor()
+        sql = _LEDGER_SQL if self.sqlite else {k: v.replace("?", "%s") for k, v in _LEDGER_SQL.items()}
+        self._sql = sql
+
+    def _time(self, value: datetime | None) -> Any:
+        if value is None or not self.sqlite:
+            return value
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")  # SQLAlchemy's SQLite format
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[DeliveryLedger]:
+        if self.sqlite:
+            self._cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield self
+        except BaseException:
+            self._conn.rollback() if not self.sqlite else self._cur.execute("ROLLBACK")
+            raise
+        if self.sqlite:
+            self._cur.execute("COMMIT")
+        else:
+            self._conn.commit()
+
+    def mark_in_flight(self, subscriber_id: int) -> MarkResult:
+        key = (self.issue_id, subscriber_id, self.sender_id, subscriber_id)
+        self._cur.execute(self._sql["mark"], key)
+        if self._cur.rowcount == 1:
+            return MarkResult.IN_FLIGHT
+        self._cur.execute(self._sql["skip"], key)
+        return MarkResult.SKIPPED if self._cur.rowcount == 1 else MarkResult.LOST
+
+    def record(
+        self,
+        subscriber_id: int,
+        *,
+        status: DeliveryStatus,
+        reply: str,
+        attempts: int,
+        next_attempt_at: datetime | None,
+        now: datetime,
+    ) -> None:
+        sent_at = self._time(now) if status == DeliveryStatus.SENT else None
+        self._cur.execute(
+            self._sql["record"],
+            (
+                status.value,
+                reply[:1000],
+                attempts,
+                self._time(next_attempt_at),
+                sent_at,
+                self.issue_id,
+                subscriber_id,
+            ),
+        )
+        if status == DeliveryStatus.BOUNCED:
+            self._cur.execute(self._sql["bounce"], (subscriber_id,))
+
+    def unmark(self, subscriber_id: int, reply: str) -> None:
+        """Nothing reached the server: back to waiting, the claim released."""
+        self._cur.execute(self._sql["unmark"], (reply, self.issue_id, subscriber_id))
+
+    def heartbeat(self, now: datetime) -> None:
+        self._cur.execute(self._sql["heartbeat"], (self._time(now), self.sender_id))
+
+    def close(self) -> None:
+        self._cur.close()
+        self._conn.close()
+
+
+_LEDGER_SQL = {
+    "mark": "UPDATE deliveries SET status = 'sending' WHERE issue_id = ? AND subscriber_id = ? "
+    "AND claimed_by = ? AND status IN ('pending', 'deferred') "
+    "AND EXISTS (SELECT 1 FROM subscribers WHERE id = ? AND status = 'active')",
+    "skip": "UPDATE deliveries SET status = 'skipped', last_reply = 'subscriber no longer active', "
+    "claimed_by = NULL, claimed_until = NULL WHERE issue_id = ? AND subscriber_id = ? AND claimed_by = ? "
+    "AND status IN ('pending', 'deferred') "
+    "AND NOT EXISTS (SELECT 1 FROM subscribers WHERE id = ? AND status = 'active')",
+    "record": "UPDATE deliveries SET status = ?, last_reply = ?, attempts = ?, next_attempt_at = ?, "
+    "sent_at = ?, claimed_by = NULL, claimed_until = NULL WHERE issue_id = ? AND subscriber_id = ?",
+    "bounce": "UPDATE subscribers SET status = 'bounced', bounce_count = bounce_count + 1 WHERE id = ?",
+    "unmark": "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'pending' END, "
+    "last_reply = ?, claimed_by = NULL, claimed_until = NULL WHERE issue_id = ? AND subscriber_id = ?",
+    "heartbeat": "UPDATE senders SET heartbeat_at = ? WHERE id = ?",
+}
 
 
 def _configure_sqlite(engine: Engine) -> None:

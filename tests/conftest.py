@@ -157,9 +157,25 @@ class SmtpSink:
         self.messages: list[Received] = []
         self.lock = threading.Lock()
         self.rcpt_hook: Callable[[str], str | None] | None = None
+        # returns a reply, or "drop" to close the connection instead of answering
+        self.data_hook: Callable[[list[str]], str | None] | None = None
+        self.connections = 0
         sink = self
 
         class Handler:
+            async def handle_EHLO(  # noqa: N802
+                self,
+                server: SMTPServer,
+                session: SMTPSession,
+                envelope: SMTPEnvelope,
+                hostname: str,
+                responses: list[str],
+            ) -> list[str]:
+                with sink.lock:
+                    sink.connections += 1
+                session.host_name = hostname
+                return responses
+
             async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
                 self,
                 server: SMTPServer,
@@ -176,6 +192,11 @@ class SmtpSink:
             async def handle_DATA(  # noqa: N802
                 self, server: SMTPServer, session: SMTPSession, envelope: SMTPEnvelope
             ) -> str:
+                if sink.data_hook and (reply := sink.data_hook(list(envelope.rcpt_tos))):
+                    if reply == "drop":
+                        server.transport.close()
+                        return "250 never heard"
+                    return reply
                 with sink.lock:
                     sink.messages.append(
                         Received(

@@ -1,31 +1,38 @@
-"""The send loop over real SMTP (aiosmtpd on loopback) and a real SQLite file."""
+"""The send loop over real SMTP (aiosmtpd on loopback, with faults injected) and a real SQLite file."""
 
 import email
-from datetime import UTC, date, datetime
+import threading
+from datetime import UTC, date, datetime, timedelta
 from email import policy
+from pathlib import Path
 from typing import Any
 
+import pytest
+from sqlalchemy import update
+
 from newsletter.compose import MessageTemplate
-from newsletter.deliver import SendOptions, SendReport, send_issue
-from newsletter.models import DeliveryStatus
+from newsletter.deliver import RateLimiter, SendOptions, SendReport, send_issue
+from newsletter.errors import SendBusyError, TransportError
+from newsletter.models import Delivery, DeliveryStatus, Sender
 from newsletter.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
 from newsletter.store import NewSubscriber, Store
 from newsletter.tokens import Tokens
-from newsletter.transport import OutboxTransport, SmtpTransport, Transport, classify_reply
+from newsletter.transport import OutboxTransport, SmtpTransport, classify_reply
 
-from .conftest import SECRET, SmtpSink
+from .conftest import SECRET, SmtpSink, free_port
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 ISSUE = RenderedIssue(
     subject="Today",
     preheader="",
-    html=f"<p>{GREETING}</p><a href='{UNSUBSCRIBE_URL}'>u</a>",
-    text=f"{GREETING}\n{UNSUBSCRIBE_URL}\n",
+    html=f"<p>{GREETING}</p><a href='{UNSUBSCRIBE_URL}'>u</a>\n<p>.a line that starts with a dot</p>",
+    text=f"{GREETING}\n{UNSUBSCRIBE_URL}\n.\n..two dots\n",
 )
+FAST_RETRIES = {"retry_base_seconds": 0.05, "throttle_retry_seconds": 0.05}
 
 
-def setup(store: Store, n: int) -> int:
-    store.import_subscribers([NewSubscriber(f"user{i}@example.com", f"User {i}") for i in range(n)], now=NOW)
+def setup(store: Store, n: int, domain: str = "example.com") -> int:
+    store.import_subscribers([NewSubscriber(f"user{i}@{domain}", f"User {i}") for i in range(n)], now=NOW)
     issue = store.create_issue(
         date(2026, 11, 25), story_ids=[], render=lambda i: ("Today", "", "", ""), now=NOW
     )
@@ -44,156 +51,232 @@ def template(issue_id: int) -> MessageTemplate:
     )
 
 
-def run_send(store: Store, transport: Transport, issue_id: int, **options: Any) -> SendReport:
+def smtp(sink: SmtpSink) -> SmtpTransport:
+    return SmtpTransport("127.0.0.1", sink.port, security="none", timeout=5)
+
+
+def run_send(
+    store: Store, connect: Any, issue_id: int, *, resend_unknown: bool = False, **options: Any
+) -> SendReport:
     return send_issue(
         store,
-        transport,
+        connect,
         template(issue_id),
         Tokens(SECRET),
         issue_id=issue_id,
         mail_from="bounces@example.com",
-        **options,
+        options=SendOptions(**options),
+        resend_unknown=resend_unknown,
     )
 
 
-def smtp(sink: SmtpSink) -> SmtpTransport:
-    return SmtpTransport("127.0.0.1", sink.port, security="none", timeout=5)
+def copies(sink: SmtpSink) -> dict[str, int]:
+    return {r: len(m) for r, m in sink.by_recipient().items()}
 
 
 def test_each_active_subscriber_gets_one_message_and_a_rerun_sends_nothing(
     sqlite_store: Store, smtp_sink: SmtpSink
 ) -> None:
-    issue_id = setup(sqlite_store, 30)
-    sqlite_store.add_subscriber("left@example.com", None, now=NOW)
-    left = sqlite_store.get_subscriber("left@example.com")
-    assert left is not None
-    sqlite_store.unsubscribe(left.id, now=NOW)
-    tokens = Tokens(SECRET)
-    transport = smtp(smtp_sink)
-    report = run_send(
-        sqlite_store,
-        transport,
-        issue_id,
-    )
-    assert report.sent == 30 and report.finished
-    again = run_send(
-        sqlite_store,
-        transport,
-        issue_id,
-    )
-    transport.close()
+    issue_id = setup(sqlite_store, 300)
+    sub, _ = sqlite_store.add_subscriber("left@example.com", None, now=NOW)
+    sqlite_store.unsubscribe(sub.id, now=NOW)
+    report = run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=4)
+    assert report.sent == 300 and report.finished
+    again = run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=4)
     assert again.sent == 0 and again.added == 0
-    got = smtp_sink.by_recipient()
-    assert len(smtp_sink.messages) == 30 and all(len(v) == 1 for v in got.values())
-    assert "left@example.com" not in got
-    msg = email.message_from_bytes(got["user7@example.com"][0].data, policy=policy.default)
+    got = copies(smtp_sink)
+    assert len(got) == 300 and set(got.values()) == {1} and "left@example.com" not in got
+    assert smtp_sink.connections <= 8  # sessions are reused, not opened per message
+    raw = smtp_sink.by_recipient()["user7@example.com"][0].data
+    msg = email.message_from_bytes(raw, policy=policy.default)
     token = str(msg["List-Unsubscribe"]).rsplit("/", 1)[1].rstrip(">")
-    assert sqlite_store.get_subscriber_by_id(tokens.read_unsubscribe(token)).email == "user7@example.com"  # type: ignore[union-attr]
-    assert "user7@example.com" not in token
-    assert "Good morning, User." in msg.get_body(("plain",)).get_content()
+    assert Tokens(SECRET).read_unsubscribe(token) == sqlite_store.get_subscriber("user7@example.com").id  # type: ignore[union-attr]
+    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "\n.\n..two dots\n" in text.replace("\r\n", "\n")  # dot-stuffing undone by the server
     assert sqlite_store.get_issue(issue_id).status == "sent"  # type: ignore[union-attr]
 
 
-def test_replies_decide_the_fate(sqlite_store: Store, smtp_sink: SmtpSink) -> None:
-    issue_id = setup(sqlite_store, 6)
-    tries: dict[str, int] = {}
+def test_faults_every_good_address_gets_exactly_one_copy(sqlite_store: Store, smtp_sink: SmtpSink) -> None:
+    """451 on every 7th RCPT, 550 for one domain, a dropped connection instead of every 50th
+    DATA reply, and a burst of 421 "too many connections": the engine must be right anyway."""
+    issue_id = setup(sqlite_store, 500)
+    sqlite_store.import_subscribers(
+        [NewSubscriber(f"gone{i}@dead.example", None) for i in range(20)], now=NOW
+    )
+    lock = threading.Lock()
+    state = {"rcpt": 0, "data": 0}
+    deferred_once: set[str] = set()
 
-    def hook(address: str) -> str | None:
-        tries[address] = tries.get(address, 0) + 1
-        if address == "user1@example.com":
-            return "550 5.1.1 no such user"
-        if address == "user2@example.com" and tries[address] == 1:
-            return "451 4.7.1 try again later"
-        if address == "user3@example.com":
-            return "452 4.2.2 mailbox full"
+    def rcpt(address: str) -> str | None:
+        with lock:
+            state["rcpt"] += 1
+            n = state["rcpt"]
+            if address.endswith("@dead.example"):
+                return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+            if 200 <= n < 215:
+                return "421 4.7.0 Too many connections, try again later"
+            if n % 7 == 0 and address not in deferred_once:
+                deferred_once.add(address)
+                return "451 4.3.0 Temporary lookup failure"
         return None
 
-    smtp_sink.rcpt_hook = hook
-    clock = [NOW]
-    slept: list[float] = []
+    def data(rcpts: list[str]) -> str | None:
+        with lock:
+            state["data"] += 1
+            if state["data"] % 50 == 0 and rcpts[0] not in deferred_once:
+                deferred_once.add(rcpts[0])
+                return "drop"
+        return None
 
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        clock[0] = clock[0].fromtimestamp(clock[0].timestamp() + seconds + 1, tz=UTC)
-
-    transport = smtp(smtp_sink)
+    smtp_sink.rcpt_hook, smtp_sink.data_hook = rcpt, data
     report = run_send(
-        sqlite_store,
-        transport,
-        issue_id,
-        options=SendOptions(max_attempts=3, retry_base_seconds=10),
-        now=lambda: clock[0],
-        sleep=sleep,
+        sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=4, max_attempts=3, **FAST_RETRIES
     )
-    transport.close()
-    assert report.finished and slept  # it waited for the retries, on the injected clock
-    got = smtp_sink.by_recipient()
-    assert set(got) == {"user0@example.com", "user2@example.com", "user4@example.com", "user5@example.com"}
-    assert all(len(v) == 1 for v in got.values())
-    assert tries["user3@example.com"] == 3
+    got = copies(smtp_sink)
+    assert set(got) == {f"user{i}@example.com" for i in range(500)}
+    assert set(got.values()) == {1}
     counts = sqlite_store.issue_counts(issue_id)[0].deliveries
-    assert counts["sent"] == 4 and counts["bounced"] == 1 and counts["failed"] == 1
-    bounced = sqlite_store.get_subscriber("user1@example.com")
-    assert bounced is not None and bounced.status == "bounced"
+    assert counts["sent"] == 500 and counts["bounced"] == 20 and counts["failed"] == 0
+    assert report.finished and report.throttled >= 1
+    assert sqlite_store.subscriber_counts() == {"active": 500, "bounced": 20}
+    row = next(r for r in sqlite_store.iter_subscribers(status="bounced"))
+    assert row.email.endswith("@dead.example")
 
 
-def test_unsubscribe_during_the_send_stops_later_messages(sqlite_store: Store, tmp_path: object) -> None:
+def test_deferred_rows_fail_after_max_attempts_with_the_reply_kept(
+    sqlite_store: Store, smtp_sink: SmtpSink
+) -> None:
+    issue_id = setup(sqlite_store, 3)
+    smtp_sink.rcpt_hook = lambda a: "452 4.2.2 Mailbox full" if a == "user1@example.com" else None
+    smtp_sink.data_hook = lambda r: (
+        "554 5.7.1 Message rejected as spam" if r == ["user2@example.com"] else None
+    )
+    report = run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id, max_attempts=3, **FAST_RETRIES)
+    assert report.counts == {"sent": 1, "deferred": 2, "failed": 2}  # every attempt's outcome
+    with sqlite_store.read() as s:
+        rows = {d.subscriber_id: d for d in s.query(Delivery)}
+    by_email = {sqlite_store.get_subscriber_by_id(i).email: d for i, d in rows.items()}  # type: ignore[union-attr]
+    assert by_email["user1@example.com"].attempts == 3 and "Mailbox full" in (
+        by_email["user1@example.com"].last_reply or ""
+    )
+    assert by_email["user2@example.com"].attempts == 1 and "rejected as spam" in (
+        by_email["user2@example.com"].last_reply or ""
+    )
+
+
+def test_unsubscribe_during_the_send_stops_later_messages(sqlite_store: Store, tmp_path: Path) -> None:
     issue_id = setup(sqlite_store, 10)
     last = sqlite_store.get_subscriber("user9@example.com")
     assert last is not None
-    outbox = OutboxTransport(tmp_path / "outbox")  # type: ignore[operator]
-    handled = []
+    handled: list[DeliveryStatus] = []
 
     def on_result(status: DeliveryStatus) -> None:
         handled.append(status)
         if len(handled) == 2:  # mid-send, as the web app would
             sqlite_store.unsubscribe(last.id, now=NOW)
 
-    report = run_send(
+    report = send_issue(
         sqlite_store,
-        outbox,
-        issue_id,
+        lambda: OutboxTransport(tmp_path / "outbox"),
+        template(issue_id),
+        Tokens(SECRET),
+        issue_id=issue_id,
+        mail_from="b@example.com",
         on_result=on_result,
     )
     assert report.sent == 9 and report.counts.get("skipped") == 1
-    files = list((tmp_path / "outbox").rglob("*.eml"))  # type: ignore[operator]
-    assert len(files) == 9
-    assert not any(b"user9@example.com" in f.read_bytes() for f in files)
+    files = list((tmp_path / "outbox").rglob("*.eml"))
+    assert len(files) == 9 and not any(b"user9@example.com" in f.read_bytes() for f in files)
 
 
-def test_a_row_left_in_flight_is_unknown_and_not_resent_unless_asked(
-    sqlite_store: Store, smtp_sink: SmtpSink
-) -> None:
+def test_resend_unknown_only_on_request(sqlite_store: Store, smtp_sink: SmtpSink) -> None:
     issue_id = setup(sqlite_store, 3)
     sqlite_store.start_send(issue_id)
-    first = sqlite_store.due_targets(issue_id, now=NOW, after=0, limit=1)[0]
-    sqlite_store.claim(issue_id, first.subscriber_id, now=NOW)  # a sender died here, mid-DATA
-    transport = smtp(smtp_sink)
-    report = run_send(
-        sqlite_store,
-        transport,
+    sqlite_store.register_sender(
         issue_id,
+        "dead",
+        host="elsewhere",
+        pid=1,
+        now=NOW,
+        exclusive=True,
+        stale_after=timedelta(seconds=30),
+        is_alive=lambda h, p: False,
     )
+    (first, *_) = sqlite_store.claim(issue_id, "dead", now=NOW, limit=1, lease=timedelta(minutes=5))
+    ledger = sqlite_store.ledger(issue_id, "dead")
+    with ledger.transaction() as tx:
+        tx.mark_in_flight(first.subscriber_id)  # the sender died here, mid-DATA
+    ledger.close()
+    with sqlite_store.write() as s:  # and its heartbeat went stale long ago
+        s.execute(update(Sender).values(heartbeat_at=datetime(2020, 1, 1, tzinfo=UTC)))
+    report = run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id)
     assert report.unknown_found == 1 and report.sent == 2
-    assert "user0@example.com" not in smtp_sink.by_recipient()
-    again = run_send(
-        sqlite_store,
-        transport,
-        issue_id,
-        resend_unknown=True,
-    )
-    transport.close()
+    assert "user0@example.com" not in copies(smtp_sink)
+    again = run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id, resend_unknown=True)
     assert again.requeued == 1 and again.sent == 1
-    assert {r: len(v) for r, v in smtp_sink.by_recipient().items()} == {
-        "user0@example.com": 1,
-        "user1@example.com": 1,
-        "user2@example.com": 1,
-    }
+    assert copies(smtp_sink) == {f"user{i}@example.com": 1 for i in range(3)}
+
+
+def test_no_smtp_server_stops_the_send_and_loses_nothing(sqlite_store: Store) -> None:
+    issue_id = setup(sqlite_store, 5)
+    port = free_port()  # nothing listens there
+    with pytest.raises(TransportError, match="cannot connect"):
+        run_send(
+            sqlite_store,
+            lambda: SmtpTransport("127.0.0.1", port, security="none", timeout=1),
+            issue_id,
+            connections=2,
+        )
+    counts = sqlite_store.issue_counts(issue_id)[0].deliveries
+    assert counts["pending"] == 5 and counts["sending"] == 0 and counts["unknown"] == 0
+    assert sqlite_store.live_senders(issue_id) == []
+
+
+def test_a_second_sender_on_sqlite_is_refused(sqlite_store: Store, smtp_sink: SmtpSink) -> None:
+    issue_id = setup(sqlite_store, 2)
+    sqlite_store.register_sender(
+        issue_id,
+        "other",
+        host="h",
+        pid=1,
+        now=datetime.now(UTC),
+        exclusive=True,
+        stale_after=timedelta(seconds=30),
+        is_alive=lambda h, p: True,
+    )
+    with pytest.raises(SendBusyError, match="being sent by another process"):
+        run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id)
+    assert smtp_sink.messages == []
+
+
+def test_rate_limiter_spaces_messages_and_backs_off_on_throttling() -> None:
+    t = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        t[0] += s
+
+    limiter = RateLimiter(10, clock=lambda: t[0], sleep=sleep)
+    for _ in range(5):
+        limiter.acquire()
+    assert sum(slept) == pytest.approx(0.4)  # 10 per second: 0.1 s apart
+    limiter.throttle()
+    assert limiter.rate == 5
+    t[0] += 6
+    limiter.acquire()
+    assert limiter.rate == pytest.approx(6.25)  # recovering by a quarter
+    unlimited = RateLimiter(0, clock=lambda: t[0], sleep=sleep)
+    assert unlimited.rate is None
+    unlimited.throttle()
+    assert unlimited.rate is not None  # a throttled unlimited sender gets a limit
 
 
 def test_reply_classification() -> None:
     assert classify_reply(250, "ok", stage="DATA").status == DeliveryStatus.SENT
     assert classify_reply(451, "try later", stage="RCPT").status == DeliveryStatus.DEFERRED
     assert classify_reply(421, "Too many connections", stage="RCPT").throttled
+    assert classify_reply(450, "rate limit exceeded", stage="RCPT").throttled
+    assert not classify_reply(452, "mailbox full", stage="RCPT").throttled
     assert classify_reply(550, "no such user", stage="RCPT").status == DeliveryStatus.BOUNCED
     assert classify_reply(554, "content rejected", stage="DATA").status == DeliveryStatus.FAILED

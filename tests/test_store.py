@@ -1,16 +1,20 @@
 """Run on a SQLite file and on the local PostgreSQL alike."""
 
-from datetime import UTC, date, datetime
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
 
+import pytest
+
+from newsletter.errors import SendBusyError
 from newsletter.models import DeliveryStatus, SubscriberStatus
-from newsletter.store import NewSubscriber, Store
+from newsletter.store import MarkResult, NewSubscriber, Store
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 
 
 def test_migrate_is_idempotent(store: Store) -> None:
-    assert store.migrate() == "0001"
-    assert store.migrate() == "0001"
+    assert store.migrate() == "0002"
+    assert store.migrate() == "0002"
     assert store.ping()
 
 
@@ -45,61 +49,119 @@ def test_one_issue_per_date(store: Store) -> None:
     )
 
 
-def test_delivery_rows_are_made_once_and_claims_check_the_subscriber(store: Store) -> None:
+LEASE = timedelta(minutes=10)
+
+
+def alive(_host: str, _pid: int) -> bool | None:
+    return True
+
+
+def dead(_host: str, _pid: int) -> bool | None:
+    return False
+
+
+def enrol(
+    store: Store,
+    issue_id: int,
+    sender: str,
+    *,
+    exclusive: bool = False,
+    is_alive: Callable[[str, int], bool | None] = alive,
+) -> int:
+    return store.register_sender(
+        issue_id,
+        sender,
+        host="h",
+        pid=1,
+        now=NOW,
+        exclusive=exclusive,
+        stale_after=timedelta(seconds=30),
+        is_alive=is_alive,
+    )
+
+
+def test_delivery_rows_are_made_once_and_claims_are_leases(store: Store) -> None:
     store.import_subscribers([NewSubscriber(f"u{i}@example.com", None) for i in range(5)], now=NOW)
     pending, _ = store.add_subscriber("p@example.com", None, now=NOW, status=SubscriberStatus.PENDING)
     issue_id = _issue(store)
     assert store.start_send(issue_id) == 5
     assert store.start_send(issue_id) == 0  # never a second row
-    targets = store.due_targets(issue_id, now=NOW, after=0, limit=100)
-    assert len(targets) == 5 and pending.id not in [t.subscriber_id for t in targets]
-    first, second = targets[0], targets[1]
-    assert store.claim(issue_id, first.subscriber_id, now=NOW)
-    assert not store.claim(issue_id, first.subscriber_id, now=NOW)  # already in flight
-    store.unsubscribe(second.subscriber_id, now=NOW)
-    assert not store.claim(issue_id, second.subscriber_id, now=NOW)
-    store.record(
-        issue_id,
-        first.subscriber_id,
-        status=DeliveryStatus.SENT,
-        reply="250 ok",
-        attempts=1,
-        next_attempt_at=None,
-        now=NOW,
-    )
+    enrol(store, issue_id, "a")
+    enrol(store, issue_id, "b")
+    first = store.claim(issue_id, "a", now=NOW, limit=3, lease=LEASE)
+    second = store.claim(issue_id, "b", now=NOW, limit=10, lease=LEASE)
+    assert len(first) == 3 and len(second) == 2
+    assert not {t.subscriber_id for t in first} & {t.subscriber_id for t in second}
+    assert pending.id not in {t.subscriber_id for t in first + second}
+    assert store.issue_counts(issue_id)[0].deliveries["pending"] == 5  # a claim is not "in flight"
+    # a lease that ran out can be taken over
+    later = store.claim(issue_id, "c", now=NOW + LEASE + timedelta(seconds=1), limit=10, lease=LEASE)
+    assert len(later) == 5
+
+
+def test_the_mark_checks_claim_and_subscriber_in_one_transaction(store: Store) -> None:
+    store.import_subscribers([NewSubscriber(f"u{i}@example.com", None) for i in range(3)], now=NOW)
+    issue_id = _issue(store)
+    store.start_send(issue_id)
+    enrol(store, issue_id, "a")
+    one, two, three = store.claim(issue_id, "a", now=NOW, limit=10, lease=LEASE)
+    store.unsubscribe(two.subscriber_id, now=NOW)
+    ledger = store.ledger(issue_id, "a")
+    other = store.ledger(issue_id, "b")
+    try:
+        with ledger.transaction() as tx:
+            assert tx.mark_in_flight(one.subscriber_id) is MarkResult.IN_FLIGHT
+            assert tx.mark_in_flight(two.subscriber_id) is MarkResult.SKIPPED
+        with other.transaction() as tx:
+            assert tx.mark_in_flight(three.subscriber_id) is MarkResult.LOST  # not its claim
+        with ledger.transaction() as tx:
+            assert tx.mark_in_flight(one.subscriber_id) is MarkResult.LOST  # already in flight
+            tx.record(
+                one.subscriber_id,
+                status=DeliveryStatus.SENT,
+                reply="250 ok",
+                attempts=1,
+                next_attempt_at=None,
+                now=NOW,
+            )
+            tx.mark_in_flight(three.subscriber_id)
+            tx.record(
+                three.subscriber_id,
+                status=DeliveryStatus.BOUNCED,
+                reply="550 no such user",
+                attempts=1,
+                next_attempt_at=None,
+                now=NOW,
+            )
+    finally:
+        ledger.close()
+        other.close()
     counts = store.issue_counts(issue_id)[0].deliveries
-    assert counts["sent"] == 1 and counts["skipped"] == 1 and counts["pending"] == 3
-
-
-def test_rows_left_in_flight_become_unknown_and_can_be_requeued(store: Store) -> None:
-    store.import_subscribers([NewSubscriber("a@example.com", None)], now=NOW)
-    issue_id = _issue(store)
-    store.start_send(issue_id)
-    (t,) = store.due_targets(issue_id, now=NOW, after=0, limit=10)
-    store.claim(issue_id, t.subscriber_id, now=NOW)
-    assert store.mark_in_flight_unknown(issue_id) == 1
-    assert store.issue_counts(issue_id)[0].deliveries["unknown"] == 1
-    assert store.finish_issue_if_done(issue_id, now=NOW)  # an unknown row does not hold the issue open
-    assert store.requeue_unknown(issue_id) == 1
-    assert store.due_targets(issue_id, now=NOW, after=0, limit=10)[0].subscriber_id == t.subscriber_id
-
-
-def test_hard_bounce_marks_the_subscriber(store: Store) -> None:
-    sub, _ = store.add_subscriber("gone@example.com", None, now=NOW)
-    issue_id = _issue(store)
-    store.start_send(issue_id)
-    store.claim(issue_id, sub.id, now=NOW)
-    store.record(
-        issue_id,
-        sub.id,
-        status=DeliveryStatus.BOUNCED,
-        reply="550 no such user",
-        attempts=1,
-        next_attempt_at=None,
-        now=NOW,
-    )
-    after = store.get_subscriber_by_id(sub.id)
-    assert after is not None and after.status == "bounced" and after.bounce_count == 1
+    assert (counts["sent"], counts["skipped"], counts["bounced"], counts["sending"]) == (1, 1, 1, 0)
+    gone = store.get_subscriber_by_id(three.subscriber_id)
+    assert gone is not None and gone.status == "bounced" and gone.bounce_count == 1
     assert store.finish_issue_if_done(issue_id, now=NOW)
     issue = store.get_issue(issue_id)
     assert issue is not None and issue.status == "sent"
+
+
+def test_a_dead_senders_rows_in_flight_become_unknown(store: Store) -> None:
+    store.import_subscribers([NewSubscriber(f"u{i}@example.com", None) for i in range(4)], now=NOW)
+    issue_id = _issue(store)
+    store.start_send(issue_id)
+    enrol(store, issue_id, "crashed")
+    targets = store.claim(issue_id, "crashed", now=NOW, limit=10, lease=LEASE)
+    ledger = store.ledger(issue_id, "crashed")
+    with ledger.transaction() as tx:
+        tx.mark_in_flight(targets[0].subscriber_id)
+    ledger.close()
+    with pytest.raises(SendBusyError, match="being sent by another process"):
+        enrol(store, issue_id, "second", exclusive=True)  # the first still looks alive
+    assert enrol(store, issue_id, "second", exclusive=True, is_alive=dead) == 1
+    counts = store.issue_counts(issue_id)[0].deliveries
+    assert counts["unknown"] == 1 and counts["pending"] == 3
+    assert len(store.claim(issue_id, "second", now=NOW, limit=10, lease=LEASE)) == 3  # its claims were freed
+    assert [s.id for s in store.live_senders(issue_id)] == ["second"]
+    assert store.requeue_unknown(issue_id) == 1
+    store.deregister_sender("second")
+    assert len(store.claim(issue_id, "third", now=NOW, limit=10, lease=LEASE)) == 4
