@@ -9,6 +9,7 @@ issue. tests/test_compose.py builds the same message the slow way and compares."
 from __future__ import annotations
 
 import html as htmlmod
+import itertools
 import re
 import secrets
 import time
@@ -46,14 +47,32 @@ def qp_encode(text: str) -> bytes:
         tokens = [_QP_BYTE[b] for b in line.encode("utf-8")]
         if tokens and tokens[-1] in (" ", "\t"):  # trailing white space would be lost in transit
             tokens[-1] = f"={ord(tokens[-1]):02X}"
+        if tokens and tokens[0] == ".":  # no line starts with a dot: no dot-stuffing per message
+            tokens[0] = "=2E"
         current = ""
         for tok in tokens:
             if len(current) + len(tok) > _QP_LINE:
                 out.append(current + "=")
-                current = ""
+                current = "=2E" if tok == "." else ""
+                if current:
+                    continue
             current += tok
         out.append(current)
     return "\r\n".join(out).encode("ascii")
+
+
+def _qp_value(text: str) -> bytes:
+    """A per-subscriber value: most (a URL, a plain greeting) are their own encoding."""
+    if (
+        len(text) <= _QP_LINE
+        and text.isascii()
+        and text.isprintable()
+        and "=" not in text
+        and text[-1:] != " "
+        and text[:1] != "."
+    ):
+        return text.encode("ascii")
+    return qp_encode(text)
 
 
 def list_id_for(name: str, base_url: str) -> str:
@@ -127,6 +146,8 @@ class MessageTemplate:
         self._tail = f"\r\n--{self.boundary}--\r\n".encode("ascii")
         self._text = _Part(issue.text)
         self._html = _Part(issue.html)
+        self._id_prefix = secrets.token_hex(4)  # with the counter: unique without urandom per message
+        self._counter = itertools.count(1)
         self._date_second = -1
         self._date_header = b""
 
@@ -136,12 +157,12 @@ class MessageTemplate:
     def compose(self, recipient: Recipient) -> bytes:
         url = self.unsubscribe_url(recipient.unsubscribe_token)
         greeting = greeting_for(_one_line(recipient.name))
-        text_values = {GREETING: qp_encode(greeting), UNSUBSCRIBE_URL: qp_encode(url)}
-        html_values = {
-            GREETING: qp_encode(htmlmod.escape(greeting)),
-            UNSUBSCRIBE_URL: qp_encode(htmlmod.escape(url)),
-        }
-        message_id = f"<{self.issue_id}.{recipient.subscriber_id}.{secrets.token_hex(6)}@{self.domain}>"
+        encoded_url = _qp_value(url)
+        html_url = encoded_url if "&" not in url else _qp_value(htmlmod.escape(url))
+        text_values = {GREETING: _qp_value(greeting), UNSUBSCRIBE_URL: encoded_url}
+        html_values = {GREETING: _qp_value(htmlmod.escape(greeting)), UNSUBSCRIBE_URL: html_url}
+        unique = f"{self._id_prefix}{next(self._counter)}"
+        message_id = f"<{self.issue_id}.{recipient.subscriber_id}.{unique}@{self.domain}>"
         head = (
             self._date()
             + f"Message-ID: {message_id}\r\n".encode("ascii")

@@ -56,9 +56,6 @@ class DeliveryStore(Protocol):
     def live_senders(self, issue_id: int) -> list[Sender]: ...
     def requeue_unknown(self, issue_id: int) -> int: ...
     def start_send(self, issue_id: int) -> int: ...
-    def claim(
-        self, issue_id: int, sender_id: str, *, now: datetime, limit: int, lease: timedelta
-    ) -> list[DeliveryTarget]: ...
     def release(self, issue_id: int, sender_id: str, subscriber_ids: list[int]) -> None: ...
     def ledger(self, issue_id: int, sender_id: str) -> DeliveryLedger: ...
     def next_deferred_at(self, issue_id: int) -> datetime | None: ...
@@ -202,6 +199,8 @@ class _Request:
     record: _Outcome | None = None
     mark: DeliveryTarget | None = None
     unmark: tuple[DeliveryTarget, str] | None = None
+    claim: tuple[int, timedelta] | None = None  # (how many, lease)
+    claimed: list[DeliveryTarget] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     mark_result: MarkResult | None = None
     error: BaseException | None = None
@@ -279,6 +278,8 @@ class _Ledger(threading.Thread):
                     tx.unmark(r.unmark[0].subscriber_id, r.unmark[1])
                 if r.mark is not None:
                     r.mark_result = tx.mark_in_flight(r.mark.subscriber_id)
+                if r.claim is not None:
+                    r.claimed = tx.claim(now=now, limit=r.claim[0], lease=r.claim[1])
             if beat:
                 tx.heartbeat(now)
         self.commits += 1
@@ -350,7 +351,7 @@ class _Sender:
             self.report.added = self.store.start_send(self.issue_id)
             for w in workers:
                 w.start()
-            self._claim_loop()
+            self._claim_loop(ledger)
         finally:
             self.halt.set()
             leftovers = self._drain()
@@ -398,7 +399,7 @@ class _Sender:
                 self.sleep(1.0)
                 waited += 1.0
 
-    def _claim_loop(self) -> None:
+    def _claim_loop(self, ledger: _Ledger) -> None:
         waited = 0.0
         while not self.halt.is_set():
             if self.should_stop():
@@ -408,13 +409,12 @@ class _Sender:
                 self.sleep(0.005)
                 continue
             now = self.now()
-            batch = self.store.claim(
-                self.issue_id,
-                self.id,
-                now=now,
-                limit=self._batch(),
-                lease=timedelta(seconds=self.options.lease_seconds),
+            request = ledger.submit(
+                _Request(claim=(self._batch(), timedelta(seconds=self.options.lease_seconds)))
             )
+            if request.error is not None:
+                raise NewsletterError(f"the database failed during the send: {request.error}")
+            batch = request.claimed
             for target in batch:
                 with self.lock:
                     self.busy += 1

@@ -154,10 +154,7 @@ class Delivery(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(36))
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    __table_args__ = (
-        Index("ix_deliveries_issue_status", "issue_id", "status", "subscriber_id"),
-        Index("ix_deliveries_claimed_by", "claimed_by"),
-    )
+    __table_args__ = (Index("ix_deliveries_issue_status", "issue_id", "status", "subscriber_id"),)
 
 
 class Sender(Base):

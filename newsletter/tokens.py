@@ -5,7 +5,11 @@ and a purpose; changing one character, or using one purpose's token for another,
 
 from __future__ import annotations
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+import base64
+import hashlib
+import hmac
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 __all__ = ["BadToken", "Tokens", "CONFIRM_MAX_AGE_SECONDS"]
 
@@ -18,18 +22,29 @@ class BadToken(Exception):
 
 class Tokens:
     def __init__(self, secret_key: str) -> None:
-        self._unsubscribe = URLSafeSerializer(secret_key, salt="newsletter.unsubscribe")
+        # One signature per subscriber per issue sent: the plain HMAC, keyed once, costs a
+        # microsecond where a serializer that derives its key on every call costs fifteen.
+        self._unsubscribe_key = hashlib.sha256(b"newsletter.unsubscribe\0" + secret_key.encode()).digest()
         self._confirm = URLSafeTimedSerializer(secret_key, salt="newsletter.confirm")
 
     def unsubscribe(self, subscriber_id: int) -> str:
-        return str(self._unsubscribe.dumps(subscriber_id))
+        body = _b64(str(subscriber_id).encode("ascii"))
+        return f"{body}.{self._mac(body)}"
 
     def read_unsubscribe(self, token: str) -> int:
+        body, _, mac = token.partition(".")
+        if not body or not hmac.compare_digest(
+            mac.encode("ascii", "replace"), self._mac(body).encode("ascii")
+        ):
+            raise BadToken("this unsubscribe link is not valid")
         try:
-            value = self._unsubscribe.loads(token)
-        except BadSignature:
+            value = int(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
             raise BadToken("this unsubscribe link is not valid") from None
         return _subscriber_id(value)
+
+    def _mac(self, body: str) -> str:
+        return _b64(hmac.new(self._unsubscribe_key, body.encode("ascii"), hashlib.sha256).digest()[:18])
 
     def confirm(self, subscriber_id: int) -> str:
         return str(self._confirm.dumps(subscriber_id))
@@ -42,6 +57,10 @@ class Tokens:
         except BadSignature:
             raise BadToken("this confirmation link is not valid") from None
         return _subscriber_id(value)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _subscriber_id(value: object) -> int:

@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import ssl
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,16 @@ class _ConnectionLost(Exception):
     pass
 
 
+def _kernel_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Blocking calls with the timeout kept by the kernel (SO_RCVTIMEO/SO_SNDTIMEO): Python's own
+    timeout mode would poll() before every send and receive of the hot path."""
+    sock.settimeout(None)
+    whole = int(seconds)
+    value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
 class SmtpTransport:
     """One SMTP session, reused for every message and reopened after a drop.
 
@@ -119,6 +130,7 @@ class SmtpTransport:
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _kernel_timeouts(sock, self.timeout)
             if self.security == "tls":
                 sock = self._context().wrap_socket(sock, server_hostname=self.host)
             self._attach(sock)
@@ -222,15 +234,28 @@ class SmtpTransport:
             failed = self._first_failure(replies)
             if failed is not None:
                 return failed
-            body = message if message.endswith(b"\r\n") else message + b"\r\n"
-            if body.startswith(b"."):
-                body = b"." + body
-            self._sock.sendall(body.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+            self._send_body(message)
             code, text = self._reply()
             return self._after(classify_reply(code, text, stage="DATA"), code)
         except (OSError, _ConnectionLost) as exc:
             self._drop()
             return SendResult(DeliveryStatus.DEFERRED, f"connection lost: {exc}")
+
+    def _send_body(self, message: bytes) -> None:
+        """The message and its end-of-data line, dot-stuffed only if it needs it (composed ones don't)."""
+        assert self._sock is not None
+        if message.startswith(b".") or b"\r\n." in message:
+            message = (b"." if message.startswith(b".") else b"") + message.replace(b"\r\n.", b"\r\n..")
+        end = b".\r\n" if message.endswith(b"\r\n") else b"\r\n.\r\n"
+        if isinstance(self._sock, ssl.SSLSocket):  # no scatter-gather over TLS
+            self._sock.sendall(message)
+            self._sock.sendall(end)
+            return
+        view = memoryview(message)
+        sent = self._sock.sendmsg([view, end])
+        if sent < len(message) + len(end):  # a short write: the rest the plain way
+            rest = message + end
+            self._sock.sendall(rest[sent:])
 
     def _first_failure(self, replies: list[tuple[int, str]]) -> SendResult | None:
         stages = ("MAIL", "RCPT", "DATA")

@@ -20,6 +20,7 @@ from newsletter.tokens import Tokens
 from newsletter.transport import OutboxTransport, SmtpTransport, classify_reply
 
 from .conftest import SECRET, SmtpSink, free_port
+from .test_store import claim
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 ISSUE = RenderedIssue(
@@ -202,7 +203,7 @@ def test_resend_unknown_only_on_request(sqlite_store: Store, smtp_sink: SmtpSink
         stale_after=timedelta(seconds=30),
         is_alive=lambda h, p: False,
     )
-    (first, *_) = sqlite_store.claim(issue_id, "dead", now=NOW, limit=1, lease=timedelta(minutes=5))
+    (first, *_) = claim(sqlite_store, issue_id, "dead", now=NOW, limit=1, lease=timedelta(minutes=5))
     ledger = sqlite_store.ledger(issue_id, "dead")
     with ledger.transaction() as tx:
         tx.mark_in_flight(first.subscriber_id)  # the sender died here, mid-DATA

@@ -7,7 +7,7 @@ import pytest
 
 from newsletter.errors import SendBusyError
 from newsletter.models import DeliveryStatus, SubscriberStatus
-from newsletter.store import MarkResult, NewSubscriber, Store
+from newsletter.store import DeliveryTarget, MarkResult, NewSubscriber, Store
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 
@@ -60,6 +60,17 @@ def dead(_host: str, _pid: int) -> bool | None:
     return False
 
 
+def claim(
+    store: Store, issue_id: int, sender: str, *, now: datetime, limit: int, lease: timedelta = LEASE
+) -> list[DeliveryTarget]:
+    ledger = store.ledger(issue_id, sender)
+    try:
+        with ledger.transaction() as tx:
+            return tx.claim(now=now, limit=limit, lease=lease)
+    finally:
+        ledger.close()
+
+
 def enrol(
     store: Store,
     issue_id: int,
@@ -88,14 +99,14 @@ def test_delivery_rows_are_made_once_and_claims_are_leases(store: Store) -> None
     assert store.start_send(issue_id) == 0  # never a second row
     enrol(store, issue_id, "a")
     enrol(store, issue_id, "b")
-    first = store.claim(issue_id, "a", now=NOW, limit=3, lease=LEASE)
-    second = store.claim(issue_id, "b", now=NOW, limit=10, lease=LEASE)
+    first = claim(store, issue_id, "a", now=NOW, limit=3, lease=LEASE)
+    second = claim(store, issue_id, "b", now=NOW, limit=10, lease=LEASE)
     assert len(first) == 3 and len(second) == 2
     assert not {t.subscriber_id for t in first} & {t.subscriber_id for t in second}
     assert pending.id not in {t.subscriber_id for t in first + second}
     assert store.issue_counts(issue_id)[0].deliveries["pending"] == 5  # a claim is not "in flight"
     # a lease that ran out can be taken over
-    later = store.claim(issue_id, "c", now=NOW + LEASE + timedelta(seconds=1), limit=10, lease=LEASE)
+    later = claim(store, issue_id, "c", now=NOW + LEASE + timedelta(seconds=1), limit=10, lease=LEASE)
     assert len(later) == 5
 
 
@@ -104,7 +115,7 @@ def test_the_mark_checks_claim_and_subscriber_in_one_transaction(store: Store) -
     issue_id = _issue(store)
     store.start_send(issue_id)
     enrol(store, issue_id, "a")
-    one, two, three = store.claim(issue_id, "a", now=NOW, limit=10, lease=LEASE)
+    one, two, three = claim(store, issue_id, "a", now=NOW, limit=10, lease=LEASE)
     store.unsubscribe(two.subscriber_id, now=NOW)
     ledger = store.ledger(issue_id, "a")
     other = store.ledger(issue_id, "b")
@@ -150,7 +161,7 @@ def test_a_dead_senders_rows_in_flight_become_unknown(store: Store) -> None:
     issue_id = _issue(store)
     store.start_send(issue_id)
     enrol(store, issue_id, "crashed")
-    targets = store.claim(issue_id, "crashed", now=NOW, limit=10, lease=LEASE)
+    targets = claim(store, issue_id, "crashed", now=NOW, limit=10, lease=LEASE)
     ledger = store.ledger(issue_id, "crashed")
     with ledger.transaction() as tx:
         tx.mark_in_flight(targets[0].subscriber_id)
@@ -160,8 +171,8 @@ def test_a_dead_senders_rows_in_flight_become_unknown(store: Store) -> None:
     assert enrol(store, issue_id, "second", exclusive=True, is_alive=dead) == 1
     counts = store.issue_counts(issue_id)[0].deliveries
     assert counts["unknown"] == 1 and counts["pending"] == 3
-    assert len(store.claim(issue_id, "second", now=NOW, limit=10, lease=LEASE)) == 3  # its claims were freed
+    assert len(claim(store, issue_id, "second", now=NOW, limit=10, lease=LEASE)) == 3  # its claims were freed
     assert [s.id for s in store.live_senders(issue_id)] == ["second"]
     assert store.requeue_unknown(issue_id) == 1
     store.deregister_sender("second")
-    assert len(store.claim(issue_id, "third", now=NOW, limit=10, lease=LEASE)) == 4
+    assert len(claim(store, issue_id, "third", now=NOW, limit=10, lease=LEASE)) == 4

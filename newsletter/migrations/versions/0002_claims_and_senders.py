@@ -20,7 +20,6 @@ def upgrade() -> None:
     with op.batch_alter_table("deliveries") as batch:
         batch.add_column(sa.Column("claimed_by", sa.String(36)))
         batch.add_column(sa.Column("claimed_until", UTCDateTime()))
-    op.create_index("ix_deliveries_claimed_by", "deliveries", ["claimed_by"])
     op.create_table(
         "senders",
         sa.Column("id", sa.String(36), primary_key=True),
@@ -34,7 +33,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("senders")
-    op.drop_index("ix_deliveries_claimed_by", "deliveries")
     with op.batch_alter_table("deliveries") as batch:
         batch.drop_column("claimed_until")
         batch.drop_column("claimed_by")
