@@ -1,14 +1,18 @@
-"""`make bench`: render, compose and send figures for one issue, measured in one run on this machine.
+"""`make bench`: the send path measured in one run on this machine, against Postfix's smtp-sink.
 
-The ceiling is Postfix's smtp-source -> smtp-sink on 127.0.0.1 with the same message size and the
-same number of sessions (Debian package `postfix`); without it, an aiosmtpd sink stands in and the
-table says so. Everything targets loopback only and is bounded in count."""
+The ceiling is Postfix's smtp-source -> smtp-sink on 127.0.0.1 with the same message size and
+the same number of sessions (Debian package `postfix`: `apt-get install postfix`); without them
+an aiosmtpd sink stands in and the table says so. Every row targets loopback only and is bounded
+in count. `--quick` runs smaller counts (for a look, not for the README)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import secrets
 import shutil
+import smtplib
 import statistics
 import subprocess
 import sys
@@ -29,16 +33,16 @@ sys.path.insert(0, str(ROOT))
 
 from newsletter.compose import MessageTemplate, Recipient  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
-from newsletter.deliver import send_issue  # noqa: E402
 from newsletter.digest import Digest, Section, StoryItem  # noqa: E402
-from newsletter.render import fill, greeting_for, inline_css, render_issue  # noqa: E402
+from newsletter.render import RenderedIssue, fill, greeting_for, inline_css, render_issue  # noqa: E402
 from newsletter.store import NewSubscriber, Store  # noqa: E402
 from newsletter.tokens import Tokens  # noqa: E402
-from newsletter.transport import SmtpTransport  # noqa: E402
+from newsletter.transport import Envelope, SmtpTransport  # noqa: E402
 
 NOW = datetime.now(UTC)
 SECRET = "bench-secret-key-0123456789abcdef"
-console = Console(width=150)
+PG_URL = os.environ.get("NEWSLETTER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+console = Console(width=160)
 
 
 def sample_digest() -> Digest:
@@ -48,20 +52,18 @@ def sample_digest() -> Digest:
         "maintainers patch distributions researcher release catalogue repair batteries storage"
     ).split()
 
+    def phrase(start: int, length: int) -> str:
+        return " ".join(words[(start + k) % len(words)] for k in range(length))
+
     def story(i: int, section: str) -> StoryItem:
-        summary = " ".join(words[(i + k) % len(words)] for k in range(55)).capitalize() + "."
-        bullets = (
-            tuple(" ".join(words[(i + k) % len(words)] for k in range(18)) + "." for k in range(3))
-            if i % 3 == 0
-            else ()
-        )
+        bullets = tuple(phrase(i + k, 18) + "." for k in range(3)) if i % 3 == 0 else ()
         return StoryItem(
             id=i,
-            title=f"Headline number {i}: {' '.join(words[i % 7 : i % 7 + 6])}",
+            title=f"Headline number {i}: {phrase(i, 6)}",
             link=f"https://news.example.com/2026/story-{i}",
             source="Example Wire",
             section=section,
-            summary=summary,
+            summary=phrase(i, 55).capitalize() + ".",
             bullets=bullets,
             author="A. Writer",
             image=f"https://news.example.com/img/{i}.jpg" if i % 4 == 0 else None,
@@ -69,41 +71,39 @@ def sample_digest() -> Digest:
             fetched_at=NOW,
         )
 
-    sections = ("Tech News", "In-Depth Tech Stories", "Expert Reviews")
-    stories = [story(i, sections[i % 3]) for i in range(12)]
-    return Digest(
-        issue_date=NOW.date(),
-        lead=stories[0],
-        sections=tuple(Section(n, tuple(s for s in stories[1:] if s.section == n)) for n in sections),
-    )
+    names = ("Tech News", "In-Depth Tech Stories", "Expert Reviews")
+    stories = [story(i, names[i % 3]) for i in range(12)]
+    sections = tuple(Section(n, tuple(s for s in stories[1:] if s.section == n)) for n in names)
+    return Digest(issue_date=NOW.date(), lead=stories[0], sections=sections)
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:
     """Median seconds of `repeat` calls."""
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
+def postfix(tool: str) -> str | None:
+    return shutil.which(tool) or next((p for p in (f"/usr/sbin/{tool}",) if os.path.exists(p)), None)
+
+
 @contextmanager
-def smtp_sink(port: int) -> Iterator[str]:
+def sink(port: int) -> Iterator[str]:
     """Postfix's smtp-sink on loopback, or an aiosmtpd sink when Postfix is not installed."""
-    binary = shutil.which("smtp-sink") or (
-        "/usr/sbin/smtp-sink" if os.path.exists("/usr/sbin/smtp-sink") else None
-    )
+    binary = postfix("smtp-sink")
     if binary:
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
-        proc = subprocess.Popen([binary, *user, f"127.0.0.1:{port}", "512"])
+        proc = subprocess.Popen([binary, *user, f"127.0.0.1:{port}", "1024"])
         kind = "smtp-sink"
     else:
         code = (
             "import time\nfrom aiosmtpd.controller import Controller\n"
             "class H:\n async def handle_DATA(self, s, se, e): return '250 OK'\n"
-            f"c = Controller(H(), hostname='127.0.0.1', port={port}); c.start()\n"
-            "time.sleep(3600)\n"
+            f"c = Controller(H(), hostname='127.0.0.1', port={port}); c.start()\ntime.sleep(86400)\n"
         )
         proc = subprocess.Popen([sys.executable, "-c", code])
         kind = "aiosmtpd (install Debian's postfix for smtp-sink)"
@@ -116,9 +116,7 @@ def smtp_sink(port: int) -> Iterator[str]:
 
 
 def ceiling(port: int, *, sessions: int, messages: int, size: int) -> float | None:
-    binary = shutil.which("smtp-source") or (
-        "/usr/sbin/smtp-source" if os.path.exists("/usr/sbin/smtp-source") else None
-    )
+    binary = postfix("smtp-source")
     if not binary:
         return None
     start = time.perf_counter()
@@ -138,33 +136,95 @@ def ceiling(port: int, *, sessions: int, messages: int, size: int) -> float | No
             f"127.0.0.1:{port}",
         ],
         check=True,
-        timeout=300,
+        timeout=600,
     )
     return messages / (time.perf_counter() - start)
 
 
+class Bench:
+    def __init__(self, rendered: RenderedIssue, port: int, workdir: Path) -> None:
+        self.rendered, self.port, self.workdir = rendered, port, workdir
+
+    def prepare(self, subscribers: int, *, postgres: bool) -> tuple[Path, dict[str, str]]:
+        """A folder with config.toml and a database holding `subscribers` and one built issue."""
+        folder = Path(tempfile.mkdtemp(dir=self.workdir))
+        env = {"NEWSLETTER_SECRET_KEY": SECRET}
+        if postgres:
+            import psycopg
+
+            schema = f"bench_{secrets.token_hex(4)}"
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                conn.execute(f'CREATE SCHEMA "{schema}"')
+            url = (
+                PG_URL.replace("postgresql://", "postgresql+psycopg://", 1)
+                + f"?options=-csearch_path%3D{schema}"
+            )
+        else:
+            url = f"sqlite:///{folder / 'bench.db'}"
+        env["NEWSLETTER_DATABASE_URL"] = url
+        store = Store(url)
+        store.migrate()
+        batch = 5000
+        for start in range(0, subscribers, batch):
+            rows = [
+                NewSubscriber(f"reader{i}@example.com", f"Reader {i}")
+                for i in range(start, min(subscribers, start + batch))
+            ]
+            store.import_subscribers(rows, now=NOW)
+        r = self.rendered
+        store.create_issue(
+            NOW.date(), story_ids=[], render=lambda _i: (r.subject, r.preheader, r.html, r.text), now=NOW
+        )
+        store.close()
+        return folder, env
+
+    def send(self, subscribers: int, *, connections: int, postgres: bool = False) -> tuple[float, int, float]:
+        """`newsletter send` as a user runs it: (messages per second, messages, peak RSS in MB)."""
+        folder, env = self.prepare(subscribers, postgres=postgres)
+        (folder / "config.toml").write_text(
+            '[newsletter]\nname = "Bench Daily"\nsender = "Bench <digest@example.com>"\n'
+            'base_url = "https://news.example.com"\npostal_address = "1 Bench Street"\n'
+            f'[[sources]]\nname = "Tech"\nurl = "{ROOT / "samples/feeds/tech-news.xml"}"\n'
+            '[delivery]\ntransport = "smtp"\n'
+            f'[smtp]\nhost = "127.0.0.1"\nport = {self.port}\nsecurity = "none"\n'
+            f"connections = {connections}\n"
+        )
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "newsletter.cli",
+                "--config",
+                str(folder / "config.toml"),
+                "send",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **env},
+            cwd=folder,
+        )
+        out = proc.stdout.read() if proc.stdout else b""
+        errors = proc.stderr.read() if proc.stderr else b""
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0:
+            raise RuntimeError(f"newsletter send failed: {errors.decode()}")
+        report = json.loads(out)
+        sent = report["this_run"].get("sent", 0)
+        return sent / report["seconds"], sent, usage.ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--subscribers", type=int, default=5000)
+    parser.add_argument("--quick", action="store_true", help="smaller counts, for a look")
     args = parser.parse_args()
+    n_send, n_rss_small, n_rss_large = (4000, 2000, 20000) if args.quick else (20000, 10000, 100000)
     os.environ.setdefault("NEWSLETTER_SECRET_KEY", SECRET)
     settings = load_settings(ROOT / "config.toml")
     digest = sample_digest()
-    rows: list[tuple[str, str, str]] = []
-
     rendered = render_issue(digest, settings, issue_id=1)
-    render_s = timed(lambda: render_issue(digest, settings, issue_id=1), 10)
-    inline_s = timed(lambda: inline_css(rendered.html), 10)
-    rows.append(
-        (
-            "render + inline one issue (12 stories)",
-            f"{render_s * 1000:.1f} ms",
-            f"premailer alone {inline_s * 1000:.1f} ms",
-        )
-    )
-
-    tokens = Tokens(SECRET)
     n = settings.newsletter
+    tokens = Tokens(SECRET)
     template = MessageTemplate(
         rendered,
         issue_id=1,
@@ -173,18 +233,32 @@ def main() -> None:
         reply_to=n.reply_to,
         base_url=n.base_url,
     )
+    sample = template.compose(Recipient(1, "reader1@example.com", "Reader 1", tokens.unsubscribe(1)))
+    size = len(sample)
+    rows: list[tuple[str, str, str, str]] = []
+    note = console.print
+
+    render_s = timed(lambda: render_issue(digest, settings, issue_id=1), 10)
+    inline_s = timed(lambda: inline_css(rendered.html), 10)
+    rows.append(
+        (
+            "render + inline one issue (12 stories)",
+            f"{render_s * 1000:.1f} ms",
+            "",
+            f"premailer alone {inline_s * 1000:.1f} ms; once per issue",
+        )
+    )
+    rows.append(("message size", f"{size / 1024:.1f} KB", "", "multipart/alternative, quoted-printable"))
     recipients = [
         Recipient(i, f"reader{i}@example.com", f"Reader {i}", tokens.unsubscribe(i)) for i in range(20000)
     ]
-    size = len(template.compose(recipients[0]))
-    rows.append(("message size", f"{size / 1024:.1f} KB", "multipart/alternative, quoted-printable"))
     start = time.perf_counter()
     for r in recipients:
         template.compose(r)
     compose_us = (time.perf_counter() - start) / len(recipients) * 1e6
-    token_us = timed(lambda: tokens.unsubscribe(12345), 2000) * 1e6
+    token_us = timed(lambda: tokens.unsubscribe(12345), 5000) * 1e6
     rows.append(
-        ("compose one message (splice)", f"{compose_us:.1f} µs", f"+ signing its token {token_us:.1f} µs")
+        ("compose one message (splice)", f"{compose_us:.1f} µs", "", f"+ {token_us:.1f} µs to sign its token")
     )
 
     def naive(i: int) -> bytes:
@@ -200,47 +274,138 @@ def main() -> None:
         )
         return msg.as_bytes(policy=SMTP)
 
-    naive_s = timed(lambda: naive(7), 20)
+    naive_us = timed(lambda: naive(7), 20) * 1e6
     rows.append(
         (
             "compose the naive way (render + premailer + MIME)",
-            f"{naive_s * 1e6:.0f} µs",
-            f"{naive_s * 1e6 / compose_us:.0f}x the splice",
+            f"{naive_us:,.0f} µs",
+            "",
+            f"{naive_us / compose_us:,.0f}x the splice",
         )
     )
 
     port = 2600 + os.getpid() % 1000
-    with smtp_sink(port) as sink_kind, tempfile.TemporaryDirectory() as tmp:
-        top = ceiling(port, sessions=1, messages=5000, size=size)
-        if top:
-            rows.append(("ceiling: smtp-source -> smtp-sink, 1 session", f"{top:,.0f} msg/s", "same size"))
-        store = Store(f"sqlite:///{tmp}/bench.db")
-        store.migrate()
-        store.import_subscribers(
-            [NewSubscriber(f"reader{i}@example.com", f"Reader {i}") for i in range(args.subscribers)], now=NOW
-        )
-        issue = store.create_issue(
-            NOW.date(),
-            story_ids=[],
-            render=lambda _i: (rendered.subject, rendered.preheader, rendered.html, rendered.text),
-            now=NOW,
-        )
-        assert issue is not None
-        transport = SmtpTransport("127.0.0.1", port, security="none")
-        start = time.perf_counter()
-        report = send_issue(store, transport, template, tokens, issue_id=issue.id, mail_from="b@example.com")
-        elapsed = time.perf_counter() - start
-        transport.close()
-        rate = report.sent / elapsed
-        note = f"{report.sent} sent, SQLite, 1 connection, sink: {sink_kind}"
-        if top:
-            note += f"; {rate / top:.0%} of the ceiling"
-        rows.append(("newsletter send (row states per message)", f"{rate:,.0f} msg/s", note))
+    with sink(port) as sink_kind, tempfile.TemporaryDirectory() as tmp:
+        note(f"sink: {sink_kind}; message size {size} bytes")
+        tops = {s: ceiling(port, sessions=s, messages=n_send, size=size) for s in (1, 4)}
+        for s, top in tops.items():
+            if top:
+                rows.append(
+                    (
+                        f"ceiling: smtp-source -> smtp-sink, {s} session{'s' * (s > 1)}",
+                        f"{top:,.0f} msg/s",
+                        "100%",
+                        f"{n_send:,} messages of the same size",
+                    )
+                )
 
-    table = Table("what", "figure", "note", title="newsletter benchmarks")
+        def ratio(rate: float, sessions: int) -> str:
+            top = tops.get(sessions)
+            return f"{rate / top:.0%}" if top else "n/a"
+
+        # the transports alone, no database: the hand-written client against the standard library's
+        def transport_rate(make: Callable[[], Callable[[int], None]], count: int) -> float:
+            send_one = make()
+            start = time.perf_counter()
+            for i in range(count):
+                send_one(i)
+            return count / (time.perf_counter() - start)
+
+        def ours() -> Callable[[int], None]:
+            t = SmtpTransport("127.0.0.1", port, security="none")
+            return lambda i: (t.send(Envelope("b@example.com", f"r{i}@example.com", "k"), sample), None)[1]
+
+        def stdlib() -> Callable[[int], None]:
+            s = smtplib.SMTP("127.0.0.1", port)
+            return lambda i: (s.sendmail("b@example.com", [f"r{i}@example.com"], sample), None)[1]
+
+        mine, std = transport_rate(ours, 3000), transport_rate(stdlib, 3000)
+        rows.append(
+            (
+                "transport alone: this client, 1 connection",
+                f"{mine:,.0f} msg/s",
+                ratio(mine, 1),
+                f"{mine / std:.1f}x smtplib; PIPELINING, no per-message copies",
+            )
+        )
+        rows.append(
+            ("transport alone: smtplib, 1 connection", f"{std:,.0f} msg/s", ratio(std, 1), "for comparison")
+        )
+
+        bench = Bench(rendered, port, Path(tmp))
+        rates: dict[tuple[str, int], float] = {}
+        databases = [("SQLite", False)]
+        try:
+            import psycopg
+
+            with psycopg.connect(PG_URL, connect_timeout=3):
+                databases.append(("PostgreSQL", True))
+        except Exception as exc:  # noqa: BLE001
+            note(f"PostgreSQL rows skipped: {exc}")
+        for name, pg in databases:
+            for conns in (1, 4):
+                rate, sent, rss = bench.send(n_send, connections=conns, postgres=pg)
+                rates[(name, conns)] = rate
+                rows.append(
+                    (
+                        f"newsletter send, {name}, {conns} connection{'s' * (conns > 1)}",
+                        f"{rate:,.0f} msg/s",
+                        ratio(rate, conns),
+                        f"{sent:,} subscribers, peak RSS {rss:.0f} MB",
+                    )
+                )
+
+        # the naive method over the wire: render + premailer + MIME per subscriber, smtplib
+        count = 100 if args.quick else 300
+        s = smtplib.SMTP("127.0.0.1", port)
+        start = time.perf_counter()
+        for i in range(count):
+            s.sendmail(n.sender_address, [f"reader{i}@example.com"], naive(i))
+        naive_rate = count / (time.perf_counter() - start)
+        s.quit()
+        best = rates.get(("SQLite", 4), 0.0)
+        rows.append(
+            (
+                "naive send: render + premailer + MIME per message",
+                f"{naive_rate:,.0f} msg/s",
+                ratio(naive_rate, 1),
+                f"newsletter send (SQLite, 4) is {best / naive_rate:,.0f}x this",
+            )
+        )
+
+        small = bench.send(n_rss_small, connections=4)
+        large = bench.send(n_rss_large, connections=4)
+        rows.append(
+            (
+                f"peak RSS of newsletter send, {n_rss_small:,} subscribers",
+                f"{small[2]:.0f} MB",
+                "",
+                f"{small[0]:,.0f} msg/s",
+            )
+        )
+        rows.append(
+            (
+                f"peak RSS of newsletter send, {n_rss_large:,} subscribers",
+                f"{large[2]:.0f} MB",
+                "",
+                f"{large[2] / small[2] - 1:+.0%} against {n_rss_small:,}; {large[0]:,.0f} msg/s",
+            )
+        )
+
+    table = Table(
+        "what", "figure", "of ceiling", "note", title=f"newsletter benchmarks ({os.cpu_count()} cores)"
+    )
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    targets = [
+        ("send, 4 connections >= 50 % of the ceiling", tops.get(4) and best >= 0.5 * (tops[4] or 0)),
+        ("send >= 10x the naive method", best >= 10 * naive_rate),
+        ("peak RSS < 150 MB at the large count", large[2] < 150),
+        ("peak RSS flat (<= +20 %)", large[2] <= small[2] * 1.2),
+    ]
+    for label, ok in targets:
+        console.print(f"{'met   ' if ok else 'MISSED'} {label}")
 
 
 if __name__ == "__main__":

@@ -433,7 +433,12 @@ class Store:
                 .where(Issue.id == issue_id, Issue.status == IssueStatus.BUILT)
                 .values(status=IssueStatus.SENDING)
             )
-            return (s.scalar(rows) or 0) - before
+            added = (s.scalar(rows) or 0) - before
+        if added and not self.is_sqlite:  # fresh statistics, so the claims' plans use the indexes
+            with self.engine.connect() as conn:
+                conn.execute(text("ANALYZE deliveries"))
+                conn.commit()
+        return added
 
     # -- senders and claims -------------------------------------------------------------------
 
