@@ -88,7 +88,8 @@ class _ConnectionLost(Exception):
 
 def _kernel_timeouts(sock: socket.socket, seconds: float) -> None:
     """Blocking calls with the timeout kept by the kernel (SO_RCVTIMEO/SO_SNDTIMEO): Python's own
-    timeout mode would poll() before every send and receive of the hot path."""
+    timeout mode would poll() before every send and receive of the hot path. Plain TCP only: the
+    ssl module retries a blocking socket's EAGAIN for ever, so TLS keeps Python's timeout."""
     sock.settimeout(None)
     whole = int(seconds)
     value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
@@ -130,7 +131,8 @@ class SmtpTransport:
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _kernel_timeouts(sock, self.timeout)
+            if self.security == "none":
+                _kernel_timeouts(sock, self.timeout)
             if self.security == "tls":
                 sock = self._context().wrap_socket(sock, server_hostname=self.host)
             self._attach(sock)
