@@ -16,7 +16,14 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from . import jobs
@@ -477,7 +484,7 @@ def _progress(label: str, *, total: int, quiet: bool) -> Iterator[Callable[..., 
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.speed} msg/s"),
+            TaskProgressColumn(show_speed=True),
             TimeRemainingColumn(),
         )
         with Progress(*columns, console=err, transient=True) as bar:
