@@ -22,6 +22,7 @@ demo: $(STAMP)
 	@echo
 	@echo "Messages: $(CURDIR)/outbox/ (one .eml per subscriber)"
 	@echo "Preview:  $(CURDIR)/outbox/preview.html (open it in a browser)"
+	@echo "Web app:  $(BIN)/newsletter --config config.toml serve   (then open http://127.0.0.1:8000/)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -579,5 +579,21 @@ _SHOWN = (
 )
 
 
+@main.command()
+@click.option("--host", help="address to listen on (default: [web] host)")
+@click.option("--port", type=int, help="port to listen on (default: [web] port)")
+@pass_app
+def serve(app: App, host: str | None, port: int | None) -> None:
+    """The web app: signup, confirm, one-click unsubscribe, archive (waitress)."""
+    import waitress
+
+    from .web import create_app
+
+    web = create_app(app.settings, store=app.store)
+    host, port = host or app.settings.web.host, port or app.settings.web.port
+    _log(f"serving {app.settings.newsletter.name} on http://{host}:{port}/ (Ctrl-C stops)")
+    waitress.serve(web, host=host, port=port, threads=8, ident="newsletter")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

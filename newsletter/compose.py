@@ -17,12 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
-from email.utils import format_datetime, formataddr, getaddresses
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr, getaddresses, make_msgid
 from urllib.parse import urlsplit
 
-from .render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, greeting_for
+from .config import Settings
+from .render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, greeting_for, render_confirmation
 
-__all__ = ["Recipient", "MessageTemplate", "qp_encode", "list_id_for"]
+__all__ = ["Recipient", "MessageTemplate", "confirmation_message", "qp_encode", "list_id_for"]
 
 CRLF = b"\r\n"
 SOFT_BREAK = b"=\r\n"
@@ -210,3 +212,23 @@ def _to_header(email: str, name: str | None) -> bytes:
 def _fold(name: str, value: str) -> str:
     """One header line, RFC 2047-encoded and folded by the standard library."""
     return str(policy.SMTP.header_factory(name, value).fold(policy=policy.SMTP))
+
+
+def confirmation_message(
+    settings: Settings, *, to_email: str, to_name: str | None, confirm_url: str
+) -> bytes:
+    """The double opt-in mail, built by the standard library (one per signup, no need to splice)."""
+    subject, html, text = render_confirmation(settings, confirm_url=confirm_url)
+    n = settings.newsletter
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = n.sender
+    msg["To"] = formataddr((_one_line(to_name) or "", to_email)) if to_name else to_email
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(datetime.now(UTC))
+    msg["Message-ID"] = make_msgid(domain=getaddresses([n.sender])[0][1].rpartition("@")[2] or None)
+    msg["Auto-Submitted"] = "auto-generated"
+    if n.reply_to:
+        msg["Reply-To"] = n.reply_to
+    msg.set_content(text, cte="quoted-printable")
+    msg.add_alternative(html, subtype="html", cte="quoted-printable")
+    return msg.as_bytes()

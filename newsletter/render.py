@@ -165,3 +165,13 @@ def render_web(html: str, settings: Settings) -> str:
 def now_label(now: datetime, settings: Settings) -> str:
     local = now.astimezone(settings.newsletter.tz)
     return f"{local:%Y-%m-%d %H:%M %Z}"
+
+
+def render_confirmation(settings: Settings, *, confirm_url: str) -> tuple[str, str, str]:
+    """(subject, inlined HTML, text) of the double opt-in mail."""
+    n = settings.newsletter
+    context = {"newsletter": n, "confirm_url": confirm_url, "signup_url": n.base_url.rstrip("/") + "/"}
+    env = environment()
+    html = env.get_template("email/confirm.html.j2").render(context)
+    text = env.get_template("email/confirm.txt.j2").render(context)
+    return f"Confirm your subscription to {n.name}", inline_css(html), text

@@ -247,6 +247,47 @@ class Store:
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    def request_subscription(
+        self, email: str, name: str | None, *, ip: str | None, now: datetime, resend_after: timedelta
+    ) -> tuple[Subscriber, bool]:
+        """A signup from the form: a new or departed address becomes `pending`; an active one is
+        left alone. Returns (subscriber, whether to mail a confirmation now): not twice within
+        `resend_after`, so a form cannot be used to flood one inbox."""
+        with self.write() as s:
+            sub = s.scalar(select(Subscriber).where(Subscriber.email == email))
+            if sub is None:
+                sub = Subscriber(
+                    email=email,
+                    name=name,
+                    status=SubscriberStatus.PENDING,
+                    source="form",
+                    consent_ip=ip,
+                    bounce_count=0,
+                    created_at=now,
+                )
+                s.add(sub)
+            elif sub.status == SubscriberStatus.ACTIVE:
+                return sub, False
+            elif sub.status != SubscriberStatus.PENDING:
+                sub.status, sub.consent_ip = SubscriberStatus.PENDING, ip
+                sub.name = name or sub.name
+            if sub.confirm_sent_at is not None and sub.confirm_sent_at > now - resend_after:
+                s.flush()
+                return sub, False
+            sub.confirm_sent_at = now
+            s.flush()
+            return sub, True
+
+    def confirm_subscriber(self, subscriber_id: int, *, now: datetime) -> Subscriber | None:
+        """Double opt-in done: `pending` becomes `active` (idempotent for an active one)."""
+        with self.write() as s:
+            sub = s.get(Subscriber, subscriber_id)
+            if sub is None:
+                return None
+            if sub.status == SubscriberStatus.PENDING:
+                sub.status, sub.confirmed_at, sub.unsubscribed_at = SubscriberStatus.ACTIVE, now, None
+            return sub
+
     def iter_subscribers(self, *, status: str | None = None, batch: int = 1000) -> Iterator[Subscriber]:
         """Every subscriber in id order, read in keyset batches (never the whole table at once)."""
         last = 0
@@ -370,6 +411,10 @@ class Store:
     def issue_for_date(self, issue_date: date) -> Issue | None:
         with self.read() as s:
             return s.scalar(select(Issue).where(Issue.issue_date == issue_date))
+
+    def list_issues(self, *, limit: int = 100) -> list[Issue]:
+        with self.read() as s:
+            return list(s.scalars(select(Issue).order_by(Issue.issue_date.desc()).limit(limit)))
 
     def latest_issue(self) -> Issue | None:
         with self.read() as s:

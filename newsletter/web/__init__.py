@@ -1,0 +1,88 @@
+"""The web app (`newsletter serve`): signup with double opt-in, confirm, one-click unsubscribe,
+the archive and a health check. Flask app factory, one blueprint per concern."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, Response, current_app
+
+from ..config import Settings, read_secret_key
+from ..store import Store
+from ..tokens import Tokens
+from ..transport import Envelope, SendResult, open_transport
+from .limits import SlidingWindow
+
+__all__ = ["Services", "create_app", "services"]
+
+
+@dataclass
+class Services:
+    """What the views use; tests hand in their own clock and mail sink."""
+
+    settings: Settings
+    store: Store
+    tokens: Tokens
+    send_mail: Callable[[Envelope, bytes], SendResult]
+    now: Callable[[], datetime]
+    signups_per_ip: SlidingWindow
+
+
+def _send_with_configured_transport(settings: Settings) -> Callable[[Envelope, bytes], SendResult]:
+    def send(envelope: Envelope, message: bytes) -> SendResult:
+        transport = open_transport(settings)
+        try:
+            return transport.send(envelope, message)
+        finally:
+            transport.close()
+
+    return send
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    send_mail: Callable[[Envelope, bytes], SendResult] | None = None,
+    now: Callable[[], datetime] | None = None,
+) -> Flask:
+    from . import archive, signup, unsubscribe
+
+    app = Flask(__name__, template_folder="../templates")
+    app.config["SECRET_KEY"] = read_secret_key(settings)
+    clock = now or (lambda: datetime.now(UTC))
+    app.extensions["newsletter"] = Services(
+        settings=settings,
+        store=store or Store(settings.database_url),
+        tokens=Tokens(app.config["SECRET_KEY"]),
+        send_mail=send_mail or _send_with_configured_transport(settings),
+        now=clock,
+        signups_per_ip=SlidingWindow(settings.web.signups_per_ip_per_hour, 3600.0),
+    )
+    for blueprint in (signup.bp, unsubscribe.bp, archive.bp):
+        app.register_blueprint(blueprint)
+    app.after_request(_security_headers)
+    app.jinja_env.globals["newsletter"] = settings.newsletter
+    return app
+
+
+def services() -> Services:
+    found: Any = current_app.extensions["newsletter"]
+    return found  # type: ignore[no-any-return]
+
+
+def _security_headers(response: Response) -> Response:
+    # Issues carry inline styles (the email's own), so style-src allows them; nothing else inline.
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' https: http: data:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    )
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    # Unsubscribe and confirm links carry tokens: never hand them to another site in a Referer.
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    return response

@@ -1,0 +1,181 @@
+"""The web app through Flask's test client, with the confirmation mail going over real SMTP to the
+aiosmtpd fixture and a real SQLite file."""
+
+import email
+import re
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from email import policy
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from newsletter.config import load_settings
+from newsletter.store import Store
+from newsletter.tokens import Tokens
+from newsletter.web import create_app
+
+from .conftest import SECRET, SmtpSink, write_config
+
+NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def app(tmp_path: Path, smtp_sink: SmtpSink, env: None) -> Iterator[Flask]:
+    config = write_config(
+        tmp_path,
+        delivery='transport = "smtp"',
+        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\n'
+        "[web]\nsignups_per_ip_per_hour = 20\n",
+    )
+    settings = load_settings(config)
+    store = Store(settings.database_url)
+    store.migrate()
+    application = create_app(settings, store=store, now=lambda: NOW)
+    application.config["TESTING"] = True
+    yield application
+    store.close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def store_of(app: Flask) -> Store:
+    return app.extensions["newsletter"].store  # type: ignore[no-any-return]
+
+
+def confirm_link(sink: SmtpSink, address: str) -> str:
+    (received,) = sink.by_recipient()[address]
+    msg = email.message_from_bytes(received.data, policy=policy.default)
+    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    match = re.search(r"https://news\.example\.com(/confirm/\S+)", text)
+    assert match, text
+    return match.group(1)
+
+
+def test_signup_page_has_the_form_honeypot_and_embed_snippet(client: FlaskClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    for needle in ('name="email"', 'name="name"', 'name="website"', "Unsubscribe anytime", "&lt;form method"):
+        assert needle in html
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_double_opt_in_one_mail_and_the_same_answer_for_everyone(
+    app: Flask, client: FlaskClient, smtp_sink: SmtpSink
+) -> None:
+    first = client.post("/subscribe", data={"email": "Reader@Example.com", "name": "Ada"})
+    again = client.post("/subscribe", data={"email": "reader@example.com"})
+    assert first.status_code == again.status_code == 200
+    assert first.get_data() == again.get_data()
+    sub = store_of(app).get_subscriber("reader@example.com")
+    assert sub is not None and sub.status == "pending" and sub.source == "form" and sub.consent_ip
+    assert len(smtp_sink.messages) == 1  # not a second mail within the hour
+    mail = email.message_from_bytes(smtp_sink.messages[0].data, policy=policy.default)
+    assert mail["To"] == "Ada <reader@example.com>" and "Confirm" in str(mail["Subject"])
+    link = confirm_link(smtp_sink, "reader@example.com")
+    assert client.get(link).status_code == 200
+    assert client.get(link).status_code == 200  # idempotent
+    assert store_of(app).get_subscriber("reader@example.com").status == "active"  # type: ignore[union-attr]
+    active = client.post("/subscribe", data={"email": "reader@example.com"})
+    assert active.status_code == 200 and active.get_data() == first.get_data()
+    assert len(smtp_sink.messages) == 1
+
+
+def test_bad_input_is_refused_and_nothing_is_stored(
+    app: Flask, client: FlaskClient, smtp_sink: SmtpSink
+) -> None:
+    bad = client.post("/subscribe", data={"email": "not-an-address"})
+    assert bad.status_code == 400 and "not a valid email address" in bad.get_data(as_text=True)
+    crlf = client.post(
+        "/subscribe", data={"email": "x@example.com", "name": "Ada\r\nBcc: victim@example.com"}
+    )
+    assert crlf.status_code == 400 and "line break" in crlf.get_data(as_text=True)
+    trap = client.post("/subscribe", data={"email": "bot@example.com", "website": "http://spam.example"})
+    assert trap.status_code == 200
+    assert store_of(app).subscriber_counts() == {} and smtp_sink.messages == []
+
+
+def test_the_21st_signup_from_one_address_is_429(client: FlaskClient) -> None:
+    for i in range(20):
+        assert client.post("/subscribe", data={"email": f"r{i}@example.com"}).status_code == 200
+    limited = client.post("/subscribe", data={"email": "r20@example.com"})
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0
+    other = client.post(
+        "/subscribe", data={"email": "r21@example.com"}, environ_base={"REMOTE_ADDR": "10.9.9.9"}
+    )
+    assert other.status_code == 200
+
+
+def test_json_answers(client: FlaskClient) -> None:
+    ok = client.post("/subscribe", data={"email": "j@example.com"}, headers={"Accept": "application/json"})
+    assert ok.status_code == 200 and ok.get_json()["status"] == "ok"
+    bad = client.post("/subscribe", json={"email": "nope"}, headers={"Accept": "application/json"})
+    assert bad.status_code == 400 and "not a valid email address" in bad.get_json()["error"]
+
+
+def test_confirm_links_tampered_expired_or_of_another_kind_are_400(app: Flask, client: FlaskClient) -> None:
+    tokens = Tokens(SECRET)
+    sub, _ = store_of(app).add_subscriber("p@example.com", None, now=NOW, status="pending")  # type: ignore[arg-type]
+    good = tokens.confirm(sub.id)
+    assert client.get(f"/confirm/{good[:-2]}xx").status_code == 400
+    assert client.get(f"/confirm/{tokens.unsubscribe(sub.id)}").status_code == 400
+    assert client.get("/confirm/garbage").status_code == 400
+    assert store_of(app).get_subscriber("p@example.com").status == "pending"  # type: ignore[union-attr]
+
+
+def test_one_click_unsubscribe(app: Flask, client: FlaskClient) -> None:
+    tokens = Tokens(SECRET)
+    sub, _ = store_of(app).add_subscriber("u@example.com", None, now=NOW)
+    other, _ = store_of(app).add_subscriber("v@example.com", None, now=NOW)
+    token = tokens.unsubscribe(sub.id)
+    page = client.get(f"/unsubscribe/{token}")
+    assert page.status_code == 200 and "<button" in page.get_data(as_text=True)
+    assert store_of(app).get_subscriber("u@example.com").status == "active"  # type: ignore[union-attr]  # GET changes nothing
+    # exactly as a mailbox provider sends it (RFC 8058): no cookies, a form body
+    one_click = client.post(
+        f"/unsubscribe/{token}",
+        data="List-Unsubscribe=One-Click",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert one_click.status_code == 200 and "Subscribe again" in one_click.get_data(as_text=True)
+    assert client.post(f"/unsubscribe/{token}").status_code == 200  # idempotent
+    assert store_of(app).get_subscriber("u@example.com").status == "unsubscribed"  # type: ignore[union-attr]
+    forged = token.split(".")[0][:-1] + "Z." + token.split(".")[1]
+    assert client.post(f"/unsubscribe/{forged}").status_code == 400
+    assert store_of(app).get_subscriber("v@example.com").status == "active"  # type: ignore[union-attr]
+    assert other.id != sub.id
+
+
+def test_archive_and_health(app: Flask, client: FlaskClient) -> None:
+    store = store_of(app)
+    issue = store.create_issue(
+        date(2026, 11, 25),
+        story_ids=[],
+        render=lambda i: (
+            "25 Nov 2026: Big news",
+            "",
+            "<p>__NL_GREETING__</p><a href='__NL_UNSUBSCRIBE_URL__'>u</a>",
+            "t",
+        ),
+        now=NOW,
+    )
+    assert issue is not None
+    listing = client.get("/archive").get_data(as_text=True)
+    assert f"/archive/{issue.id}" in listing and "Big news" in listing
+    web = client.get(f"/archive/{issue.id}").get_data(as_text=True)
+    assert "__NL_" not in web and "/unsubscribe/" not in web
+    assert client.get("/archive/999").status_code == 404
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.get_json() == {"status": "ok"}
+    store.engine.dispose()
+    Path(store.url.split("///", 1)[1]).unlink()  # the database is gone
+    (Path(store.url.split("///", 1)[1]).parent / "subscribers.db").mkdir()  # and can't be recreated
+    assert client.get("/healthz").status_code == 503
