@@ -1,0 +1,160 @@
+"""`newsletter serve` as a real server (waitress, a subprocess on a free loopback port), driven with
+httpx and in Debian's Chromium through Playwright. Mail goes to the aiosmtpd fixture."""
+
+import email
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email import policy
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import SECRET, SmtpSink, free_port, run_cli, wait_for, write_config
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@dataclass
+class Server:
+    url: str
+    config: Path
+
+
+@pytest.fixture
+def server(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Server]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = write_config(
+        tmp_path,
+        delivery='transport = "smtp"',
+        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\n',
+    )
+    config.write_text(config.read_text().replace("https://news.example.com", url))
+    run_cli(config, "init")
+    env = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET}
+    env.pop("NEWSLETTER_DATABASE_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "newsletter.cli", "--config", str(config), "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    assert wait_for(up, timeout=30), "newsletter serve did not come up"
+    yield Server(url, config)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=10)
+
+
+def link_in_mail(sink: SmtpSink, address: str, pattern: str, *, index: int = -1) -> str:
+    received = sink.by_recipient()[address][index]
+    msg = email.message_from_bytes(received.data, policy=policy.default)
+    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    match = re.search(pattern, text)
+    assert match, text
+    return match.group(0)
+
+
+def test_one_click_unsubscribe_exactly_as_a_mailbox_provider_posts_it(
+    server: Server, smtp_sink: SmtpSink
+) -> None:
+    signup = httpx.post(
+        f"{server.url}/subscribe", data={"email": "one@example.com"}, headers={"Accept": "application/json"}
+    )
+    assert signup.status_code == 200 and signup.json()["status"] == "ok"
+    assert "nosniff" == signup.headers["x-content-type-options"]
+    confirm = link_in_mail(smtp_sink, "one@example.com", r"http://\S+/confirm/\S+")
+    assert httpx.get(confirm).status_code == 200
+    run_cli(server.config, "run")  # the next issue, with its List-Unsubscribe header
+    issue = email.message_from_bytes(
+        smtp_sink.by_recipient()["one@example.com"][-1].data, policy=policy.default
+    )
+    assert issue["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    url = str(issue["List-Unsubscribe"]).strip("<>")
+    assert url.startswith(server.url + "/unsubscribe/")
+    # RFC 8058: a POST with this body, no cookies, no redirect followed
+    answer = httpx.post(
+        url,
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 200
+    listed = run_cli(server.config, "subscribers", "list", "--status", "unsubscribed", "--json").stdout
+    assert "one@example.com" in listed
+
+
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true",
+    reason=f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install chromium)",
+)
+def test_sign_up_confirm_and_unsubscribe_in_chromium(
+    server: Server, smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 900, "height": 1000})
+        page.goto(server.url + "/")
+        page.screenshot(path=str(shots / "1-signup.png"), full_page=True)
+        page.fill("#email", "browser@example.com")
+        page.fill("#name", "Grace Browser")
+        page.click("button[type=submit]")
+        page.wait_for_selector("p.ok")
+        assert "Check your inbox" in page.inner_text("p.ok")
+        page.screenshot(path=str(shots / "2-check-inbox.png"), full_page=True)
+
+        assert wait_for(lambda: "browser@example.com" in smtp_sink.by_recipient(), timeout=10)
+        page.goto(link_in_mail(smtp_sink, "browser@example.com", r"http://\S+/confirm/\S+"))
+        assert "You're subscribed" in page.inner_text("h2")
+        page.screenshot(path=str(shots / "3-confirmed.png"), full_page=True)
+
+        run_cli(server.config, "run")
+        issue = smtp_sink.by_recipient()["browser@example.com"][-1]
+        msg = email.message_from_bytes(issue.data, policy=policy.default)
+        assert "Good morning, Grace." in msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        page.goto(str(msg["List-Unsubscribe"]).strip("<>"))
+        page.screenshot(path=str(shots / "4-unsubscribe.png"), full_page=True)
+        page.click("button[type=submit]")
+        page.wait_for_selector("p.ok")
+        assert "will receive no more issues" in page.inner_text("p.ok")
+        page.screenshot(path=str(shots / "5-unsubscribed.png"), full_page=True)
+        browser.close()
+    listed = run_cli(server.config, "subscribers", "list", "--status", "unsubscribed", "--json").stdout
+    assert "browser@example.com" in listed
+    assert sorted(f.name for f in shots.iterdir()) == [
+        "1-signup.png",
+        "2-check-inbox.png",
+        "3-confirmed.png",
+        "4-unsubscribe.png",
+        "5-unsubscribed.png",
+    ]
+    keep = os.environ.get("NEWSLETTER_KEEP_SCREENSHOTS")
+    if keep:
+        shutil.copytree(shots, keep, dirs_exist_ok=True)
