@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email import policy
@@ -57,13 +58,7 @@ def server(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Server]:
         cwd=tmp_path,
     )
 
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    assert wait_for(up, timeout=30), "newsletter serve did not come up"
+    assert wait_for(lambda: _healthy(url), timeout=30), "newsletter serve did not come up"
     yield Server(url, config)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=10)
@@ -158,3 +153,72 @@ def test_sign_up_confirm_and_unsubscribe_in_chromium(
     keep = os.environ.get("NEWSLETTER_KEEP_SCREENSHOTS")
     if keep:
         shutil.copytree(shots, keep, dirs_exist_ok=True)
+
+
+def test_signups_during_a_send_share_the_sqlite_file(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    """200 signups from 20 threads while a 5,000-subscriber send runs: no 5xx, no "database is
+    locked", every signup kept, the send complete and exact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from newsletter.store import NewSubscriber, Store
+
+    from .test_send_processes import _now, start_send
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = write_config(
+        tmp_path,
+        delivery='transport = "smtp"',
+        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\nconnections = 4\n'
+        "[web]\nsignups_per_ip_per_hour = 1000\n",
+    )
+    config.write_text(config.read_text().replace("https://news.example.com", url))
+    run_cli(config, "init")
+    store = Store(f"sqlite:///{tmp_path / 'subscribers.db'}")
+    store.import_subscribers([NewSubscriber(f"reader{i}@example.com", None) for i in range(5000)], now=_now())
+    run_cli(config, "build")
+    env = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET}
+    env.pop("NEWSLETTER_DATABASE_URL", None)
+    web = subprocess.Popen(
+        [sys.executable, "-m", "newsletter.cli", "--config", str(config), "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert wait_for(lambda: _healthy(url), timeout=30)
+        send = start_send(config)
+        assert wait_for(lambda: len(smtp_sink.messages) >= 200, timeout=60)  # the send is under way
+
+        def signup(i: int) -> int:
+            return httpx.post(
+                f"{url}/subscribe", data={"email": f"new{i}@example.com"}, timeout=30
+            ).status_code
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            codes = list(pool.map(signup, range(200)))
+        seconds = time.monotonic() - started
+        out, err = send.communicate(timeout=120)
+        assert send.returncode == 0, err
+    finally:
+        web.send_signal(signal.SIGTERM)
+        log, _ = web.communicate(timeout=10)
+    assert codes == [200] * 200, sorted(set(codes))
+    assert b"database is locked" not in log and "database is locked" not in err
+    pending = [s.email for s in store.iter_subscribers(status="pending")]
+    assert len(pending) == 200
+    got = smtp_sink.by_recipient()
+    readers = {a: m for a, m in got.items() if a.startswith("reader")}
+    assert len(readers) == 5000 and all(len(m) == 1 for m in readers.values())
+    assert all(len(got[f"new{i}@example.com"]) == 1 for i in range(200))  # one confirmation each
+    store.close()
+    print(f"200 signups in {seconds:.2f} s ({200 / seconds:.0f}/s) during a 5,000-subscriber send")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
