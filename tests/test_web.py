@@ -3,6 +3,7 @@ aiosmtpd fixture and a real SQLite file."""
 
 import email
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from email import policy
@@ -121,13 +122,19 @@ def test_json_answers(client: FlaskClient) -> None:
     assert bad.status_code == 400 and "not a valid email address" in bad.get_json()["error"]
 
 
-def test_confirm_links_tampered_expired_or_of_another_kind_are_400(app: Flask, client: FlaskClient) -> None:
+def test_confirm_links_tampered_expired_or_of_another_kind_are_400(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tokens = Tokens(SECRET)
     sub, _ = store_of(app).add_subscriber("p@example.com", None, now=NOW, status="pending")  # type: ignore[arg-type]
     good = tokens.confirm(sub.id)
     assert client.get(f"/confirm/{good[:-2]}xx").status_code == 400
     assert client.get(f"/confirm/{tokens.unsubscribe(sub.id)}").status_code == 400
     assert client.get("/confirm/garbage").status_code == 400
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 8 * 24 * 3600)  # the link is a week old and a day
+    expired = client.get(f"/confirm/{good}")
+    assert expired.status_code == 400 and "expired" in expired.get_data(as_text=True)
     assert store_of(app).get_subscriber("p@example.com").status == "pending"  # type: ignore[union-attr]
 
 
