@@ -456,6 +456,12 @@ class _Sender:
     # -- one connection -----------------------------------------------------------------------
 
     def _connection(self, ledger: _Ledger) -> None:
+        try:
+            self._connection_loop(ledger)
+        except BaseException as exc:  # never die silently: the claim loop would wait for ever
+            self._stop_with(exc)
+
+    def _connection_loop(self, ledger: _Ledger) -> None:
         transport = self.connect()
         previous: _Outcome | None = None
         failures = 0

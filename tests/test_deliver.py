@@ -281,3 +281,20 @@ def test_reply_classification() -> None:
     assert not classify_reply(452, "mailbox full", stage="RCPT").throttled
     assert classify_reply(550, "no such user", stage="RCPT").status == DeliveryStatus.BOUNCED
     assert classify_reply(554, "content rejected", stage="DATA").status == DeliveryStatus.FAILED
+
+
+def test_an_unexpected_error_in_a_connection_stops_the_send_instead_of_hanging(sqlite_store: Store) -> None:
+    issue_id = setup(sqlite_store, 5)
+
+    class Broken:
+        def send(self, envelope: object, message: bytes) -> object:
+            raise RuntimeError("a bug in a transport")
+
+        def close(self) -> None:
+            pass
+
+    with pytest.raises(RuntimeError, match="a bug in a transport"):
+        run_send(sqlite_store, lambda: Broken(), issue_id, connections=2)
+    assert sqlite_store.live_senders(issue_id) == []
+    counts = sqlite_store.issue_counts(issue_id)[0].deliveries
+    assert counts["sent"] == 0 and counts["pending"] + counts["sending"] == 5
