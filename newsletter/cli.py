@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -541,9 +542,15 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
                     for r in rows
                 ],
                 "subscribers": app.store.subscriber_counts(),
+                "schedule": _schedule_info(app),
             }
         )
         return
+    info = _schedule_info(app)
+    last = info["last_run"]
+    out.print(f"next scheduled run: {info['next_run']} ({info['cron']} in {info['timezone']})", markup=False)
+    if last:
+        out.print(f"last run: {last['scheduled_for']}: {last['outcome'] or 'still running'}", markup=False)
     if not rows:
         out.print("no issues yet", markup=False)
         return
@@ -570,6 +577,27 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
         )
 
 
+def _schedule_info(app: App) -> dict[str, Any]:
+    from .schedule import next_fire
+
+    s, tz = app.settings.schedule, app.settings.newsletter.tz
+    last = app.store.last_scheduled_run()
+    return {
+        "cron": s.cron,
+        "timezone": app.settings.newsletter.timezone,
+        "next_run": next_fire(s.cron, tz, now=_now()),
+        "last_run": None
+        if last is None
+        else {
+            "scheduled_for": last.scheduled_for,
+            "started_at": last.started_at,
+            "finished_at": last.finished_at,
+            "issue_id": last.issue_id,
+            "outcome": last.outcome,
+        },
+    }
+
+
 _SHOWN = (
     DeliveryStatus.SENT,
     DeliveryStatus.PENDING,
@@ -577,6 +605,40 @@ _SHOWN = (
     DeliveryStatus.BOUNCED,
     DeliveryStatus.UNKNOWN,
 )
+
+
+@main.command()
+@click.option("--log-file", type=click.Path(path_type=Path), help="append log lines here (default: stderr)")
+@click.option("--log-json", is_flag=True, help="one JSON object per log line, for log collectors")
+@pass_app
+def schedule(app: App, log_file: Path | None, log_json: bool) -> None:
+    """Run the main job at every [schedule] cron time until stopped (SIGTERM or Ctrl-C)."""
+    import logging
+
+    from .schedule import Scheduler
+
+    handler: logging.Handler = (
+        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(_JsonFormatter() if log_json else logging.Formatter("%(asctime)s %(message)s"))
+    logger = logging.getLogger("newsletter.schedule")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    scheduler = Scheduler(app.settings, app.store)
+    scheduler.install_signals()
+    scheduler.start()
+    logger.info("stopped")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+                "level": record.levelname.lower(),
+                "message": record.getMessage(),
+            }
+        )
 
 
 @main.command()

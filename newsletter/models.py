@@ -27,6 +27,7 @@ __all__ = [
     "FeedState",
     "Issue",
     "IssueStatus",
+    "ScheduledRun",
     "Sender",
     "Story",
     "Subscriber",
@@ -180,3 +181,17 @@ class FeedState(Base):
     last_modified: Mapped[str | None] = mapped_column(Text)
     checked_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ScheduledRun(Base):
+    """One cron fire time, claimed by the scheduler that runs it (so two never both run it)."""
+
+    __tablename__ = "scheduled_runs"
+
+    scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    issue_id: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str | None] = mapped_column(Text)

@@ -36,6 +36,7 @@ from .models import (
     FeedState,
     Issue,
     IssueStatus,
+    ScheduledRun,
     Sender,
     Story,
     Subscriber,
@@ -484,6 +485,37 @@ class Store:
                 conn.execute(text("ANALYZE deliveries"))
                 conn.commit()
         return added
+
+    # -- the schedule ----------------------------------------------------------------------------
+
+    def claim_scheduled_run(self, scheduled_for: datetime, *, host: str, pid: int, now: datetime) -> bool:
+        """True for the one scheduler that gets to run this fire time."""
+        try:
+            with self.write() as s:
+                if s.get(ScheduledRun, scheduled_for) is not None:
+                    return False
+                s.add(ScheduledRun(scheduled_for=scheduled_for, started_at=now, host=host, pid=pid))
+                return True
+        except IntegrityError:
+            return False
+
+    def finish_scheduled_run(
+        self, scheduled_for: datetime, *, issue_id: int | None, outcome: str, now: datetime
+    ) -> None:
+        with self.write() as s:
+            run = s.get(ScheduledRun, scheduled_for)
+            if run is not None:
+                run.finished_at, run.issue_id, run.outcome = now, issue_id, outcome[:2000]
+
+    def last_scheduled_run(self) -> ScheduledRun | None:
+        with self.read() as s:
+            return s.scalar(select(ScheduledRun).order_by(ScheduledRun.scheduled_for.desc()).limit(1))
+
+    def unfinished_issues(self, *, since: date) -> list[Issue]:
+        """Issues of recent dates whose send has begun but not ended (a crash, a stop, retries due)."""
+        with self.read() as s:
+            q = select(Issue).where(Issue.status == IssueStatus.SENDING, Issue.issue_date >= since)
+            return list(s.scalars(q.order_by(Issue.issue_date)))
 
     # -- senders and claims -------------------------------------------------------------------
 

@@ -196,7 +196,7 @@ def test_run_on_postgresql(
     config = smtp_config(tmp_path, feed_server, smtp_sink)
     env = {"NEWSLETTER_DATABASE_URL": f"{postgres_url}_cli"}
     run_cli(config, "init", extra_env=env)
-    assert "revision 0002" in run_cli(config, "init", extra_env=env).stdout  # idempotent
+    assert "revision 0003" in run_cli(config, "init", extra_env=env).stdout  # idempotent
     run_cli(config, "subscribers", "add", "pg0@example.com", extra_env=env)
     run_cli(config, "subscribers", "add", "pg1@example.com", extra_env=env)
     csv = tmp_path / "subs.csv"

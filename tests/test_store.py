@@ -13,8 +13,8 @@ NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 
 
 def test_migrate_is_idempotent(store: Store) -> None:
-    assert store.migrate() == "0002"
-    assert store.migrate() == "0002"
+    assert store.migrate() == "0003"
+    assert store.migrate() == "0003"
     assert store.ping()
 
 

@@ -1,0 +1,234 @@
+"""`newsletter schedule`: the main job at every `[schedule] cron` time, in `[newsletter] timezone`.
+
+Each fire time is a row in `scheduled_runs`, claimed by the one scheduler that runs it, so two
+schedulers (or a scheduler and a manual `run`) never build or send twice; the unique issue date
+and the delivery engine's claims cover the rest. A fire time missed while no scheduler was up is
+made up at start within `misfire_grace_seconds`, else skipped with a log line. A minute job
+resumes issues whose send is unfinished (a crash, a stop, retries that came due)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from . import jobs
+from .config import Settings
+from .errors import ConfigError, NewsletterError
+from .store import Store
+
+__all__ = ["MissedRun", "RunOutcome", "Scheduler", "fire_times", "missed_run", "next_fire", "run_scheduled"]
+
+log = logging.getLogger("newsletter.schedule")
+
+
+def trigger(cron: str, tz: ZoneInfo) -> CronTrigger:
+    try:
+        return CronTrigger.from_crontab(cron, timezone=tz)
+    except ValueError as exc:
+        raise ConfigError(
+            f"configuration key 'schedule.cron' is not a valid cron expression: {exc}"
+        ) from None
+
+
+def next_fire(cron: str, tz: ZoneInfo, *, now: datetime) -> datetime | None:
+    fire: datetime | None = trigger(cron, tz).get_next_fire_time(None, now)
+    return fire
+
+
+def fire_times(cron: str, tz: ZoneInfo, *, after: datetime, until: datetime) -> list[datetime]:
+    """Every fire time in (after, until], in order; a local time that the autumn change repeats
+    fires once (APScheduler 3 would fire it in both offsets)."""
+    t = trigger(cron, tz)
+    times: list[datetime] = []
+    previous = None
+    probe = after + timedelta(microseconds=1)
+    while True:
+        fire = t.get_next_fire_time(previous, probe)
+        if fire is None or fire > until:
+            return times
+        if not times or fire.replace(tzinfo=None) != times[-1].replace(tzinfo=None):
+            times.append(fire)
+        # step in UTC: wall-clock arithmetic on a zoneinfo time would step back across the change
+        previous, probe = fire, (fire.astimezone(UTC) + timedelta(seconds=1)).astimezone(tz)
+
+
+@dataclass(frozen=True)
+class MissedRun:
+    fire_time: datetime
+    make_up: bool  # within the grace: run it now; else skip it and say so
+
+
+def missed_run(
+    cron: str,
+    tz: ZoneInfo,
+    *,
+    now: datetime,
+    grace: timedelta,
+    already_run: Callable[[datetime], bool],
+    lookback: timedelta = timedelta(days=2),
+) -> MissedRun | None:
+    """The latest fire time before `now` that nobody ran, if any."""
+    times = fire_times(cron, tz, after=now - lookback, until=now)
+    if not times or already_run(times[-1]):
+        return None
+    latest = times[-1]
+    return MissedRun(latest, make_up=now - latest <= grace)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    ran: bool
+    issue_id: int | None
+    line: str
+
+
+def run_scheduled(
+    settings: Settings,
+    store: Store,
+    fire_time: datetime,
+    *,
+    now: Callable[[], datetime],
+    should_stop: Callable[[], bool] = lambda: False,
+) -> RunOutcome:
+    """The main job for one fire time: build the day's issue, then send it, once among all schedulers."""
+    started = now()
+    if not store.claim_scheduled_run(
+        fire_time.astimezone(UTC), host=socket.gethostname(), pid=os.getpid(), now=started
+    ):
+        return RunOutcome(False, None, f"run for {fire_time.isoformat()} was taken by another scheduler")
+    issue_date = fire_time.astimezone(settings.newsletter.tz).date()
+    issue_id: int | None = None
+    try:
+        jobs.gather(settings, store, now=started)
+        outcome = jobs.build(settings, store, issue_date=issue_date, now=started)
+        if outcome.issue is None:
+            line = f"date={issue_date} issue=none reason={outcome.reason!r}"
+        else:
+            issue_id = outcome.issue.id
+            report = jobs.send(settings, store, outcome.issue, should_stop=should_stop)
+            c = report.counts
+            line = (
+                f"date={issue_date} issue={issue_id} stories={outcome.issue.story_count} "
+                f"sent={c.get('sent', 0)} deferred={c.get('deferred', 0)} bounced={c.get('bounced', 0)} "
+                f"unknown={report.unknown_found} seconds={(now() - started).total_seconds():.1f}"
+            )
+    except NewsletterError as exc:
+        line = f"date={issue_date} issue={issue_id} failed={exc}"
+    store.finish_scheduled_run(fire_time.astimezone(UTC), issue_id=issue_id, outcome=line, now=now())
+    return RunOutcome(True, issue_id, line)
+
+
+class Scheduler:
+    """APScheduler (3.x) running the main job; stops on SIGTERM/SIGINT after recording what is in flight."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        now: Callable[[], datetime] | None = None,
+        emit: Callable[[str], None] = log.info,
+    ) -> None:
+        self.settings, self.store, self.emit = settings, store, emit
+        self.now = now or (lambda: datetime.now(UTC))
+        self.stopping = threading.Event()
+        self.tz = settings.newsletter.tz
+        self.lock = threading.Lock()  # one main job at a time in this process
+        self.scheduler = BlockingScheduler(timezone=self.tz)
+
+    def run_once(self, fire_time: datetime) -> None:
+        with self.lock:
+            result = run_scheduled(
+                self.settings, self.store, fire_time, now=self.now, should_stop=self.stopping.is_set
+            )
+        self.emit(f"run {result.line}" if result.ran else result.line)
+
+    def resume_unfinished(self) -> None:
+        """Issues whose send began and did not end: resume them (retries due, a crash, a stop)."""
+        if self.stopping.is_set() or not self.lock.acquire(blocking=False):
+            return
+        try:
+            since = (self.now() - timedelta(days=2)).date()
+            for issue in self.store.unfinished_issues(since=since):
+                if self.store.next_deferred_at(issue.id) is not None and not self._due(issue.id):
+                    continue
+                try:
+                    report = jobs.send(self.settings, self.store, issue, should_stop=self.stopping.is_set)
+                except NewsletterError as exc:
+                    self.emit(f"resume issue={issue.id} not now: {exc}")
+                    continue
+                if report.counts:
+                    self.emit(f"resume issue={issue.id} sent={report.sent} finished={report.finished}")
+        finally:
+            self.lock.release()
+
+    def _due(self, issue_id: int) -> bool:
+        due = self.store.next_deferred_at(issue_id)
+        return due is None or due <= self.now()
+
+    def start(self) -> None:
+        s = self.settings.schedule
+        grace = timedelta(seconds=s.misfire_grace_seconds)
+        missed = missed_run(s.cron, self.tz, now=self.now(), grace=grace, already_run=self._already_run)
+        if missed is not None and missed.make_up:
+            self.emit(f"making up the run of {missed.fire_time.isoformat()} missed while no scheduler was up")
+            self.run_once(missed.fire_time)
+        elif missed is not None:
+            self.emit(
+                f"skipping the run of {missed.fire_time.isoformat()}: missed by more than "
+                f"misfire_grace_seconds={s.misfire_grace_seconds}"
+            )
+        if self.stopping.is_set():
+            return
+        self.resume_unfinished()
+        self.scheduler.add_job(
+            self._tick,
+            trigger(s.cron, self.tz),
+            id="main",
+            misfire_grace_time=s.misfire_grace_seconds,
+            coalesce=True,
+            max_instances=1,
+        )
+        self.scheduler.add_job(
+            self.resume_unfinished, "interval", minutes=1, id="resume", coalesce=True, max_instances=1
+        )
+        self.emit(
+            f"scheduled {s.cron!r} in {self.settings.newsletter.timezone}; next run "
+            f"{next_fire(s.cron, self.tz, now=self.now())}"
+        )
+        self.scheduler.start()
+
+    def _tick(self) -> None:
+        # the fire time this tick stands for: the latest one at or before now
+        times = fire_times(
+            self.settings.schedule.cron,
+            self.tz,
+            after=self.now() - timedelta(days=1),
+            until=self.now() + timedelta(seconds=1),
+        )
+        self.run_once(times[-1] if times else self.now())
+
+    def _already_run(self, fire_time: datetime) -> bool:
+        last = self.store.last_scheduled_run()
+        return last is not None and last.scheduled_for >= fire_time.astimezone(UTC)
+
+    def stop(self, *_: Any) -> None:
+        """SIGTERM/SIGINT: stop scheduling; a running send stops claiming and records what is in flight."""
+        self.stopping.set()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.stop)

@@ -1,0 +1,153 @@
+"""The scheduler: fire times with an injected clock (across daylight-saving changes), missed runs,
+one run per fire time among several schedulers, and real `newsletter schedule` processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from newsletter.config import load_settings
+from newsletter.schedule import fire_times, missed_run, next_fire, run_scheduled
+from newsletter.store import NewSubscriber, Store
+
+from .conftest import SECRET, SmtpSink, run_cli, wait_for, write_config
+
+BERLIN = ZoneInfo("Europe/Berlin")
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def test_seven_each_morning_across_both_daylight_saving_changes() -> None:
+    for tz, spring, autumn in [
+        (BERLIN, datetime(2026, 3, 27, tzinfo=BERLIN), datetime(2026, 10, 23, tzinfo=BERLIN)),
+        (NEW_YORK, datetime(2026, 3, 6, tzinfo=NEW_YORK), datetime(2026, 10, 30, tzinfo=NEW_YORK)),
+    ]:
+        for start in (spring, autumn):
+            after = start
+            times = fire_times("0 7 * * *", tz, after=after, until=after + timedelta(days=4))
+            assert [t.astimezone(tz).hour for t in times] == [7, 7, 7, 7]
+            assert len({t.astimezone(tz).date() for t in times}) == 4
+            # in UTC: the same zone on both sides would give the wall-clock difference
+            gaps = {b.astimezone(UTC) - a.astimezone(UTC) for a, b in zip(times, times[1:], strict=False)}
+            assert timedelta(hours=23) in gaps or timedelta(hours=25) in gaps  # the change is real
+
+
+def test_a_time_that_is_skipped_or_repeated_by_the_clock_fires_once_that_day() -> None:
+    # 02:30 does not exist in Berlin on 29 March 2026 and happens twice on 25 October 2026
+    for day in (datetime(2026, 3, 29, tzinfo=BERLIN), datetime(2026, 10, 25, tzinfo=BERLIN)):
+        times = fire_times(
+            "30 2 * * *", BERLIN, after=day - timedelta(hours=1), until=day + timedelta(hours=23)
+        )
+        assert len(times) == 1
+
+
+def test_next_fire_is_in_the_configured_zone() -> None:
+    now = datetime(2026, 11, 25, 6, 59, tzinfo=UTC)
+    assert next_fire("0 7 * * *", BERLIN, now=now) == datetime(2026, 11, 26, 7, 0, tzinfo=BERLIN)
+    assert next_fire("0 7 * * *", ZoneInfo("UTC"), now=now) == datetime(
+        2026, 11, 25, 7, 0, tzinfo=ZoneInfo("UTC")
+    )
+
+
+def test_a_missed_run_is_made_up_within_the_grace_and_skipped_after_it() -> None:
+    now = datetime(2026, 11, 25, 7, 30, tzinfo=BERLIN)  # 30 minutes after the 07:00 run
+    made_up = missed_run("0 7 * * *", BERLIN, now=now, grace=timedelta(hours=1), already_run=lambda t: False)
+    assert (
+        made_up is not None
+        and made_up.make_up
+        and made_up.fire_time == datetime(2026, 11, 25, 7, tzinfo=BERLIN)
+    )
+    skipped = missed_run(
+        "0 7 * * *", BERLIN, now=now, grace=timedelta(minutes=10), already_run=lambda t: False
+    )
+    assert skipped is not None and not skipped.make_up
+    assert (
+        missed_run("0 7 * * *", BERLIN, now=now, grace=timedelta(hours=1), already_run=lambda t: True) is None
+    )
+
+
+def test_one_run_per_fire_time_among_schedulers(tmp_path: Path, env: None) -> None:
+    settings = load_settings(write_config(tmp_path))
+    store = Store(settings.database_url)
+    store.migrate()
+    store.import_subscribers(
+        [NewSubscriber(f"r{i}@example.com", None) for i in range(5)], now=datetime.now(UTC)
+    )
+    fire = datetime.now(UTC).replace(second=0, microsecond=0)
+    first = run_scheduled(settings, store, fire, now=lambda: datetime.now(UTC))
+    second = run_scheduled(settings, store, fire, now=lambda: datetime.now(UTC))
+    assert first.ran and first.issue_id is not None and "sent=5" in first.line
+    assert not second.ran and "taken by another scheduler" in second.line
+    assert len(list((tmp_path / "outbox").rglob("*.eml"))) == 5
+    last = store.last_scheduled_run()
+    assert last is not None and last.finished_at is not None and "sent=5" in (last.outcome or "")
+    store.close()
+
+
+def _config_with_cron(tmp_path: Path, sink: SmtpSink, *, minutes_ago: int, grace: int) -> Path:
+    fire = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    return write_config(
+        tmp_path,
+        delivery='transport = "smtp"',
+        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\n'
+        f'[schedule]\ncron = "{fire.minute} {fire.hour} * * *"\nmisfire_grace_seconds = {grace}\n',
+    )
+
+
+def _schedule(config: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET}
+    env.pop("NEWSLETTER_DATABASE_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter.cli", "--config", str(config), "schedule"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=config.parent,
+    )
+
+
+def test_two_schedulers_make_up_a_missed_run_once_and_stop_on_sigterm(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    config = _config_with_cron(tmp_path, smtp_sink, minutes_ago=30, grace=3600)
+    run_cli(config, "init")
+    store = Store(f"sqlite:///{tmp_path / 'subscribers.db'}")
+    store.import_subscribers(
+        [NewSubscriber(f"r{i}@example.com", None) for i in range(50)], now=datetime.now(UTC)
+    )
+    procs = [_schedule(config), _schedule(config)]
+    assert wait_for(
+        lambda: store.last_scheduled_run() is not None and store.last_scheduled_run().finished_at is not None,
+        timeout=60,
+    )  # type: ignore[union-attr]
+    time.sleep(1)  # let the other one see the claim taken
+    started = time.monotonic()
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    results = [p.communicate(timeout=10) for p in procs]
+    assert time.monotonic() - started < 10
+    assert [p.returncode for p in procs] == [0, 0], results
+    logs = "".join(err for _, err in results)
+    assert "making up the run" in logs and "run date=" in logs and "sent=50" in logs
+    got = smtp_sink.by_recipient()
+    assert len(got) == 50 and all(len(m) == 1 for m in got.values())
+    assert len(store.list_issues()) == 1
+    status = run_cli(config, "status").stdout
+    assert "next scheduled run:" in status and "sent=50" in status
+    store.close()
+
+
+def test_a_run_missed_by_more_than_the_grace_is_skipped_and_said(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    config = _config_with_cron(tmp_path, smtp_sink, minutes_ago=30, grace=600)
+    run_cli(config, "init")
+    proc = _schedule(config)
+    time.sleep(4)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "skipping the run" in err and "misfire_grace_seconds=600" in err
+    assert smtp_sink.messages == []
