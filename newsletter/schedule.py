@@ -184,7 +184,9 @@ class Scheduler:
         if missed is not None and missed.make_up:
             self.emit(f"making up the run of {missed.fire_time.isoformat()} missed while no scheduler was up")
             self.run_once(missed.fire_time)
-        elif missed is not None:
+        elif (
+            missed is not None and self.store.last_scheduled_run() is not None
+        ):  # a first start misses nothing
             self.emit(
                 f"skipping the run of {missed.fire_time.isoformat()}: missed by more than "
                 f"misfire_grace_seconds={s.misfire_grace_seconds}"

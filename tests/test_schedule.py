@@ -144,6 +144,10 @@ def test_two_schedulers_make_up_a_missed_run_once_and_stop_on_sigterm(
 def test_a_run_missed_by_more_than_the_grace_is_skipped_and_said(tmp_path: Path, smtp_sink: SmtpSink) -> None:
     config = _config_with_cron(tmp_path, smtp_sink, minutes_ago=30, grace=600)
     run_cli(config, "init")
+    store = Store(f"sqlite:///{tmp_path / 'subscribers.db'}")  # a scheduler ran yesterday, then none
+    yesterday = datetime.now(UTC) - timedelta(days=1, minutes=30)
+    store.claim_scheduled_run(yesterday.replace(second=0, microsecond=0), host="h", pid=1, now=yesterday)
+    store.close()
     proc = _schedule(config)
     time.sleep(4)
     proc.send_signal(signal.SIGTERM)
