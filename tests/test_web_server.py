@@ -48,20 +48,25 @@ def server(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Server]:
     )
     config.write_text(config.read_text().replace("https://news.example.com", url))
     run_cli(config, "init")
-    env = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET}
-    env.pop("NEWSLETTER_DATABASE_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "newsletter.cli", "--config", str(config), "serve", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
-    )
+    proc = start_server(config, port)
 
     assert wait_for(lambda: _healthy(url), timeout=30), "newsletter serve did not come up"
     yield Server(url, config)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=10)
+
+
+def start_server(config: Path, port: int) -> subprocess.Popen[bytes]:
+    """`newsletter serve` as a user starts it, on a loopback port."""
+    env = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET}
+    env.pop("NEWSLETTER_DATABASE_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter.cli", "--config", str(config), "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=config.parent,
+    )
 
 
 def link_in_mail(sink: SmtpSink, address: str, pattern: str, *, index: int = -1) -> str:
@@ -177,15 +182,7 @@ def test_signups_during_a_send_share_the_sqlite_file(tmp_path: Path, smtp_sink: 
     store = Store(f"sqlite:///{tmp_path / 'subscribers.db'}")
     store.import_subscribers([NewSubscriber(f"reader{i}@example.com", None) for i in range(5000)], now=_now())
     run_cli(config, "build")
-    env = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET}
-    env.pop("NEWSLETTER_DATABASE_URL", None)
-    web = subprocess.Popen(
-        [sys.executable, "-m", "newsletter.cli", "--config", str(config), "serve", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
-    )
+    web = start_server(config, port)
     try:
         assert wait_for(lambda: _healthy(url), timeout=30)
         send = start_send(config)
