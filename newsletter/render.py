@@ -8,7 +8,7 @@ from __future__ import annotations
 import html as htmlmod
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from functools import cache
 from typing import Any
 
@@ -160,11 +160,6 @@ def render_web(html: str, settings: Settings) -> str:
     """The archive's copy of an issue: no subscriber's name, no token."""
     base = settings.newsletter.base_url.rstrip("/")
     return fill(html, greeting="Good morning.", unsubscribe_url=base + "/", for_html=True)
-
-
-def now_label(now: datetime, settings: Settings) -> str:
-    local = now.astimezone(settings.newsletter.tz)
-    return f"{local:%Y-%m-%d %H:%M %Z}"
 
 
 def render_confirmation(settings: Settings, *, confirm_url: str) -> tuple[str, str, str]:

@@ -51,7 +51,6 @@ __all__ = [
     "NewSubscriber",
     "Store",
     "StoryRecord",
-    "open_store",
 ]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -95,10 +94,6 @@ class IssueCounts:
     created_at: datetime
     sent_at: datetime | None
     deliveries: dict[str, int]
-
-
-def open_store(url: str) -> Store:
-    return Store(url)
 
 
 class Store:
@@ -359,10 +354,6 @@ class Store:
         with self.read() as s:
             q = select(Story).where(Story.issue_id.is_(None), when >= since, when <= until)
             return list(s.scalars(q.order_by(Story.id)))
-
-    def stories_of_issue(self, issue_id: int) -> list[Story]:
-        with self.read() as s:
-            return list(s.scalars(select(Story).where(Story.issue_id == issue_id).order_by(Story.id)))
 
     # -- issues ---------------------------------------------------------------------------------
 

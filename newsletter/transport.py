@@ -9,7 +9,6 @@ import re
 import socket
 import ssl
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -306,12 +305,6 @@ class SmtpTransport:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def transport_factory(settings: Settings) -> tuple[Callable[[], Transport], int]:
-    """Makes one transport per connection, and how many connections the settings ask for."""
-    connections = settings.smtp.connections if settings.delivery.transport == "smtp" else 1
-    return (lambda: open_transport(settings)), connections
 
 
 def open_transport(settings: Settings) -> Transport:
