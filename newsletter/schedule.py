@@ -160,11 +160,13 @@ class Scheduler:
             return
         try:
             since = (self.now() - timedelta(days=2)).date()
+            # what is due goes now; deferred rows wait for their time, without holding this job
+            options = jobs.send_options(self.settings, wait_for_retries=False)
             for issue in self.store.unfinished_issues(since=since):
-                if self.store.next_deferred_at(issue.id) is not None and not self._due(issue.id):
-                    continue
                 try:
-                    report = jobs.send(self.settings, self.store, issue, should_stop=self.stopping.is_set)
+                    report = jobs.send(
+                        self.settings, self.store, issue, options=options, should_stop=self.stopping.is_set
+                    )
                 except NewsletterError as exc:
                     self.emit(f"resume issue={issue.id} not now: {exc}")
                     continue
@@ -172,10 +174,6 @@ class Scheduler:
                     self.emit(f"resume issue={issue.id} sent={report.sent} finished={report.finished}")
         finally:
             self.lock.release()
-
-    def _due(self, issue_id: int) -> bool:
-        due = self.store.next_deferred_at(issue_id)
-        return due is None or due <= self.now()
 
     def start(self) -> None:
         s = self.settings.schedule

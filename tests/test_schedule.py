@@ -155,3 +155,43 @@ def test_a_run_missed_by_more_than_the_grace_is_skipped_and_said(tmp_path: Path,
     assert proc.returncode == 0
     assert "skipping the run" in err and "misfire_grace_seconds=600" in err
     assert smtp_sink.messages == []
+
+
+def test_resuming_sends_what_is_due_and_leaves_a_retry_for_its_time(tmp_path: Path, env: None) -> None:
+    """An interrupted send with one pending row and one deferred row not yet due: the pending
+    message goes now, the deferred one waits for its retry, and the job does not wait for it."""
+    from sqlalchemy import update
+
+    from newsletter import jobs
+    from newsletter.models import Delivery, DeliveryStatus
+    from newsletter.schedule import Scheduler
+
+    settings = load_settings(write_config(tmp_path))
+    store = Store(settings.database_url)
+    store.migrate()
+    now = datetime.now(UTC)
+    store.import_subscribers(
+        [NewSubscriber("due@example.com", None), NewSubscriber("later@example.com", None)], now=now
+    )
+    jobs.gather(settings, store, now=now)
+    issue = jobs.build(settings, store, issue_date=now.date(), now=now).issue
+    assert issue is not None
+    store.start_send(issue.id)  # the send began, then stopped before a message went out
+    later = store.get_subscriber("later@example.com")
+    assert later is not None
+    with store.write() as s:
+        s.execute(
+            update(Delivery)
+            .where(Delivery.subscriber_id == later.id)
+            .values(status=DeliveryStatus.DEFERRED, attempts=1, next_attempt_at=now + timedelta(hours=1))
+        )
+    lines: list[str] = []
+    started = time.monotonic()
+    Scheduler(settings, store, emit=lines.append).resume_unfinished()
+    assert time.monotonic() - started < 30  # it did not sit waiting for the retry
+    files = list((tmp_path / "outbox").rglob("*.eml"))
+    assert len(files) == 1 and b"due@example.com" in files[0].read_bytes()
+    counts = store.issue_counts(issue.id)[0].deliveries
+    assert counts["sent"] == 1 and counts["deferred"] == 1
+    assert any("resume issue=" in line and "sent=1" in line for line in lines)
+    store.close()
