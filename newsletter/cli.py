@@ -550,7 +550,7 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
     last = info["last_run"]
     out.print(f"next scheduled run: {info['next_run']} ({info['cron']} in {info['timezone']})", markup=False)
     if last:
-        out.print(f"last run: {last['scheduled_for']}: {last['outcome'] or 'still running'}", markup=False)
+        out.print(f"last run: {last['scheduled_for']}: {last['outcome'] or last['state']}", markup=False)
     if not rows:
         out.print("no issues yet", markup=False)
         return
@@ -577,6 +577,16 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
         )
 
 
+def _run_state(finished_at: datetime | None, host: str, pid: int) -> str:
+    from .deliver import process_alive
+
+    if finished_at is not None:
+        return "finished"
+    if process_alive(host, pid) is False:
+        return f"interrupted (scheduler pid {pid} is gone); the next scheduler start resumes its send"
+    return f"still running (pid {pid} on {host})"
+
+
 def _schedule_info(app: App) -> dict[str, Any]:
     from .schedule import next_fire
 
@@ -594,6 +604,7 @@ def _schedule_info(app: App) -> dict[str, Any]:
             "finished_at": last.finished_at,
             "issue_id": last.issue_id,
             "outcome": last.outcome,
+            "state": _run_state(last.finished_at, last.host, last.pid),
         },
     }
 
@@ -627,17 +638,20 @@ def schedule(app: App, log_file: Path | None, log_json: bool) -> None:
     scheduler = Scheduler(app.settings, app.store)
     scheduler.install_signals()
     scheduler.start()
-    logger.info("stopped")
+    logger.info("stopped", extra={"fields": {"event": "stopped"}})
 
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None) or {}
         return json.dumps(
             {
                 "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
                 "level": record.levelname.lower(),
                 "message": record.getMessage(),
-            }
+                **fields,
+            },
+            default=str,
         )
 
 

@@ -172,7 +172,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _process_alive(host: str, pid: int) -> bool | None:
+def process_alive(host: str, pid: int) -> bool | None:
     """Whether a sender's process lives: known on this host, unknown (None) elsewhere."""
     if host != socket.gethostname():
         return None
@@ -386,7 +386,7 @@ class _Sender:
                     now=self.now(),
                     exclusive=self.store.is_sqlite,
                     stale_after=timedelta(seconds=self.options.stale_after_seconds),
-                    is_alive=_process_alive,
+                    is_alive=process_alive,
                 )
                 return
             except NewsletterError:

@@ -24,6 +24,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from . import jobs
 from .config import Settings
+from .deliver import SendReport
 from .errors import ConfigError, NewsletterError
 from .store import Store
 
@@ -90,7 +91,25 @@ def missed_run(
 class RunOutcome:
     ran: bool
     issue_id: int | None
-    line: str
+    fields: dict[str, Any]  # for structured logs; `line` is the same as key=value pairs
+
+    @property
+    def line(self) -> str:
+        return fields_line(self.fields)
+
+
+def fields_line(fields: dict[str, Any]) -> str:
+    return " ".join(
+        f"{k}={v!r}" if isinstance(v, str) and " " in v else f"{k}={v}" for k, v in fields.items()
+    )
+
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+def log_emit(message: str, fields: dict[str, Any]) -> None:
+    """The scheduler's log line; the fields ride along for `--log-json`."""
+    log.info(message, extra={"fields": fields})
 
 
 def run_scheduled(
@@ -106,27 +125,45 @@ def run_scheduled(
     if not store.claim_scheduled_run(
         fire_time.astimezone(UTC), host=socket.gethostname(), pid=os.getpid(), now=started
     ):
-        return RunOutcome(False, None, f"run for {fire_time.isoformat()} was taken by another scheduler")
+        return RunOutcome(
+            False, None, {"fire_time": fire_time.isoformat(), "skipped": "taken by another scheduler"}
+        )
     issue_date = fire_time.astimezone(settings.newsletter.tz).date()
-    issue_id: int | None = None
+    fields: dict[str, Any] = {"date": issue_date.isoformat(), "issue": None}
     try:
-        jobs.gather(settings, store, now=started)
+        report = jobs.gather(settings, store, now=started)
+        fields["new_stories"] = report.new_stories
+        if report.failed:
+            fields["failed_feeds"] = ", ".join(r.source.name for r in report.failed)
         outcome = jobs.build(settings, store, issue_date=issue_date, now=started)
         if outcome.issue is None:
-            line = f"date={issue_date} issue=none reason={outcome.reason!r}"
+            fields["reason"] = outcome.reason
         else:
-            issue_id = outcome.issue.id
-            report = jobs.send(settings, store, outcome.issue, should_stop=should_stop)
-            c = report.counts
-            line = (
-                f"date={issue_date} issue={issue_id} stories={outcome.issue.story_count} "
-                f"sent={c.get('sent', 0)} deferred={c.get('deferred', 0)} bounced={c.get('bounced', 0)} "
-                f"unknown={report.unknown_found} seconds={(now() - started).total_seconds():.1f}"
+            fields["issue"] = outcome.issue.id
+            store.attach_scheduled_issue(fire_time.astimezone(UTC), outcome.issue.id)
+            fields |= {"stories": outcome.issue.story_count} | _send_fields(
+                jobs.send(settings, store, outcome.issue, should_stop=should_stop)
             )
     except NewsletterError as exc:
-        line = f"date={issue_date} issue={issue_id} failed={exc}"
-    store.finish_scheduled_run(fire_time.astimezone(UTC), issue_id=issue_id, outcome=line, now=now())
-    return RunOutcome(True, issue_id, line)
+        fields["error"] = str(exc)
+    fields["seconds"] = round((now() - started).total_seconds(), 1)
+    result = RunOutcome(True, fields["issue"], fields)
+    store.finish_scheduled_run(
+        fire_time.astimezone(UTC), issue_id=result.issue_id, outcome=result.line, now=now()
+    )
+    return result
+
+
+def _send_fields(report: SendReport) -> dict[str, Any]:
+    c = report.counts
+    return {
+        "sent": c.get("sent", 0),
+        "deferred": c.get("deferred", 0),
+        "bounced": c.get("bounced", 0),
+        "failed": c.get("failed", 0),
+        "unknown": report.unknown_found,
+        "finished": report.finished,
+    }
 
 
 class Scheduler:
@@ -138,7 +175,7 @@ class Scheduler:
         store: Store,
         *,
         now: Callable[[], datetime] | None = None,
-        emit: Callable[[str], None] = log.info,
+        emit: Emit = log_emit,
     ) -> None:
         self.settings, self.store, self.emit = settings, store, emit
         self.now = now or (lambda: datetime.now(UTC))
@@ -152,7 +189,10 @@ class Scheduler:
             result = run_scheduled(
                 self.settings, self.store, fire_time, now=self.now, should_stop=self.stopping.is_set
             )
-        self.emit(f"run {result.line}" if result.ran else result.line)
+        if result.ran:
+            self.emit(f"run {result.line}", {"event": "run", **result.fields})
+        else:
+            self.emit(f"run for {fire_time.isoformat()} was taken by another scheduler", result.fields)
 
     def resume_unfinished(self) -> None:
         """Issues whose send began and did not end: resume them (retries due, a crash, a stop)."""
@@ -163,15 +203,26 @@ class Scheduler:
             # what is due goes now; deferred rows wait for their time, without holding this job
             options = jobs.send_options(self.settings, wait_for_retries=False)
             for issue in self.store.unfinished_issues(since=since):
+                started = self.now()
                 try:
                     report = jobs.send(
                         self.settings, self.store, issue, options=options, should_stop=self.stopping.is_set
                     )
                 except NewsletterError as exc:
-                    self.emit(f"resume issue={issue.id} not now: {exc}")
+                    self.emit(
+                        f"resume issue={issue.id} not now: {exc}", {"event": "resume", "issue": issue.id}
+                    )
                     continue
-                if report.counts:
-                    self.emit(f"resume issue={issue.id} sent={report.sent} finished={report.finished}")
+                if not report.counts and not report.finished:
+                    continue
+                fields = {"issue": issue.id, **_send_fields(report)}
+                fields["seconds"] = round((self.now() - started).total_seconds(), 1)
+                line = fields_line(fields)
+                self.emit(f"resume {line}", {"event": "resume", **fields})
+                if report.finished:  # the run that began this send, cut short, ends here
+                    self.store.finish_scheduled_runs_of_issue(
+                        issue.id, outcome=f"date={issue.issue_date} resumed {line}", now=self.now()
+                    )
         finally:
             self.lock.release()
 
@@ -180,14 +231,18 @@ class Scheduler:
         grace = timedelta(seconds=s.misfire_grace_seconds)
         missed = missed_run(s.cron, self.tz, now=self.now(), grace=grace, already_run=self._already_run)
         if missed is not None and missed.make_up:
-            self.emit(f"making up the run of {missed.fire_time.isoformat()} missed while no scheduler was up")
+            self.emit(
+                f"making up the run of {missed.fire_time.isoformat()} missed while no scheduler was up",
+                {"event": "make_up", "fire_time": missed.fire_time.isoformat()},
+            )
             self.run_once(missed.fire_time)
         elif (
             missed is not None and self.store.last_scheduled_run() is not None
         ):  # a first start misses nothing
             self.emit(
                 f"skipping the run of {missed.fire_time.isoformat()}: missed by more than "
-                f"misfire_grace_seconds={s.misfire_grace_seconds}"
+                f"misfire_grace_seconds={s.misfire_grace_seconds}",
+                {"event": "skip", "fire_time": missed.fire_time.isoformat()},
             )
         if self.stopping.is_set():
             return
@@ -203,9 +258,10 @@ class Scheduler:
         self.scheduler.add_job(
             self.resume_unfinished, "interval", minutes=1, id="resume", coalesce=True, max_instances=1
         )
+        upcoming = next_fire(s.cron, self.tz, now=self.now())
         self.emit(
-            f"scheduled {s.cron!r} in {self.settings.newsletter.timezone}; next run "
-            f"{next_fire(s.cron, self.tz, now=self.now())}"
+            f"scheduled {s.cron!r} in {self.settings.newsletter.timezone}; next run {upcoming}",
+            {"event": "scheduled", "cron": s.cron, "next_run": upcoming.isoformat() if upcoming else None},
         )
         self.scheduler.start()
 

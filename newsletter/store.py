@@ -498,6 +498,24 @@ class Store:
             if run is not None:
                 run.finished_at, run.issue_id, run.outcome = now, issue_id, outcome[:2000]
 
+    def attach_scheduled_issue(self, scheduled_for: datetime, issue_id: int) -> None:
+        """Note the issue a run is sending, so a resume after a crash can close the run."""
+        with self.write() as s:
+            s.execute(
+                update(ScheduledRun)
+                .where(ScheduledRun.scheduled_for == scheduled_for)
+                .values(issue_id=issue_id)
+            )
+
+    def finish_scheduled_runs_of_issue(self, issue_id: int, *, outcome: str, now: datetime) -> None:
+        """Close the runs cut short while sending this issue (a crash), now that a resume ended it."""
+        with self.write() as s:
+            s.execute(
+                update(ScheduledRun)
+                .where(ScheduledRun.issue_id == issue_id, ScheduledRun.finished_at.is_(None))
+                .values(finished_at=now, outcome=outcome[:2000])
+            )
+
     def last_scheduled_run(self) -> ScheduledRun | None:
         with self.read() as s:
             return s.scalar(select(ScheduledRun).order_by(ScheduledRun.scheduled_for.desc()).limit(1))

@@ -330,7 +330,10 @@ def postgres_store(postgres_url: str) -> Iterator[Store]:
         from sqlalchemy import text
 
         conn.execute(
-            text("TRUNCATE deliveries, stories, issues, subscribers, feed_states RESTART IDENTITY CASCADE")
+            text(
+                "TRUNCATE deliveries, stories, issues, subscribers, feed_states, senders, scheduled_runs "
+                "RESTART IDENTITY CASCADE"
+            )
         )
     yield store
     store.close()

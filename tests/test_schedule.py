@@ -1,6 +1,7 @@
 """The scheduler: fire times with an injected clock (across daylight-saving changes), missed runs,
 one run per fire time among several schedulers, and real `newsletter schedule` processes."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,11 +11,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from newsletter.config import load_settings
 from newsletter.schedule import fire_times, missed_run, next_fire, run_scheduled
 from newsletter.store import NewSubscriber, Store
 
-from .conftest import SECRET, SmtpSink, run_cli, wait_for, write_config
+from .conftest import SECRET, FeedServer, Route, SmtpSink, recent, rss, run_cli, wait_for, write_config
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -87,21 +90,35 @@ def test_one_run_per_fire_time_among_schedulers(tmp_path: Path, env: None) -> No
     store.close()
 
 
-def _config_with_cron(tmp_path: Path, sink: SmtpSink, *, minutes_ago: int, grace: int) -> Path:
+def _config_with_cron(
+    tmp_path: Path,
+    sink: SmtpSink | None,
+    *,
+    minutes_ago: int,
+    grace: int,
+    database_url: str | None = None,
+    delivery: str = "",
+) -> Path:
     fire = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    smtp = (
+        f'[smtp]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\nconnections = 2\n'
+        if sink
+        else ""
+    )
     return write_config(
         tmp_path,
-        delivery='transport = "smtp"',
-        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\n'
-        f'[schedule]\ncron = "{fire.minute} {fire.hour} * * *"\nmisfire_grace_seconds = {grace}\n',
+        database_url=database_url,
+        delivery=('transport = "smtp"' if sink else 'transport = "outbox"') + "\n" + delivery,
+        extra=f'{smtp}[schedule]\ncron = "{fire.minute} {fire.hour} * * *"\n'
+        f"misfire_grace_seconds = {grace}\n",
     )
 
 
-def _schedule(config: Path) -> subprocess.Popen[str]:
+def _schedule(config: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET}
     env.pop("NEWSLETTER_DATABASE_URL", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "newsletter.cli", "--config", str(config), "schedule"],
+        [sys.executable, "-m", "newsletter.cli", "--config", str(config), "schedule", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -110,20 +127,31 @@ def _schedule(config: Path) -> subprocess.Popen[str]:
     )
 
 
+def _run_finished(store: Store) -> bool:
+    last = store.last_scheduled_run()
+    return last is not None and last.finished_at is not None
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The scheduler's database: a SQLite file, or a fresh (truncated) schema on the local PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'subscribers.db'}"
+    request.getfixturevalue("postgres_store")  # empties the tables
+    return str(request.getfixturevalue("postgres_url"))
+
+
 def test_two_schedulers_make_up_a_missed_run_once_and_stop_on_sigterm(
-    tmp_path: Path, smtp_sink: SmtpSink
+    tmp_path: Path, smtp_sink: SmtpSink, database_url: str
 ) -> None:
-    config = _config_with_cron(tmp_path, smtp_sink, minutes_ago=30, grace=3600)
+    config = _config_with_cron(tmp_path, smtp_sink, minutes_ago=30, grace=3600, database_url=database_url)
     run_cli(config, "init")
-    store = Store(f"sqlite:///{tmp_path / 'subscribers.db'}")
+    store = Store(database_url)
     store.import_subscribers(
         [NewSubscriber(f"r{i}@example.com", None) for i in range(50)], now=datetime.now(UTC)
     )
     procs = [_schedule(config), _schedule(config)]
-    assert wait_for(
-        lambda: store.last_scheduled_run() is not None and store.last_scheduled_run().finished_at is not None,
-        timeout=60,
-    )  # type: ignore[union-attr]
+    assert wait_for(lambda: _run_finished(store), timeout=60)
     time.sleep(1)  # let the other one see the claim taken
     started = time.monotonic()
     for p in procs:
@@ -138,6 +166,108 @@ def test_two_schedulers_make_up_a_missed_run_once_and_stop_on_sigterm(
     assert len(store.list_issues()) == 1
     status = run_cli(config, "status").stdout
     assert "next scheduled run:" in status and "sent=50" in status
+    store.close()
+
+
+def test_a_scheduler_killed_mid_send_is_resumed_by_the_next_start_without_duplicates(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    n = 1500
+    config = _config_with_cron(
+        tmp_path, smtp_sink, minutes_ago=30, grace=3600, delivery="rate_per_second = 300"
+    )
+    run_cli(config, "init")
+    store = Store(f"sqlite:///{tmp_path / 'subscribers.db'}")
+    store.import_subscribers(
+        [NewSubscriber(f"r{i}@example.com", None) for i in range(n)], now=datetime.now(UTC)
+    )
+    first = _schedule(config)
+    assert wait_for(lambda: len(smtp_sink.messages) >= 300, timeout=60)
+    first.kill()
+    first.communicate(timeout=10)  # reaped: its pid is gone, so the next start knows it died
+    assert 300 <= len(smtp_sink.messages) < n
+    killed = store.last_scheduled_run()
+    assert killed is not None and killed.finished_at is None and killed.issue_id is not None
+    assert "interrupted (scheduler pid" in run_cli(config, "status").stdout
+
+    second = _schedule(config)
+    assert wait_for(lambda: _run_finished(store), timeout=60)
+    second.send_signal(signal.SIGTERM)
+    _, err = second.communicate(timeout=10)
+    assert second.returncode == 0, err
+    assert "making up the run" not in err  # the run was taken; its send is resumed, not run again
+    assert f"resume issue={killed.issue_id}" in err
+
+    got = smtp_sink.by_recipient()
+    assert all(len(m) == 1 for m in got.values()), "a subscriber got two copies"
+    counts = store.issue_counts(killed.issue_id)[0].deliveries
+    assert counts["sent"] + counts["unknown"] == n and counts["unknown"] <= 2  # one per connection
+    assert len(got) >= counts["sent"]
+    assert len(store.list_issues()) == 1
+    last = store.last_scheduled_run()
+    assert last is not None and "resumed" in (last.outcome or "")
+    store.close()
+
+
+def test_log_file_in_json_has_one_object_per_line_with_the_run_counts(tmp_path: Path) -> None:
+    config = _config_with_cron(tmp_path, None, minutes_ago=30, grace=3600)
+    run_cli(config, "init")
+    store = Store(f"sqlite:///{tmp_path / 'subscribers.db'}")
+    store.import_subscribers(
+        [NewSubscriber(f"r{i}@example.com", None) for i in range(3)], now=datetime.now(UTC)
+    )
+    log_file = tmp_path / "logs" / "schedule.log"
+    log_file.parent.mkdir()
+    proc = _schedule(config, "--log-file", str(log_file), "--log-json")
+    assert wait_for(lambda: _run_finished(store), timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and "run date=" not in err  # the log went to the file
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert all({"time", "level", "message", "event"} <= r.keys() for r in records)
+    run = next(r for r in records if r["event"] == "run")
+    assert run["date"] == datetime.now(UTC).date().isoformat() and isinstance(run["issue"], int)
+    assert run["stories"] > 0 and run["sent"] == 3 and run["deferred"] == 0 and run["bounced"] == 0
+    assert run["unknown"] == 0 and run["seconds"] >= 0 and run["message"].startswith("run date=")
+    assert [r["event"] for r in records][-1] == "stopped"
+    store.close()
+
+
+def test_a_day_with_too_few_stories_sends_nothing_and_they_wait_for_the_next_day(
+    tmp_path: Path, env: None, feed_server: FeedServer
+) -> None:
+    first = [
+        {"title": f"Early story {i}", "link": f"https://example.com/e{i}", "date": recent(2 + i)}
+        for i in range(2)
+    ]
+    feed_server.routes["/feed"] = Route(rss(first))
+    config = write_config(
+        tmp_path,
+        sources=[("Feed", feed_server.url("/feed"))],
+        extra="[digest]\nmin_stories = 3\nwindow_hours = 48\n",
+    )
+    settings = load_settings(config)
+    store = Store(settings.database_url)
+    store.migrate()
+    store.import_subscribers([NewSubscriber("r@example.com", None)], now=datetime.now(UTC))
+    fire = datetime.now(UTC).replace(second=0, microsecond=0)
+    quiet = run_scheduled(settings, store, fire, now=lambda: datetime.now(UTC))
+    assert quiet.ran and quiet.issue_id is None and quiet.fields["new_stories"] == 2
+    assert "2 new stories in the last 48 hours, 3 needed" in quiet.line
+    assert store.list_issues() == [] and not (tmp_path / "outbox").exists()
+    last = store.last_scheduled_run()
+    assert last is not None and last.finished_at is not None and "3 needed" in (last.outcome or "")
+
+    second = [
+        {"title": f"Later story {i}", "link": f"https://example.com/l{i}", "date": recent(1)}
+        for i in range(2)
+    ]
+    feed_server.routes["/feed"] = Route(rss(first + second))
+    tomorrow = lambda: datetime.now(UTC) + timedelta(days=1)  # noqa: E731
+    busy = run_scheduled(settings, store, fire + timedelta(days=1), now=tomorrow)
+    assert busy.ran and busy.issue_id is not None and busy.fields["stories"] == 4 and busy.fields["sent"] == 1
+    mail = next((tmp_path / "outbox").rglob("*.eml")).read_bytes()
+    assert b"Early story 0" in mail and b"Later story 1" in mail  # yesterday's stories waited for today
     store.close()
 
 
@@ -187,7 +317,7 @@ def test_resuming_sends_what_is_due_and_leaves_a_retry_for_its_time(tmp_path: Pa
         )
     lines: list[str] = []
     started = time.monotonic()
-    Scheduler(settings, store, emit=lines.append).resume_unfinished()
+    Scheduler(settings, store, emit=lambda line, fields: lines.append(line)).resume_unfinished()
     assert time.monotonic() - started < 30  # it did not sit waiting for the retry
     files = list((tmp_path / "outbox").rglob("*.eml"))
     assert len(files) == 1 and b"due@example.com" in files[0].read_bytes()
