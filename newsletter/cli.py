@@ -618,6 +618,44 @@ _SHOWN = (
 )
 
 
+@main.command("dkim-keygen")
+@click.option("--bits", type=click.IntRange(1024, 4096), default=2048, show_default=True)
+@click.option("--force", is_flag=True, help="replace an existing key (mail signed with it stops verifying)")
+@pass_app
+def dkim_keygen(app: App, bits: int, force: bool) -> None:
+    """Write the DKIM private key ([dkim] private_key_file) and print the DNS TXT record to publish."""
+    from .config import DkimSettings
+    from .signing import dns_record, generate_key
+
+    settings = app.settings
+    d = settings.dkim or DkimSettings(
+        domain=settings.newsletter.sender_address.rpartition("@")[2], selector="news"
+    )
+    path = settings.path(d.private_key_file)
+    if path.exists() and not force:
+        raise NewsletterError(f"{path} already exists; keep it, or replace it with 'dkim-keygen --force'")
+    pem, public = generate_key(bits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    record = dns_record(public)
+    name = f"{d.selector}._domainkey.{d.domain}"
+    # DNS strings hold 255 characters at most: a 2048-bit key's record is split into several
+    strings = " ".join(f'"{record[i : i + 250]}"' for i in range(0, len(record), 250))
+    out.print(
+        f"wrote {path} (RSA {bits}, readable by its owner only; keep it out of version control)", markup=False
+    )
+    out.print(f"\nPublish this TXT record at {name}:\n\n{record}\n", markup=False)
+    out.print(f"In a zone file:\n\n{name}. 3600 IN TXT ( {strings} )\n", markup=False)
+    if settings.dkim is None:
+        out.print(
+            f'Then add to {app.config_path}:\n\n[dkim]\ndomain = "{d.domain}"\nselector = "{d.selector}"\n'
+            f'private_key_file = "{d.private_key_file}"',
+            markup=False,
+        )
+
+
 @main.command()
 @click.option("--log-file", type=click.Path(path_type=Path), help="append log lines here (default: stderr)")
 @click.option("--log-json", is_flag=True, help="one JSON object per log line, for log collectors")

@@ -311,7 +311,7 @@ class _Sender:
         tokens: Tokens,
         *,
         issue_id: int,
-        mail_from: str,
+        mail_from: Callable[[int], str],
         options: SendOptions,
         now: Callable[[], datetime],
         sleep: Callable[[float], None],
@@ -501,7 +501,9 @@ class _Sender:
                     self._done(DeliveryStatus.SKIPPED if request.mark_result is MarkResult.SKIPPED else None)
                     continue
                 envelope = Envelope(
-                    self.mail_from, target.email, f"issue-{self.issue_id}/{target.subscriber_id:08d}"
+                    self.mail_from(target.subscriber_id),
+                    target.email,
+                    f"issue-{self.issue_id}/{target.subscriber_id:08d}",
                 )
                 try:
                     result = transport.send(envelope, message)
@@ -565,6 +567,10 @@ class _Sender:
         return _Outcome(target, status, result.reply, attempts, next_at)
 
 
+def _constant(value: str) -> Callable[[int], str]:
+    return lambda _subscriber_id: value
+
+
 def send_issue(
     store: DeliveryStore,
     connect: Callable[[], Transport],
@@ -572,7 +578,7 @@ def send_issue(
     tokens: Tokens,
     *,
     issue_id: int,
-    mail_from: str,
+    mail_from: str | Callable[[int], str],
     options: SendOptions = SendOptions(),  # noqa: B008 - frozen
     resend_unknown: bool = False,
     now: Callable[[], datetime] = _utcnow,
@@ -581,14 +587,15 @@ def send_issue(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> SendReport:
     """Send an issue to every active subscriber who has not had it, over `options.connections`
-    transports made by `connect`. Re-running it resumes; it never sends a row twice."""
+    transports made by `connect`. Re-running it resumes; it never sends a row twice.
+    `mail_from` is the envelope sender, or a function of the subscriber id that makes it (VERP)."""
     sender = _Sender(
         store,
         connect,
         template,
         tokens,
         issue_id=issue_id,
-        mail_from=mail_from,
+        mail_from=mail_from if callable(mail_from) else _constant(mail_from),
         options=options,
         now=now,
         sleep=sleep,

@@ -14,9 +14,10 @@ from .deliver import SendOptions, SendReport, send_issue
 from .digest import StoryItem, choose, issue_window
 from .models import DeliveryStatus, Issue, Story
 from .render import RenderedIssue, render_issue
+from .signing import signer_for
 from .sources import DEFAULT_LIMITS, Conditional, FeedResult, Limits, fetch_all
 from .store import Store
-from .tokens import Tokens
+from .tokens import Tokens, verp_address
 from .transport import open_transport
 
 __all__ = ["GatherReport", "BuildOutcome", "gather", "build", "issue_template", "send", "today"]
@@ -133,6 +134,7 @@ def _item(s: Story) -> StoryItem:
 
 
 def issue_template(settings: Settings, issue: Issue, *, subject_prefix: str = "") -> MessageTemplate:
+    """The issue encoded once, signed per message when `[dkim]` is set (the key read here, once)."""
     n = settings.newsletter
     rendered = RenderedIssue(
         subject=issue.subject, preheader=issue.preheader, html=issue.html, text=issue.text
@@ -145,11 +147,22 @@ def issue_template(settings: Settings, issue: Issue, *, subject_prefix: str = ""
         reply_to=n.reply_to,
         base_url=n.base_url,
         subject_prefix=subject_prefix,
+        signer=signer_for(settings),
     )
 
 
 def mail_from(settings: Settings) -> str:
     return settings.bounces.return_path if settings.bounces else settings.newsletter.sender_address
+
+
+def envelope_sender(settings: Settings, tokens: Tokens, issue_id: int) -> Callable[[int], str]:
+    """Per subscriber: with `[bounces]`, a VERP address naming issue and subscriber (signed), so a
+    bounce names its delivery whatever the remote server writes in it; else the plain sender."""
+    if settings.bounces is None:
+        plain = settings.newsletter.sender_address
+        return lambda _subscriber_id: plain
+    return_path = settings.bounces.return_path
+    return lambda subscriber_id: verp_address(return_path, tokens.bounce(issue_id, subscriber_id))
 
 
 def send_options(settings: Settings, **overrides: Any) -> SendOptions:
@@ -172,13 +185,14 @@ def send(
 ) -> SendReport:
     """Send an issue over the configured transport, one connection per `[smtp] connections`."""
     options = options or send_options(settings)
+    tokens = Tokens(read_secret_key(settings))
     return send_issue(
         store,
         lambda: open_transport(settings),
         issue_template(settings, issue),
-        Tokens(read_secret_key(settings)),
+        tokens,
         issue_id=issue.id,
-        mail_from=mail_from(settings),
+        mail_from=envelope_sender(settings, tokens, issue.id),
         options=options,
         resend_unknown=resend_unknown,
         on_result=on_result,

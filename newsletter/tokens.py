@@ -11,7 +11,7 @@ import hmac
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
-__all__ = ["BadToken", "Tokens", "CONFIRM_MAX_AGE_SECONDS"]
+__all__ = ["BadToken", "Tokens", "CONFIRM_MAX_AGE_SECONDS", "verp_address", "verp_token"]
 
 CONFIRM_MAX_AGE_SECONDS = 7 * 24 * 3600
 
@@ -26,6 +26,7 @@ class Tokens:
         # microsecond where a serializer that derives its key on every call costs fifteen.
         self._unsubscribe_key = hashlib.sha256(b"newsletter.unsubscribe\0" + secret_key.encode()).digest()
         self._confirm = URLSafeTimedSerializer(secret_key, salt="newsletter.confirm")
+        self._bounce_key = hashlib.sha256(b"newsletter.bounce\0" + secret_key.encode()).digest()
 
     def unsubscribe(self, subscriber_id: int) -> str:
         body = _b64(str(subscriber_id).encode("ascii"))
@@ -57,6 +58,41 @@ class Tokens:
         except BadSignature:
             raise BadToken("this confirmation link is not valid") from None
         return _subscriber_id(value)
+
+    def bounce(self, issue_id: int, subscriber_id: int) -> str:
+        """The VERP token of one delivery: `ISSUE-SUBSCRIBER-MAC`, lower case (some servers fold the
+        local part's case), short enough for any address."""
+        return f"{issue_id}-{subscriber_id}-{self._bounce_mac(issue_id, subscriber_id)}"
+
+    def read_bounce(self, token: str) -> tuple[int, int]:
+        """(issue id, subscriber id) of a VERP token; BadToken when forged or garbled."""
+        parts = token.lower().split("-")
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+            raise BadToken("not a bounce token")
+        issue_id, subscriber_id = int(parts[0]), int(parts[1])
+        if not hmac.compare_digest(parts[2], self._bounce_mac(issue_id, subscriber_id)):
+            raise BadToken("the bounce token's signature does not match")
+        return issue_id, _subscriber_id(subscriber_id)
+
+    def _bounce_mac(self, issue_id: int, subscriber_id: int) -> str:
+        digest = hmac.new(self._bounce_key, f"{issue_id}.{subscriber_id}".encode(), hashlib.sha256).digest()
+        return base64.b32encode(digest[:10]).decode("ascii").lower()
+
+
+def verp_address(return_path: str, token: str) -> str:
+    """bounces@example.com + TOKEN -> bounces+TOKEN@example.com"""
+    local, _, domain = return_path.rpartition("@")
+    return f"{local}+{token}@{domain}"
+
+
+def verp_token(address: str, return_path: str) -> str | None:
+    """The token of a VERP address made from `return_path`, or None (case-insensitive)."""
+    local, _, domain = return_path.lower().rpartition("@")
+    a_local, _, a_domain = address.strip().strip("<>").lower().rpartition("@")
+    prefix = local + "+"
+    if a_domain != domain or not a_local.startswith(prefix):
+        return None
+    return a_local[len(prefix) :] or None
 
 
 def _b64(data: bytes) -> str:

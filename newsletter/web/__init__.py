@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask, Response, current_app
 
 from ..config import Settings, read_secret_key
+from ..signing import DkimSigner, signer_for
 from ..store import Store
 from ..tokens import Tokens
 from ..transport import Envelope, SendResult, open_transport
@@ -29,6 +30,7 @@ class Services:
     send_mail: Callable[[Envelope, bytes], SendResult]
     now: Callable[[], datetime]
     signups_per_ip: SlidingWindow
+    signer: DkimSigner | None = None
 
 
 def _send_with_configured_transport(settings: Settings) -> Callable[[Envelope, bytes], SendResult]:
@@ -61,6 +63,7 @@ def create_app(
         send_mail=send_mail or _send_with_configured_transport(settings),
         now=clock,
         signups_per_ip=SlidingWindow(settings.web.signups_per_ip_per_hour, 3600.0),
+        signer=signer_for(settings),
     )
     for blueprint in (signup.bp, unsubscribe.bp, archive.bp):
         app.register_blueprint(blueprint)

@@ -95,6 +95,7 @@ def subscribe() -> Response:
             to_email=sub.email,
             to_name=sub.name,
             confirm_url=f"{n.base_url.rstrip('/')}/confirm/{token}",
+            signer=svc.signer,
         )
         result = svc.send_mail(
             Envelope(n.sender_address, sub.email, f"confirm/{sub.id}-{int(time.time())}"), message
