@@ -32,7 +32,7 @@ from .config import Settings, ensure_secret_key, find_config_path, load_settings
 from .errors import ConfigError, NewsletterError, NotFoundError
 from .models import DeliveryStatus, Issue, SubscriberStatus
 from .render import fill, greeting_for
-from .store import Store
+from .store import IssueCounts, Store
 from .subscribers import check_name, import_csv, normalise_email, write_csv
 from .tokens import Tokens
 from .transport import Envelope, open_transport
@@ -538,6 +538,7 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
                         "created_at": r.created_at,
                         "sent_at": r.sent_at,
                         "deliveries": r.deliveries,
+                        "engagement": _engagement(r),
                     }
                     for r in rows
                 ],
@@ -569,12 +570,56 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
             *(str(r.deliveries.get(s.value, 0)) for s in _SHOWN),
         )
     out.print(table)
+    reached = [r for r in rows if r.accepted or r.hard_bounced]
+    if reached:
+        rates = Table(title="deliverability (rates of the messages accepted; bounces of those answered)")
+        rates.add_column("id", no_wrap=True)
+        for name in ("accepted", "hard bounced", "soft bounced", "complained", "unsubscribed"):
+            rates.add_column(name, justify="right", no_wrap=True)
+        for r in reached:
+            rates.add_row(
+                str(r.issue_id),
+                str(r.accepted),
+                f"{r.hard_bounced} ({r.rate(r.hard_bounced, of_reached=True):.2%})",
+                f"{r.soft_bounced} ({r.rate(r.soft_bounced):.2%})",
+                f"{r.complained} ({r.rate(r.complained):.2%})",
+                f"{r.unsubscribed} ({r.rate(r.unsubscribed):.2%})",
+            )
+        out.print(rates)
+    for r in reached:
+        if r.rate(r.complained) > COMPLAINT_WARNING:
+            err.print(
+                f"warning: issue {r.issue_id} drew complaints from {r.rate(r.complained):.2%} of its "
+                f"readers; above {COMPLAINT_WARNING:.1%} mailbox providers start to send a newsletter "
+                f"to spam (Gmail and Yahoo's limit is 0.3%)",
+                markup=False,
+            )
     unknown = sum(r.deliveries.get("unknown", 0) for r in rows)
     if unknown:
         err.print(
             f"{unknown} messages have an unknown fate (a sender stopped while they were in flight)",
             markup=False,
         )
+
+
+COMPLAINT_WARNING = 0.001
+
+
+def _engagement(r: IssueCounts) -> dict[str, Any]:
+    return {
+        "accepted": r.accepted,
+        "hard_bounced": r.hard_bounced,
+        "soft_bounced": r.soft_bounced,
+        "complained": r.complained,
+        "unsubscribed": r.unsubscribed,
+        "rates": {
+            "hard_bounced": round(r.rate(r.hard_bounced, of_reached=True), 6),
+            "soft_bounced": round(r.rate(r.soft_bounced), 6),
+            "complained": round(r.rate(r.complained), 6),
+            "unsubscribed": round(r.rate(r.unsubscribed), 6),
+        },
+        "complaint_warning": r.rate(r.complained) > COMPLAINT_WARNING,
+    }
 
 
 def _run_state(finished_at: datetime | None, host: str, pid: int) -> str:
@@ -616,6 +661,28 @@ _SHOWN = (
     DeliveryStatus.BOUNCED,
     DeliveryStatus.UNKNOWN,
 )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+@pass_app
+def bounces(app: App, as_json: bool) -> None:
+    """Read the [bounces] mailbox once: bounces and complaints (ARF) acted on, each mail counted once."""
+    from .bounces import process_bounces
+
+    report = process_bounces(app.settings, app.store, now=_now())
+    if as_json:
+        _print_json(report.as_json())
+        return
+    kinds = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(report.kinds.items())) or "nothing new"
+    out.print(
+        f"read {report.read} new mail{'s' * (report.read != 1)} ({kinds}); {report.already_read} read before",
+        markup=False,
+    )
+    for line in report.changes:
+        out.print(f"  {line}", markup=False)
+    for line in report.unrecognised:
+        err.print(f"not understood, left in the mailbox: {line}", markup=False)
 
 
 @main.command("dkim-keygen")

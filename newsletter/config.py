@@ -103,6 +103,7 @@ class BounceSettings:
     mailbox: str = "maildir:bounces"
     soft_bounce_limit: int = 3
     soft_bounce_window_days: int = 30
+    check_every_minutes: int = 15  # how often `newsletter schedule` reads the mailbox; 0: never
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "Base",
+    "BounceEvent",
+    "BounceMail",
     "Delivery",
     "DeliveryStatus",
     "FeedState",
@@ -102,8 +104,13 @@ class Subscriber(Base):
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     confirm_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The last issue that reached them before they unsubscribed: the issue it counts against.
+    unsubscribed_issue_id: Mapped[int | None] = mapped_column(Integer)
 
-    __table_args__ = (Index("ix_subscribers_status_id", "status", "id"),)
+    __table_args__ = (
+        Index("ix_subscribers_status_id", "status", "id"),
+        Index("ix_subscribers_unsubscribed_issue", "unsubscribed_issue_id"),
+    )
 
 
 class Issue(Base):
@@ -195,3 +202,39 @@ class ScheduledRun(Base):
     pid: Mapped[int] = mapped_column(Integer)
     issue_id: Mapped[int | None] = mapped_column(Integer)
     outcome: Mapped[str | None] = mapped_column(Text)
+
+
+class BounceMail(Base):
+    """One mail read from the bounce mailbox, so a re-run counts nothing twice."""
+
+    __tablename__ = "bounce_mails"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the mail's bytes
+    source: Mapped[str] = mapped_column(String(500))  # where it was: maildir key, imap uid, ...
+    kind: Mapped[str] = mapped_column(String(16))  # bounce, complaint, auto_reply, unrecognised
+    note: Mapped[str] = mapped_column(Text, default="")
+    read_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_bounce_mails_source", "source"),)
+
+
+class BounceEvent(Base):
+    """A bounce (hard or soft) or complaint about one recipient, from one mail."""
+
+    __tablename__ = "bounce_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mail_id: Mapped[int] = mapped_column(ForeignKey("bounce_mails.id"))
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id"))
+    issue_id: Mapped[int | None] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # hard, soft, complaint
+    address: Mapped[str] = mapped_column(String(320), default="")
+    status: Mapped[str] = mapped_column(String(16), default="")  # the DSN status code, 5.1.1
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_bounce_events_subscriber", "subscriber_id", "kind", "created_at"),
+        Index("ix_bounce_events_issue", "issue_id", "kind"),
+    )

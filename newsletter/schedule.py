@@ -23,6 +23,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from . import jobs
+from .bounces import process_bounces
 from .config import Settings
 from .deliver import SendReport
 from .errors import ConfigError, NewsletterError
@@ -226,6 +227,28 @@ class Scheduler:
         finally:
             self.lock.release()
 
+    def check_bounces(self) -> None:
+        """Read the bounce mailbox (`[bounces] check_every_minutes`); a failure is logged, not fatal."""
+        if self.stopping.is_set():
+            return
+        started = self.now()
+        try:
+            report = process_bounces(self.settings, self.store, now=started)
+        except NewsletterError as exc:
+            self.emit(f"bounces not read: {exc}", {"event": "bounces", "error": str(exc)})
+            return
+        fields: dict[str, Any] = {"read": report.read, **dict(sorted(report.kinds.items()))}
+        fields["changes"] = len(report.changes)
+        if report.read:
+            self.emit(f"bounces {fields_line(fields)}", {"event": "bounces", **fields})
+        for line in report.changes:
+            self.emit(f"bounces: {line}", {"event": "bounce", "change": line})
+        for line in report.unrecognised:
+            self.emit(
+                f"bounces: not understood, left in the mailbox: {line}",
+                {"event": "bounce", "unrecognised": line},
+            )
+
     def start(self) -> None:
         s = self.settings.schedule
         grace = timedelta(seconds=s.misfire_grace_seconds)
@@ -258,6 +281,17 @@ class Scheduler:
         self.scheduler.add_job(
             self.resume_unfinished, "interval", minutes=1, id="resume", coalesce=True, max_instances=1
         )
+        b = self.settings.bounces
+        if b is not None and b.check_every_minutes > 0:
+            self.scheduler.add_job(
+                self.check_bounces,
+                "interval",
+                minutes=b.check_every_minutes,
+                id="bounces",
+                coalesce=True,
+                max_instances=1,
+                next_run_time=datetime.now(self.tz),
+            )
         upcoming = next_fire(s.cron, self.tz, now=self.now())
         self.emit(
             f"scheduled {s.cron!r} in {self.settings.newsletter.timezone}; next run {upcoming}",

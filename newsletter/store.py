@@ -31,6 +31,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from .errors import NewsletterError, SendBusyError
 from .models import (
     Base,
+    BounceEvent,
+    BounceMail,
     Delivery,
     DeliveryStatus,
     FeedState,
@@ -46,6 +48,8 @@ from .models import (
 __all__ = [
     "DeliveryLedger",
     "DeliveryTarget",
+    "FoundEvent",
+    "MailOutcome",
     "IssueCounts",
     "MarkResult",
     "NewSubscriber",
@@ -85,6 +89,23 @@ class DeliveryTarget(NamedTuple):
 
 
 @dataclass(frozen=True)
+class FoundEvent:
+    """A bounce or complaint found in a mail: for a subscriber known by token, or by address."""
+
+    kind: str  # hard, soft, complaint
+    address: str
+    subscriber_id: int | None
+    issue_id: int | None
+    status: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class MailOutcome:
+    lines: list[str]  # what changed, one line per event
+
+
+@dataclass(frozen=True)
 class IssueCounts:
     issue_id: int
     issue_date: date
@@ -94,6 +115,19 @@ class IssueCounts:
     created_at: datetime
     sent_at: datetime | None
     deliveries: dict[str, int]
+    accepted: int = 0  # taken by the receiving server (later bounces included)
+    soft_bounced: int = 0
+    complained: int = 0
+    unsubscribed: int = 0
+
+    @property
+    def hard_bounced(self) -> int:
+        return self.deliveries.get(DeliveryStatus.BOUNCED.value, 0)
+
+    def rate(self, count: int, *, of_reached: bool = False) -> float:
+        """count as a share of the messages accepted (or, for bounces, of those that got a reply)."""
+        base = self.deliveries.get("sent", 0) + self.hard_bounced if of_reached else self.accepted
+        return count / base if base else 0.0
 
 
 class Store:
@@ -236,10 +270,25 @@ class Store:
     def unsubscribe(self, subscriber_id: int, *, now: datetime) -> bool:
         """Unsubscribe at once; True if the status changed (idempotent)."""
         with self.write() as s:
+            recent = select(Issue.id).order_by(Issue.id.desc()).limit(30).scalar_subquery()
+            last_issue = s.scalar(  # primary-key lookups, one per recent issue
+                select(Delivery.issue_id)
+                .where(
+                    Delivery.subscriber_id == subscriber_id,
+                    Delivery.issue_id.in_(recent),
+                    Delivery.sent_at.is_not(None),
+                )
+                .order_by(Delivery.issue_id.desc())
+                .limit(1)
+            )
             result = s.execute(
                 update(Subscriber)
                 .where(Subscriber.id == subscriber_id, Subscriber.status != SubscriberStatus.UNSUBSCRIBED)
-                .values(status=SubscriberStatus.UNSUBSCRIBED, unsubscribed_at=now)
+                .values(
+                    status=SubscriberStatus.UNSUBSCRIBED,
+                    unsubscribed_at=now,
+                    unsubscribed_issue_id=last_issue,
+                )
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -421,14 +470,38 @@ class Store:
             issues = list(s.scalars(q))
             ids = [i.id for i in issues]
             counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+            accepted: dict[int, int] = dict.fromkeys(ids, 0)
+            events: dict[tuple[int, str], int] = {}
+            unsubscribed: dict[int, int] = {}
             if ids:
                 rows = s.execute(
-                    select(Delivery.issue_id, Delivery.status, func.count())
+                    select(Delivery.issue_id, Delivery.status, func.count(), func.count(Delivery.sent_at))
                     .where(Delivery.issue_id.in_(ids))
                     .group_by(Delivery.issue_id, Delivery.status)
                 )
-                for iid, status, n in rows:
+                for iid, status, n, reached in rows:
                     counts[iid][status] = n
+                    accepted[iid] += reached
+                for eid, kind, n in s.execute(
+                    select(
+                        BounceEvent.issue_id,
+                        BounceEvent.kind,
+                        func.count(func.distinct(BounceEvent.subscriber_id)),
+                    )
+                    .where(BounceEvent.issue_id.in_(ids), BounceEvent.kind.in_(["soft", "complaint"]))
+                    .group_by(BounceEvent.issue_id, BounceEvent.kind)
+                ):
+                    if eid is not None:
+                        events[(eid, kind)] = n
+                unsubscribed = {
+                    iid: n
+                    for iid, n in s.execute(
+                        select(Subscriber.unsubscribed_issue_id, func.count())
+                        .where(Subscriber.unsubscribed_issue_id.in_(ids))
+                        .group_by(Subscriber.unsubscribed_issue_id)
+                    )
+                    if iid is not None
+                }
         return [
             IssueCounts(
                 issue_id=i.id,
@@ -439,6 +512,10 @@ class Store:
                 created_at=i.created_at,
                 sent_at=i.sent_at,
                 deliveries={st.value: counts[i.id].get(st.value, 0) for st in DeliveryStatus},
+                accepted=accepted[i.id],
+                soft_bounced=events.get((i.id, "soft"), 0),
+                complained=events.get((i.id, "complaint"), 0),
+                unsubscribed=unsubscribed.get(i.id, 0),
             )
             for i in issues
         ]
@@ -525,6 +602,109 @@ class Store:
         with self.read() as s:
             q = select(Issue).where(Issue.status == IssueStatus.SENDING, Issue.issue_date >= since)
             return list(s.scalars(q.order_by(Issue.issue_date)))
+
+    # -- bounces and complaints ---------------------------------------------------------------
+
+    def bounce_source_seen(self, source: str) -> bool:
+        with self.read() as s:
+            return s.scalar(select(BounceMail.id).where(BounceMail.source == source).limit(1)) is not None
+
+    def bounce_mail_seen(self, digest: str) -> bool:
+        with self.read() as s:
+            return s.scalar(select(BounceMail.id).where(BounceMail.digest == digest)) is not None
+
+    def record_bounce_mail(
+        self,
+        *,
+        digest: str,
+        source: str,
+        kind: str,
+        note: str,
+        events: Iterable[FoundEvent],
+        now: datetime,
+        soft_limit: int,
+        soft_window: timedelta,
+    ) -> MailOutcome | None:
+        """Record a mail and act on its events, in one transaction; None if it was recorded before.
+
+        Hard bounce: the subscriber becomes `bounced` and the issue's delivery too. Soft bounce:
+        counted; `bounced` at `soft_limit` within `soft_window`. Complaint: `complained` at once."""
+        try:
+            with self.write() as s:
+                if s.scalar(select(BounceMail.id).where(BounceMail.digest == digest)) is not None:
+                    return None
+                mail = BounceMail(
+                    digest=digest, source=source[:500], kind=kind, note=note[:2000], read_at=now
+                )
+                s.add(mail)
+                s.flush()
+                lines = [self._apply_event(s, mail.id, e, now, soft_limit, soft_window) for e in events]
+                return MailOutcome(lines)
+        except IntegrityError:
+            return None
+
+    def _apply_event(
+        self, s: Session, mail_id: int, e: FoundEvent, now: datetime, soft_limit: int, soft_window: timedelta
+    ) -> str:
+        sub = s.get(Subscriber, e.subscriber_id) if e.subscriber_id else None
+        if sub is None and e.address:
+            sub = s.scalar(select(Subscriber).where(Subscriber.email == e.address.lower()))
+        s.add(
+            BounceEvent(
+                mail_id=mail_id,
+                subscriber_id=sub.id if sub else None,
+                issue_id=e.issue_id,
+                kind=e.kind,
+                address=(sub.email if sub else e.address)[:320],
+                status=e.status[:16],
+                detail=e.detail,
+                created_at=now,
+            )
+        )
+        label = f"{e.kind} {e.status + ' ' if e.status else ''}"
+        if sub is None:
+            return f"{label}{e.address or '(no address)'}: not a subscriber, nothing changed"
+        who = f"{label}{sub.email}"
+        if e.kind == "complaint":
+            if sub.status == SubscriberStatus.COMPLAINED:
+                return f"{who}: already complained"
+            sub.status = SubscriberStatus.COMPLAINED
+            return f"{who}: now complained, never mailed again"
+        live = sub.status in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING)
+        if e.kind == "hard":
+            sub.bounce_count += 1
+            if e.issue_id is not None:
+                s.execute(
+                    update(Delivery)
+                    .where(
+                        Delivery.issue_id == e.issue_id,
+                        Delivery.subscriber_id == sub.id,
+                        Delivery.status == DeliveryStatus.SENT,
+                    )
+                    .values(
+                        status=DeliveryStatus.BOUNCED,
+                        last_reply=f"bounced later: {e.status} {e.detail}"[:1000],
+                    )
+                )
+            if not live:
+                return f"{who}: hard bounce counted, already {sub.status}"
+            sub.status = SubscriberStatus.BOUNCED
+            return f"{who}: now bounced"
+        s.flush()
+        soft = s.scalar(
+            select(func.count())
+            .select_from(BounceEvent)
+            .where(
+                BounceEvent.subscriber_id == sub.id,
+                BounceEvent.kind == "soft",
+                BounceEvent.created_at >= now - soft_window,
+            )
+        )
+        if live and soft is not None and soft >= soft_limit:
+            sub.status = SubscriberStatus.BOUNCED
+            sub.bounce_count += 1
+            return f"{who}: soft bounce {soft} of {soft_limit} within {soft_window.days} days, now bounced"
+        return f"{who}: soft bounce {soft} of {soft_limit} within {soft_window.days} days"
 
     # -- senders and claims -------------------------------------------------------------------
 

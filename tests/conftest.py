@@ -229,6 +229,36 @@ def smtp_sink() -> Iterator[SmtpSink]:
     sink.close()
 
 
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (Debian's openssl): (cert, key)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -331,7 +361,8 @@ def postgres_store(postgres_url: str) -> Iterator[Store]:
 
         conn.execute(
             text(
-                "TRUNCATE deliveries, stories, issues, subscribers, feed_states, senders, scheduled_runs "
+                "TRUNCATE deliveries, stories, issues, subscribers, feed_states, senders, scheduled_runs, "
+                "bounce_events, bounce_mails "
                 "RESTART IDENTITY CASCADE"
             )
         )

@@ -9,13 +9,24 @@ from newsletter.errors import SendBusyError
 from newsletter.models import DeliveryStatus, SubscriberStatus
 from newsletter.store import DeliveryTarget, MarkResult, NewSubscriber, Store
 
+from .conftest import ROOT
+
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 
 
-def test_migrate_is_idempotent(store: Store) -> None:
-    assert store.migrate() == "0003"
-    assert store.migrate() == "0003"
+def test_migrate_is_idempotent_and_matches_the_models(store: Store) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from newsletter.models import Base
+
+    head = max(p.name[:4] for p in (ROOT / "newsletter/migrations/versions").glob("0*.py"))
+    assert store.migrate() == head
+    assert store.migrate() == head
     assert store.ping()
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == [], diff  # the migrations build exactly the tables the models describe
 
 
 def test_subscribers_add_import_unsubscribe(store: Store) -> None:

@@ -3,7 +3,6 @@ replies, dot-stuffing, and a server that hangs up."""
 
 import email
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from email import policy
@@ -24,35 +23,6 @@ MESSAGE = (
     b"From: a@example.com\r\nTo: b@example.com\r\nSubject: dots\r\n\r\n"
     b".leading dot\r\nmiddle\r\n.\r\n..two\r\nend without newline"
 )
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 class Keeper:

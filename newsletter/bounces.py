@@ -1,0 +1,445 @@
+"""`newsletter bounces`: read the bounce mailbox and act on what it holds.
+
+Each mail is classified: an ARF feedback report (RFC 5965) is a complaint; a DSN (RFC 3464) or a
+non-standard bounce (flufl.bounce's detectors) is a hard bounce (5.x.x) or a soft one (4.x.x, a
+delivery given up); a delay warning and an auto-reply (RFC 3834 Auto-Submitted, vacation
+messages) change nothing. The subscriber is found by the VERP token of the address the mail came
+back to (signed: it names issue and subscriber, whatever the remote server wrote), else by the
+unsubscribe token in the original's List-Unsubscribe, else by the address the report names.
+
+Every mail read is recorded by its digest, in the same transaction as what it changed, so a
+re-run counts nothing twice. Nothing is deleted from the mailbox; a mail that cannot be read or
+understood is recorded and reported, and stays where it is."""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+import hashlib
+import imaplib
+import mailbox
+import os
+import re
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.message import Message
+from email.utils import getaddresses
+from urllib.parse import unquote, urlsplit
+
+from flufl.bounce import all_failures
+
+from .config import Settings, read_secret_key
+from .errors import ConfigError, NewsletterError
+from .store import FoundEvent, MailOutcome, Store
+from .tokens import BadToken, Tokens, verp_token
+
+__all__ = ["Classified", "MailItem", "BounceReport", "classify", "read_mailbox", "process_bounces"]
+
+BOUNCE_PASSWORD_ENV = "NEWSLETTER_BOUNCE_PASSWORD"
+
+# Where a mail says which address it came back to: the VERP address, when the server keeps it.
+_RECIPIENT_HEADERS = ("to", "delivered-to", "x-original-to", "envelope-to", "x-envelope-to", "x-rcpt-to")
+_AUTO_SUBJECT = re.compile(
+    r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|vacation|away from|"
+    r"abwesenheit|r[eé]ponse automatique|absence)",
+    re.I,
+)
+_BOUNCE_SENDER = re.compile(r"mailer-daemon|postmaster|mail delivery (sub)?system", re.I)
+_FEEDBACK_ID = re.compile(r"^Feedback-ID:\s*(\S+)", re.M | re.I)
+_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+@dataclass(frozen=True)
+class MailItem:
+    source: str  # where it is in the mailbox, for the record and the report
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Classified:
+    kind: str  # bounce, complaint, delayed, auto_reply, unrecognised
+    events: tuple[FoundEvent, ...] = ()
+    note: str = ""
+
+
+@dataclass
+class BounceReport:
+    read: int = 0
+    already_read: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+    changes: list[str] = field(default_factory=list)  # one line per subscriber changed or counted
+    unrecognised: list[str] = field(default_factory=list)  # source: why
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "read": self.read,
+            "already_read": self.already_read,
+            "kinds": self.kinds,
+            "changes": self.changes,
+            "unrecognised": self.unrecognised,
+        }
+
+
+# -- classification (pure, apart from the token check) --------------------------------------------
+
+
+def classify(data: bytes, *, tokens: Tokens, return_path: str | None, base_url: str = "") -> Classified:
+    try:
+        msg = email.message_from_bytes(data)
+        return _classify(msg, tokens=tokens, return_path=return_path, base_url=base_url)
+    except Exception as exc:  # noqa: BLE001 - a mail that breaks a parser is reported, not fatal
+        return Classified("unrecognised", note=f"unreadable: {type(exc).__name__}: {exc}")
+
+
+def _classify(msg: Message, *, tokens: Tokens, return_path: str | None, base_url: str) -> Classified:
+    if not msg.keys() or not (msg.get("from") or msg.get("subject") or msg.get("content-type")):
+        return Classified("unrecognised", note="not a mail message (no From, Subject or Content-Type)")
+    originals = _embedded_originals(msg)
+    verp = _verp(msg, originals, tokens, return_path)
+    if _is_feedback_report(msg):
+        return _complaint(msg, originals, verp, tokens, base_url)
+    report = msg.get_content_type() == "multipart/report"
+    if not report and not _bounce_sender(msg) and _auto_reply(msg):
+        return Classified("auto_reply", note=_subject(msg))
+    details = _dsn_details(msg)
+    temporary, permanent = all_failures(msg)
+    addresses = {a.decode("ascii", "replace").lower() for a in (*permanent, *temporary)}
+    addresses |= set(details)
+    if not addresses:
+        if _auto_reply(msg):
+            return Classified("auto_reply", note=_subject(msg))
+        if verp is not None and _bounce_sender(msg):
+            # from a mail server to one delivery's own address, in a shape no detector knows
+            return Classified("bounce", (_event("soft", "", verp, "", _first_line(msg)),), "unparsed bounce")
+        return Classified("unrecognised", note=f"neither a bounce nor a report: {_subject(msg)!r}")
+    if verp is None:  # found by address: the issue, if the returned copy names it
+        issue = _issue_hint(msg, originals)
+    events = []
+    for address in sorted(addresses):
+        action, status, diagnostic = details.get(address, ("", "", ""))
+        if action.startswith("delayed") or (not action and address.encode() in temporary - permanent):
+            continue  # a warning: the server is still trying
+        status = status or _status_in(diagnostic) or _status_in(_first_line(msg))
+        kind = "soft" if status.startswith("4") else "hard"
+        event = _event(kind, address, verp, status, diagnostic)
+        if verp is None and issue is not None:
+            event = dataclasses.replace(event, issue_id=issue)
+        events.append(event)
+    if not events:
+        return Classified("delayed", note=_subject(msg))
+    return Classified("bounce", tuple(events))
+
+
+def _complaint(
+    msg: Message, originals: list[Message], verp: tuple[int, int] | None, tokens: Tokens, base_url: str
+) -> Classified:
+    fields = _feedback_fields(msg)
+    address = ""
+    for name in ("original-rcpt-to", "removal-recipient"):
+        if fields.get(name):
+            address = getaddresses([fields[name]])[0][1].lower()
+            break
+    if not address:
+        for original in originals:
+            found = getaddresses([str(original.get("to", ""))])
+            if found and found[0][1]:
+                address = found[0][1].lower()
+                break
+    ids = verp or _from_unsubscribe_link(originals, tokens, base_url)
+    event = _event("complaint", address, ids, "", fields.get("feedback-type", "abuse"))
+    return Classified("complaint", (event,), f"feedback report from {fields.get('reporting-mta', '?')}")
+
+
+def _event(
+    kind: str, address: str, ids: tuple[int | None, int] | None, status: str, detail: str
+) -> FoundEvent:
+    issue_id, subscriber_id = ids if ids else (None, None)
+    return FoundEvent(
+        kind=kind,
+        address=address,
+        subscriber_id=subscriber_id,
+        issue_id=issue_id,
+        status=status,
+        detail=" ".join(detail.split())[:500],
+    )
+
+
+def _verp(
+    msg: Message, originals: list[Message], tokens: Tokens, return_path: str | None
+) -> tuple[int, int] | None:
+    if not return_path:
+        return None
+    values = [str(v) for h in _RECIPIENT_HEADERS for v in msg.get_all(h, [])]
+    values += [str(v) for o in originals for v in o.get_all("return-path", [])]
+    values.append(_feedback_fields(msg).get("original-mail-from", ""))  # an ARF report names it
+    for _, address in getaddresses(values):
+        token = verp_token(address, return_path)
+        if token:
+            try:
+                return tokens.read_bounce(token)
+            except BadToken:
+                continue  # forged or garbled: the mail is judged by what else it says
+    return None
+
+
+def _from_unsubscribe_link(
+    originals: list[Message], tokens: Tokens, base_url: str
+) -> tuple[int | None, int] | None:
+    """(issue, subscriber) from the original's signed List-Unsubscribe link and its Feedback-ID."""
+    for original in originals:
+        for url in re.findall(r"<([^>]+)>", str(original.get("list-unsubscribe", ""))):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or "/unsubscribe/" not in parts.path:
+                continue
+            if base_url and not url.startswith(base_url.rstrip("/") + "/"):
+                continue
+            try:
+                subscriber_id = tokens.read_unsubscribe(unquote(parts.path.rsplit("/", 1)[1]))
+            except BadToken:
+                continue
+            campaign = str(original.get("feedback-id", "")).split(":", 1)[0].strip()
+            return (int(campaign) if campaign.isdigit() else None), subscriber_id
+    return None
+
+
+def _issue_hint(msg: Message, originals: list[Message]) -> int | None:
+    """The issue a returned copy belongs to, from its Feedback-ID (in a part, or quoted in the text)."""
+    values = [str(o.get("feedback-id", "")) for o in originals]
+    values += _FEEDBACK_ID.findall(_text_of(msg))
+    for value in values:
+        campaign = value.split(":", 1)[0].strip()
+        if campaign.isdigit():
+            return int(campaign)
+    return None
+
+
+def _text_of(msg: Message) -> str:
+    for part in msg.walk():
+        if part.get_content_type() == "text/plain":
+            raw = part.get_payload(decode=True)
+            if isinstance(raw, bytes):
+                return raw.decode(part.get_content_charset() or "utf-8", "replace")
+    return ""
+
+
+def _embedded_originals(msg: Message) -> list[Message]:
+    """The returned original's headers: message/rfc822 parts and text/rfc822-headers parts."""
+    found: list[Message] = []
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        if ctype == "message/rfc822":
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+                found.append(payload[0])
+        elif ctype == "text/rfc822-headers":
+            raw = part.get_payload(decode=True)
+            if isinstance(raw, bytes):
+                found.append(email.message_from_bytes(raw))
+    return found
+
+
+def _is_feedback_report(msg: Message) -> bool:
+    report_type = str(msg.get_param("report-type", ""))
+    if msg.get_content_type() == "multipart/report" and report_type.lower() == "feedback-report":
+        return True
+    return any(p.get_content_type() == "message/feedback-report" for p in msg.walk())
+
+
+def _feedback_fields(msg: Message) -> dict[str, str]:
+    for part in msg.walk():
+        if part.get_content_type() != "message/feedback-report":
+            continue
+        payload = part.get_payload()
+        if isinstance(payload, list):  # the parser reads it as header blocks, like a DSN
+            return {
+                k.lower(): str(v) for block in payload if isinstance(block, Message) for k, v in block.items()
+            }
+        raw = part.get_payload(decode=True)
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(payload)
+        return {k.lower(): str(v) for k, v in email.message_from_string(text).items()}
+    return {}
+
+
+def _dsn_details(msg: Message) -> dict[str, tuple[str, str, str]]:
+    """address -> (action, status, diagnostic) from the message/delivery-status parts."""
+    found: dict[str, tuple[str, str, str]] = {}
+    for part in msg.walk():
+        if part.get_content_type() != "message/delivery-status" or not part.is_multipart():
+            continue
+        for block in part.get_payload():
+            assert isinstance(block, Message)
+            recipient = str(block.get("final-recipient") or block.get("original-recipient") or "")
+            address = recipient.partition(";")[2].strip().strip("<>").lower() if ";" in recipient else ""
+            if not address:
+                continue
+            found[address] = (
+                str(block.get("action", "")).strip().lower(),
+                _status_in(str(block.get("status", ""))),
+                str(block.get("diagnostic-code", "")).partition(";")[2].strip()
+                or str(block.get("diagnostic-code", "")),
+            )
+    return found
+
+
+def _status_in(text: str) -> str:
+    m = _STATUS.search(text)
+    return m.group(0) if m else ""
+
+
+def _auto_reply(msg: Message) -> bool:
+    auto = str(msg.get("auto-submitted", "no")).strip().lower()
+    precedence = str(msg.get("precedence", "")).strip().lower()
+    return (
+        not auto.startswith("no")
+        or any(msg.get(h) for h in ("x-autoreply", "x-autorespond", "x-auto-response-suppress"))
+        or precedence == "auto_reply"
+        or bool(_AUTO_SUBJECT.search(_subject(msg)))
+    )
+
+
+def _bounce_sender(msg: Message) -> bool:
+    return (
+        bool(_BOUNCE_SENDER.search(str(msg.get("from", ""))))
+        or str(msg.get("return-path", "")).strip() == "<>"
+    )
+
+
+def _subject(msg: Message) -> str:
+    return " ".join(str(msg.get("subject", "")).split())[:200]
+
+
+def _first_line(msg: Message) -> str:
+    """The first text of a mail, where a non-standard bounce gives its reason."""
+    return " ".join(_text_of(msg).split())[:500]
+
+
+# -- mailboxes -------------------------------------------------------------------------------------
+
+
+def read_mailbox(spec: str, settings: Settings, *, skip: Callable[[str], bool]) -> Iterator[MailItem]:
+    """Every mail in `[bounces] mailbox`: "maildir:PATH", "mbox:PATH" or "imaps://user@host:993/INBOX".
+    `skip(source)` says a mail was read before (IMAP then does not fetch it again)."""
+    kind, _, rest = spec.partition(":")
+    if kind in ("maildir", "mbox"):
+        path = settings.path(rest)
+        if not path.exists():
+            raise NewsletterError(f"the bounce mailbox {path} does not exist ([bounces] mailbox = {spec!r})")
+        box: mailbox.Mailbox[mailbox.Message] = (
+            mailbox.Maildir(path, factory=None, create=False)
+            if kind == "maildir"
+            else mailbox.mbox(path, create=False)
+        )
+        try:
+            for key in box.iterkeys():
+                source = f"{kind}:{key}"
+                if skip(source):
+                    continue
+                with box.get_file(key) as f:
+                    yield MailItem(source, f.read())
+        finally:
+            box.close()
+    elif spec.startswith("imaps://"):
+        yield from _imap(spec, settings, skip)
+    else:
+        raise ConfigError(
+            f"configuration key 'bounces.mailbox' must start with maildir:, mbox: or imaps:// (got {spec!r})"
+        )
+
+
+def _imap(spec: str, settings: Settings, skip: Callable[[str], bool]) -> Iterator[MailItem]:
+    url = urlsplit(spec)
+    user, host = unquote(url.username or ""), url.hostname or ""
+    folder = unquote(url.path.lstrip("/")) or "INBOX"
+    password = os.environ.get(BOUNCE_PASSWORD_ENV, "")
+    if not user or not host:
+        raise ConfigError(
+            f"configuration key 'bounces.mailbox' needs imaps://USER@HOST[:PORT]/FOLDER (got {spec!r})"
+        )
+    context = ssl.create_default_context()  # the system's CAs; SSL_CERT_FILE names another bundle
+    try:
+        conn = imaplib.IMAP4_SSL(
+            host, url.port or 993, ssl_context=context, timeout=settings.smtp.timeout_seconds
+        )
+    except (OSError, imaplib.IMAP4.error) as exc:
+        raise NewsletterError(f"cannot reach the bounce mailbox at {host}:{url.port or 993}: {exc}") from None
+    try:
+        try:
+            conn.login(user, password)
+        except imaplib.IMAP4.error as exc:
+            raise NewsletterError(
+                f"the bounce mailbox refused the login of {user} "
+                f"(password from ${BOUNCE_PASSWORD_ENV}): {exc}"
+            ) from None
+        status, data = conn.select(_quote(folder), readonly=True)  # read-only: nothing is flagged or deleted
+        if status != "OK":
+            raise NewsletterError(f"the bounce mailbox has no folder {folder!r}")
+        validity = (conn.response("UIDVALIDITY")[1] or [b"0"])[0]
+        validity_text = validity.decode() if isinstance(validity, bytes) else str(validity)
+        status, data = conn.uid("SEARCH", "ALL")
+        uids = data[0].split() if status == "OK" and data and isinstance(data[0], bytes) else []
+        for uid in uids:
+            source = f"imap:{host}/{folder};uidvalidity={validity_text};uid={uid.decode()}"
+            if skip(source):
+                continue
+            status, fetched = conn.uid("FETCH", uid.decode(), "(BODY.PEEK[])")
+            body = next((part[1] for part in fetched if isinstance(part, tuple)), None)
+            if status == "OK" and isinstance(body, bytes):
+                yield MailItem(source, body)
+    except (OSError, imaplib.IMAP4.error) as exc:
+        raise NewsletterError(f"the bounce mailbox at {host} failed: {exc}") from None
+    finally:
+        try:
+            conn.logout()
+        except (OSError, imaplib.IMAP4.error):
+            pass
+
+
+def _quote(folder: str) -> str:
+    return folder if re.fullmatch(r"[\w./-]+", folder) else '"' + folder.replace('"', '\\"') + '"'
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+
+def process_bounces(settings: Settings, store: Store, *, now: datetime) -> BounceReport:
+    b = settings.bounces
+    if b is None:
+        raise ConfigError("there is no [bounces] section in the configuration: add return_path and mailbox")
+    tokens = Tokens(read_secret_key(settings))
+    report = BounceReport()
+
+    def seen(source: str) -> bool:
+        if store.bounce_source_seen(source):
+            report.already_read += 1
+            return True
+        return False
+
+    for item in read_mailbox(b.mailbox, settings, skip=seen):
+        digest = hashlib.sha256(item.data).hexdigest()
+        if store.bounce_mail_seen(digest):
+            report.already_read += 1
+            continue
+        verdict = classify(
+            item.data, tokens=tokens, return_path=b.return_path, base_url=settings.newsletter.base_url
+        )
+        outcome: MailOutcome | None = store.record_bounce_mail(
+            digest=digest,
+            source=item.source,
+            kind=verdict.kind,
+            note=verdict.note,
+            events=verdict.events,
+            now=now,
+            soft_limit=b.soft_bounce_limit,
+            soft_window=timedelta(days=b.soft_bounce_window_days),
+        )
+        if outcome is None:  # another run recorded it first
+            report.already_read += 1
+            continue
+        report.read += 1
+        report.kinds[verdict.kind] = report.kinds.get(verdict.kind, 0) + 1
+        report.changes += outcome.lines
+        if verdict.kind == "unrecognised":
+            report.unrecognised.append(f"{item.source}: {verdict.note}")
+    return report

@@ -1,0 +1,274 @@
+"""`newsletter bounces` on a Maildir, an mbox and an IMAP server over TLS: the right subscribers end
+bounced or complained, nothing else changes, a second run changes nothing, garbage is reported."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from newsletter.bounces import classify
+from newsletter.models import BounceEvent, BounceMail
+from newsletter.store import NewSubscriber, Store
+from newsletter.tokens import Tokens, verp_address
+
+from . import bounce_mails as m
+from .conftest import SECRET, run_cli, write_config
+from .imap_server import ImapServer
+
+TOKENS = Tokens(SECRET)
+RETURN_PATH = "bounces@example.com"
+
+
+class Newsletter:
+    """A config with [bounces], ten active subscribers and one issue sent to them (outbox)."""
+
+    def __init__(self, folder: Path, mailbox_spec: str = "maildir:bounces", soft_limit: int = 2) -> None:
+        self.folder = folder
+        self.config = write_config(
+            folder,
+            extra=f'[bounces]\nreturn_path = "{RETURN_PATH}"\nmailbox = "{mailbox_spec}"\n'
+            f"soft_bounce_limit = {soft_limit}\nsoft_bounce_window_days = 30\n",
+        )
+        run_cli(self.config, "init")
+        self.store = Store(f"sqlite:///{folder / 'subscribers.db'}")
+        self.store.import_subscribers(
+            [NewSubscriber(f"r{i}@example.org", None) for i in range(10)], now=datetime.now(UTC)
+        )
+        run_cli(self.config, "run")
+        self.issue_id = self.store.list_issues()[0].id
+
+    def id(self, n: int) -> int:
+        sub = self.store.get_subscriber(f"r{n}@example.org")
+        assert sub is not None
+        return sub.id
+
+    def verp(self, n: int) -> str:
+        return verp_address(RETURN_PATH, TOKENS.bounce(self.issue_id, self.id(n)))
+
+    def original(self, n: int, *, to: str | None = None) -> str:
+        url = f"https://news.example.com/unsubscribe/{TOKENS.unsubscribe(self.id(n))}"
+        return m.original_headers(to=to or f"r{n}@example.org", unsubscribe_url=url, issue_id=self.issue_id)
+
+    def statuses(self) -> dict[str, str]:
+        return {s.email: s.status for s in self.store.iter_subscribers()}
+
+    def soft_bounce(self, n: int, when: str) -> bytes:
+        return m.gmail_dsn(
+            verp=self.verp(n),
+            recipient=f"r{n}@example.org",
+            status="4.2.2",
+            diagnostic=f"452-4.2.2 The recipient's inbox is out of storage space ({when}).",
+            original=self.original(n),
+        )
+
+    def mails(self) -> list[bytes]:
+        return [
+            # r1: VERP; the report names the address the mail was forwarded to, not r1's
+            m.postfix_dsn(
+                verp=self.verp(1), final_recipient="r1.old@forward.example", original=self.original(1)
+            ),
+            # r2: a server that returns to the plain address: found by the failed address
+            m.exim_bounce(to=RETURN_PATH, failed="r2@example.org", original=self.original(2)),
+            m.gmail_dsn(
+                verp=self.verp(3),
+                recipient="r3@example.org",
+                status="5.1.1",
+                diagnostic="550-5.1.1 The email account that you tried to reach does not exist.",
+                original=self.original(3),
+            ),
+            # r4: a complaint whose report hides the recipient: found by the signed unsubscribe link
+            m.arf_report(fbl_to="abuse@example.com", original=self.original(4, to="redacted@redacted")),
+            m.vacation_reply(sender="R Five <r5@example.org>", verp=self.verp(5)),
+            self.soft_bounce(6, "first"),
+            m.delay_warning(verp=self.verp(7), recipient="r7@example.org"),
+            # a forged token for r9: judged by what it names (nobody), never by the token
+            m.postfix_dsn(
+                verp=f"bounces+{self.issue_id}-{self.id(9)}-aaaaaaaaaaaaaaaa@example.com",
+                final_recipient="stranger@elsewhere.example",
+                original=self.original(9),
+            ),
+            m.GARBAGE,
+        ]
+
+    def counts(self) -> tuple[int, int]:
+        with self.store.read() as s:
+            return (
+                s.scalar(select(func.count()).select_from(BounceMail)) or 0,
+                s.scalar(select(func.count()).select_from(BounceEvent)) or 0,
+            )
+
+
+def test_classify_each_kind() -> None:
+    verp = verp_address(RETURN_PATH, TOKENS.bounce(5, 17))
+    original = m.original_headers(to="x@example.org", unsubscribe_url="https://n/unsubscribe/t", issue_id=5)
+
+    def kind(data: bytes) -> str:
+        return classify(data, tokens=TOKENS, return_path=RETURN_PATH).kind
+
+    hard = classify(
+        m.postfix_dsn(verp=verp, final_recipient="x@example.org", original=original),
+        tokens=TOKENS,
+        return_path=RETURN_PATH,
+    )
+    assert hard.kind == "bounce" and len(hard.events) == 1
+    e = hard.events[0]
+    assert (e.kind, e.issue_id, e.subscriber_id, e.status) == ("hard", 5, 17, "5.1.1")
+    assert "User unknown" in e.detail
+    assert kind(m.exim_bounce(to=RETURN_PATH, failed="x@example.org", original=original)) == "bounce"
+    assert kind(m.delay_warning(verp=verp, recipient="x@example.org")) == "delayed"
+    assert kind(m.vacation_reply(sender="x@example.org", verp=verp)) == "auto_reply"
+    assert kind(m.arf_report(fbl_to="abuse@example.com", original=original)) == "complaint"
+    assert kind(m.GARBAGE) == "unrecognised"
+    assert (
+        kind(b"From: a friend <f@example.org>\r\nSubject: hello\r\n\r\nThanks for the digest!\r\n")
+        == "unrecognised"
+    )
+    # an ARF that names the VERP address it came from
+    arf = classify(
+        m.arf_report(fbl_to="abuse@example.com", original=original, original_mail_from=verp),
+        tokens=TOKENS,
+        return_path=RETURN_PATH,
+    )
+    assert arf.events[0].kind == "complaint" and arf.events[0].subscriber_id == 17
+
+
+def test_a_maildir_run_marks_the_right_subscribers_and_a_second_run_changes_nothing(tmp_path: Path) -> None:
+    nl = Newsletter(tmp_path)
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    for data in nl.mails():
+        box.add(data)
+    first = run_cli(nl.config, "bounces")
+    after = nl.statuses()
+    assert after == {
+        "r0@example.org": "active",
+        "r1@example.org": "bounced",
+        "r2@example.org": "bounced",
+        "r3@example.org": "bounced",
+        "r4@example.org": "complained",
+        "r5@example.org": "active",  # a vacation reply
+        "r6@example.org": "active",  # one soft bounce of 2
+        "r7@example.org": "active",  # a delay warning
+        "r8@example.org": "active",
+        "r9@example.org": "active",  # a forged token
+    }, first.stdout
+    assert "read 9 new mails" in first.stdout
+    assert "r1@example.org: now bounced" in first.stdout and "r4@example.org: now complained" in first.stdout
+    assert "soft 4.2.2 r6@example.org: soft bounce 1 of 2" in first.stdout
+    assert "not understood, left in the mailbox" in first.stderr and first.stderr.count("maildir:") == 1
+    # the issue's deliveries say so too; the mailbox keeps every mail
+    deliveries = nl.store.issue_counts(nl.issue_id)[0].deliveries
+    assert deliveries["bounced"] == 3 and deliveries["sent"] == 7
+    assert len(box) == 9
+
+    run_cli(nl.config, "subscribers", "remove", "r8@example.org")  # counts against the issue it last had
+    status = run_cli(nl.config, "status")
+    assert "warning: issue" in status.stderr and "complaints from 10.00%" in status.stderr
+    engagement = json.loads(run_cli(nl.config, "status", "--json").stdout)["issues"][0]["engagement"]
+    assert engagement["accepted"] == 10 and engagement["hard_bounced"] == 3
+    assert (
+        engagement["soft_bounced"] == 1 and engagement["complained"] == 1 and engagement["unsubscribed"] == 1
+    )
+    assert engagement["rates"]["complained"] == 0.1 and engagement["complaint_warning"] is True
+
+    after["r8@example.org"] = "unsubscribed"
+    recorded = nl.counts()
+    second = run_cli(nl.config, "bounces", "--json")
+    report = json.loads(second.stdout)
+    assert report["read"] == 0 and report["already_read"] == 9 and report["changes"] == []
+    assert nl.statuses() == after and nl.counts() == recorded
+
+    box.add(nl.soft_bounce(6, "second"))  # the second soft bounce within the window: bounced
+    third = run_cli(nl.config, "bounces")
+    assert "r6@example.org: soft bounce 2 of 2 within 30 days, now bounced" in third.stdout
+    assert nl.statuses()["r6@example.org"] == "bounced"
+    nl.store.close()
+
+
+def test_an_mbox_works_the_same(tmp_path: Path) -> None:
+    nl = Newsletter(tmp_path, mailbox_spec="mbox:bounces.mbox")
+    box = mailbox.mbox(tmp_path / "bounces.mbox", create=True)
+    box.add(nl.mails()[0])
+    box.add(nl.mails()[3])
+    box.close()
+    run_cli(nl.config, "bounces")
+    statuses = nl.statuses()
+    assert statuses["r1@example.org"] == "bounced" and statuses["r4@example.org"] == "complained"
+    assert list(statuses.values()).count("active") == 8
+    nl.store.close()
+
+
+def test_a_missing_mailbox_and_a_missing_section_are_one_sentence(tmp_path: Path) -> None:
+    nl = Newsletter(tmp_path)
+    missing = run_cli(nl.config, "bounces", check=False)
+    assert (
+        missing.returncode == 1 and "bounce mailbox" in missing.stderr and "does not exist" in missing.stderr
+    )
+    (tmp_path / "plain").mkdir()
+    plain = write_config(tmp_path / "plain")
+    none = run_cli(plain, "bounces", check=False)
+    assert none.returncode == 2 and "[bounces]" in none.stderr
+    nl.store.close()
+
+
+@pytest.fixture
+def imap(certificate: tuple[Path, Path], tmp_path: Path) -> ImapServer:
+    return ImapServer(*certificate, user="bounces@example.com", password="s3cret pass", messages=[])
+
+
+def test_an_imap_mailbox_over_tls(tmp_path: Path, imap: ImapServer, certificate: tuple[Path, Path]) -> None:
+    spec = f"imaps://bounces%40example.com@127.0.0.1:{imap.port}/INBOX"
+    nl = Newsletter(tmp_path, mailbox_spec=spec)
+    imap.messages[:] = nl.mails()
+    env = {"NEWSLETTER_BOUNCE_PASSWORD": "s3cret pass", "SSL_CERT_FILE": str(certificate[0])}
+    try:
+        first = run_cli(nl.config, "bounces", extra_env=env)
+        assert "read 9 new mails" in first.stdout
+        statuses = nl.statuses()
+        assert [statuses[f"r{i}@example.org"] for i in range(1, 5)] == ["bounced"] * 3 + ["complained"]
+        assert list(statuses.values()).count("active") == 6
+        # read-only: examined, peeked, never stored a flag, copied or expunged
+        assert any(c.startswith("EXAMINE") for c in imap.commands)
+        assert not any(c.split()[0] in ("STORE", "COPY", "EXPUNGE", "MOVE") for c in imap.commands)
+        assert all("BODY.PEEK[]" in c for c in imap.commands if "FETCH" in c)
+        fetched = sum("FETCH" in c for c in imap.commands)
+        second = run_cli(nl.config, "bounces", extra_env=env)
+        assert "read 0 new mails" in second.stdout
+        assert sum("FETCH" in c for c in imap.commands) == fetched  # known UIDs are not fetched again
+        wrong = run_cli(
+            nl.config, "bounces", extra_env={**env, "NEWSLETTER_BOUNCE_PASSWORD": "nope"}, check=False
+        )
+        assert wrong.returncode == 1 and "refused the login" in wrong.stderr
+        untrusted = run_cli(nl.config, "bounces", extra_env={"NEWSLETTER_BOUNCE_PASSWORD": "x"}, check=False)
+        assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+    finally:
+        imap.close()
+        nl.store.close()
+
+
+def test_the_scheduler_reads_the_mailbox_and_logs_what_changed(tmp_path: Path, env: None) -> None:
+    from newsletter.config import load_settings
+    from newsletter.schedule import Scheduler
+
+    nl = Newsletter(tmp_path)
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    box.add(nl.mails()[0])
+    box.add(m.GARBAGE)
+    lines: list[tuple[str, dict[str, object]]] = []
+    scheduler = Scheduler(
+        load_settings(nl.config), nl.store, emit=lambda line, fields: lines.append((line, fields))
+    )
+    scheduler.check_bounces()
+    messages = [line for line, _ in lines]
+    assert messages[0] == "bounces read=2 bounce=1 unrecognised=1 changes=1"
+    assert any("r1@example.org: now bounced" in x for x in messages)
+    assert any("not understood, left in the mailbox: maildir:" in x for x in messages)
+    assert lines[0][1] == {"event": "bounces", "read": 2, "bounce": 1, "unrecognised": 1, "changes": 1}
+    lines.clear()
+    scheduler.check_bounces()  # nothing new: nothing said
+    assert lines == []
+    nl.store.close()
