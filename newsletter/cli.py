@@ -351,6 +351,46 @@ def _issue(app: App, issue_id: int | None, *, build_today: bool) -> Issue:
     return issue
 
 
+def _sending_issue(app: App, issue_id: int | None) -> Issue:
+    """The issue named, else the one being sent, else today's."""
+    if issue_id is None:
+        sending = [r for r in app.store.issue_counts(limit=30) if r.status == "sending"]
+        if sending:
+            issue_id = sending[0].issue_id
+    return _issue(app, issue_id, build_today=False)
+
+
+@main.command()
+@click.option("--issue", "issue_id", type=int, help="an issue id (default: the one being sent, else today's)")
+@pass_app
+def pause(app: App, issue_id: int | None) -> None:
+    """Pause an issue's send: senders stop claiming, record what is in flight, and end."""
+    issue = _sending_issue(app, issue_id)
+    if issue.status == "sent":
+        raise NewsletterError(f"issue {issue.id} is already sent; there is nothing to pause")
+    changed = app.store.set_paused(issue.id, True)
+    out.print(
+        f"issue {issue.id} {'paused' if changed else 'was already paused'}; a running send stops within a "
+        f"second, after recording what is in flight; 'newsletter resume --issue {issue.id}' continues",
+        markup=False,
+    )
+
+
+@main.command()
+@click.option("--issue", "issue_id", type=int, help="an issue id (default: the one being sent, else today's)")
+@click.option("--no-send", is_flag=True, help="only lift the pause (a scheduler or a later send continues)")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def resume(app: App, issue_id: int | None, no_send: bool, as_json: bool) -> None:
+    """Lift an issue's pause and continue its send (nothing is sent twice)."""
+    issue = _sending_issue(app, issue_id)
+    app.store.set_paused(issue.id, False)
+    if no_send:
+        out.print(f"issue {issue.id} resumed; the scheduler or 'newsletter send' continues it", markup=False)
+        return
+    _send(app, issue, resend_unknown=False, as_json=as_json)
+
+
 @main.command()
 @click.option("--issue", "issue_id", type=int, help="an issue id (default: today's, built if needed)")
 @click.option(
@@ -424,6 +464,7 @@ def _send(app: App, issue: Issue, *, resend_unknown: bool, as_json: bool, wait: 
                 "issue": issue.id,
                 "finished": report.finished,
                 "stopped": report.stopped,
+                "paused": report.paused,
                 "seconds": round(report.seconds, 3),
                 "unknown_found": report.unknown_found,
                 "throttled": report.throttled,
@@ -443,8 +484,15 @@ def _send(app: App, issue: Issue, *, resend_unknown: bool, as_json: bool, wait: 
                 f"unknown (resend them with --resend-unknown)",
                 markup=False,
             )
-        if not report.finished and not report.stopped:
+        if not report.finished and not report.stopped and not report.paused:
             out.print("some messages wait for a retry; run send again later to finish", markup=False)
+    if report.paused:
+        out.print(
+            f"issue {issue.id} is paused: stopped claiming after {report.sent} messages, with what was in "
+            f"flight recorded; 'newsletter resume --issue {issue.id}' continues",
+            markup=False,
+        )
+        return
     if report.stopped:
         raise NewsletterError(
             f"stopped by a signal after {report.sent} messages; what was in flight is "

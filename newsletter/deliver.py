@@ -60,6 +60,7 @@ class DeliveryStore(Protocol):
     def ledger(self, issue_id: int, sender_id: str) -> DeliveryLedger: ...
     def next_deferred_at(self, issue_id: int) -> datetime | None: ...
     def finish_issue_if_done(self, issue_id: int, *, now: datetime) -> bool: ...
+    def is_paused(self, issue_id: int) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class SendReport:
     counts: dict[str, int] = field(default_factory=dict)
     finished: bool = False
     stopped: bool = False
+    paused: bool = False  # the operator paused the issue: this send stopped claiming and ended
     throttled: int = 0
     seconds: float = 0.0
 
@@ -300,6 +302,7 @@ class _Ledger(threading.Thread):
 
 
 _DONE = object()
+PAUSE_CHECK_SECONDS = 0.5
 
 
 class _Sender:
@@ -401,10 +404,16 @@ class _Sender:
 
     def _claim_loop(self, ledger: _Ledger) -> None:
         waited = 0.0
+        next_pause_check = 0.0
         while not self.halt.is_set():
             if self.should_stop():
                 self.report.stopped = True
                 return
+            if time.monotonic() >= next_pause_check:  # a read every half second, not per claim
+                next_pause_check = time.monotonic() + PAUSE_CHECK_SECONDS
+                if self.store.is_paused(self.issue_id):
+                    self.report.paused = True
+                    return
             if self.work.qsize() >= self._batch():
                 self.sleep(0.005)
                 continue

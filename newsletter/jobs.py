@@ -12,6 +12,7 @@ from .compose import MessageTemplate
 from .config import Settings, read_secret_key
 from .deliver import SendOptions, SendReport, send_issue
 from .digest import StoryItem, choose, issue_window
+from .errors import NewsletterError
 from .models import DeliveryStatus, Issue, Story
 from .render import RenderedIssue, render_issue
 from .signing import signer_for
@@ -184,6 +185,10 @@ def send(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> SendReport:
     """Send an issue over the configured transport, one connection per `[smtp] connections`."""
+    if store.is_paused(issue.id):
+        raise NewsletterError(
+            f"issue {issue.id} is paused; 'newsletter resume --issue {issue.id}' continues its send"
+        )
     options = options or send_options(settings)
     tokens = Tokens(read_secret_key(settings))
     return send_issue(

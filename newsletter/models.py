@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Date,
     DateTime,
     ForeignKey,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -23,6 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "Base",
     "BounceEvent",
+    "Operator",
     "BounceMail",
     "Delivery",
     "DeliveryStatus",
@@ -106,10 +109,16 @@ class Subscriber(Base):
     confirm_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The last issue that reached them before they unsubscribed: the issue it counts against.
     unsubscribed_issue_id: Mapped[int | None] = mapped_column(Integer)
+    bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index("ix_subscribers_status_id", "status", "id"),
         Index("ix_subscribers_unsubscribed_issue", "unsubscribed_issue_id"),
+        # the dashboard's daily growth: each a range scan over the last weeks
+        Index("ix_subscribers_created_at", "created_at"),
+        Index("ix_subscribers_confirmed_at", "confirmed_at"),
+        Index("ix_subscribers_unsubscribed_at", "unsubscribed_at"),
+        Index("ix_subscribers_bounced_at", "bounced_at"),
     )
 
 
@@ -126,6 +135,11 @@ class Issue(Base):
     status: Mapped[str] = mapped_column(String(16), default=IssueStatus.BUILT)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Pause: the send loop reads it when it claims; a paused send stops claiming and exits.
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Deliveries counted by state once the send ended (and after a later bounce): the dashboard
+    # reads these instead of counting a million rows per issue.
+    counts: Mapped[dict[str, int] | None] = mapped_column(JSON)
 
 
 class Story(Base):
@@ -238,3 +252,15 @@ class BounceEvent(Base):
         Index("ix_bounce_events_subscriber", "subscriber_id", "kind", "created_at"),
         Index("ix_bounce_events_issue", "issue_id", "kind"),
     )
+
+
+class Operator(Base):
+    """Someone who may use /admin; the password is kept as an Argon2id hash."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -474,14 +474,15 @@ class Store:
             events: dict[tuple[int, str], int] = {}
             unsubscribed: dict[int, int] = {}
             if ids:
-                rows = s.execute(
-                    select(Delivery.issue_id, Delivery.status, func.count(), func.count(Delivery.sent_at))
-                    .where(Delivery.issue_id.in_(ids))
-                    .group_by(Delivery.issue_id, Delivery.status)
-                )
-                for iid, status, n, reached in rows:
-                    counts[iid][status] = n
-                    accepted[iid] += reached
+                frozen = {i.id: i.counts for i in issues if i.counts is not None}
+                for iid, c in frozen.items():
+                    accepted[iid] = c.get(ACCEPTED, 0)
+                    counts[iid] = {k: v for k, v in c.items() if k != ACCEPTED}
+                live = [i for i in ids if i not in frozen]
+                if live:
+                    live_counts, live_accepted = _count_deliveries(s, live)
+                    counts |= live_counts
+                    accepted |= live_accepted
                 for eid, kind, n in s.execute(
                     select(
                         BounceEvent.issue_id,
@@ -548,6 +549,8 @@ class Store:
                 .values(status=IssueStatus.SENDING)
             )
             added = (s.scalar(rows) or 0) - before
+            if added:
+                s.execute(update(Issue).where(Issue.id == issue_id).values(counts=None))
         if added and not self.is_sqlite:  # fresh statistics, so the claims' plans use the indexes
             with self.engine.connect() as conn:
                 conn.execute(text("ANALYZE deliveries"))
@@ -600,7 +603,9 @@ class Store:
     def unfinished_issues(self, *, since: date) -> list[Issue]:
         """Issues of recent dates whose send has begun but not ended (a crash, a stop, retries due)."""
         with self.read() as s:
-            q = select(Issue).where(Issue.status == IssueStatus.SENDING, Issue.issue_date >= since)
+            q = select(Issue).where(
+                Issue.status == IssueStatus.SENDING, Issue.issue_date >= since, Issue.paused.is_(False)
+            )
             return list(s.scalars(q.order_by(Issue.issue_date)))
 
     # -- bounces and complaints ---------------------------------------------------------------
@@ -674,7 +679,7 @@ class Store:
         if e.kind == "hard":
             sub.bounce_count += 1
             if e.issue_id is not None:
-                s.execute(
+                changed = s.execute(
                     update(Delivery)
                     .where(
                         Delivery.issue_id == e.issue_id,
@@ -686,9 +691,11 @@ class Store:
                         last_reply=f"bounced later: {e.status} {e.detail}"[:1000],
                     )
                 )
+                if changed.rowcount:  # type: ignore[attr-defined]
+                    _move_frozen_count(s, e.issue_id, DeliveryStatus.SENT, DeliveryStatus.BOUNCED)
             if not live:
                 return f"{who}: hard bounce counted, already {sub.status}"
-            sub.status = SubscriberStatus.BOUNCED
+            sub.status, sub.bounced_at = SubscriberStatus.BOUNCED, now
             return f"{who}: now bounced"
         s.flush()
         soft = s.scalar(
@@ -701,7 +708,7 @@ class Store:
             )
         )
         if live and soft is not None and soft >= soft_limit:
-            sub.status = SubscriberStatus.BOUNCED
+            sub.status, sub.bounced_at = SubscriberStatus.BOUNCED, now
             sub.bounce_count += 1
             return f"{who}: soft bounce {soft} of {soft_limit} within {soft_window.days} days, now bounced"
         return f"{who}: soft bounce {soft} of {soft_limit} within {soft_window.days} days"
@@ -793,6 +800,7 @@ class Store:
                 .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.UNKNOWN)
                 .values(status=DeliveryStatus.PENDING)
             )
+            s.execute(update(Issue).where(Issue.id == issue_id).values(counts=None))
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def release(self, issue_id: int, sender_id: str, subscriber_ids: Sequence[int]) -> None:
@@ -822,8 +830,20 @@ class Store:
                 )
             )
 
+    def is_paused(self, issue_id: int) -> bool:
+        with self.read() as s:
+            return bool(s.scalar(select(Issue.paused).where(Issue.id == issue_id)))
+
+    def set_paused(self, issue_id: int, paused: bool) -> bool:
+        """Pause or resume an issue's send; True if that changed anything."""
+        with self.write() as s:
+            result = s.execute(
+                update(Issue).where(Issue.id == issue_id, Issue.paused != paused).values(paused=paused)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
     def finish_issue_if_done(self, issue_id: int, *, now: datetime) -> bool:
-        """The issue is `sent` once no row is waiting or in flight."""
+        """The issue is `sent` once no row is waiting or in flight; its counts are then frozen."""
         open_states = (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING)
         with self.write() as s:
             waiting = s.scalar(
@@ -833,15 +853,44 @@ class Store:
             )
             if waiting:
                 return False
+            by_status, accepted = _count_deliveries(s, [issue_id])
             s.execute(
                 update(Issue)
                 .where(Issue.id == issue_id)
                 .values(
                     status=IssueStatus.SENT,
                     sent_at=case((Issue.sent_at.is_(None), now), else_=Issue.sent_at),
+                    counts={**by_status[issue_id], ACCEPTED: accepted[issue_id]},
                 )
             )
             return True
+
+
+ACCEPTED = "_accepted"  # in an issue's frozen counts: messages the receiving server took
+
+
+def _count_deliveries(s: Session, ids: list[int]) -> tuple[dict[int, dict[str, int]], dict[int, int]]:
+    """Deliveries by state per issue, and how many were accepted (one aggregate query)."""
+    counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+    accepted: dict[int, int] = dict.fromkeys(ids, 0)
+    rows = s.execute(
+        select(Delivery.issue_id, Delivery.status, func.count(), func.count(Delivery.sent_at))
+        .where(Delivery.issue_id.in_(ids))
+        .group_by(Delivery.issue_id, Delivery.status)
+    )
+    for iid, status, n, reached in rows:
+        counts[iid][status] = n
+        accepted[iid] += reached
+    return counts, accepted
+
+
+def _move_frozen_count(s: Session, issue_id: int, old: DeliveryStatus, new: DeliveryStatus) -> None:
+    issue = s.get(Issue, issue_id)
+    if issue is not None and issue.counts is not None:
+        c = dict(issue.counts)
+        c[old.value] = c.get(old.value, 0) - 1
+        c[new.value] = c.get(new.value, 0) + 1
+        issue.counts = c
 
 
 class MarkResult(Enum):
@@ -945,7 +994,7 @@ class DeliveryLedger:
         if status == DeliveryStatus.DEFERRED:
             self._cur.execute(self._sql["release"], (self.issue_id, subscriber_id))
         elif status == DeliveryStatus.BOUNCED:
-            self._cur.execute(self._sql["bounce"], (subscriber_id,))
+            self._cur.execute(self._sql["bounce"], (self._time(now), subscriber_id))
 
     def unmark(self, subscriber_id: int, reply: str) -> None:
         """Nothing reached the server: back to waiting, the claim released."""
@@ -979,7 +1028,8 @@ _LEDGER_SQL = {
     "sent_at = ? WHERE issue_id = ? AND subscriber_id = ?",
     "release": "UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL "
     "WHERE issue_id = ? AND subscriber_id = ?",
-    "bounce": "UPDATE subscribers SET status = 'bounced', bounce_count = bounce_count + 1 WHERE id = ?",
+    "bounce": "UPDATE subscribers SET status = 'bounced', bounce_count = bounce_count + 1, bounced_at = ? "
+    "WHERE id = ?",
     "unmark": "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'pending' END, "
     "last_reply = ?, claimed_by = NULL, claimed_until = NULL WHERE issue_id = ? AND subscriber_id = ?",
     "heartbeat": "UPDATE senders SET heartbeat_at = ? WHERE id = ?",

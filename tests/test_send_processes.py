@@ -162,3 +162,34 @@ def test_three_senders_share_one_issue_on_postgresql(
     got = smtp_sink.by_recipient()
     assert len(got) == n and all(len(c) == 1 for c in got.values())
     assert status(config, env)["sent"] == n
+
+
+def test_pause_mid_send_then_resume_sends_each_subscriber_exactly_once(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    n = 3000
+    config = prepare(tmp_path, smtp_sink, n, extra="\nrate_per_second = 400")
+    proc = start_send(config)
+    assert wait_for(lambda: len(smtp_sink.messages) >= 500, timeout=60)
+    paused = run_cli(config, "pause")
+    assert "paused" in paused.stdout
+    out, err = proc.communicate(timeout=20)  # the running send ends by itself, within a second or so
+    assert proc.returncode == 0, err
+    assert "is paused" in out
+    at_pause = len(smtp_sink.messages)
+    assert at_pause < n
+    store = Store(_url(config, None))
+    issue = store.list_issues()[0]
+    mid = store.issue_counts(issue.id)[0].deliveries
+    assert mid["sending"] == 0 and mid["unknown"] == 0 and mid["sent"] == at_pause  # all in flight recorded
+    refused = run_cli(config, "send", check=False)  # a paused issue is not sent by accident
+    assert refused.returncode == 1 and "is paused" in refused.stderr
+    assert len(smtp_sink.messages) == at_pause
+
+    resumed = run_cli(config, "resume")
+    assert f"issue {issue.id}:" in resumed.stdout
+    got = smtp_sink.by_recipient()
+    assert len(got) == n and all(len(m) == 1 for m in got.values())
+    final = store.issue_counts(issue.id)[0]
+    assert final.deliveries["sent"] == n == len(smtp_sink.messages) and final.status == "sent"
+    store.close()
