@@ -28,14 +28,12 @@ from rich.progress import (
 from rich.table import Table
 
 from . import jobs
-from .config import Settings, ensure_secret_key, find_config_path, load_settings, read_secret_key
+from .config import Settings, ensure_secret_key, find_config_path, load_settings
 from .errors import ConfigError, NewsletterError, NotFoundError
 from .models import DeliveryStatus, Issue, SubscriberStatus
 from .render import fill, greeting_for
 from .store import IssueCounts, Store
 from .subscribers import check_name, import_csv, normalise_email, write_csv
-from .tokens import Tokens
-from .transport import Envelope, open_transport
 
 # Piped into a log or a cron mail, tables get room rather than the 80 columns of no terminal.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -403,22 +401,7 @@ def preview(app: App, issue_id: int | None, out_file: Path | None, to_address: s
     issue = _issue(app, issue_id, build_today=True)
     if to_address:
         address, _ = _checked(to_address, None)
-        template = jobs.issue_template(app.settings, issue, subject_prefix="[Test] ")
-        tokens = Tokens(read_secret_key(app.settings))
-        from .compose import Recipient
-
-        sub = app.store.get_subscriber(address)
-        # A subscriber's copy carries their own link; anyone else's a link that unsubscribes nobody.
-        token = tokens.unsubscribe(sub.id) if sub else "test-copy"
-        message = template.compose(Recipient(sub.id if sub else 0, address, sub.name if sub else None, token))
-        transport = open_transport(app.settings)
-        try:
-            key = f"test/issue-{issue.id}-{int(time.time())}"
-            result = transport.send(Envelope(jobs.mail_from(app.settings), address, key), message)
-        finally:
-            transport.close()
-        if result.status != DeliveryStatus.SENT:
-            raise NewsletterError(f"the test copy to {address} was not accepted: {result.reply}")
+        jobs.send_test_copy(app.settings, app.store, issue, address)
         out.print(f"sent a test copy of issue {issue.id} to {address}", markup=False)
         return
     path = out_file or Path("preview.html")
@@ -670,36 +653,10 @@ def _engagement(r: IssueCounts) -> dict[str, Any]:
     }
 
 
-def _run_state(finished_at: datetime | None, host: str, pid: int) -> str:
-    from .deliver import process_alive
-
-    if finished_at is not None:
-        return "finished"
-    if process_alive(host, pid) is False:
-        return f"interrupted (scheduler pid {pid} is gone); the next scheduler start resumes its send"
-    return f"still running (pid {pid} on {host})"
-
-
 def _schedule_info(app: App) -> dict[str, Any]:
-    from .schedule import next_fire
+    from .schedule import schedule_summary
 
-    s, tz = app.settings.schedule, app.settings.newsletter.tz
-    last = app.store.last_scheduled_run()
-    return {
-        "cron": s.cron,
-        "timezone": app.settings.newsletter.timezone,
-        "next_run": next_fire(s.cron, tz, now=_now()),
-        "last_run": None
-        if last is None
-        else {
-            "scheduled_for": last.scheduled_for,
-            "started_at": last.started_at,
-            "finished_at": last.finished_at,
-            "issue_id": last.issue_id,
-            "outcome": last.outcome,
-            "state": _run_state(last.finished_at, last.host, last.pid),
-        },
-    }
+    return schedule_summary(app.settings, app.store, now=_now())
 
 
 _SHOWN = (
@@ -731,6 +688,38 @@ def bounces(app: App, as_json: bool) -> None:
         out.print(f"  {line}", markup=False)
     for line in report.unrecognised:
         err.print(f"not understood, left in the mailbox: {line}", markup=False)
+
+
+@main.group()
+def admin() -> None:
+    """Operators of the console (/admin)."""
+
+
+@admin.command("add-user")
+@click.argument("name")
+@pass_app
+def add_user(app: App, name: str) -> None:
+    """Add an operator, or set a new password for one (asked on the terminal, or one line of stdin)."""
+    from .web.admin import hash_password
+
+    name = name.strip()
+    if not name or len(name) > 100 or any(not c.isprintable() for c in name):
+        raise ConfigError("an operator's name is 1 to 100 printable characters")
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < MIN_PASSWORD:
+        raise ConfigError(f"the password needs at least {MIN_PASSWORD} characters")
+    added = app.store.save_operator(name, hash_password(password), now=_now())
+    out.print(
+        f"{'added operator' if added else 'set a new password for'} {name}; log in at "
+        f"{app.settings.newsletter.base_url.rstrip('/')}/admin/ (newsletter serve)",
+        markup=False,
+    )
+
+
+MIN_PASSWORD = 10
 
 
 @main.command("dkim-keygen")

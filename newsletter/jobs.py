@@ -3,12 +3,13 @@ gather the feeds, build the day's issue, send it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from .compose import MessageTemplate
+from .compose import MessageTemplate, Recipient
 from .config import Settings, read_secret_key
 from .deliver import SendOptions, SendReport, send_issue
 from .digest import StoryItem, choose, issue_window
@@ -19,7 +20,7 @@ from .signing import signer_for
 from .sources import DEFAULT_LIMITS, Conditional, FeedResult, Limits, fetch_all
 from .store import Store
 from .tokens import Tokens, verp_address
-from .transport import open_transport
+from .transport import Envelope, open_transport
 
 __all__ = ["GatherReport", "BuildOutcome", "gather", "build", "issue_template", "send", "today"]
 
@@ -203,3 +204,33 @@ def send(
         on_result=on_result,
         should_stop=should_stop,
     )
+
+
+def send_test_copy(settings: Settings, store: Store, issue: Issue, address: str) -> None:
+    """The issue exactly as subscribers get it, "[Test]" before the subject, to one address through
+    the configured transport; no delivery is recorded. A subscriber's copy carries their own
+    unsubscribe link; anyone else's a link that unsubscribes nobody."""
+    template = issue_template(settings, issue, subject_prefix="[Test] ")
+    tokens = Tokens(read_secret_key(settings))
+    sub = store.get_subscriber(address)
+    token = tokens.unsubscribe(sub.id) if sub else "test-copy"
+    message = template.compose(Recipient(sub.id if sub else 0, address, sub.name if sub else None, token))
+    transport = open_transport(settings)
+    try:
+        key = f"test/issue-{issue.id}-{int(time.time())}"
+        result = transport.send(Envelope(mail_from(settings), address, key), message)
+    finally:
+        transport.close()
+    if result.status != DeliveryStatus.SENT:
+        raise NewsletterError(f"the test copy to {address} was not accepted: {result.reply}")
+
+
+def erase_outbox_copies(settings: Settings, subscriber_id: int) -> int:
+    """An erased subscriber's messages still in the outbox folder (the demo transport): removed."""
+    folder = settings.path(settings.delivery.outbox_dir)
+    removed = 0
+    if folder.is_dir():
+        for path in folder.glob(f"*/{subscriber_id:08d}.eml"):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -25,11 +25,20 @@ from apscheduler.triggers.cron import CronTrigger
 from . import jobs
 from .bounces import process_bounces
 from .config import Settings
-from .deliver import SendReport
+from .deliver import SendReport, process_alive
 from .errors import ConfigError, NewsletterError
 from .store import Store
 
-__all__ = ["MissedRun", "RunOutcome", "Scheduler", "fire_times", "missed_run", "next_fire", "run_scheduled"]
+__all__ = [
+    "MissedRun",
+    "RunOutcome",
+    "Scheduler",
+    "fire_times",
+    "missed_run",
+    "next_fire",
+    "run_scheduled",
+    "schedule_summary",
+]
 
 log = logging.getLogger("newsletter.schedule")
 
@@ -322,3 +331,32 @@ class Scheduler:
     def install_signals(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.stop)
+
+
+def schedule_summary(settings: Settings, store: Store, *, now: datetime) -> dict[str, Any]:
+    """The next fire time and the last run, for `status` and the console's dashboard."""
+    s, tz = settings.schedule, settings.newsletter.tz
+    last = store.last_scheduled_run()
+    return {
+        "cron": s.cron,
+        "timezone": settings.newsletter.timezone,
+        "next_run": next_fire(s.cron, tz, now=now),
+        "last_run": None
+        if last is None
+        else {
+            "scheduled_for": last.scheduled_for,
+            "started_at": last.started_at,
+            "finished_at": last.finished_at,
+            "issue_id": last.issue_id,
+            "outcome": last.outcome,
+            "state": _run_state(last.finished_at, last.host, last.pid),
+        },
+    }
+
+
+def _run_state(finished_at: datetime | None, host: str, pid: int) -> str:
+    if finished_at is not None:
+        return "finished"
+    if process_alive(host, pid) is False:
+        return f"interrupted (scheduler pid {pid} is gone); the next scheduler start resumes its send"
+    return f"still running (pid {pid} on {host})"

@@ -38,6 +38,7 @@ from .models import (
     FeedState,
     Issue,
     IssueStatus,
+    Operator,
     ScheduledRun,
     Sender,
     Story,
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+ERASED_DOMAIN = "@erased.invalid"  # RFC 2606: never a real address
 
 
 class NewSubscriber(NamedTuple):
@@ -116,6 +118,7 @@ class IssueCounts:
     sent_at: datetime | None
     deliveries: dict[str, int]
     accepted: int = 0  # taken by the receiving server (later bounces included)
+    paused: bool = False
     soft_bounced: int = 0
     complained: int = 0
     unsubscribed: int = 0
@@ -352,6 +355,116 @@ class Store:
             rows = s.execute(select(Subscriber.status, func.count()).group_by(Subscriber.status))
             return {status: n for status, n in rows}
 
+    def search_subscribers(
+        self, *, query: str = "", status: str | None = None, after: int = 0, limit: int = 50
+    ) -> list[Subscriber]:
+        """A page of subscribers in id order after `after` (keyset: as fast on page 20,000 as on
+        page 1). `query` matches the start of an address (an index range) or part of a name."""
+        with self.read() as s:
+            q = select(Subscriber).where(Subscriber.id > after)
+            if status:
+                q = q.where(Subscriber.status == status)
+            if query:
+                needle = query.strip().lower()
+                q = q.where(
+                    or_(
+                        and_(Subscriber.email >= needle, Subscriber.email < needle + "\uffff"),
+                        func.lower(Subscriber.name).contains(needle, autoescape=True),
+                    )
+                )
+            return list(s.scalars(q.order_by(Subscriber.id).limit(limit)))
+
+    def subscriber_growth(self, *, since: datetime) -> dict[date, dict[str, int]]:
+        """Per day since `since`: subscribers new, confirmed, unsubscribed and bounced (one indexed
+        range scan each)."""
+        out: dict[date, dict[str, int]] = {}
+        columns = {
+            "new": Subscriber.created_at,
+            "confirmed": Subscriber.confirmed_at,
+            "unsubscribed": Subscriber.unsubscribed_at,
+            "bounced": Subscriber.bounced_at,
+        }
+        with self.read() as s:
+            for name, column in columns.items():
+                day = func.date(column)
+                for value, n in s.execute(select(day, func.count()).where(column >= since).group_by(day)):
+                    when = value if isinstance(value, date) else date.fromisoformat(str(value))
+                    out.setdefault(when, {k: 0 for k in columns})[name] = n
+        return dict(sorted(out.items()))
+
+    def problem_deliveries(
+        self, issue_id: int, *, after: int = 0, limit: int = 50
+    ) -> list[tuple[int, str, str, int, str | None]]:
+        """Failed, bounced and unknown deliveries of an issue with the server's replies, a page in
+        subscriber order: (subscriber id, email, status, attempts, reply)."""
+        states = [DeliveryStatus.FAILED, DeliveryStatus.BOUNCED, DeliveryStatus.UNKNOWN]
+        with self.read() as s:
+            rows = s.execute(
+                select(
+                    Delivery.subscriber_id,
+                    Subscriber.email,
+                    Delivery.status,
+                    Delivery.attempts,
+                    Delivery.last_reply,
+                )
+                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                .where(
+                    Delivery.issue_id == issue_id, Delivery.status.in_(states), Delivery.subscriber_id > after
+                )
+                .order_by(Delivery.subscriber_id)
+                .limit(limit)
+            )
+            return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    def erase_subscriber(self, subscriber_id: int, *, now: datetime) -> str | None:
+        """GDPR erasure: the address, name and consent IP are removed, and the address is scrubbed
+        from the server replies kept on deliveries and bounce records; the rows (so every count)
+        stay. Returns the address that was erased, or None if there was no such subscriber."""
+        with self.write() as s:
+            sub = s.get(Subscriber, subscriber_id)
+            if sub is None:
+                return None
+            address = sub.email
+            if address.endswith(ERASED_DOMAIN):
+                return address
+            sub.email = f"erased-{sub.id}{ERASED_DOMAIN}"
+            sub.name, sub.consent_ip = None, None
+            if sub.status in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
+                sub.status, sub.unsubscribed_at = SubscriberStatus.UNSUBSCRIBED, now
+            scrub = func.replace(Delivery.last_reply, address, "[erased]")
+            s.execute(update(Delivery).where(Delivery.subscriber_id == sub.id).values(last_reply=scrub))
+            s.execute(
+                update(BounceEvent)
+                .where(BounceEvent.subscriber_id == sub.id)
+                .values(address="", detail=func.replace(BounceEvent.detail, address, "[erased]"))
+            )
+            return address
+
+    # -- operators --------------------------------------------------------------------------------
+
+    def save_operator(self, name: str, password_hash: str, *, now: datetime) -> bool:
+        """Add an operator, or set a new password for one; True if added."""
+        with self.write() as s:
+            op = s.scalar(select(Operator).where(Operator.name == name))
+            if op is not None:
+                op.password_hash = password_hash
+                return False
+            s.add(Operator(name=name, password_hash=password_hash, created_at=now))
+            return True
+
+    def operator(self, *, name: str | None = None, operator_id: int | None = None) -> Operator | None:
+        with self.read() as s:
+            if operator_id is not None:
+                return s.get(Operator, operator_id)
+            return s.scalar(select(Operator).where(Operator.name == name))
+
+    def operator_logged_in(self, operator_id: int, *, password_hash: str | None, now: datetime) -> None:
+        with self.write() as s:
+            values: dict[str, Any] = {"last_login_at": now}
+            if password_hash:  # a rehash with today's parameters
+                values["password_hash"] = password_hash
+            s.execute(update(Operator).where(Operator.id == operator_id).values(**values))
+
     # -- feeds and stories ----------------------------------------------------------------------
 
     def feed_state(self, url: str) -> FeedState | None:
@@ -517,6 +630,7 @@ class Store:
                 soft_bounced=events.get((i.id, "soft"), 0),
                 complained=events.get((i.id, "complaint"), 0),
                 unsubscribed=unsubscribed.get(i.id, 0),
+                paused=i.paused,
             )
             for i in issues
         ]

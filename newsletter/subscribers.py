@@ -117,9 +117,10 @@ def _flush(store: Store, pending: list[NewSubscriber], report: ImportReport, now
     pending.clear()
 
 
-def write_csv(subscribers: Iterable[Subscriber], out: IO[str]) -> int:
+def write_csv(subscribers: Iterable[Subscriber], out: IO[str], *, header: bool = True) -> int:
     writer = csv.writer(out)
-    writer.writerow(EXPORT_FIELDS)
+    if header:
+        writer.writerow(EXPORT_FIELDS)
     n = 0
     for sub in subscribers:
         writer.writerow([_cell(getattr(sub, f)) for f in EXPORT_FIELDS])

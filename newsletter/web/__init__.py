@@ -4,18 +4,19 @@ the archive and a health check. Flask app factory, one blueprint per concern."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Flask, Response, current_app
+from flask_wtf.csrf import CSRFProtect
 
 from ..config import Settings, read_secret_key
 from ..signing import DkimSigner, signer_for
 from ..store import Store
 from ..tokens import Tokens
 from ..transport import Envelope, SendResult, open_transport
-from .limits import SlidingWindow
+from .limits import SlidingWindow, login_window
 
 __all__ = ["Services", "create_app", "services"]
 
@@ -31,6 +32,7 @@ class Services:
     now: Callable[[], datetime]
     signups_per_ip: SlidingWindow
     signer: DkimSigner | None = None
+    login_failures: SlidingWindow = field(default_factory=login_window)
 
 
 def _send_with_configured_transport(settings: Settings) -> Callable[[Envelope, bytes], SendResult]:
@@ -51,10 +53,19 @@ def create_app(
     send_mail: Callable[[Envelope, bytes], SendResult] | None = None,
     now: Callable[[], datetime] | None = None,
 ) -> Flask:
-    from . import archive, signup, unsubscribe
+    from . import admin, archive, signup, unsubscribe
 
     app = Flask(__name__, template_folder="../templates")
     app.config["SECRET_KEY"] = read_secret_key(settings)
+    app.config.update(
+        SESSION_COOKIE_NAME="newsletter_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.newsletter.base_url.startswith("https://"),
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
+        MAX_CONTENT_LENGTH=50 * 1024 * 1024,  # a subscriber CSV upload
+    )
     clock = now or (lambda: datetime.now(UTC))
     app.extensions["newsletter"] = Services(
         settings=settings,
@@ -65,7 +76,13 @@ def create_app(
         signups_per_ip=SlidingWindow(settings.web.signups_per_ip_per_hour, 3600.0),
         signer=signer_for(settings),
     )
-    for blueprint in (signup.bp, unsubscribe.bp, archive.bp):
+    csrf = CSRFProtect(app)
+    # Forms posted from other sites by design: the embeddable signup form and RFC 8058 one-click
+    # unsubscribes (a mail client's POST). Every /admin form carries a token.
+    csrf.exempt(signup.bp)
+    csrf.exempt(unsubscribe.bp)
+    admin.init_login(app)
+    for blueprint in (signup.bp, unsubscribe.bp, archive.bp, admin.bp):
         app.register_blueprint(blueprint)
     app.after_request(_security_headers)
     app.jinja_env.globals["newsletter"] = settings.newsletter

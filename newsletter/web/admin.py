@@ -1,0 +1,404 @@
+"""The operator console under /admin (SPEC section 6): login, dashboard, issues, subscribers.
+
+Operators log in with a name and an Argon2id-hashed password (Flask-Login sessions, renewed at
+login); every form carries a CSRF token (Flask-WTF); ten failed logins from one address within
+fifteen minutes lock that address out (429). Nothing here counts rows in Python: the pages read
+aggregates and indexed pages of the store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import flask_login
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    stream_with_context,
+    url_for,
+)
+from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
+from werkzeug.wrappers import Response as BaseResponse
+
+from .. import jobs
+from ..errors import NewsletterError
+from ..models import SubscriberStatus
+from ..render import render_web
+from ..schedule import schedule_summary
+from ..subscribers import EXPORT_FIELDS, import_csv, normalise_email, write_csv
+from . import services
+from .limits import LOGIN_FAILURES, LOGIN_WINDOW_SECONDS
+
+__all__ = ["bp", "hash_password", "init_login", "LOGIN_FAILURES", "LOGIN_WINDOW_SECONDS"]
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+log = logging.getLogger("newsletter.admin")
+
+PAGE = 50
+GROWTH_SERIES = ("new", "confirmed", "unsubscribed", "bounced")
+_hasher = PasswordHasher()  # Argon2id, the library's current recommended parameters
+_DUMMY_HASH = _hasher.hash("not a password anyone has")
+_sending: set[int] = set()  # issues this process is sending for the console
+_sending_lock = threading.Lock()
+
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+def login_required(view: View) -> View:
+    """flask_login.login_required, typed: no session, a redirect to the login page."""
+    return cast(View, flask_login.login_required(view))
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+class OperatorUser(UserMixin):  # type: ignore[misc]  # flask_login is untyped
+    def __init__(self, operator_id: int, name: str) -> None:
+        self.id, self.name = str(operator_id), name
+
+
+def init_login(app: Any) -> None:
+    manager = LoginManager(app)
+    manager.login_view = "admin.login"
+    manager.login_message = "Log in to see the console."
+    manager.session_protection = "strong"
+
+    def load(user_id: str) -> OperatorUser | None:
+        if not user_id.isdigit():
+            return None
+        op = services().store.operator(operator_id=int(user_id))
+        return OperatorUser(op.id, op.name) if op else None
+
+    manager.user_loader(load)
+
+
+@bp.after_request
+def _headers(response: Response) -> Response:
+    # The console runs its own script (the charts) from /static; the issue preview is framed by it.
+    framed = request.endpoint == "admin.issue_html"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
+        if framed
+        else "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+    response.headers["X-Frame-Options"] = "SAMEORIGIN" if framed else "DENY"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# -- logging in and out ---------------------------------------------------------------------------
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> str | BaseResponse | tuple[str, int] | tuple[str, int, dict[str, str]]:
+    if request.method == "GET":
+        return render_template("web/admin/login.html.j2")
+    svc = services()
+    client = request.remote_addr or "unknown"
+    name = (request.form.get("name") or "").strip()
+    password = request.form.get("password") or ""
+    failures = svc.login_failures
+    locked = failures.peek(client, time.monotonic())
+    if locked is not None:
+        log.warning("admin login refused for %s: %d failures within 15 minutes", client, LOGIN_FAILURES)
+        retry = str(int(locked) + 1)
+        return render_template("web/admin/login.html.j2", error=TOO_MANY), 429, {"Retry-After": retry}
+    op = svc.store.operator(name=name) if name else None
+    try:
+        _hasher.verify(op.password_hash if op else _DUMMY_HASH, password)  # the same work for a wrong name
+        ok = op is not None
+    except (VerificationError, InvalidHashError):
+        ok = False
+    if not ok or op is None:
+        failures.hit(client, time.monotonic())
+        log.warning("admin login failed for %r from %s", name[:100], client)
+        return render_template(
+            "web/admin/login.html.j2", error="That name and password do not match.", name=name
+        ), 401
+    rehash = _hasher.hash(password) if _hasher.check_needs_rehash(op.password_hash) else None
+    svc.store.operator_logged_in(op.id, password_hash=rehash, now=svc.now())
+    session.clear()  # a new session at login: nothing from before carries over (fixation)
+    login_user(OperatorUser(op.id, op.name))
+    log.info("admin login: %s from %s", op.name, client)
+    target = request.args.get("next", "")
+    return redirect(
+        target if target.startswith("/admin") and not target.startswith("//") else url_for(".dashboard")
+    )
+
+
+TOO_MANY = "Too many failed logins from your address; try again in 15 minutes."
+
+
+@bp.post("/logout")
+@login_required
+def logout() -> BaseResponse:
+    logout_user()
+    session.clear()
+    return redirect(url_for(".login"))
+
+
+# -- dashboard ------------------------------------------------------------------------------------
+
+
+@bp.get("/")
+@login_required
+def dashboard() -> str:
+    svc = services()
+    now = svc.now()
+    issues = svc.store.issue_counts(limit=30)
+    growth = svc.store.subscriber_growth(since=now - timedelta(days=30))
+    charts = {
+        "growth": {
+            "labels": [d.isoformat() for d in growth],
+            "series": {
+                k: [day[k] for day in growth.values()]
+                for k in ("new", "confirmed", "unsubscribed", "bounced")
+            },
+        },
+        "issues": {
+            "labels": [f"#{r.issue_id} {r.issue_date.isoformat()}" for r in reversed(issues)],
+            "series": {
+                "sent": [r.accepted for r in reversed(issues)],
+                "bounced": [r.hard_bounced for r in reversed(issues)],
+                "complained": [r.complained for r in reversed(issues)],
+                "unsubscribed": [r.unsubscribed for r in reversed(issues)],
+            },
+        },
+    }
+    return render_template(
+        "web/admin/dashboard.html.j2",
+        schedule=schedule_summary(svc.settings, svc.store, now=now),
+        issues=issues,
+        subscribers=svc.store.subscriber_counts(),
+        growth=growth,
+        charts=charts,
+    )
+
+
+# -- one issue ------------------------------------------------------------------------------------
+
+
+@bp.get("/issues/<int:issue_id>")
+@login_required
+def issue(issue_id: int) -> str:
+    svc = services()
+    found = svc.store.get_issue(issue_id)
+    counts = svc.store.issue_counts(issue_id)
+    if found is None or not counts:
+        abort(404)
+    after = request.args.get("after", 0, type=int)
+    problems = svc.store.problem_deliveries(issue_id, after=after, limit=PAGE)
+    return render_template(
+        "web/admin/issue.html.j2",
+        issue=found,
+        counts=counts[0],
+        problems=problems,
+        next_after=problems[-1][0] if len(problems) == PAGE else None,
+        sending=issue_id in _sending,
+    )
+
+
+@bp.get("/issues/<int:issue_id>/html")
+@login_required
+def issue_html(issue_id: int) -> Response:
+    svc = services()
+    found = svc.store.get_issue(issue_id)
+    if found is None:
+        abort(404)
+    return Response(render_web(found.html, svc.settings), mimetype="text/html")
+
+
+@bp.post("/issues/<int:issue_id>/pause")
+@login_required
+def pause(issue_id: int) -> BaseResponse:
+    svc = services()
+    _issue_or_404(issue_id)
+    svc.store.set_paused(issue_id, True)
+    log.info("admin %s paused issue %s", current_user.name, issue_id)
+    flash(f"Issue {issue_id} is paused: senders stop claiming within a second and record what is in flight.")
+    return redirect(url_for(".issue", issue_id=issue_id))
+
+
+@bp.post("/issues/<int:issue_id>/resume")
+@login_required
+def resume(issue_id: int) -> BaseResponse:
+    svc = services()
+    found = _issue_or_404(issue_id)
+    svc.store.set_paused(issue_id, False)
+    log.info("admin %s resumed issue %s", current_user.name, issue_id)
+    flash(f"Issue {issue_id} resumed; " + _send_in_background(found.id))
+    return redirect(url_for(".issue", issue_id=issue_id))
+
+
+@bp.post("/issues/<int:issue_id>/resend-unknown")
+@login_required
+def resend_unknown(issue_id: int) -> BaseResponse:
+    svc = services()
+    _issue_or_404(issue_id)
+    n = svc.store.requeue_unknown(issue_id)
+    log.info("admin %s requeued %d unknown deliveries of issue %s", current_user.name, n, issue_id)
+    flash(f"{n} messages of unknown fate will be sent again; " + _send_in_background(issue_id))
+    return redirect(url_for(".issue", issue_id=issue_id))
+
+
+@bp.post("/issues/<int:issue_id>/test")
+@login_required
+def send_test(issue_id: int) -> BaseResponse:
+    svc = services()
+    found = _issue_or_404(issue_id)
+    try:
+        address = normalise_email(request.form.get("email") or "")
+        jobs.send_test_copy(svc.settings, svc.store, found, address)
+        flash(f"A [Test] copy of issue {issue_id} went to {address}.")
+    except NewsletterError as exc:
+        flash(f"No test copy sent: {exc}", "error")
+    return redirect(url_for(".issue", issue_id=issue_id))
+
+
+def _issue_or_404(issue_id: int) -> Any:
+    found = services().store.get_issue(issue_id)
+    if found is None:
+        abort(404)
+    return found
+
+
+def _send_in_background(issue_id: int) -> str:
+    """Continue a send from this process (waitress keeps serving); one per issue at a time."""
+    svc = services()
+    with _sending_lock:
+        if issue_id in _sending:
+            return "a send of it is already running here."
+        _sending.add(issue_id)
+
+    def run() -> None:
+        try:
+            found = svc.store.get_issue(issue_id)
+            if found is not None:
+                report = jobs.send(svc.settings, svc.store, found)
+                log.info("console send of issue %s: %s", issue_id, report.counts)
+        except NewsletterError as exc:
+            log.warning("console send of issue %s stopped: %s", issue_id, exc)
+        finally:
+            with _sending_lock:
+                _sending.discard(issue_id)
+
+    threading.Thread(target=run, name=f"console-send-{issue_id}", daemon=True).start()
+    return "its send continues now."
+
+
+# -- subscribers ----------------------------------------------------------------------------------
+
+
+@bp.get("/subscribers")
+@login_required
+def subscribers() -> str:
+    svc = services()
+    query = (request.args.get("q") or "").strip()[:200]
+    status = request.args.get("status") or None
+    if status not in {s.value for s in SubscriberStatus}:
+        status = None
+    after = request.args.get("after", 0, type=int)
+    page = svc.store.search_subscribers(query=query, status=status, after=after, limit=PAGE)
+    return render_template(
+        "web/admin/subscribers.html.j2",
+        page=page,
+        query=query,
+        status=status,
+        statuses=[s.value for s in SubscriberStatus],
+        next_after=page[-1].id if len(page) == PAGE else None,
+        counts=svc.store.subscriber_counts(),
+    )
+
+
+@bp.get("/subscribers/export.csv")
+@login_required
+def export() -> Response:
+    store = services().store
+
+    def rows() -> Iterator[str]:  # streamed: a million rows never sit in memory
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(EXPORT_FIELDS)
+        for n, sub in enumerate(store.iter_subscribers(), 1):
+            write_csv([sub], buffer, header=False)
+            if n % 1000 == 0:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()
+
+    return Response(
+        stream_with_context(rows()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": "attachment; filename=subscribers.csv"},
+    )
+
+
+@bp.post("/subscribers/import")
+@login_required
+def import_file() -> str | BaseResponse:
+    svc = services()
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        flash("Choose a CSV file to import.", "error")
+        return redirect(url_for(".subscribers"))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "import.csv"
+        upload.save(path)
+        try:
+            report = import_csv(path, svc.store, now=svc.now())
+        except NewsletterError as exc:
+            flash(f"Nothing imported: {str(exc).replace(str(path), upload.filename)}", "error")
+            return redirect(url_for(".subscribers"))
+    log.info(
+        "admin %s imported %d subscribers (%d bad lines)", current_user.name, report.added, len(report.bad)
+    )
+    return render_template("web/admin/imported.html.j2", report=report, filename=upload.filename)
+
+
+@bp.post("/subscribers/<int:subscriber_id>/unsubscribe")
+@login_required
+def unsubscribe(subscriber_id: int) -> BaseResponse:
+    svc = services()
+    if svc.store.get_subscriber_by_id(subscriber_id) is None:
+        abort(404)
+    svc.store.unsubscribe(subscriber_id, now=svc.now())
+    log.info("admin %s unsubscribed subscriber %s", current_user.name, subscriber_id)
+    flash(f"Subscriber #{subscriber_id} is unsubscribed.")
+    return redirect(request.referrer if _local(request.referrer) else url_for(".subscribers"))
+
+
+@bp.post("/subscribers/<int:subscriber_id>/erase")
+@login_required
+def erase(subscriber_id: int) -> BaseResponse:
+    svc = services()
+    if svc.store.erase_subscriber(subscriber_id, now=svc.now()) is None:
+        abort(404)
+    removed = jobs.erase_outbox_copies(svc.settings, subscriber_id)
+    # the log names the row, never the address
+    log.info("admin %s erased subscriber %s (%d outbox copies)", current_user.name, subscriber_id, removed)
+    flash(f"Subscriber #{subscriber_id} is erased: address, name and IP are gone; the counts stay.")
+    return redirect(url_for(".subscribers"))
+
+
+def _local(url: str | None) -> bool:
+    return bool(url) and "/admin/" in (url or "") and (url or "").startswith(request.host_url)
