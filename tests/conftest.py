@@ -386,6 +386,7 @@ def run_cli(
     timeout: float = 120,
     check: bool = True,
     extra_env: dict[str, str] | None = None,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET, **(extra_env or {})}
     if not extra_env or "NEWSLETTER_DATABASE_URL" not in extra_env:
@@ -396,6 +397,7 @@ def run_cli(
         text=True,
         timeout=timeout,
         env=environment,
+        input=input,
         cwd=config.parent,
     )
     if check and proc.returncode != 0:

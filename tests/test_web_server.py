@@ -2,6 +2,7 @@
 httpx and in Debian's Chromium through Playwright. Mail goes to the aiosmtpd fixture."""
 
 import email
+import json
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import SECRET, SmtpSink, free_port, run_cli, wait_for, write_config
+from .conftest import ROOT, SECRET, SmtpSink, free_port, run_cli, wait_for, write_config
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -212,6 +213,89 @@ def test_signups_during_a_send_share_the_sqlite_file(tmp_path: Path, smtp_sink: 
     assert all(len(got[f"new{i}@example.com"]) == 1 for i in range(200))  # one confirmation each
     store.close()
     print(f"200 signups in {seconds:.2f} s ({200 / seconds:.0f}/s) during a 5,000-subscriber send")
+
+
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true",
+    reason=f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install chromium)",
+)
+def test_the_console_in_chromium(server: Server, smtp_sink: SmtpSink, tmp_path: Path) -> None:
+    """Log in, the dashboard's two charts drawn, an issue, a test copy, pause and resume."""
+    from playwright.sync_api import sync_playwright
+
+    added = run_cli(server.config, "admin", "add-user", "ed", input="a long enough password\n")
+    assert "added operator ed" in added.stdout
+    csv_file = tmp_path / "readers.csv"
+    csv_file.write_text("email,name\n" + "".join(f"c{i}@example.org,Reader {i}\n" for i in range(40)))
+    run_cli(server.config, "subscribers", "import", str(csv_file))
+    run_cli(server.config, "run")  # yesterday's issue, say: sent
+    run_cli(server.config, "subscribers", "remove", "c3@example.org")
+    with server.config.open("a") as f:  # a second feed, so tomorrow's issue has stories of its own
+        f.write(f'\n[[sources]]\nname = "In Depth"\nurl = "{ROOT / "samples/feeds/in-depth.atom"}"\n')
+    built = run_cli(server.config, "build", "--date", "2026-11-26", "--json").stdout  # the next, unsent
+    next_issue = json.loads(built)["issue"]["id"]
+    shots = tmp_path / "console"
+    shots.mkdir()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(server.url + "/admin/")
+        assert page.url.startswith(server.url + "/admin/login")
+        page.fill("#name", "ed")
+        page.fill("#password", "a wrong password")
+        page.click("button[type=submit]")
+        assert "do not match" in page.inner_text("p.error")
+        page.fill("#password", "a long enough password")
+        page.click("button[type=submit]")
+        page.wait_for_selector("html[data-charts-drawn='2']")
+        points = page.evaluate(
+            "[...document.querySelectorAll('canvas')].map(c => Chart.getChart(c).data.datasets"
+            ".reduce((n, d) => n + d.data.filter(v => v > 0).length, 0))"
+        )
+        assert len(points) == 2 and all(n > 0 for n in points), points  # both charts drawn, with data
+        page.screenshot(path=str(shots / "1-dashboard.png"), full_page=True)
+
+        page.click(f"a[href='/admin/issues/{next_issue}']")
+        page.wait_for_selector("#pause")
+        frame = page.frame_locator("iframe.preview")
+        assert frame.locator("body").inner_text()  # the issue shows in its sandboxed frame
+        page.fill("#test-email", "editor@example.net")
+        page.click("#send-test")
+        page.wait_for_selector("p.ok")
+        assert "went to editor@example.net" in page.inner_text("p.ok")
+        assert wait_for(lambda: "editor@example.net" in smtp_sink.by_recipient(), timeout=10)
+        page.screenshot(path=str(shots / "2-issue-test-sent.png"), full_page=True)
+
+        page.click("#pause")
+        page.wait_for_selector("#resume")
+        assert "paused" in page.inner_text("main")
+        page.screenshot(path=str(shots / "3-paused.png"), full_page=True)
+        page.click("#resume")
+        page.wait_for_selector("p.ok")
+        assert wait_for(lambda: len(smtp_sink.by_recipient().get("c0@example.org", [])) == 2, timeout=30)
+        page.reload()
+        page.wait_for_function("document.querySelector('[data-state=sent]').textContent === '39'")
+        page.screenshot(path=str(shots / "4-resumed-and-sent.png"), full_page=True)
+
+        page.goto(server.url + "/admin/subscribers?q=c1")
+        assert "c1@example.org" in page.inner_text("#subscribers")
+        page.screenshot(path=str(shots / "5-subscribers.png"), full_page=True)
+        browser.close()
+    got = smtp_sink.by_recipient()
+    readers = {a: m for a, m in got.items() if a.startswith("c")}
+    assert len(readers) == 40 and all(
+        len(m) == (1 if a == "c3@example.org" else 2) for a, m in readers.items()
+    )
+    assert sorted(f.name for f in shots.iterdir()) == [
+        "1-dashboard.png",
+        "2-issue-test-sent.png",
+        "3-paused.png",
+        "4-resumed-and-sent.png",
+        "5-subscribers.png",
+    ]
+    keep = os.environ.get("NEWSLETTER_KEEP_SCREENSHOTS")
+    if keep:
+        shutil.copytree(shots, Path(keep) / "console", dirs_exist_ok=True)
 
 
 def _healthy(url: str) -> bool:

@@ -39,7 +39,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from .. import jobs
 from ..errors import NewsletterError
 from ..models import SubscriberStatus
-from ..render import render_web
+from ..render import fill, greeting_for, render_web
 from ..schedule import schedule_summary
 from ..subscribers import EXPORT_FIELDS, import_csv, normalise_email, write_csv
 from . import services
@@ -207,9 +207,17 @@ def issue(issue_id: int) -> str:
         abort(404)
     after = request.args.get("after", 0, type=int)
     problems = svc.store.problem_deliveries(issue_id, after=after, limit=PAGE)
+    base = svc.settings.newsletter.base_url.rstrip("/")
+    text = fill(
+        found.text,
+        greeting=greeting_for(None),
+        unsubscribe_url=f"{base}/unsubscribe/(each reader's own link)",
+        for_html=False,
+    )
     return render_template(
         "web/admin/issue.html.j2",
         issue=found,
+        text=text,
         counts=counts[0],
         problems=problems,
         next_after=problems[-1][0] if len(problems) == PAGE else None,
