@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from email import policy
 from pathlib import Path
 
@@ -232,7 +233,8 @@ def test_the_console_in_chromium(server: Server, smtp_sink: SmtpSink, tmp_path: 
     run_cli(server.config, "subscribers", "remove", "c3@example.org")
     with server.config.open("a") as f:  # a second feed, so tomorrow's issue has stories of its own
         f.write(f'\n[[sources]]\nname = "In Depth"\nurl = "{ROOT / "samples/feeds/in-depth.atom"}"\n')
-    built = run_cli(server.config, "build", "--date", "2026-11-26", "--json").stdout  # the next, unsent
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()  # the config's zone is UTC
+    built = run_cli(server.config, "build", "--date", tomorrow, "--json").stdout  # the next, unsent
     next_issue = json.loads(built)["issue"]["id"]
     shots = tmp_path / "console"
     shots.mkdir()
