@@ -243,7 +243,7 @@ def test_the_console_in_chromium(server: Server, smtp_sink: SmtpSink, tmp_path: 
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(server.url + "/admin/")
         assert page.url.startswith(server.url + "/admin/login")
-        page.fill("#name", "ed")
+        page.fill("#username", "ed")
         page.fill("#password", "a wrong password")
         page.click("button[type=submit]")
         assert "do not match" in page.inner_text("p.error")

@@ -114,7 +114,7 @@ def login() -> str | BaseResponse | tuple[str, int] | tuple[str, int, dict[str, 
         return render_template("web/admin/login.html.j2")
     svc = services()
     client = request.remote_addr or "unknown"
-    name = (request.form.get("name") or "").strip()
+    name = (request.form.get("username") or "").strip()
     password = request.form.get("password") or ""
     failures = svc.login_failures
     locked = failures.peek(client, time.monotonic())
@@ -132,8 +132,8 @@ def login() -> str | BaseResponse | tuple[str, int] | tuple[str, int, dict[str, 
         failures.hit(client, time.monotonic())
         log.warning("admin login failed for %r from %s", name[:100], client)
         return render_template(
-            "web/admin/login.html.j2", error="That name and password do not match.", name=name
-        ), 401
+            "web/admin/login.html.j2", error="That name and password do not match.", username=name
+        )  # 200 with the form again (SPEC section 6)
     rehash = _hasher.hash(password) if _hasher.check_needs_rehash(op.password_hash) else None
     svc.store.operator_logged_in(op.id, password_hash=rehash, now=svc.now())
     session.clear()  # a new session at login: nothing from before carries over (fixation)
