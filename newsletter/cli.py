@@ -565,6 +565,7 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
                         "date": r.issue_date,
                         "subject": r.subject,
                         "status": r.status,
+                        "paused": r.paused,
                         "stories": r.story_count,
                         "created_at": r.created_at,
                         "sent_at": r.sent_at,
@@ -596,7 +597,7 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
         table.add_row(
             str(r.issue_id),
             r.issue_date.isoformat(),
-            r.status,
+            f"{r.status} (paused)" if r.paused else r.status,
             r.subject,
             *(str(r.deliveries.get(s.value, 0)) for s in _SHOWN),
         )

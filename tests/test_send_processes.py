@@ -185,6 +185,8 @@ def test_pause_mid_send_then_resume_sends_each_subscriber_exactly_once(
     refused = run_cli(config, "send", check=False)  # a paused issue is not sent by accident
     assert refused.returncode == 1 and "is paused" in refused.stderr
     assert len(smtp_sink.messages) == at_pause
+    shown = json.loads(run_cli(config, "status", "--json").stdout)["issues"][0]
+    assert shown["paused"] is True and shown["status"] == "sending"
 
     resumed = run_cli(config, "resume")
     assert f"issue {issue.id}:" in resumed.stdout
