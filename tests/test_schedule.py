@@ -98,8 +98,10 @@ def _config_with_cron(
     grace: int,
     database_url: str | None = None,
     delivery: str = "",
+    cron: str | None = None,
 ) -> Path:
     fire = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    cron = cron or f"{fire.minute} {fire.hour} * * *"
     smtp = (
         f'[smtp]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\nconnections = 2\n'
         if sink
@@ -109,7 +111,7 @@ def _config_with_cron(
         tmp_path,
         database_url=database_url,
         delivery=('transport = "smtp"' if sink else 'transport = "outbox"') + "\n" + delivery,
-        extra=f'{smtp}[schedule]\ncron = "{fire.minute} {fire.hour} * * *"\n'
+        extra=f'{smtp}[schedule]\ncron = "{cron}"\n'
         f"misfire_grace_seconds = {grace}\n",
     )
 
@@ -166,6 +168,44 @@ def test_two_schedulers_make_up_a_missed_run_once_and_stop_on_sigterm(
     assert len(store.list_issues()) == 1
     status = run_cli(config, "status").stdout
     assert "next scheduled run:" in status and "sent=50" in status
+    store.close()
+
+
+def test_two_schedulers_on_a_cron_of_every_minute_run_each_tick_once(
+    tmp_path: Path, smtp_sink: SmtpSink, database_url: str
+) -> None:
+    """Both schedulers wake at the same live tick: one runs it, the other says it was taken."""
+    config = _config_with_cron(
+        tmp_path, smtp_sink, minutes_ago=0, grace=3600, database_url=database_url, cron="* * * * *"
+    )
+    run_cli(config, "init")
+    store = Store(database_url)
+    store.import_subscribers(
+        [NewSubscriber(f"r{i}@example.com", None) for i in range(30)], now=datetime.now(UTC)
+    )
+    started_at = datetime.now(UTC)
+    procs = [_schedule(config), _schedule(config)]
+
+    def a_live_tick_ran() -> bool:
+        last = store.last_scheduled_run()
+        return last is not None and last.finished_at is not None and last.scheduled_for > started_at
+
+    try:
+        assert wait_for(a_live_tick_ran, timeout=90)  # the next minute, plus the run
+        time.sleep(1)  # let the other one log the claim it lost
+    finally:
+        stopping = time.monotonic()
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        results = [p.communicate(timeout=10) for p in procs]
+    assert time.monotonic() - stopping < 10
+    assert [p.returncode for p in procs] == [0, 0], results
+    logs = "".join(err for _, err in results)
+    assert "was taken by another scheduler" in logs  # the loser of a tick says so
+    assert logs.count("sent=30") == 1  # one run sent the issue; later ticks found nothing new
+    got = smtp_sink.by_recipient()
+    assert len(got) == 30 and all(len(m) == 1 for m in got.values())
+    assert len(store.list_issues()) == 1
     store.close()
 
 
