@@ -131,7 +131,7 @@ def measure(
         assert csrf
         assert (
             client.post(
-                "/admin/login", data={"name": "bench", "password": PASSWORD, "csrf_token": csrf.group(1)}
+                "/admin/login", data={"username": "bench", "password": PASSWORD, "csrf_token": csrf.group(1)}
             ).status_code
             == 302
         )
