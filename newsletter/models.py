@@ -29,6 +29,7 @@ __all__ = [
     "BounceMail",
     "Delivery",
     "DeliveryStatus",
+    "DeliveryTally",
     "FeedState",
     "Issue",
     "IssueStatus",
@@ -37,6 +38,7 @@ __all__ = [
     "Story",
     "Subscriber",
     "SubscriberStatus",
+    "SubscriberTally",
     "UTCDateTime",
 ]
 
@@ -122,6 +124,23 @@ class Subscriber(Base):
     )
 
 
+class SubscriberTally(Base):
+    """Subscribers by status in one row, kept by triggers on `subscribers` (migration 0006)."""
+
+    __tablename__ = "subscriber_tally"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pending: Mapped[int] = mapped_column(Integer, default=0)
+    active: Mapped[int] = mapped_column(Integer, default=0)
+    unsubscribed: Mapped[int] = mapped_column(Integer, default=0)
+    bounced: Mapped[int] = mapped_column(Integer, default=0)
+    complained: Mapped[int] = mapped_column(Integer, default=0)
+
+    def counts(self) -> dict[str, int]:
+        """{status: n} for the statuses anyone has."""
+        return {s.value: n for s in SubscriberStatus if (n := getattr(self, s.value))}
+
+
 class Issue(Base):
     __tablename__ = "issues"
 
@@ -177,6 +196,24 @@ class Delivery(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (Index("ix_deliveries_issue_status", "issue_id", "status", "subscriber_id"),)
+
+
+class DeliveryTally(Base):
+    """A share of one issue's deliveries by state, kept by triggers on `deliveries` (migration
+    0007): one share per sender and one (shard '') for everything else; the counts are the sum."""
+
+    __tablename__ = "delivery_tally"
+
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id"), primary_key=True)
+    shard: Mapped[str] = mapped_column(String(36), primary_key=True)
+    pending: Mapped[int] = mapped_column(Integer, default=0)
+    sending: Mapped[int] = mapped_column(Integer, default=0)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+    deferred: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    bounced: Mapped[int] = mapped_column(Integer, default=0)
+    unknown: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Sender(Base):

@@ -412,3 +412,23 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return predicate()
+
+
+def assert_tally_counts(store: Store, issue_id: int) -> dict[str, int]:
+    """The trigger-kept tally of an issue's deliveries says what counting every row says."""
+    from sqlalchemy import func, select
+
+    from newsletter.models import Delivery, DeliveryStatus, DeliveryTally
+
+    with store.read() as s:
+        by_status = select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
+        counted = dict(s.execute(by_status.group_by(Delivery.status)).all())
+        states = [st.value for st in DeliveryStatus]
+        sums = s.execute(
+            select(*(func.coalesce(func.sum(getattr(DeliveryTally, st)), 0) for st in states)).where(
+                DeliveryTally.issue_id == issue_id
+            )
+        ).one()
+    tallied = {st: int(n) for st, n in zip(states, sums, strict=True) if n}
+    assert tallied == counted, (tallied, counted)
+    return tallied

@@ -17,7 +17,7 @@ from newsletter.store import NewSubscriber, Store
 from newsletter.tokens import Tokens, verp_address
 
 from . import bounce_mails as m
-from .conftest import SECRET, run_cli, write_config
+from .conftest import SECRET, assert_tally_counts, run_cli, write_config
 from .imap_server import ImapServer
 
 TOKENS = Tokens(SECRET)
@@ -163,6 +163,7 @@ def test_a_maildir_run_marks_the_right_subscribers_and_a_second_run_changes_noth
     # the issue's deliveries say so too; the mailbox keeps every mail
     deliveries = nl.store.issue_counts(nl.issue_id)[0].deliveries
     assert deliveries["bounced"] == 3 and deliveries["sent"] == 7
+    assert assert_tally_counts(nl.store, nl.issue_id) == {"bounced": 3, "sent": 7}
     assert len(box) == 9
 
     run_cli(nl.config, "subscribers", "remove", "r8@example.org")  # counts against the issue it last had

@@ -19,7 +19,7 @@ from newsletter.store import NewSubscriber, Store
 from newsletter.tokens import Tokens
 from newsletter.transport import OutboxTransport, SmtpTransport, classify_reply
 
-from .conftest import SECRET, SmtpSink, free_port
+from .conftest import SECRET, SmtpSink, assert_tally_counts, free_port
 from .test_store import claim
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
@@ -138,6 +138,7 @@ def test_faults_every_good_address_gets_exactly_one_copy(sqlite_store: Store, sm
     assert set(got.values()) == {1}
     counts = sqlite_store.issue_counts(issue_id)[0].deliveries
     assert counts["sent"] == 500 and counts["bounced"] == 20 and counts["failed"] == 0
+    assert assert_tally_counts(sqlite_store, issue_id) == {"sent": 500, "bounced": 20}
     assert report.finished and report.throttled >= 1
     assert sqlite_store.subscriber_counts() == {"active": 500, "bounced": 20}
     row = next(r for r in sqlite_store.iter_subscribers(status="bounced"))
@@ -186,6 +187,7 @@ def test_unsubscribe_during_the_send_stops_later_messages(sqlite_store: Store, t
         on_result=on_result,
     )
     assert report.sent == 9 and report.counts.get("skipped") == 1
+    assert assert_tally_counts(sqlite_store, issue_id) == {"sent": 9, "skipped": 1}
     files = list((tmp_path / "outbox").rglob("*.eml"))
     assert len(files) == 9 and not any(b"user9@example.com" in f.read_bytes() for f in files)
 
@@ -216,6 +218,7 @@ def test_resend_unknown_only_on_request(sqlite_store: Store, smtp_sink: SmtpSink
     again = run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id, resend_unknown=True)
     assert again.requeued == 1 and again.sent == 1
     assert copies(smtp_sink) == {f"user{i}@example.com": 1 for i in range(3)}
+    assert assert_tally_counts(sqlite_store, issue_id) == {"sent": 3}  # unknown, requeued, then sent
 
 
 def test_no_smtp_server_stops_the_send_and_loses_nothing(sqlite_store: Store) -> None:

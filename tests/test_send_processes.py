@@ -12,7 +12,7 @@ import pytest
 
 from newsletter.store import NewSubscriber, Store
 
-from .conftest import SECRET, SmtpSink, run_cli, wait_for, write_config
+from .conftest import SECRET, SmtpSink, assert_tally_counts, run_cli, wait_for, write_config
 
 CONNECTIONS = 4
 
@@ -90,6 +90,7 @@ def test_sigkill_then_resume_sends_nobody_twice(tmp_path: Path, smtp_sink: SmtpS
     assert counts["pending"] == counts["sending"] == counts["deferred"] == 0
     if counts["unknown"]:
         assert "unknown" in resumed.stderr
+    assert assert_tally_counts(store, issue_id) == {k: v for k, v in counts.items() if v}  # reaped too
     store.close()
     assert killed_at <= n
 
@@ -162,6 +163,9 @@ def test_three_senders_share_one_issue_on_postgresql(
     got = smtp_sink.by_recipient()
     assert len(got) == n and all(len(c) == 1 for c in got.values())
     assert status(config, env)["sent"] == n
+    store = Store(url)  # three senders' shares of the tally add up
+    assert assert_tally_counts(store, store.latest_issue().id) == {"sent": n}  # type: ignore[union-attr]
+    store.close()
 
 
 def test_pause_mid_send_then_resume_sends_each_subscriber_exactly_once(
@@ -182,6 +186,7 @@ def test_pause_mid_send_then_resume_sends_each_subscriber_exactly_once(
     issue = store.list_issues()[0]
     mid = store.issue_counts(issue.id)[0].deliveries
     assert mid["sending"] == 0 and mid["unknown"] == 0 and mid["sent"] == at_pause  # all in flight recorded
+    assert assert_tally_counts(store, issue.id) == {k: v for k, v in mid.items() if v}
     refused = run_cli(config, "send", check=False)  # a paused issue is not sent by accident
     assert refused.returncode == 1 and "is paused" in refused.stderr
     assert len(smtp_sink.messages) == at_pause

@@ -165,7 +165,9 @@ def dashboard() -> str:
     svc = services()
     now = svc.now()
     issues = svc.store.issue_counts(limit=30)
-    growth = svc.store.subscriber_growth(since=now - timedelta(days=30))
+    tz = svc.settings.newsletter.tz
+    today = now.astimezone(tz).date()
+    growth = svc.store.subscriber_growth(days=[today - timedelta(days=n) for n in range(29, -1, -1)], tz=tz)
     charts = {
         "growth": {
             "labels": [d.isoformat() for d in growth],
