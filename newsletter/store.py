@@ -254,7 +254,7 @@ class Store:
         ]
         stmt = self._insert(Subscriber).on_conflict_do_nothing(index_elements=["email"])
         with self.write() as s:
-            before = sum(_tally(s).values())
+            before = sum(_tally(s, lock=True).values())  # no signup slips in between on PostgreSQL
             s.execute(stmt, values)
             added = sum(_tally(s).values()) - before
         return added, len(rows) - added
@@ -985,8 +985,8 @@ class Store:
 ACCEPTED = "_accepted"  # in an issue's frozen counts: messages the receiving server took
 
 
-def _tally(s: Session) -> dict[str, int]:
-    tally = s.get(SubscriberTally, 1, populate_existing=True)
+def _tally(s: Session, *, lock: bool = False) -> dict[str, int]:
+    tally = s.get(SubscriberTally, 1, populate_existing=True, with_for_update=lock)
     return tally.counts() if tally is not None else {}
 
 

@@ -129,6 +129,26 @@ def _schedule(config: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def _stop_on_sigterm(procs: list[subprocess.Popen[str]]) -> str:
+    """SIGTERM to each scheduler: all exit 0 within 10 seconds; returns their logs."""
+    started = time.monotonic()
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    results = [p.communicate(timeout=10) for p in procs]
+    assert time.monotonic() - started < 10
+    assert [p.returncode for p in procs] == [0] * len(procs), results
+    return "".join(err for _, err in results)
+
+
+def _with_readers(config: Path, database_url: str, n: int) -> Store:
+    run_cli(config, "init")
+    store = Store(database_url)
+    store.import_subscribers(
+        [NewSubscriber(f"r{i}@example.com", None) for i in range(n)], now=datetime.now(UTC)
+    )
+    return store
+
+
 def _run_finished(store: Store) -> bool:
     last = store.last_scheduled_run()
     return last is not None and last.finished_at is not None
@@ -147,21 +167,11 @@ def test_two_schedulers_make_up_a_missed_run_once_and_stop_on_sigterm(
     tmp_path: Path, smtp_sink: SmtpSink, database_url: str
 ) -> None:
     config = _config_with_cron(tmp_path, smtp_sink, minutes_ago=30, grace=3600, database_url=database_url)
-    run_cli(config, "init")
-    store = Store(database_url)
-    store.import_subscribers(
-        [NewSubscriber(f"r{i}@example.com", None) for i in range(50)], now=datetime.now(UTC)
-    )
+    store = _with_readers(config, database_url, 50)
     procs = [_schedule(config), _schedule(config)]
     assert wait_for(lambda: _run_finished(store), timeout=60)
     time.sleep(1)  # let the other one see the claim taken
-    started = time.monotonic()
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    results = [p.communicate(timeout=10) for p in procs]
-    assert time.monotonic() - started < 10
-    assert [p.returncode for p in procs] == [0, 0], results
-    logs = "".join(err for _, err in results)
+    logs = _stop_on_sigterm(procs)
     assert "making up the run" in logs and "run date=" in logs and "sent=50" in logs
     got = smtp_sink.by_recipient()
     assert len(got) == 50 and all(len(m) == 1 for m in got.values())
@@ -178,11 +188,7 @@ def test_two_schedulers_on_a_cron_of_every_minute_run_each_tick_once(
     config = _config_with_cron(
         tmp_path, smtp_sink, minutes_ago=0, grace=3600, database_url=database_url, cron="* * * * *"
     )
-    run_cli(config, "init")
-    store = Store(database_url)
-    store.import_subscribers(
-        [NewSubscriber(f"r{i}@example.com", None) for i in range(30)], now=datetime.now(UTC)
-    )
+    store = _with_readers(config, database_url, 30)
     procs = [_schedule(config), _schedule(config)]
     # the first minute after both are surely up and waiting for it (a start takes a second or two)
     live = (datetime.now(UTC) + timedelta(seconds=70)).replace(second=0, microsecond=0)
@@ -191,17 +197,10 @@ def test_two_schedulers_on_a_cron_of_every_minute_run_each_tick_once(
         last = store.last_scheduled_run()
         return last is not None and last.finished_at is not None and last.scheduled_for >= live
 
-    try:
-        assert wait_for(the_live_tick_ran, timeout=100)
-        time.sleep(1)  # let the other one log the claim it lost
-    finally:
-        stopping = time.monotonic()
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        results = [p.communicate(timeout=10) for p in procs]
-    assert time.monotonic() - stopping < 10
-    assert [p.returncode for p in procs] == [0, 0], results
-    logs = "".join(err for _, err in results)
+    ran = wait_for(the_live_tick_ran, timeout=100)
+    time.sleep(1)  # let the other one log the claim it lost
+    logs = _stop_on_sigterm(procs)
+    assert ran, logs
     assert "was taken by another scheduler" in logs  # the loser of a tick says so
     assert logs.count("sent=30") == 1  # one run sent the issue; later ticks found nothing new
     got = smtp_sink.by_recipient()
@@ -217,11 +216,7 @@ def test_a_scheduler_killed_mid_send_is_resumed_by_the_next_start_without_duplic
     config = _config_with_cron(
         tmp_path, smtp_sink, minutes_ago=30, grace=3600, delivery="rate_per_second = 300"
     )
-    run_cli(config, "init")
-    store = Store(f"sqlite:///{tmp_path / 'subscribers.db'}")
-    store.import_subscribers(
-        [NewSubscriber(f"r{i}@example.com", None) for i in range(n)], now=datetime.now(UTC)
-    )
+    store = _with_readers(config, f"sqlite:///{tmp_path / 'subscribers.db'}", n)
     first = _schedule(config)
     assert wait_for(lambda: len(smtp_sink.messages) >= 300, timeout=60)
     first.kill()
@@ -233,9 +228,7 @@ def test_a_scheduler_killed_mid_send_is_resumed_by_the_next_start_without_duplic
 
     second = _schedule(config)
     assert wait_for(lambda: _run_finished(store), timeout=60)
-    second.send_signal(signal.SIGTERM)
-    _, err = second.communicate(timeout=10)
-    assert second.returncode == 0, err
+    err = _stop_on_sigterm([second])
     assert "making up the run" not in err  # the run was taken; its send is resumed, not run again
     assert f"resume issue={killed.issue_id}" in err
 
@@ -252,11 +245,7 @@ def test_a_scheduler_killed_mid_send_is_resumed_by_the_next_start_without_duplic
 
 def test_log_file_in_json_has_one_object_per_line_with_the_run_counts(tmp_path: Path) -> None:
     config = _config_with_cron(tmp_path, None, minutes_ago=30, grace=3600)
-    run_cli(config, "init")
-    store = Store(f"sqlite:///{tmp_path / 'subscribers.db'}")
-    store.import_subscribers(
-        [NewSubscriber(f"r{i}@example.com", None) for i in range(3)], now=datetime.now(UTC)
-    )
+    store = _with_readers(config, f"sqlite:///{tmp_path / 'subscribers.db'}", 3)
     log_file = tmp_path / "logs" / "schedule.log"
     log_file.parent.mkdir()
     proc = _schedule(config, "--log-file", str(log_file), "--log-json")
