@@ -275,8 +275,12 @@ def test_the_console_in_chromium(server: Server, smtp_sink: SmtpSink, tmp_path: 
         page.click("#resume")
         page.wait_for_selector("p.ok")
         assert wait_for(lambda: len(smtp_sink.by_recipient().get("c0@example.org", [])) == 2, timeout=30)
-        page.reload()
-        page.wait_for_function("document.querySelector('[data-state=sent]').textContent === '39'")
+
+        def all_39_recorded() -> bool:  # the page does not refresh itself: load it until it says so
+            page.reload()
+            return page.inner_text("[data-state=sent]") == "39"
+
+        assert wait_for(all_39_recorded, timeout=30)
         page.screenshot(path=str(shots / "4-resumed-and-sent.png"), full_page=True)
 
         page.goto(server.url + "/admin/subscribers?q=c1")
