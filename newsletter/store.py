@@ -659,17 +659,18 @@ class Store:
             .on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
         )
         # INSERT's rowcount is not reported on every driver: the issue's tally says how many were made
-        every_state = sum((getattr(DeliveryTally, st.value) for st in DeliveryStatus), literal(0))
-        rows = select(func.coalesce(func.sum(every_state), 0)).where(DeliveryTally.issue_id == issue_id)
+        def rows(s: Session) -> int:
+            return sum(_count_deliveries(s, [issue_id])[0][issue_id].values())
+
         with self.write() as s:
-            before = s.scalar(rows) or 0
+            before = rows(s)
             s.execute(stmt)
             s.execute(
                 update(Issue)
                 .where(Issue.id == issue_id, Issue.status == IssueStatus.BUILT)
                 .values(status=IssueStatus.SENDING)
             )
-            added = (s.scalar(rows) or 0) - before
+            added = rows(s) - before
             if added:
                 s.execute(update(Issue).where(Issue.id == issue_id).values(counts=None))
         if added and not self.is_sqlite:  # fresh statistics, so the claims' plans use the indexes
