@@ -4,6 +4,7 @@ a SQLite file, and a fresh schema on the local PostgreSQL."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -23,9 +24,13 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 from aiosmtpd.smtp import Session as SMTPSession
+from flask import Flask
+from flask.testing import FlaskClient
 
 from newsletter.config import Settings, load_settings
 from newsletter.store import Store
+from newsletter.web import create_app
+from newsletter.web.admin import hash_password
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("NEWSLETTER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -432,3 +437,48 @@ def assert_tally_counts(store: Store, issue_id: int) -> dict[str, int]:
     tallied = {st: int(n) for st, n in zip(states, sums, strict=True) if n}
     assert tallied == counted, (tallied, counted)
     return tallied
+
+
+# -- the operator console ------------------------------------------------------------------------
+
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class Console:
+    app: Flask
+    store: Store
+    settings: Settings
+    config: Path
+
+
+@pytest.fixture
+def console(tmp_path: Path, smtp_sink: SmtpSink, env: None) -> Iterator[Console]:
+    config = write_config(
+        tmp_path,
+        delivery='transport = "smtp"\nrate_per_second = 400',
+        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\nconnections = 2\n',
+    )
+    settings = load_settings(config)
+    store = Store(settings.database_url)
+    store.migrate()
+    store.save_operator("ed", hash_password(PASSWORD), now=datetime.now(UTC))
+    app = create_app(settings, store=store)
+    yield Console(app, store, settings, config)
+    store.close()
+
+
+def token(client: FlaskClient, path: str = "/admin/login") -> str:
+    page = client.get(path).get_data(as_text=True)
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+def log_in(client: FlaskClient, password: str = PASSWORD, name: str = "ed") -> int:
+    csrf = token(client)
+    return client.post(
+        "/admin/login", data={"username": name, "password": password, "csrf_token": csrf}
+    ).status_code
+
+

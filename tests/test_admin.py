@@ -8,61 +8,18 @@ import csv
 import io
 import logging
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
-from newsletter.config import Settings, load_settings
+from newsletter.config import load_settings
 from newsletter.store import NewSubscriber, Store
 from newsletter.web import create_app
 from newsletter.web.admin import hash_password
 
-from .conftest import SmtpSink, run_cli, wait_for, write_config
-
-PASSWORD = "correct horse battery"
-
-
-@dataclass
-class Console:
-    app: Flask
-    store: Store
-    settings: Settings
-    config: Path
-
-
-@pytest.fixture
-def console(tmp_path: Path, smtp_sink: SmtpSink, env: None) -> Iterator[Console]:
-    config = write_config(
-        tmp_path,
-        delivery='transport = "smtp"\nrate_per_second = 400',
-        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\nconnections = 2\n',
-    )
-    settings = load_settings(config)
-    store = Store(settings.database_url)
-    store.migrate()
-    store.save_operator("ed", hash_password(PASSWORD), now=datetime.now(UTC))
-    app = create_app(settings, store=store)
-    yield Console(app, store, settings, config)
-    store.close()
-
-
-def token(client: FlaskClient, path: str = "/admin/login") -> str:
-    page = client.get(path).get_data(as_text=True)
-    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert found, page
-    return found.group(1)
-
-
-def log_in(client: FlaskClient, password: str = PASSWORD, name: str = "ed") -> int:
-    csrf = token(client)
-    return client.post(
-        "/admin/login", data={"username": name, "password": password, "csrf_token": csrf}
-    ).status_code
+from .conftest import PASSWORD, Console, SmtpSink, log_in, run_cli, token, wait_for, write_config
 
 
 @pytest.fixture

@@ -46,6 +46,13 @@ def _send_with_configured_transport(settings: Settings) -> Callable[[Envelope, b
     return send
 
 
+class _App(Flask):
+    """Flask autoescapes only names ending .html/.htm/.xml/.svg; every template here ends .j2."""
+
+    def select_jinja_autoescape(self, filename: str | None) -> bool:
+        return filename is None or filename.endswith((".html.j2", ".html", ".htm", ".xml"))
+
+
 def create_app(
     settings: Settings,
     *,
@@ -55,7 +62,7 @@ def create_app(
 ) -> Flask:
     from . import admin, archive, signup, unsubscribe
 
-    app = Flask(__name__, template_folder="../templates")
+    app = _App(__name__, template_folder="../templates")
     app.config["SECRET_KEY"] = read_secret_key(settings)
     app.config.update(
         SESSION_COOKIE_NAME="newsletter_session",

@@ -1,0 +1,105 @@
+"""What a stranger sends cannot hurt the list: every page and route of `newsletter serve` tried with
+hostile values in every field a stranger controls (a signup, a feed, a bounce, a CSV, a request
+line), through Flask's test client on a real SQLite file, with mail over real SMTP."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+
+from flask.testing import FlaskClient
+
+from newsletter.models import Delivery, DeliveryStatus
+from newsletter.store import Store
+
+from .conftest import Console, log_in, token
+
+# Markup a stranger might send: a custom element with an event handler, a script, a broken attribute.
+PAYLOAD = '"><x-evil onerror=alert(1)>pwned</x-evil><script>alert(1)</script><img src=x onerror=alert(2)>'
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def assert_inert(page: str, *, shown: bool = True) -> None:
+    """No markup of PAYLOAD became a tag or an attribute; with `shown`, it is on the page as text."""
+    parsed = _Tags()
+    parsed.feed(page)
+    parsed.close()
+    for tag, attrs in parsed.tags:
+        assert tag != "x-evil", page
+        assert not any(name.startswith("on") for name in attrs), (tag, attrs)
+        if tag == "script":  # only the console's own scripts: a file, or the charts' JSON
+            assert attrs.get("src") or attrs.get("type") == "application/json", attrs
+        if tag == "img":
+            assert attrs.get("src") != "x", attrs
+    if shown:
+        assert "<x-evil onerror=alert(1)>" in "".join(parsed.text), "the payload should show as text"
+
+
+def _issue_with_hostile_fields(store: Store, now: datetime) -> int:
+    """An issue whose subject and text carry a feed's markup, begun sending, with a server's reply
+    (as a bounce or a hostile relay gives it) on a failed delivery of a hostile signup's name."""
+    sub, _ = store.add_subscriber("victim@example.org", PAYLOAD[:90], now=now)
+    issue = store.create_issue(
+        now.date(),
+        story_ids=[],
+        render=lambda _id: (f"Today: {PAYLOAD}", PAYLOAD, "<p>fine</p>", f"Top story: {PAYLOAD}\n"),
+        now=now,
+    )
+    assert issue is not None
+    store.start_send(issue.id)
+    with store.write() as s:
+        row = s.get(Delivery, (issue.id, sub.id))
+        assert row is not None
+        row.status, row.last_reply = DeliveryStatus.FAILED, f"550 5.1.1 {PAYLOAD}"
+    return issue.id
+
+
+def test_every_page_shows_a_strangers_markup_as_text(console: Console) -> None:
+    now = datetime.now(UTC)
+    issue_id = _issue_with_hostile_fields(console.store, now)
+    public = console.app.test_client()
+    signup = public.post("/subscribe", data={"email": PAYLOAD, "name": "x"})
+    assert signup.status_code == 400
+    assert_inert(signup.get_data(as_text=True))
+    named = public.post("/subscribe", data={"email": "named@example.org", "name": PAYLOAD[:95]})
+    assert named.status_code == 200
+    assert_inert(public.get("/archive").get_data(as_text=True))
+    wrong = public.post(
+        "/admin/login", data={"username": PAYLOAD, "password": "no", "csrf_token": token(public)}
+    )
+    assert_inert(wrong.get_data(as_text=True), shown=False)  # the name is echoed in a value attribute
+    assert 'value="&#34;&gt;&lt;x-evil' in wrong.get_data(as_text=True)
+
+    operator = console.app.test_client()
+    assert log_in(operator) == 302
+    assert_inert(operator.get("/admin/").get_data(as_text=True), shown=False)
+    assert_inert(operator.get(f"/admin/issues/{issue_id}").get_data(as_text=True))
+    listing = operator.get("/admin/subscribers").get_data(as_text=True)
+    assert_inert(listing)
+    searched = operator.get("/admin/subscribers", query_string={"q": PAYLOAD}).get_data(as_text=True)
+    assert_inert(searched, shown=False)
+    assert 'value="&#34;&gt;&lt;x-evil' in searched
+    upload = f"email,name\n{PAYLOAD.replace(',', ' ')},Bad\nok@example.org,\n".encode()
+    imported = operator.post(
+        "/admin/subscribers/import",
+        data={
+            "file": (io.BytesIO(upload), f"{PAYLOAD.lstrip(chr(34))}.csv"),
+            "csrf_token": token(operator, "/admin/subscribers"),
+        },
+        content_type="multipart/form-data",
+    )
+    assert imported.status_code == 200
+    assert_inert(imported.get_data(as_text=True))
