@@ -3,13 +3,18 @@
 Each mail is classified: an ARF feedback report (RFC 5965) is a complaint; a DSN (RFC 3464) or a
 non-standard bounce (flufl.bounce's detectors) is a hard bounce (5.x.x) or a soft one (4.x.x, a
 delivery given up); a delay warning and an auto-reply (RFC 3834 Auto-Submitted, vacation
-messages) change nothing. The subscriber is found by the VERP token of the address the mail came
-back to (signed: it names issue and subscriber, whatever the remote server wrote), else by the
-unsubscribe token in the original's List-Unsubscribe, else by the address the report names.
+messages) change nothing.
+
+Anybody can mail the bounce address, so a mail changes a subscriber only when something the
+newsletter signed names them: the VERP token of the address the mail came back to (it names issue
+and subscriber, whatever the remote server wrote), else the unsubscribe token in the returned
+original's List-Unsubscribe. A report that only names an address is kept for the operator to
+review (the console lists it) and changes nobody.
 
 Every mail read is recorded by its digest, in the same transaction as what it changed, so a
-re-run counts nothing twice. Nothing is deleted from the mailbox; a mail that cannot be read or
-understood is recorded and reported, and stays where it is."""
+re-run counts nothing twice. Each mail is handled on its own: one that cannot be read, understood
+or stored is recorded and reported once, and the others are still read. Nothing is deleted from
+the mailbox."""
 
 from __future__ import annotations
 
@@ -47,7 +52,7 @@ _AUTO_SUBJECT = re.compile(
     re.I,
 )
 _BOUNCE_SENDER = re.compile(r"mailer-daemon|postmaster|mail delivery (sub)?system", re.I)
-_FEEDBACK_ID = re.compile(r"^Feedback-ID:\s*(\S+)", re.M | re.I)
+_QUOTED_HEADER = re.compile(r"^(List-Unsubscribe|Feedback-ID):[ \t]*(\S[^\r\n]*)\r?$", re.M | re.I)
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
@@ -59,7 +64,7 @@ class MailItem:
 
 @dataclass(frozen=True)
 class Classified:
-    kind: str  # bounce, complaint, delayed, auto_reply, unrecognised
+    kind: str  # bounce, complaint, review, delayed, auto_reply, unrecognised
     events: tuple[FoundEvent, ...] = ()
     note: str = ""
 
@@ -71,6 +76,10 @@ class BounceReport:
     kinds: dict[str, int] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)  # one line per subscriber changed or counted
     unrecognised: list[str] = field(default_factory=list)  # source: why
+
+    def count(self, kind: str) -> None:
+        self.read += 1
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -97,9 +106,10 @@ def _classify(msg: Message, *, tokens: Tokens, return_path: str | None, base_url
     if not msg.keys() or not (msg.get("from") or msg.get("subject") or msg.get("content-type")):
         return Classified("unrecognised", note="not a mail message (no From, Subject or Content-Type)")
     originals = _embedded_originals(msg)
-    verp = _verp(msg, originals, tokens, return_path)
+    # what we signed says whose mail this is; an address alone could be anybody's forgery
+    ids = _verp(msg, originals, tokens, return_path) or _from_unsubscribe_link(originals, tokens, base_url)
     if _is_feedback_report(msg):
-        return _complaint(msg, originals, verp, tokens, base_url)
+        return _attributed(_complaint(msg, originals, ids))
     report = msg.get_content_type() == "multipart/report"
     if not report and not _bounce_sender(msg) and _auto_reply(msg):
         return Classified("auto_reply", note=_subject(msg))
@@ -110,12 +120,10 @@ def _classify(msg: Message, *, tokens: Tokens, return_path: str | None, base_url
     if not addresses:
         if _auto_reply(msg):
             return Classified("auto_reply", note=_subject(msg))
-        if verp is not None and _bounce_sender(msg):
+        if ids is not None and _bounce_sender(msg):
             # from a mail server to one delivery's own address, in a shape no detector knows
-            return Classified("bounce", (_event("soft", "", verp, "", _first_line(msg)),), "unparsed bounce")
+            return Classified("bounce", (_event("soft", "", ids, "", _first_line(msg)),), "unparsed bounce")
         return Classified("unrecognised", note=f"neither a bounce nor a report: {_subject(msg)!r}")
-    if verp is None:  # found by address: the issue, if the returned copy names it
-        issue = _issue_hint(msg, originals)
     events = []
     for address in sorted(addresses):
         action, status, diagnostic = details.get(address, ("", "", ""))
@@ -123,18 +131,22 @@ def _classify(msg: Message, *, tokens: Tokens, return_path: str | None, base_url
             continue  # a warning: the server is still trying
         status = status or _status_in(diagnostic) or _status_in(_first_line(msg))
         kind = "soft" if status.startswith("4") else "hard"
-        event = _event(kind, address, verp, status, diagnostic)
-        if verp is None and issue is not None:
-            event = dataclasses.replace(event, issue_id=issue)
-        events.append(event)
+        events.append(_event(kind, address, ids, status, diagnostic))
     if not events:
         return Classified("delayed", note=_subject(msg))
-    return Classified("bounce", tuple(events))
+    return _attributed(Classified("bounce", tuple(events)))
 
 
-def _complaint(
-    msg: Message, originals: list[Message], verp: tuple[int, int] | None, tokens: Tokens, base_url: str
-) -> Classified:
+def _attributed(found: Classified) -> Classified:
+    """A report whose events name no subscriber by a signed token is kept for review."""
+    if all(e.subscriber_id is not None for e in found.events):
+        return found
+    return dataclasses.replace(
+        found, kind="review", note=f"{found.kind} not attributed by a VERP address or a signed link"
+    )
+
+
+def _complaint(msg: Message, originals: list[Message], ids: tuple[int | None, int] | None) -> Classified:
     fields = _feedback_fields(msg)
     address = ""
     for name in ("original-rcpt-to", "removal-recipient"):
@@ -147,7 +159,6 @@ def _complaint(
             if found and found[0][1]:
                 address = found[0][1].lower()
                 break
-    ids = verp or _from_unsubscribe_link(originals, tokens, base_url)
     event = _event("complaint", address, ids, "", fields.get("feedback-type", "abuse"))
     return Classified("complaint", (event,), f"feedback report from {fields.get('reporting-mta', '?')}")
 
@@ -158,12 +169,17 @@ def _event(
     issue_id, subscriber_id = ids if ids else (None, None)
     return FoundEvent(
         kind=kind,
-        address=address,
+        address=_printable(address)[:320],
         subscriber_id=subscriber_id,
         issue_id=issue_id,
         status=status,
-        detail=" ".join(detail.split())[:500],
+        detail=" ".join(_printable(detail).split())[:500],
     )
+
+
+def _printable(text: str) -> str:
+    """Text from a stranger's mail as it can be stored anywhere (PostgreSQL refuses NUL)."""
+    return "".join(c if c.isprintable() else " " for c in text)
 
 
 def _verp(
@@ -199,29 +215,26 @@ def _from_unsubscribe_link(
                 subscriber_id = tokens.read_unsubscribe(unquote(parts.path.rsplit("/", 1)[1]))
             except BadToken:
                 continue
-            campaign = str(original.get("feedback-id", "")).split(":", 1)[0].strip()
-            return (int(campaign) if campaign.isdigit() else None), subscriber_id
+            return _campaign(str(original.get("feedback-id", ""))), subscriber_id
     return None
 
 
-def _issue_hint(msg: Message, originals: list[Message]) -> int | None:
-    """The issue a returned copy belongs to, from its Feedback-ID (in a part, or quoted in the text)."""
-    values = [str(o.get("feedback-id", "")) for o in originals]
-    values += _FEEDBACK_ID.findall(_text_of(msg))
-    for value in values:
-        campaign = value.split(":", 1)[0].strip()
-        if campaign.isdigit():
-            return int(campaign)
-    return None
+def _campaign(feedback_id: str) -> int | None:
+    """The issue named by a Feedback-ID ("ISSUE:list:type:sender"), if it looks like one of ours."""
+    campaign = feedback_id.split(":", 1)[0].strip()
+    return int(campaign) if campaign.isdigit() and len(campaign) <= 12 else None
 
 
 def _text_of(msg: Message) -> str:
     for part in msg.walk():
         if part.get_content_type() == "text/plain":
-            raw = part.get_payload(decode=True)
-            if isinstance(raw, bytes):
-                return raw.decode(part.get_content_charset() or "utf-8", "replace")
+            return _decoded(part)
     return ""
+
+
+def _decoded(part: Message) -> str:
+    raw = part.get_payload(decode=True)
+    return raw.decode(part.get_content_charset() or "utf-8", "replace") if isinstance(raw, bytes) else ""
 
 
 def _embedded_originals(msg: Message) -> list[Message]:
@@ -237,6 +250,14 @@ def _embedded_originals(msg: Message) -> list[Message]:
             raw = part.get_payload(decode=True)
             if isinstance(raw, bytes):
                 found.append(email.message_from_bytes(raw))
+        elif ctype == "text/plain" and not found:
+            # a non-standard bounce (Exim, qmail) quotes the returned copy in its text
+            quoted = _QUOTED_HEADER.findall(_decoded(part))
+            if any(name.lower() == "list-unsubscribe" for name, _ in quoted):
+                copy = Message()
+                for name, value in quoted:
+                    copy[name] = value.strip()
+                found.append(copy)
     return found
 
 
@@ -416,11 +437,12 @@ def process_bounces(settings: Settings, store: Store, *, now: datetime) -> Bounc
             return True
         return False
 
-    for item in read_mailbox(b.mailbox, settings, skip=seen):
-        digest = hashlib.sha256(item.data).hexdigest()
+    soft_window = timedelta(days=b.soft_bounce_window_days)
+
+    def handle(item: MailItem, digest: str) -> None:
         if store.bounce_mail_seen(digest):
             report.already_read += 1
-            continue
+            return
         verdict = classify(
             item.data, tokens=tokens, return_path=b.return_path, base_url=settings.newsletter.base_url
         )
@@ -432,14 +454,37 @@ def process_bounces(settings: Settings, store: Store, *, now: datetime) -> Bounc
             events=verdict.events,
             now=now,
             soft_limit=b.soft_bounce_limit,
-            soft_window=timedelta(days=b.soft_bounce_window_days),
+            soft_window=soft_window,
         )
         if outcome is None:  # another run recorded it first
             report.already_read += 1
-            continue
-        report.read += 1
-        report.kinds[verdict.kind] = report.kinds.get(verdict.kind, 0) + 1
+            return
+        report.count(verdict.kind)
         report.changes += outcome.lines
         if verdict.kind == "unrecognised":
             report.unrecognised.append(f"{item.source}: {verdict.note}")
+
+    for item in read_mailbox(b.mailbox, settings, skip=seen):
+        digest = hashlib.sha256(item.data).hexdigest()
+        try:
+            handle(item, digest)
+        except Exception as exc:  # noqa: BLE001 - one mail, whatever broke, never stops the others
+            note = f"could not be handled: {type(exc).__name__}: {_printable(str(exc))[:300]}"
+            try:  # recorded, so it is reported once and never retried on every run
+                recorded = store.record_bounce_mail(
+                    digest=digest,
+                    source=item.source,
+                    kind="unreadable",
+                    note=note,
+                    events=(),
+                    now=now,
+                    soft_limit=b.soft_bounce_limit,
+                    soft_window=soft_window,
+                )
+            except Exception as again:  # noqa: BLE001 - the database itself fails: said, tried next run
+                recorded = None
+                note += f"; not recorded either ({type(again).__name__}), tried again next run"
+            if recorded is not None:
+                report.count("unreadable")
+            report.unrecognised.append(f"{item.source}: {note}")
     return report

@@ -773,14 +773,15 @@ class Store:
     def _apply_event(
         self, s: Session, mail_id: int, e: FoundEvent, now: datetime, soft_limit: int, soft_window: timedelta
     ) -> str:
+        # only a signed token names a subscriber: an address alone is kept for the operator's review
         sub = s.get(Subscriber, e.subscriber_id) if e.subscriber_id else None
-        if sub is None and e.address:
-            sub = s.scalar(select(Subscriber).where(Subscriber.email == e.address.lower()))
+        known = e.issue_id is not None and s.get(Issue, e.issue_id) is not None
+        issue_id = e.issue_id if known else None
         s.add(
             BounceEvent(
                 mail_id=mail_id,
                 subscriber_id=sub.id if sub else None,
-                issue_id=e.issue_id,
+                issue_id=issue_id,
                 kind=e.kind,
                 address=(sub.email if sub else e.address)[:320],
                 status=e.status[:16],
@@ -790,7 +791,8 @@ class Store:
         )
         label = f"{e.kind} {e.status + ' ' if e.status else ''}"
         if sub is None:
-            return f"{label}{e.address or '(no address)'}: not a subscriber, nothing changed"
+            why = "no such subscriber" if e.subscriber_id else "no signed token names anyone, kept for review"
+            return f"{label}{e.address or '(no address)'}: {why}; nothing changed"
         who = f"{label}{sub.email}"
         if e.kind == "complaint":
             if sub.status == SubscriberStatus.COMPLAINED:
@@ -800,11 +802,11 @@ class Store:
         live = sub.status in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING)
         if e.kind == "hard":
             sub.bounce_count += 1
-            if e.issue_id is not None:
+            if issue_id is not None:
                 changed = s.execute(
                     update(Delivery)
                     .where(
-                        Delivery.issue_id == e.issue_id,
+                        Delivery.issue_id == issue_id,
                         Delivery.subscriber_id == sub.id,
                         Delivery.status == DeliveryStatus.SENT,
                     )
@@ -814,7 +816,7 @@ class Store:
                     )
                 )
                 if changed.rowcount:  # type: ignore[attr-defined]
-                    _move_frozen_count(s, e.issue_id, DeliveryStatus.SENT, DeliveryStatus.BOUNCED)
+                    _move_frozen_count(s, issue_id, DeliveryStatus.SENT, DeliveryStatus.BOUNCED)
             if not live:
                 return f"{who}: hard bounce counted, already {sub.status}"
             sub.status, sub.bounced_at = SubscriberStatus.BOUNCED, now
@@ -834,6 +836,24 @@ class Store:
             sub.bounce_count += 1
             return f"{who}: soft bounce {soft} of {soft_limit} within {soft_window.days} days, now bounced"
         return f"{who}: soft bounce {soft} of {soft_limit} within {soft_window.days} days"
+
+    def bounce_mails_for_review(
+        self, *, before: int | None = None, limit: int = 50
+    ) -> list[tuple[BounceMail, list[BounceEvent]]]:
+        """Mails that changed nobody and want a person's eye, newest first: reports attributed by no
+        signed token, mails not understood, and mails that could not be handled."""
+        with self.read() as s:
+            q = select(BounceMail).where(BounceMail.kind.in_(REVIEW_KINDS))
+            if before is not None:
+                q = q.where(BounceMail.id < before)
+            mails = list(s.scalars(q.order_by(BounceMail.id.desc()).limit(limit)))
+            events: dict[int, list[BounceEvent]] = {m.id: [] for m in mails}
+            if mails:
+                for e in s.scalars(
+                    select(BounceEvent).where(BounceEvent.mail_id.in_(events)).order_by(BounceEvent.id)
+                ):
+                    events[e.mail_id].append(e)
+        return [(m, events[m.id]) for m in mails]
 
     # -- senders and claims -------------------------------------------------------------------
 
@@ -984,6 +1004,7 @@ class Store:
 
 
 ACCEPTED = "_accepted"  # in an issue's frozen counts: messages the receiving server took
+REVIEW_KINDS = ("review", "unrecognised", "unreadable")  # bounce mails that changed nobody
 
 
 def _tally(s: Session, *, lock: bool = False) -> dict[str, int]:

@@ -207,9 +207,12 @@ Will-Retry-Until: Mon, 30 Nov 2026 06:00:00 +0000 (UTC)
 """)
 
 
-def arf_report(*, fbl_to: str, original: str, original_mail_from: str = "") -> bytes:
+def arf_report(
+    *, fbl_to: str, original: str, original_mail_from: str = "", original_rcpt_to: str = ""
+) -> bytes:
     b = "----=_Part_4182_arf.1764057000"
     mail_from = f"Original-Mail-From: <{original_mail_from}>\n" if original_mail_from else ""
+    mail_from += f"Original-Rcpt-To: {original_rcpt_to}\n" if original_rcpt_to else ""
     return _crlf(f"""
 Return-Path: <fbl-bounces@feedback.mailbox.example>
 From: Feedback Loop <staff@feedback.mailbox.example>

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from newsletter.bounces import classify
+from newsletter import bounces
+from newsletter.bounces import classify, process_bounces
+from newsletter.config import load_settings
 from newsletter.models import BounceEvent, BounceMail
 from newsletter.store import NewSubscriber, Store
 from newsletter.tokens import Tokens, verp_address
@@ -27,15 +29,22 @@ RETURN_PATH = "bounces@example.com"
 class Newsletter:
     """A config with [bounces], ten active subscribers and one issue sent to them (outbox)."""
 
-    def __init__(self, folder: Path, mailbox_spec: str = "maildir:bounces", soft_limit: int = 2) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        mailbox_spec: str = "maildir:bounces",
+        soft_limit: int = 2,
+        database_url: str | None = None,
+    ) -> None:
         self.folder = folder
         self.config = write_config(
             folder,
+            database_url=database_url,
             extra=f'[bounces]\nreturn_path = "{RETURN_PATH}"\nmailbox = "{mailbox_spec}"\n'
             f"soft_bounce_limit = {soft_limit}\nsoft_bounce_window_days = 30\n",
         )
         run_cli(self.config, "init")
-        self.store = Store(f"sqlite:///{folder / 'subscribers.db'}")
+        self.store = Store(database_url or f"sqlite:///{folder / 'subscribers.db'}")
         self.store.import_subscribers(
             [NewSubscriber(f"r{i}@example.org", None) for i in range(10)], now=datetime.now(UTC)
         )
@@ -86,11 +95,13 @@ class Newsletter:
             m.vacation_reply(sender="R Five <r5@example.org>", verp=self.verp(5)),
             self.soft_bounce(6, "first"),
             m.delay_warning(verp=self.verp(7), recipient="r7@example.org"),
-            # a forged token for r9: judged by what it names (nobody), never by the token
+            # a forged token for r9, and nothing else we signed: it changes nobody
             m.postfix_dsn(
                 verp=f"bounces+{self.issue_id}-{self.id(9)}-aaaaaaaaaaaaaaaa@example.com",
                 final_recipient="stranger@elsewhere.example",
-                original=self.original(9),
+                original=m.original_headers(
+                    to="r9@example.org", unsubscribe_url="https://news.example.com/", issue_id=self.issue_id
+                ),
             ),
             m.GARBAGE,
         ]
@@ -119,10 +130,21 @@ def test_classify_each_kind() -> None:
     e = hard.events[0]
     assert (e.kind, e.issue_id, e.subscriber_id, e.status) == ("hard", 5, 17, "5.1.1")
     assert "User unknown" in e.detail
-    assert kind(m.exim_bounce(to=RETURN_PATH, failed="x@example.org", original=original)) == "bounce"
+    # no VERP, and an unsubscribe link we did not sign: kept for review, whatever it names
+    assert kind(m.exim_bounce(to=RETURN_PATH, failed="x@example.org", original=original)) == "review"
+    signed = m.original_headers(
+        to="x@example.org", unsubscribe_url=f"https://n/unsubscribe/{TOKENS.unsubscribe(17)}", issue_id=5
+    )
+    exim = classify(
+        m.exim_bounce(to=RETURN_PATH, failed="x@example.org", original=signed),
+        tokens=TOKENS,
+        return_path=RETURN_PATH,
+    )
+    assert exim.kind == "bounce" and (exim.events[0].subscriber_id, exim.events[0].issue_id) == (17, 5)
     assert kind(m.delay_warning(verp=verp, recipient="x@example.org")) == "delayed"
     assert kind(m.vacation_reply(sender="x@example.org", verp=verp)) == "auto_reply"
-    assert kind(m.arf_report(fbl_to="abuse@example.com", original=original)) == "complaint"
+    assert kind(m.arf_report(fbl_to="abuse@example.com", original=original)) == "review"
+    assert kind(m.arf_report(fbl_to="abuse@example.com", original=signed)) == "complaint"
     assert kind(m.GARBAGE) == "unrecognised"
     assert (
         kind(b"From: a friend <f@example.org>\r\nSubject: hello\r\n\r\nThanks for the digest!\r\n")
@@ -272,4 +294,86 @@ def test_the_scheduler_reads_the_mailbox_and_logs_what_changed(tmp_path: Path, e
     lines.clear()
     scheduler.check_bounces()  # nothing new: nothing said
     assert lines == []
+    nl.store.close()
+
+
+def test_forged_reports_change_nobody_and_are_kept_for_review(tmp_path: Path) -> None:
+    """Anybody can mail the bounce address: a report that names an address, with nothing we signed,
+    changes nobody's status, whatever it says."""
+    nl = Newsletter(tmp_path)
+    unsigned = m.original_headers(
+        to="r8@example.org",
+        unsubscribe_url="https://news.example.com/unsubscribe/Zm9yZ2Vk.forgedforgedforged",
+        issue_id=nl.issue_id,
+    )
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    box.add(m.postfix_dsn(verp=RETURN_PATH, final_recipient="r8@example.org", original=unsigned))
+    box.add(m.exim_bounce(to=RETURN_PATH, failed="r0@example.org", original=unsigned))
+    box.add(m.arf_report(fbl_to="abuse@example.com", original=unsigned, original_rcpt_to="<r7@example.org>"))
+    box.add(m.arf_report(fbl_to="abuse@example.com", original=unsigned))  # names r8 in the copy's To
+    report = json.loads(run_cli(nl.config, "bounces", "--json").stdout)
+    assert set(nl.statuses().values()) == {"active"}, report
+    assert report["kinds"] == {"review": 4}
+    assert all("kept for review; nothing changed" in line for line in report["changes"])
+    with nl.store.read() as s:
+        events = list(s.scalars(select(BounceEvent)))
+    assert {e.address for e in events} == {"r0@example.org", "r7@example.org", "r8@example.org"}
+    assert all(e.subscriber_id is None for e in events)
+    assert len(nl.store.bounce_mails_for_review(limit=10)) == 4
+    nl.store.close()
+
+
+def test_a_mail_that_breaks_never_stops_the_others(
+    tmp_path: Path, store: Store, env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A huge Feedback-ID, a NUL in a diagnostic (PostgreSQL refuses NUL) and a mail that breaks the
+    reader itself: each handled alone, the broken one recorded and reported once."""
+    nl = Newsletter(tmp_path, database_url=store.url)
+    huge = nl.original(1).replace(f"Feedback-ID: {nl.issue_id}:", "Feedback-ID: 99999999999999999999999:")
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    box.add(m.exim_bounce(to=RETURN_PATH, failed="r1@example.org", original=huge))
+    box.add(
+        m.gmail_dsn(
+            verp=nl.verp(2),
+            recipient="r2@example.org",
+            status="5.1.1",
+            diagnostic="550-5.1.1 no such user \x00 here",
+            original=nl.original(2),
+        )
+    )
+    box.add(nl.soft_bounce(3, "first") + b"\r\nX-Break-The-Reader: yes\r\n")
+    box.add(
+        m.gmail_dsn(
+            verp=nl.verp(4),
+            recipient="r4@example.org",
+            status="5.1.1",
+            diagnostic="550 gone",
+            original=nl.original(4),
+        )
+    )
+    real = bounces.classify
+
+    def breaks_on_marked_mail(data: bytes, **kwargs: object) -> bounces.Classified:
+        if b"X-Break-The-Reader" in data:
+            raise RuntimeError("a bug in the reader")
+        return real(data, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bounces, "classify", breaks_on_marked_mail)
+    settings = load_settings(nl.config)
+    first = process_bounces(settings, nl.store, now=datetime.now(UTC))
+    statuses = nl.statuses()
+    assert [statuses[f"r{i}@example.org"] for i in (1, 2, 3, 4)] == [
+        "bounced",
+        "bounced",
+        "active",
+        "bounced",
+    ]
+    assert first.read == 4 and first.kinds == {"bounce": 3, "unreadable": 1}
+    (broken,) = first.unrecognised
+    assert "could not be handled: RuntimeError: a bug in the reader" in broken
+    again = process_bounces(settings, nl.store, now=datetime.now(UTC))
+    assert again.read == 0 and again.already_read == 4 and again.unrecognised == []
+    with nl.store.read() as s:
+        issue_ids = set(s.scalars(select(BounceEvent.issue_id)))
+    assert issue_ids <= {nl.issue_id, None}  # the huge Feedback-ID names no issue of ours
     nl.store.close()

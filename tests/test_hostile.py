@@ -5,15 +5,16 @@ line), through Flask's test client on a real SQLite file, with mail over real SM
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
-from flask.testing import FlaskClient
-
+from newsletter.bounces import classify
 from newsletter.models import Delivery, DeliveryStatus
 from newsletter.store import Store
+from newsletter.tokens import Tokens
 
-from .conftest import Console, log_in, token
+from . import bounce_mails as m
+from .conftest import SECRET, Console, log_in, token
 
 # Markup a stranger might send: a custom element with an event handler, a script, a broken attribute.
 PAYLOAD = '"><x-evil onerror=alert(1)>pwned</x-evil><script>alert(1)</script><img src=x onerror=alert(2)>'
@@ -67,9 +68,35 @@ def _issue_with_hostile_fields(store: Store, now: datetime) -> int:
     return issue.id
 
 
+def _forged_bounce(store: Store, now: datetime) -> None:
+    """A mail to the bounce address with no VERP and no signed link, naming the victim."""
+    mail = m.gmail_dsn(
+        verp="bounces@example.com",
+        recipient="victim@example.org",
+        status="5.1.1",
+        diagnostic=f"550 {PAYLOAD}",
+        original=m.original_headers(to="victim@example.org", unsubscribe_url=PAYLOAD, issue_id=1),
+    )
+    verdict = classify(mail, tokens=Tokens(SECRET), return_path="bounces@example.com")
+    assert verdict.kind == "review"
+    outcome = store.record_bounce_mail(
+        digest="forged",
+        source=f"maildir:{PAYLOAD}",
+        kind=verdict.kind,
+        note=verdict.note,
+        events=verdict.events,
+        now=now,
+        soft_limit=3,
+        soft_window=timedelta(days=30),
+    )
+    assert outcome is not None
+
+
 def test_every_page_shows_a_strangers_markup_as_text(console: Console) -> None:
     now = datetime.now(UTC)
     issue_id = _issue_with_hostile_fields(console.store, now)
+    _forged_bounce(console.store, now)
+    assert console.store.get_subscriber("victim@example.org").status == "active"  # type: ignore[union-attr]
     public = console.app.test_client()
     signup = public.post("/subscribe", data={"email": PAYLOAD, "name": "x"})
     assert signup.status_code == 400
@@ -87,6 +114,9 @@ def test_every_page_shows_a_strangers_markup_as_text(console: Console) -> None:
     assert log_in(operator) == 302
     assert_inert(operator.get("/admin/").get_data(as_text=True), shown=False)
     assert_inert(operator.get(f"/admin/issues/{issue_id}").get_data(as_text=True))
+    review = operator.get("/admin/bounces").get_data(as_text=True)
+    assert_inert(review)
+    assert "victim@example.org" in review and "not attributed" in review
     listing = operator.get("/admin/subscribers").get_data(as_text=True)
     assert_inert(listing)
     searched = operator.get("/admin/subscribers", query_string={"q": PAYLOAD}).get_data(as_text=True)

@@ -315,6 +315,23 @@ def _send_in_background(issue_id: int) -> str:
     return "its send continues now."
 
 
+# -- bounce mail to review ------------------------------------------------------------------------
+
+
+@bp.get("/bounces")
+@login_required
+def bounces() -> str:
+    """Bounce mail that changed nobody: reports no signed token attributes (anybody can write to the
+    bounce address), mail not understood, mail that could not be handled."""
+    before = request.args.get("before", None, type=int)
+    mails = services().store.bounce_mails_for_review(before=before, limit=PAGE)
+    return render_template(
+        "web/admin/bounces.html.j2",
+        mails=mails,
+        next_before=mails[-1][0].id if len(mails) == PAGE else None,
+    )
+
+
 # -- subscribers ----------------------------------------------------------------------------------
 
 
