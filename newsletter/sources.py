@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import calendar
 import hashlib
-import time
-from collections.abc import Callable, Sequence
+import socket
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -74,74 +76,179 @@ def fetch_all(
 ) -> list[FeedResult]:
     """Fetch and parse every source, in parallel, each failure caught and reported by name."""
     conditionals = conditionals or {}
-    timeout = httpx.Timeout(limits.read_seconds, connect=limits.connect_seconds)
-    headers = {
-        "User-Agent": USER_AGENT,
-        "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, */*;q=0.5",
-    }
-    with httpx.Client(timeout=timeout, headers=headers, follow_redirects=True) as client:
 
-        def one(src: SourceSettings) -> FeedResult:
-            result = FeedResult(source=src)
-            try:
-                if src.is_remote:
-                    got = _fetch_http(client, src.url, conditionals.get(src.url), limits)
-                    if got is None:
-                        result.not_modified = True
-                        prior = conditionals.get(src.url) or Conditional()
-                        result.etag, result.last_modified = prior.etag, prior.last_modified
-                        return result
-                    body, result.etag, result.last_modified = got
-                else:
-                    body = _read_local(base_dir, src.url, limits)
-                result.stories = parse_feed(body, src, now=now)
-            except FeedError as exc:
-                result.error = str(exc)
-            return result
+    def one(src: SourceSettings) -> FeedResult:
+        result = FeedResult(source=src)
+        try:
+            if src.is_remote:
+                got = _fetch_http(src.url, conditionals.get(src.url), limits)
+                if got is None:
+                    result.not_modified = True
+                    prior = conditionals.get(src.url) or Conditional()
+                    result.etag, result.last_modified = prior.etag, prior.last_modified
+                    return result
+                body, result.etag, result.last_modified = got
+            else:
+                body = _read_local(base_dir, src.url, limits)
+            result.stories = parse_feed(body, src, now=now)
+        except FeedError as exc:
+            result.error = str(exc)
+        return result
 
-        def reported(src: SourceSettings) -> FeedResult:
-            result = one(src)
-            if on_done:
-                on_done(result)
-            return result
+    def reported(src: SourceSettings) -> FeedResult:
+        result = one(src)
+        if on_done:
+            on_done(result)
+        return result
 
-        with ThreadPoolExecutor(max_workers=max(1, min(limits.parallel, len(sources)))) as pool:
-            return list(pool.map(reported, sources))
+    with ThreadPoolExecutor(max_workers=max(1, min(limits.parallel, len(sources)))) as pool:
+        return list(pool.map(reported, sources))
+
+
+_HEADERS = {
+    "User-Agent": USER_AGENT,
+    "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, */*;q=0.5",
+    "Accept-Encoding": "gzip, deflate",  # what _unpacked can undo, with the cap counted as it unpacks
+}
+_UNPACK_STEP = 64 * 1024  # at most this many bytes out of a decompressor at a time
+
+
+class _Deadline:
+    """One deadline for a whole request, connect, headers and body alike: when it passes, the
+    connection's socket is shut down, which ends whatever read is waiting on it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's trace extension: note the socket of each connection as it is made."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            sock = info["return_value"].get_extra_info("socket")
+            with self._lock:
+                if sock is not None:
+                    self._sockets.append(sock)
+                if self.expired:
+                    self._shut(sock)
+        if self.expired:
+            raise httpx.TimeoutException("the deadline passed")
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket | None) -> None:
+        try:
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
 
 
 def _fetch_http(
-    client: httpx.Client, url: str, prior: Conditional | None, limits: Limits
+    url: str, prior: Conditional | None, limits: Limits
 ) -> tuple[bytes, str | None, str | None] | None:
     """The body, ETag and Last-Modified; None when the server says 304 Not Modified."""
-    headers: dict[str, str] = {}
+    headers = dict(_HEADERS)
     if prior and prior.etag:
         headers["If-None-Match"] = prior.etag
     if prior and prior.last_modified:
         headers["If-Modified-Since"] = prior.last_modified
-    deadline = time.monotonic() + limits.total_seconds
+    too_big = f"it is larger than {limits.max_bytes // (1024 * 1024)} MB"
+    connect = min(limits.connect_seconds, limits.total_seconds)
+    timeout = httpx.Timeout(limits.read_seconds, connect=connect)
+    with _Deadline(limits.total_seconds) as deadline:
+        try:
+            # a client per feed: every request makes its own connection, so its deadline can end it
+            with (
+                httpx.Client(timeout=timeout, headers=headers, follow_redirects=True) as client,
+                client.stream("GET", url, extensions={"trace": deadline.trace}) as response,
+            ):
+                if response.status_code == 304:
+                    return None
+                if response.status_code >= 400:
+                    raise FeedError(f"the server answered {response.status_code} {response.reason_phrase}")
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > limits.max_bytes:
+                    raise FeedError(too_big)
+                chunks: list[bytes] = []
+                size = 0
+                encoding = response.headers.get("Content-Encoding", "")
+                for chunk in _unpacked(_capped(response.iter_raw(), limits.max_bytes, too_big), encoding):
+                    size += len(chunk)
+                    if size > limits.max_bytes:
+                        raise FeedError(too_big)
+                    chunks.append(chunk)
+                body = b"".join(chunks)
+                return body, response.headers.get("ETag"), response.headers.get("Last-Modified")
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            if deadline.expired:
+                raise FeedError(f"it took longer than {limits.total_seconds:g} seconds") from None
+            if isinstance(exc, httpx.TimeoutException):
+                raise FeedError("it did not answer in time") from None
+            raise FeedError(f"it could not be reached ({type(exc).__name__}: {exc})") from None
+        except httpx.HTTPError as exc:
+            raise FeedError(f"it could not be reached ({type(exc).__name__}: {exc})") from None
+
+
+def _capped(chunks: Iterable[bytes], max_bytes: int, too_big: str) -> Iterator[bytes]:
+    """The bytes on the wire, at most `max_bytes` of them."""
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > max_bytes:
+            raise FeedError(too_big)
+        yield chunk
+
+
+def _unpacked(chunks: Iterable[bytes], content_encoding: str) -> Iterator[bytes]:
+    """The body with its Content-Encoding undone, layer by layer, in pieces of at most 64 KB: a
+    compressed body is never unpacked whole, so the caller's cap holds as it is produced."""
+    names = [n.strip().lower() for n in content_encoding.split(",") if n.strip()]
+    names = [n for n in names if n != "identity"]
+    if len(names) > 3:
+        raise FeedError(f"it is encoded {len(names)} times over (Content-Encoding: {content_encoding[:80]})")
+    for name in reversed(names):  # the last encoding applied is undone first
+        if name not in ("gzip", "x-gzip", "deflate"):
+            raise FeedError(f"it uses a content encoding this reader did not ask for ({name[:40]})")
+        chunks = _inflate(chunks, deflate=name == "deflate")
+    yield from chunks
+
+
+def _inflate(chunks: Iterable[bytes], *, deflate: bool) -> Iterator[bytes]:
+    unpacker: Any = None
     try:
-        with client.stream("GET", url, headers=headers) as response:
-            if response.status_code == 304:
-                return None
-            if response.status_code >= 400:
-                raise FeedError(f"the server answered {response.status_code} {response.reason_phrase}")
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > limits.max_bytes:
-                raise FeedError(f"it is larger than {limits.max_bytes // (1024 * 1024)} MB")
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > limits.max_bytes:
-                    raise FeedError(f"it is larger than {limits.max_bytes // (1024 * 1024)} MB")
-                if time.monotonic() > deadline:
-                    raise FeedError(f"it took longer than {limits.total_seconds:g} seconds")
-                chunks.append(chunk)
-            return b"".join(chunks), response.headers.get("ETag"), response.headers.get("Last-Modified")
-    except httpx.TimeoutException:
-        raise FeedError("it did not answer in time") from None
-    except httpx.HTTPError as exc:
-        raise FeedError(f"it could not be reached ({type(exc).__name__}: {exc})") from None
+        for chunk in chunks:
+            if unpacker is None and chunk:
+                # "deflate" is a zlib stream, or raw deflate from servers that misread the standard
+                raw = deflate and (chunk[0] & 0x0F) != 8
+                unpacker = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS | 32)
+            while chunk and unpacker is not None and not unpacker.eof:
+                out = unpacker.decompress(chunk, _UNPACK_STEP)
+                chunk = unpacker.unconsumed_tail
+                if out:
+                    yield out
+        while unpacker is not None and not unpacker.eof:  # output still held back after the input ended
+            out = unpacker.decompress(b"", _UNPACK_STEP)
+            if not out:
+                break
+            yield out
+    except zlib.error as exc:
+        raise FeedError(f"its compressed body is broken ({exc})") from None
 
 
 def _read_local(base_dir: Path, url: str, limits: Limits) -> bytes:

@@ -3,6 +3,8 @@ a SQLite file, and a fresh schema on the local PostgreSQL."""
 
 from __future__ import annotations
 
+import functools
+import gzip
 import os
 import re
 import secrets
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -46,7 +49,18 @@ class Route:
     body: bytes = b""
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
-    behaviour: str = ""  # "hang": say nothing for a while; "big": stream 10 MB
+    # "hang": say nothing for a while; "big": stream 10 MB; "bomb": 400 MB of gzip, gzip in under
+    # 1 KB; "drip": the status line and headers one byte every half second
+    behaviour: str = ""
+
+
+@functools.cache
+def gzip_bomb() -> bytes:
+    """400 MB of zeros, gzipped twice: under 1 KB on the wire."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1024 * 1024)
+    inner = b"".join(packer.compress(block) for _ in range(400)) + packer.flush()
+    return gzip.compress(inner, 9)
 
 
 class FeedServer:
@@ -65,6 +79,26 @@ class FeedServer:
                     return
                 if route.behaviour == "hang":
                     server.release.wait(timeout=10)  # bounded: never holds a test run
+                    return
+                if route.behaviour == "bomb":
+                    body = gzip_bomb()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/rss+xml")
+                    self.send_header("Content-Encoding", "gzip, gzip")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                if route.behaviour == "drip":
+                    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/rss+xml\r\nX-Padding: slow-slow\r\n"
+                    try:
+                        for byte in head:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            if server.release.wait(timeout=0.5):
+                                return
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
                     return
                 if route.behaviour == "big":
                     self.send_response(200)
@@ -480,5 +514,3 @@ def log_in(client: FlaskClient, password: str = PASSWORD, name: str = "ed") -> i
     return client.post(
         "/admin/login", data={"username": name, "password": password, "csrf_token": csrf}
     ).status_code
-
-

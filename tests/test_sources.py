@@ -1,3 +1,4 @@
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -123,3 +124,64 @@ def test_future_dates_are_clamped_and_undated_items_have_none() -> None:
     later, undated = parse_feed(body, src("https://f.example/"), now=NOW)
     assert later.published_at == NOW
     assert undated.published_at is None
+
+
+def test_a_gzip_bomb_is_stopped_at_the_cap_as_it_unpacks(feed_server: FeedServer) -> None:
+    """Content-Encoding: gzip, gzip; under 1 KB on the wire, 400 MB unpacked. The cap counts
+    unpacked bytes as they are made, so memory never holds more than the cap."""
+    import tracemalloc
+
+    from .conftest import gzip_bomb
+
+    assert len(gzip_bomb()) < 1024
+    feed_server.routes["/bomb"] = Route(behaviour="bomb")
+    tracemalloc.start()
+    try:
+        (result,) = fetch_all(
+            [src(feed_server.url("/bomb"), "bomb")], base_dir=Path("."), now=NOW, limits=FAST
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "larger than 5 MB" in (result.error or ""), result.error
+    assert peak < 40 * 1024 * 1024, f"peak {peak / 1e6:.0f} MB"
+
+    # an honest compressed feed still reads: gzip, a zlib stream, raw deflate, and gzip twice
+    import gzip
+    import zlib
+
+    feed = rss([{"title": "Packed", "link": "https://e.example/p"}])
+    raw = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    packed = {
+        "gzip": gzip.compress(feed),
+        "deflate": zlib.compress(feed),
+        "raw": raw.compress(feed) + raw.flush(),
+        "twice": gzip.compress(gzip.compress(feed)),
+    }
+    encodings = {"gzip": "gzip", "deflate": "deflate", "raw": "deflate", "twice": "gzip, gzip"}
+    for name, body in packed.items():
+        feed_server.routes[f"/{name}"] = Route(body=body, headers={"Content-Encoding": encodings[name]})
+    feed_server.routes["/br"] = Route(body=b"xx", headers={"Content-Encoding": "br"})
+    results = fetch_all(
+        [src(feed_server.url(f"/{n}"), n) for n in [*packed, "br"]], base_dir=Path("."), now=NOW, limits=FAST
+    )
+    assert [r.stories[0].title if r.ok else r.error for r in results[:4]] == ["Packed"] * 4
+    assert "content encoding this reader did not ask for (br)" in (results[4].error or "")
+
+
+def test_one_deadline_covers_the_whole_request_headers_included(feed_server: FeedServer) -> None:
+    """A server that sends its headers one byte every half second is cut off at the total deadline,
+    and a good feed beside it is still gathered."""
+    feed_server.routes["/drip"] = Route(behaviour="drip")
+    feed_server.routes["/good"] = Route(body=rss([{"title": "Fine", "link": "https://e.example/1"}]))
+    started = time.monotonic()
+    drip, good = fetch_all(
+        [src(feed_server.url("/drip"), "drip"), src(feed_server.url("/good"), "good")],
+        base_dir=Path("."),
+        now=NOW,
+        limits=Limits(connect_seconds=2, read_seconds=1, total_seconds=2),
+    )
+    elapsed = time.monotonic() - started
+    assert "took longer than 2 seconds" in (drip.error or ""), drip.error
+    assert elapsed < 4, elapsed
+    assert good.ok and [s.title for s in good.stories] == ["Fine"]
