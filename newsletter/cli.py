@@ -810,8 +810,25 @@ def serve(app: App, host: str | None, port: int | None) -> None:
 
     web = create_app(app.settings, store=app.store)
     host, port = host or app.settings.web.host, port or app.settings.web.port
+    server = waitress.create_server(web, host=host, port=port, threads=8, ident="newsletter")
+
+    class Stopped(Exception):
+        pass
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise Stopped
+
+    signal.signal(signal.SIGTERM, stop)
     _log(f"serving {app.settings.newsletter.name} on http://{host}:{port}/ (Ctrl-C stops)")
-    waitress.serve(web, host=host, port=port, threads=8, ident="newsletter")
+    try:
+        server.run()
+    except (Stopped, KeyboardInterrupt):
+        pass
+    finally:
+        server.close()
+    # what the visitors were promised: the confirmation mails still waiting go out before the exit
+    waiting = web.extensions["newsletter"].confirmations
+    _log("stopped" if waiting.wait_idle(timeout=10) else "stopped; some confirmation mails were not sent")
 
 
 if __name__ == "__main__":  # pragma: no cover

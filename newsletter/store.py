@@ -61,6 +61,8 @@ __all__ = [
 ]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Never mailed again, whatever anyone types into a form.
+CLOSED_STATUSES = (SubscriberStatus.COMPLAINED, SubscriberStatus.BOUNCED)
 ERASED_DOMAIN = "@erased.invalid"  # RFC 2606: never a real address
 
 
@@ -295,9 +297,11 @@ class Store:
     def request_subscription(
         self, email: str, name: str | None, *, ip: str | None, now: datetime, resend_after: timedelta
     ) -> tuple[Subscriber, bool]:
-        """A signup from the form: a new or departed address becomes `pending`; an active one is
-        left alone. Returns (subscriber, whether to mail a confirmation now): not twice within
-        `resend_after`, so a form cannot be used to flood one inbox."""
+        """A signup from the form: a new or unsubscribed address becomes `pending`; an active one is
+        left alone, and so is one that complained or hard-bounced (it is never mailed again, and no
+        stranger can reopen it). Returns (subscriber, whether a confirmation mail is due): not when
+        one was sent within `resend_after`, so a form cannot be used to flood one inbox. Nothing
+        records a mail as sent here: `confirmation_sent` does, once the server has taken it."""
         with self.write() as s:
             sub = s.scalar(select(Subscriber).where(Subscriber.email == email))
             if sub is None:
@@ -311,17 +315,20 @@ class Store:
                     created_at=now,
                 )
                 s.add(sub)
-            elif sub.status == SubscriberStatus.ACTIVE:
+                s.flush()
+                return sub, True
+            if sub.status in CLOSED_STATUSES or sub.status == SubscriberStatus.ACTIVE:
                 return sub, False
-            elif sub.status != SubscriberStatus.PENDING:
+            if sub.status == SubscriberStatus.UNSUBSCRIBED:
                 sub.status, sub.consent_ip = SubscriberStatus.PENDING, ip
                 sub.name = name or sub.name
-            if sub.confirm_sent_at is not None and sub.confirm_sent_at > now - resend_after:
-                s.flush()
-                return sub, False
-            sub.confirm_sent_at = now
-            s.flush()
-            return sub, True
+            due = sub.confirm_sent_at is None or sub.confirm_sent_at <= now - resend_after
+            return sub, due
+
+    def confirmation_sent(self, subscriber_id: int, *, now: datetime) -> None:
+        """The confirmation mail was taken by the server: no other for `resend_after`."""
+        with self.write() as s:
+            s.execute(update(Subscriber).where(Subscriber.id == subscriber_id).values(confirm_sent_at=now))
 
     def confirm_subscriber(self, subscriber_id: int, *, now: datetime) -> Subscriber | None:
         """Double opt-in done: `pending` becomes `active` (idempotent for an active one)."""

@@ -2,10 +2,11 @@
 aiosmtpd fixture and a real SQLite file."""
 
 import email
+import io
 import re
 import time
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from email import policy
 from pathlib import Path
 
@@ -14,9 +15,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from newsletter.config import load_settings
+from newsletter.models import Subscriber
 from newsletter.store import Store
 from newsletter.tokens import Tokens
 from newsletter.web import create_app
+from newsletter.web.confirmations import ConfirmationMailer
 
 from .conftest import SECRET, SmtpSink, write_config
 
@@ -49,6 +52,10 @@ def store_of(app: Flask) -> Store:
     return app.extensions["newsletter"].store  # type: ignore[no-any-return]
 
 
+def mailer_of(app: Flask) -> ConfirmationMailer:
+    return app.extensions["newsletter"].confirmations  # type: ignore[no-any-return]
+
+
 def confirm_link(sink: SmtpSink, address: str) -> str:
     (received,) = sink.by_recipient()[address]
     msg = email.message_from_bytes(received.data, policy=policy.default)
@@ -73,21 +80,23 @@ def test_double_opt_in_one_mail_and_the_same_answer_for_everyone(
     app: Flask, client: FlaskClient, smtp_sink: SmtpSink
 ) -> None:
     first = client.post("/subscribe", data={"email": "Reader@Example.com", "name": "Ada"})
+    assert mailer_of(app).wait_idle()
     again = client.post("/subscribe", data={"email": "reader@example.com"})
     assert first.status_code == again.status_code == 200
     assert first.get_data() == again.get_data()
     sub = store_of(app).get_subscriber("reader@example.com")
     assert sub is not None and sub.status == "pending" and sub.source == "form" and sub.consent_ip
-    assert len(smtp_sink.messages) == 1  # not a second mail within the hour
+    assert sub.confirm_sent_at == NOW  # recorded once the server took it
+    assert mailer_of(app).wait_idle() and len(smtp_sink.messages) == 1  # not a second mail within the hour
     mail = email.message_from_bytes(smtp_sink.messages[0].data, policy=policy.default)
     assert mail["To"] == "Ada <reader@example.com>" and "Confirm" in str(mail["Subject"])
     link = confirm_link(smtp_sink, "reader@example.com")
-    assert client.get(link).status_code == 200
-    assert client.get(link).status_code == 200  # idempotent
+    assert client.post(link).status_code == 200
+    assert client.post(link).status_code == 200  # idempotent
     assert store_of(app).get_subscriber("reader@example.com").status == "active"  # type: ignore[union-attr]
     active = client.post("/subscribe", data={"email": "reader@example.com"})
     assert active.status_code == 200 and active.get_data() == first.get_data()
-    assert len(smtp_sink.messages) == 1
+    assert mailer_of(app).wait_idle() and len(smtp_sink.messages) == 1
 
 
 def test_bad_input_is_refused_and_nothing_is_stored(
@@ -128,13 +137,15 @@ def test_confirm_links_tampered_expired_or_of_another_kind_are_400(
     tokens = Tokens(SECRET)
     sub, _ = store_of(app).add_subscriber("p@example.com", None, now=NOW, status="pending")  # type: ignore[arg-type]
     good = tokens.confirm(sub.id)
-    assert client.get(f"/confirm/{good[:-2]}xx").status_code == 400
-    assert client.get(f"/confirm/{tokens.unsubscribe(sub.id)}").status_code == 400
-    assert client.get("/confirm/garbage").status_code == 400
+    for method in (client.get, client.post):
+        assert method(f"/confirm/{good[:-2]}xx").status_code == 400
+        assert method(f"/confirm/{tokens.unsubscribe(sub.id)}").status_code == 400
+        assert method("/confirm/garbage").status_code == 400
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() + 8 * 24 * 3600)  # the link is a week old and a day
-    expired = client.get(f"/confirm/{good}")
+    expired = client.post(f"/confirm/{good}")
     assert expired.status_code == 400 and "expired" in expired.get_data(as_text=True)
+    assert client.get(f"/confirm/{good}").status_code == 400
     assert store_of(app).get_subscriber("p@example.com").status == "pending"  # type: ignore[union-attr]
 
 
@@ -186,3 +197,114 @@ def test_archive_and_health(app: Flask, client: FlaskClient) -> None:
     Path(store.url.split("///", 1)[1]).unlink()  # the database is gone
     (Path(store.url.split("///", 1)[1]).parent / "subscribers.db").mkdir()  # and can't be recreated
     assert client.get("/healthz").status_code == 503
+
+
+def test_complained_and_bounced_addresses_stay_closed(
+    app: Flask, client: FlaskClient, smtp_sink: SmtpSink
+) -> None:
+    """The form never reopens an address that complained or hard-bounced: same answer, no mail."""
+    store = store_of(app)
+    for address, status in (("angry@example.com", "complained"), ("gone@example.com", "bounced")):
+        sub, _ = store.add_subscriber(address, "Original", now=NOW)
+        with store.write() as s:
+            s.get(Subscriber, sub.id).status = status  # type: ignore[union-attr]
+    left, _ = store.add_subscriber("left@example.com", None, now=NOW)
+    store.unsubscribe(left.id, now=NOW)
+    fresh = client.post("/subscribe", data={"email": "fresh@example.com", "name": "New"})
+    answers = [
+        client.post("/subscribe", data={"email": a, "name": "Forger"})
+        for a in ("angry@example.com", "gone@example.com", "left@example.com")
+    ]
+    assert all(a.status_code == 200 and a.get_data() == fresh.get_data() for a in answers)
+    assert mailer_of(app).wait_idle()
+    for address, status in (("angry@example.com", "complained"), ("gone@example.com", "bounced")):
+        sub = store.get_subscriber(address)
+        assert sub is not None and (sub.status, sub.name, sub.confirm_sent_at) == (status, "Original", None)
+    assert store.get_subscriber("left@example.com").status == "pending"  # type: ignore[union-attr]  # may rejoin
+    assert sorted(smtp_sink.by_recipient()) == ["fresh@example.com", "left@example.com"]
+
+
+def test_a_link_scanner_fetching_the_confirm_link_confirms_nothing(
+    app: Flask, client: FlaskClient, smtp_sink: SmtpSink
+) -> None:
+    client.post("/subscribe", data={"email": "scanned@example.com"})
+    assert mailer_of(app).wait_idle()
+    link = confirm_link(smtp_sink, "scanned@example.com")
+    for _ in range(3):  # a scanner, a preview pane, a prefetch
+        page = client.get(link)
+        assert page.status_code == 200
+        assert f'<form method="post" action="{link}">' in page.get_data(as_text=True)
+        assert ">Confirm</button>" in page.get_data(as_text=True)
+    assert store_of(app).get_subscriber("scanned@example.com").status == "pending"  # type: ignore[union-attr]
+    assert client.post(link).status_code == 200
+    assert store_of(app).get_subscriber("scanned@example.com").status == "active"  # type: ignore[union-attr]
+
+
+def test_a_signup_while_the_relay_is_down_records_nothing_and_says_try_again(
+    tmp_path: Path, smtp_sink: SmtpSink, env: None
+) -> None:
+    config = write_config(
+        tmp_path,
+        delivery='transport = "smtp"',
+        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\n',
+    )
+    settings = load_settings(config)
+    store = Store(settings.database_url)
+    store.migrate()
+    clock = [NOW]
+    app = create_app(settings, store=store, now=lambda: clock[0])
+    client = app.test_client()
+    mailer = mailer_of(app)
+    smtp_sink.rcpt_hook = lambda _address: "421 4.3.2 Service not available, closing channel"
+    first = client.post("/subscribe", data={"email": "early@example.com"})
+    assert first.status_code == 200 and mailer.wait_idle()
+    assert store.get_subscriber("early@example.com").confirm_sent_at is None  # type: ignore[union-attr]
+    for address in ("early@example.com", "other@example.com", "never@example.com"):
+        down = client.post("/subscribe", data={"email": address})
+        assert down.status_code == 503 and "try again" in down.get_data(as_text=True)
+        assert int(down.headers["Retry-After"]) > 0
+    assert store.get_subscriber("other@example.com") is None  # nothing stored while mail can't go
+    smtp_sink.rcpt_hook = None  # the relay is back; a minute later the reader tries again
+    clock[0] = NOW + timedelta(seconds=61)
+    again = client.post("/subscribe", data={"email": "early@example.com"})
+    assert again.status_code == 200 and mailer.wait_idle()
+    assert len(smtp_sink.by_recipient()["early@example.com"]) == 1
+    assert store.get_subscriber("early@example.com").confirm_sent_at == clock[0]  # type: ignore[union-attr]
+    store.close()
+
+
+def test_odd_requests_are_400_404_or_413_never_500(app: Flask, client: FlaskClient) -> None:
+    json_answers = {"Accept": "application/json"}
+    for body in ({"email": "a@example.com", "name": 42}, ["a@example.com"], "text", 7, {"email": ["x"]}):
+        odd = client.post("/subscribe", json=body, headers=json_answers)
+        assert odd.status_code == 400, (body, odd.status_code)
+    assert client.post("/subscribe", data=b"{not json", content_type="application/json").status_code == 400
+    for path in (
+        "/unsubscribe/\u00e9.x",
+        "/unsubscribe/%00.%ff",
+        "/confirm/\u00e9",
+        "/unsubscribe/" + "a." * 3000,
+    ):
+        assert client.get(path).status_code == 400, path
+        assert client.post(path).status_code == 400, path
+    for path in ("/archive/99999999999999999999999", "/archive/-1", "/archive/2147483648", "/nowhere"):
+        assert client.get(path).status_code == 404, path
+    huge = b"email=a%40example.com&name=" + b"x" * (64 * 1024)
+    too_big = client.post("/subscribe", data=huge, content_type="application/x-www-form-urlencoded")
+    assert too_big.status_code == 413
+    assert client.post("/unsubscribe/x.y", data=b"x" * (50 * 1024 * 1024)).status_code == 413
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the cap holds as the body is read
+        yield b"email=a%40example.com&name="
+        for _ in range(100):
+            yield b"x" * 1024
+
+    streamed = client.post(
+        "/subscribe",
+        input_stream=io.BytesIO(b"".join(chunked())),
+        content_type="application/x-www-form-urlencoded",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},  # as waitress says of a de-chunked body
+    )
+    assert streamed.status_code == 413
+    assert store_of(app).subscriber_counts() == {}

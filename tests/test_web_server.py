@@ -88,8 +88,10 @@ def test_one_click_unsubscribe_exactly_as_a_mailbox_provider_posts_it(
     )
     assert signup.status_code == 200 and signup.json()["status"] == "ok"
     assert "nosniff" == signup.headers["x-content-type-options"]
+    assert wait_for(lambda: "one@example.com" in smtp_sink.by_recipient())
     confirm = link_in_mail(smtp_sink, "one@example.com", r"http://\S+/confirm/\S+")
-    assert httpx.get(confirm).status_code == 200
+    assert httpx.get(confirm).status_code == 200  # the page with the button: a link scanner's fetch
+    assert httpx.post(confirm).status_code == 200
     run_cli(server.config, "run")  # the next issue, with its List-Unsubscribe header
     issue = email.message_from_bytes(
         smtp_sink.by_recipient()["one@example.com"][-1].data, policy=policy.default
@@ -134,6 +136,9 @@ def test_sign_up_confirm_and_unsubscribe_in_chromium(
 
         assert wait_for(lambda: "browser@example.com" in smtp_sink.by_recipient(), timeout=10)
         page.goto(link_in_mail(smtp_sink, "browser@example.com", r"http://\S+/confirm/\S+"))
+        assert "Confirm your subscription" in page.inner_text("h2")
+        page.click("button[type=submit]")
+        page.wait_for_selector("text=You're subscribed")
         assert "You're subscribed" in page.inner_text("h2")
         page.screenshot(path=str(shots / "3-confirmed.png"), full_page=True)
 
@@ -201,6 +206,8 @@ def test_signups_during_a_send_share_the_sqlite_file(tmp_path: Path, smtp_sink: 
         seconds = time.monotonic() - started
         out, err = send.communicate(timeout=120)
         assert send.returncode == 0, err
+        confirmed = [f"new{i}@example.com" for i in range(200)]
+        assert wait_for(lambda: all(a in smtp_sink.by_recipient() for a in confirmed), timeout=60)
     finally:
         web.send_signal(signal.SIGTERM)
         log, _ = web.communicate(timeout=10)

@@ -8,17 +8,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Flask, Response, current_app
+from flask import Flask, Response, abort, current_app, request
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.routing import IntegerConverter
 
 from ..config import Settings, read_secret_key
 from ..signing import DkimSigner, signer_for
 from ..store import Store
 from ..tokens import Tokens
 from ..transport import Envelope, SendResult, open_transport
+from .confirmations import ConfirmationMailer
 from .limits import SlidingWindow, login_window
 
-__all__ = ["Services", "create_app", "services"]
+__all__ = ["Services", "create_app", "services", "PUBLIC_BODY_LIMIT"]
+
+PUBLIC_BODY_LIMIT = 64 * 1024  # a signup or an unsubscribe is a few hundred bytes
+ADMIN_BODY_LIMIT = 50 * 1024 * 1024  # a subscriber CSV upload
 
 
 @dataclass
@@ -31,6 +36,7 @@ class Services:
     send_mail: Callable[[Envelope, bytes], SendResult]
     now: Callable[[], datetime]
     signups_per_ip: SlidingWindow
+    confirmations: ConfirmationMailer
     signer: DkimSigner | None = None
     login_failures: SlidingWindow = field(default_factory=login_window)
 
@@ -44,6 +50,14 @@ def _send_with_configured_transport(settings: Settings) -> Callable[[Envelope, b
             transport.close()
 
     return send
+
+
+class _Id(IntegerConverter):
+    """A row id in a path: a number the database can hold, else 404 (never an overflow's 500)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", 2**31 - 1)
+        super().__init__(*args, **kwargs)
 
 
 class _App(Flask):
@@ -71,18 +85,33 @@ def create_app(
         SESSION_COOKIE_SECURE=settings.newsletter.base_url.startswith("https://"),
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
-        MAX_CONTENT_LENGTH=50 * 1024 * 1024,  # a subscriber CSV upload
+        MAX_CONTENT_LENGTH=ADMIN_BODY_LIMIT,
     )
+    app.url_map.converters["int"] = _Id
     clock = now or (lambda: datetime.now(UTC))
+    store = store or Store(settings.database_url)
+    tokens = Tokens(app.config["SECRET_KEY"])
+    mail = send_mail or _send_with_configured_transport(settings)
+    signer = signer_for(settings)
     app.extensions["newsletter"] = Services(
         settings=settings,
-        store=store or Store(settings.database_url),
-        tokens=Tokens(app.config["SECRET_KEY"]),
-        send_mail=send_mail or _send_with_configured_transport(settings),
+        store=store,
+        tokens=tokens,
+        send_mail=mail,
         now=clock,
         signups_per_ip=SlidingWindow(settings.web.signups_per_ip_per_hour, 3600.0),
-        signer=signer_for(settings),
+        confirmations=ConfirmationMailer(
+            settings,
+            store,
+            tokens,
+            mail,
+            now=clock,
+            signer=signer,
+            mail_from=settings.newsletter.sender_address,
+        ),
+        signer=signer,
     )
+    app.before_request(_limit_body)
     csrf = CSRFProtect(app)
     # Forms posted from other sites by design: the embeddable signup form and RFC 8058 one-click
     # unsubscribes (a mail client's POST). Every /admin form carries a token.
@@ -94,6 +123,18 @@ def create_app(
     app.after_request(_security_headers)
     app.jinja_env.globals["newsletter"] = settings.newsletter
     return app
+
+
+def _limit_body() -> None:
+    """Public routes take small bodies only: a larger one is refused before anything reads it."""
+    if request.path.startswith("/admin/"):
+        return
+    if (request.content_length or 0) > PUBLIC_BODY_LIMIT:
+        abort(413)
+    # a chunked body has no length: read one byte past the limit (kept for the form parser) to tell
+    request.max_content_length = PUBLIC_BODY_LIMIT + 1
+    if len(request.get_data(cache=True)) > PUBLIC_BODY_LIMIT:
+        abort(413)
 
 
 def services() -> Services:

@@ -207,7 +207,7 @@ def issue(issue_id: int) -> str:
     counts = svc.store.issue_counts(issue_id)
     if found is None or not counts:
         abort(404)
-    after = request.args.get("after", 0, type=int)
+    after = request.args.get("after", 0, type=row_id)
     problems = svc.store.problem_deliveries(issue_id, after=after, limit=PAGE)
     base = svc.settings.newsletter.base_url.rstrip("/")
     text = fill(
@@ -323,7 +323,7 @@ def _send_in_background(issue_id: int) -> str:
 def bounces() -> str:
     """Bounce mail that changed nobody: reports no signed token attributes (anybody can write to the
     bounce address), mail not understood, mail that could not be handled."""
-    before = request.args.get("before", None, type=int)
+    before = request.args.get("before", None, type=row_id)
     mails = services().store.bounce_mails_for_review(before=before, limit=PAGE)
     return render_template(
         "web/admin/bounces.html.j2",
@@ -343,7 +343,7 @@ def subscribers() -> str:
     status = request.args.get("status") or None
     if status not in {s.value for s in SubscriberStatus}:
         status = None
-    after = request.args.get("after", 0, type=int)
+    after = request.args.get("after", 0, type=row_id)
     page = svc.store.search_subscribers(query=query, status=status, after=after, limit=PAGE)
     return render_template(
         "web/admin/subscribers.html.j2",
@@ -425,6 +425,14 @@ def erase(subscriber_id: int) -> BaseResponse:
     log.info("admin %s erased subscriber %s (%d outbox copies)", current_user.name, subscriber_id, removed)
     flash(f"Subscriber #{subscriber_id} is erased: address, name and IP are gone; the counts stay.")
     return redirect(url_for(".subscribers"))
+
+
+def row_id(value: str) -> int:
+    """A row id from a query string: a number the database can hold (else the default is used)."""
+    number = int(value)
+    if not 0 <= number < 2**31:
+        raise ValueError(value)
+    return number
 
 
 def _local(url: str | None) -> bool:

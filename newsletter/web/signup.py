@@ -1,19 +1,16 @@
-"""GET / (the form), POST /subscribe (double opt-in), GET /confirm/TOKEN."""
+"""GET / (the form), POST /subscribe (double opt-in), GET /confirm/TOKEN (a page with a button) and
+POST /confirm/TOKEN (the confirmation)."""
 
 from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Any
 
 from flask import Blueprint, Response, jsonify, make_response, render_template, request
 
-from ..compose import confirmation_message
 from ..errors import NewsletterError
-from ..models import DeliveryStatus
 from ..subscribers import check_name, normalise_email
 from ..tokens import BadToken
-from ..transport import Envelope
 from . import services
 
 bp = Blueprint("signup", __name__)
@@ -68,8 +65,10 @@ def form() -> str:
 @bp.post("/subscribe")
 def subscribe() -> Response:
     svc = services()
-    fields: dict[str, Any] = request.form if request.form else (request.get_json(silent=True) or {})
-    if (fields.get("website") or "").strip():  # the honeypot: only bots fill it
+    fields = _fields()
+    if fields is None:
+        return _answer(400, "Send the form's fields as text: email, and optionally name.", error=True)
+    if fields.get("website", "").strip():  # the honeypot: only bots fill it
         return _answer(200, CHECK_INBOX)
     client = request.remote_addr or "unknown"
     wait = svc.signups_per_ip.hit(client, time.monotonic())
@@ -81,34 +80,52 @@ def subscribe() -> Response:
             headers={"Retry-After": str(int(wait) + 1)},
         )
     try:
-        email = normalise_email(str(fields.get("email") or ""))
+        email = normalise_email(fields.get("email", ""))
         name = check_name(fields.get("name") or None)
     except NewsletterError as exc:
-        return _answer(400, str(exc), error=True, form={"email": str(fields.get("email") or "")})
+        return _answer(400, str(exc), error=True, form={"email": fields.get("email", "")})
+    down = svc.confirmations.relay_down()
+    if down is not None:  # the same for every address: nothing stored, nobody told who is subscribed
+        return _answer(
+            503,
+            "We cannot send mail right now; nothing was saved. Please try again in a few minutes.",
+            error=True,
+            headers={"Retry-After": str(int(down) + 1)},
+        )
     now = svc.now()
-    sub, send = svc.store.request_subscription(email, name, ip=client, now=now, resend_after=RESEND_AFTER)
-    if send:
-        token = svc.tokens.confirm(sub.id)
-        n = svc.settings.newsletter
-        message = confirmation_message(
-            svc.settings,
-            to_email=sub.email,
-            to_name=sub.name,
-            confirm_url=f"{n.base_url.rstrip('/')}/confirm/{token}",
-            signer=svc.signer,
-        )
-        result = svc.send_mail(
-            Envelope(n.sender_address, sub.email, f"confirm/{sub.id}-{int(time.time())}"), message
-        )
-        if result.status != DeliveryStatus.SENT:
-            # the same answer to the visitor; the operator sees the log line
-            bp_logger().warning("confirmation mail to subscriber %s not accepted: %s", sub.id, result.reply)
+    sub, due = svc.store.request_subscription(email, name, ip=client, now=now, resend_after=RESEND_AFTER)
+    if due:
+        svc.confirmations.submit(sub.id, sub.email, sub.name)  # mailed after this answer
     # The same answer whether the address was new, pending or active: nobody learns who subscribed.
     return _answer(200, CHECK_INBOX)
 
 
+def _fields() -> dict[str, str] | None:
+    """The form's fields, from a form body or a JSON object of strings; None for anything else."""
+    if request.form:
+        return {k: v for k, v in request.form.items()}
+    if not request.data:
+        return {}
+    found = request.get_json(silent=True)
+    if not isinstance(found, dict):
+        return None
+    if not all(isinstance(v, str) or v is None for v in found.values()):
+        return None
+    return {str(k): v or "" for k, v in found.items()}
+
+
 @bp.get("/confirm/<token>")
-def confirm(token: str) -> Response | tuple[str, int]:
+def confirm_page(token: str) -> tuple[str, int]:
+    """A page with one button: link scanners fetch every link in a mail, and a GET changes nothing."""
+    try:
+        services().tokens.read_confirm(token)
+    except BadToken as exc:
+        return render_template("web/message.html.j2", title="Link not valid", message=str(exc)), 400
+    return render_template("web/confirm.html.j2", token=token), 200
+
+
+@bp.post("/confirm/<token>")
+def confirm(token: str) -> tuple[str, int]:
     svc = services()
     try:
         subscriber_id = svc.tokens.read_confirm(token)
@@ -119,16 +136,8 @@ def confirm(token: str) -> Response | tuple[str, int]:
         return render_template(
             "web/message.html.j2", title="Link not valid", message="This confirmation link is not valid."
         ), 400
-    return make_response(
-        render_template(
-            "web/message.html.j2",
-            title="You're subscribed",
-            message=f"Thanks for confirming. {svc.settings.newsletter.name} will arrive every morning.",
-        )
-    )
-
-
-def bp_logger() -> Any:
-    from flask import current_app
-
-    return current_app.logger
+    return render_template(
+        "web/message.html.j2",
+        title="You're subscribed",
+        message=f"Thanks for confirming. {svc.settings.newsletter.name} will arrive every morning.",
+    ), 200

@@ -1,0 +1,112 @@
+"""Confirmation mails, sent on a thread of their own after the visitor has the answer.
+
+So a signup is answered in the same time whether the address was new, pending or active (nobody
+learns who subscribed by timing the form), and a slow relay never holds a web worker. A mail is
+recorded as sent only once the server has taken it; when it fails, nothing is recorded, so the
+reader's next signup sends it again, and while the relay is failing every signup is answered
+503 "try again later" instead of a promise of mail that will not come."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from ..compose import confirmation_message
+from ..config import Settings
+from ..models import DeliveryStatus
+from ..signing import DkimSigner
+from ..store import Store
+from ..tokens import Tokens
+from ..transport import Envelope, SendResult
+
+__all__ = ["ConfirmationMailer", "RELAY_RETRY"]
+
+log = logging.getLogger("newsletter.web")
+RELAY_RETRY = timedelta(seconds=60)  # after a failed mail, signups wait this long before one is tried
+
+
+@dataclass(frozen=True)
+class _Due:
+    subscriber_id: int
+    email: str
+    name: str | None
+
+
+class ConfirmationMailer:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        tokens: Tokens,
+        send_mail: Callable[[Envelope, bytes], SendResult],
+        *,
+        now: Callable[[], datetime],
+        signer: DkimSigner | None,
+        mail_from: str,
+    ) -> None:
+        self.settings, self.store, self.tokens = settings, store, tokens
+        self.send_mail, self.now, self.signer, self.mail_from = send_mail, now, signer, mail_from
+        self._queue: queue.Queue[_Due] = queue.Queue()
+        self._lock = threading.Lock()
+        self._waiting: set[int] = set()  # queued or being sent: one mail per subscriber at a time
+        self._failed_at: datetime | None = None
+        self._idle = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+
+    def relay_down(self) -> float | None:
+        """Seconds to wait before a signup is worth taking, while the last mail failed; else None."""
+        with self._lock:
+            if self._failed_at is None:
+                return None
+            left = (self._failed_at + RELAY_RETRY - self.now()).total_seconds()
+            return left if left > 0 else None
+
+    def submit(self, subscriber_id: int, email: str, name: str | None) -> None:
+        with self._lock:
+            if subscriber_id in self._waiting:
+                return
+            self._waiting.add(subscriber_id)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="confirmations", daemon=True)
+                self._thread.start()
+        self._queue.put(_Due(subscriber_id, email, name))
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """True once every mail handed in has been sent or has failed."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._waiting, timeout=timeout)
+
+    def _run(self) -> None:
+        while True:
+            due = self._queue.get()
+            try:
+                ok, reply = self._send(due)
+            except Exception as exc:  # noqa: BLE001 - one reader's mail never stops the others'
+                ok, reply = False, f"{type(exc).__name__}: {exc}"
+            with self._idle:
+                self._failed_at = None if ok else self.now()
+                self._waiting.discard(due.subscriber_id)
+                self._idle.notify_all()
+            if not ok:
+                log.warning("confirmation mail to subscriber %s not accepted: %s", due.subscriber_id, reply)
+
+    def _send(self, due: _Due) -> tuple[bool, str]:
+        base = self.settings.newsletter.base_url.rstrip("/")
+        message = confirmation_message(
+            self.settings,
+            to_email=due.email,
+            to_name=due.name,
+            confirm_url=f"{base}/confirm/{self.tokens.confirm(due.subscriber_id)}",
+            signer=self.signer,
+        )
+        sent_at = self.now()
+        key = f"confirm/{due.subscriber_id}-{int(sent_at.timestamp())}"
+        result = self.send_mail(Envelope(self.mail_from, due.email, key), message)
+        if result.status != DeliveryStatus.SENT:
+            return False, result.reply
+        self.store.confirmation_sent(due.subscriber_id, now=sent_at)
+        return True, result.reply
