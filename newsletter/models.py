@@ -301,3 +301,5 @@ class Operator(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Carried by every console session; raised at logout and at a new password, ending them all.
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

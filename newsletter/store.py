@@ -459,8 +459,8 @@ class Store:
         """Add an operator, or set a new password for one; True if added."""
         with self.write() as s:
             op = s.scalar(select(Operator).where(Operator.name == name))
-            if op is not None:
-                op.password_hash = password_hash
+            if op is not None:  # a new password ends every session of the old one
+                op.password_hash, op.session_version = password_hash, op.session_version + 1
                 return False
             s.add(Operator(name=name, password_hash=password_hash, created_at=now))
             return True
@@ -470,6 +470,15 @@ class Store:
             if operator_id is not None:
                 return s.get(Operator, operator_id)
             return s.scalar(select(Operator).where(Operator.name == name))
+
+    def end_operator_sessions(self, operator_id: int) -> None:
+        """Logout: every session of this operator ends, wherever its cookie is."""
+        with self.write() as s:
+            s.execute(
+                update(Operator)
+                .where(Operator.id == operator_id)
+                .values(session_version=Operator.session_version + 1)
+            )
 
     def operator_logged_in(self, operator_id: int, *, password_hash: str | None, now: datetime) -> None:
         with self.write() as s:

@@ -133,3 +133,50 @@ def test_every_page_shows_a_strangers_markup_as_text(console: Console) -> None:
     )
     assert imported.status_code == 200
     assert_inert(imported.get_data(as_text=True))
+
+
+def test_logout_and_a_password_change_end_every_session_of_that_operator(console: Console) -> None:
+    """A copied cookie stops working at logout, and every session stops at a password change."""
+    from newsletter.web.admin import hash_password
+
+    desk, laptop = console.app.test_client(), console.app.test_client()
+    assert log_in(desk) == 302 and log_in(laptop) == 302
+    stolen = desk.get_cookie("newsletter_session")
+    assert stolen is not None
+    thief = console.app.test_client()
+    thief.set_cookie("newsletter_session", stolen.value, domain=stolen.domain or "localhost")
+    assert thief.get("/admin/").status_code == 200  # the copy works while the session lives
+    assert desk.post("/admin/logout", data={"csrf_token": token(desk, "/admin/")}).status_code == 302
+    assert thief.get("/admin/").status_code == 302  # logged out means out, copies included
+    assert laptop.get("/admin/").status_code == 302  # every session of that operator ends
+    assert log_in(laptop) == 302 and laptop.get("/admin/").status_code == 200
+    console.store.save_operator("ed", hash_password("a new long password"), now=datetime.now(UTC))
+    assert laptop.get("/admin/").status_code == 302  # a new password ends the old sessions
+    assert log_in(laptop, password="a new long password") == 302
+
+
+def test_the_login_limit_is_counted_before_the_check_by_address_and_by_name(console: Console) -> None:
+    """40 wrong passwords at once get at most 10 password checks; 10 failures for one name lock that
+    name from every address."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    barrier = threading.Barrier(40)
+
+    def attempt(i: int) -> int:
+        c = console.app.test_client()
+        csrf = token(c)
+        barrier.wait(timeout=30)
+        data = {"username": "ed", "password": f"guess {i}", "csrf_token": csrf}
+        return c.post("/admin/login", data=data).status_code
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        codes = list(pool.map(attempt, range(40)))
+    assert codes.count(200) <= 10 and codes.count(200) + codes.count(429) == 40, codes
+
+    elsewhere = console.app.test_client()
+    elsewhere.environ_base["REMOTE_ADDR"] = "198.51.100.77"  # another address, the same name
+    assert log_in(elsewhere) == 429
+    other_name = console.app.test_client()
+    other_name.environ_base["REMOTE_ADDR"] = "198.51.100.78"
+    assert log_in(other_name, name="nobody") == 200  # a wrong name from a fresh address is checked

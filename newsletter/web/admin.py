@@ -71,8 +71,12 @@ def hash_password(password: str) -> str:
 
 
 class OperatorUser(UserMixin):  # type: ignore[misc]  # flask_login is untyped
-    def __init__(self, operator_id: int, name: str) -> None:
-        self.id, self.name = str(operator_id), name
+    """A logged-in operator. The session keeps "id:version": a version the operator row no longer
+    has (a logout, a new password) ends that session, wherever its cookie was copied."""
+
+    def __init__(self, operator_id: int, name: str, session_version: int) -> None:
+        self.operator_id, self.name, self.session_version = operator_id, name, session_version
+        self.id = f"{operator_id}:{session_version}"
 
 
 def init_login(app: Any) -> None:
@@ -81,11 +85,14 @@ def init_login(app: Any) -> None:
     manager.login_message = "Log in to see the console."
     manager.session_protection = "strong"
 
-    def load(user_id: str) -> OperatorUser | None:
-        if not user_id.isdigit():
+    def load(session_id: str) -> OperatorUser | None:
+        operator_id, _, version = session_id.partition(":")
+        if not operator_id.isdigit() or not version.isdigit() or len(operator_id) > 9:
             return None
-        op = services().store.operator(operator_id=int(user_id))
-        return OperatorUser(op.id, op.name) if op else None
+        op = services().store.operator(operator_id=int(operator_id))
+        if op is None or str(op.session_version) != version:
+            return None
+        return OperatorUser(op.id, op.name, op.session_version)
 
     manager.user_loader(load)
 
@@ -114,12 +121,15 @@ def login() -> str | BaseResponse | tuple[str, int] | tuple[str, int, dict[str, 
         return render_template("web/admin/login.html.j2")
     svc = services()
     client = request.remote_addr or "unknown"
-    name = (request.form.get("username") or "").strip()
+    name = (request.form.get("username") or "").strip()[:100]
     password = request.form.get("password") or ""
-    failures = svc.login_failures
-    locked = failures.peek(client, time.monotonic())
+    # counted before the (slow) check, by address and by name, so parallel tries can't slip past
+    keys, started = [f"address:{client}", f"name:{name.lower()}"], time.monotonic()
+    locked = svc.login_failures.take(keys, started)
     if locked is not None:
-        log.warning("admin login refused for %s: %d failures within 15 minutes", client, LOGIN_FAILURES)
+        log.warning(
+            "admin login refused for %r from %s: %d failures within 15 minutes", name, client, LOGIN_FAILURES
+        )
         retry = str(int(locked) + 1)
         return render_template("web/admin/login.html.j2", error=TOO_MANY), 429, {"Retry-After": retry}
     op = svc.store.operator(name=name) if name else None
@@ -129,15 +139,15 @@ def login() -> str | BaseResponse | tuple[str, int] | tuple[str, int, dict[str, 
     except (VerificationError, InvalidHashError):
         ok = False
     if not ok or op is None:
-        failures.hit(client, time.monotonic())
-        log.warning("admin login failed for %r from %s", name[:100], client)
+        log.warning("admin login failed for %r from %s", name, client)
         return render_template(
             "web/admin/login.html.j2", error="That name and password do not match.", username=name
         )  # 200 with the form again (SPEC section 6)
+    svc.login_failures.forgive(keys, started)
     rehash = _hasher.hash(password) if _hasher.check_needs_rehash(op.password_hash) else None
     svc.store.operator_logged_in(op.id, password_hash=rehash, now=svc.now())
     session.clear()  # a new session at login: nothing from before carries over (fixation)
-    login_user(OperatorUser(op.id, op.name))
+    login_user(OperatorUser(op.id, op.name, op.session_version))
     log.info("admin login: %s from %s", op.name, client)
     target = request.args.get("next", "")
     return redirect(
@@ -145,12 +155,13 @@ def login() -> str | BaseResponse | tuple[str, int] | tuple[str, int, dict[str, 
     )
 
 
-TOO_MANY = "Too many failed logins from your address; try again in 15 minutes."
+TOO_MANY = "Too many failed logins from your address or for this name; try again in 15 minutes."
 
 
 @bp.post("/logout")
 @login_required
 def logout() -> BaseResponse:
+    services().store.end_operator_sessions(current_user.operator_id)  # copies of the cookie too
     logout_user()
     session.clear()
     return redirect(url_for(".login"))
