@@ -592,6 +592,16 @@ class Store:
         with self.read() as s:
             return list(s.scalars(select(Issue).order_by(Issue.issue_date.desc()).limit(limit)))
 
+    def archived_issues(self, *, limit: int = 365) -> list[Issue]:
+        """The public archive: issues whose send has begun and is not paused, newest first."""
+        with self.read() as s:
+            q = select(Issue).where(_IN_ARCHIVE).order_by(Issue.issue_date.desc()).limit(limit)
+            return list(s.scalars(q))
+
+    def archived_issue(self, issue_id: int) -> Issue | None:
+        with self.read() as s:
+            return s.scalar(select(Issue).where(Issue.id == issue_id, _IN_ARCHIVE))
+
     def latest_issue(self) -> Issue | None:
         with self.read() as s:
             return s.scalar(select(Issue).order_by(Issue.issue_date.desc()).limit(1))
@@ -1021,6 +1031,8 @@ class Store:
 
 ACCEPTED = "_accepted"  # in an issue's frozen counts: messages the receiving server took
 REVIEW_KINDS = ("review", "unrecognised", "unreadable")  # bounce mails that changed nobody
+# Readers may see an issue on the web once it is on its way to them, and not while it is held back.
+_IN_ARCHIVE = and_(Issue.status.in_([IssueStatus.SENDING, IssueStatus.SENT]), Issue.paused.is_(False))
 
 
 def _tally(s: Session, *, lock: bool = False) -> dict[str, int]:

@@ -186,8 +186,23 @@ def test_archive_and_health(app: Flask, client: FlaskClient) -> None:
         now=NOW,
     )
     assert issue is not None
+    unsent = store.create_issue(
+        date(2026, 11, 26), story_ids=[], render=lambda i: ("Tomorrow's scoop", "", "<p>x</p>", "t"), now=NOW
+    )
+    paused = store.create_issue(
+        date(2026, 11, 24), story_ids=[], render=lambda i: ("Pulled story", "", "<p>x</p>", "t"), now=NOW
+    )
+    assert unsent is not None and paused is not None
+    assert "Big news" not in client.get("/archive").get_data(as_text=True)  # built, not sent
+    assert client.get(f"/archive/{issue.id}").status_code == 404
+    store.start_send(issue.id)
+    store.start_send(paused.id)
+    store.set_paused(paused.id, True)
     listing = client.get("/archive").get_data(as_text=True)
     assert f"/archive/{issue.id}" in listing and "Big news" in listing
+    assert "Tomorrow's scoop" not in listing and "Pulled story" not in listing
+    assert client.get(f"/archive/{unsent.id}").status_code == 404
+    assert client.get(f"/archive/{paused.id}").status_code == 404
     web = client.get(f"/archive/{issue.id}").get_data(as_text=True)
     assert "__NL_" not in web and "/unsubscribe/" not in web
     assert client.get("/archive/999").status_code == 404

@@ -1,4 +1,5 @@
-"""GET /archive, GET /archive/ID (the web version, with no subscriber's token), GET /healthz."""
+"""GET /archive, GET /archive/ID (the web version, with no subscriber's token), GET /healthz.
+Only issues on their way to readers are shown: not one merely built, nor one paused."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ bp = Blueprint("archive", __name__)
 
 @bp.get("/archive")
 def index() -> str:
-    return render_template("web/archive.html.j2", issues=services().store.list_issues(limit=365))
+    return render_template("web/archive.html.j2", issues=services().store.archived_issues(limit=365))
 
 
 @bp.get("/archive/<int:issue_id>")
 def issue(issue_id: int) -> Response:
     svc = services()
-    found = svc.store.get_issue(issue_id)
+    found = svc.store.archived_issue(issue_id)
     if found is None:
         abort(404)
     return make_response(render_web(found.html, svc.settings))
