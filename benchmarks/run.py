@@ -256,8 +256,8 @@ def main() -> None:
             rendered,
             issue_id=1,
             newsletter_name=n.name,
-            sender=n.sender,
-            reply_to=n.reply_to,
+            sender=n.sender_mailbox,
+            reply_to=n.reply_to_mailbox,
             base_url=n.base_url,
             signer=signer,
         )

@@ -16,17 +16,25 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
+from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, getaddresses, make_msgid
+from email.utils import format_datetime, make_msgid
 from urllib.parse import urlsplit
 
 import dkim
 
-from .config import Settings
+from .config import Settings, mailbox
 from .render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, greeting_for, render_confirmation
 from .signing import DkimSigner, relaxed_chunk
 
-__all__ = ["Recipient", "MessageTemplate", "confirmation_message", "qp_encode", "list_id_for"]
+__all__ = [
+    "Recipient",
+    "MessageTemplate",
+    "address_header",
+    "confirmation_message",
+    "qp_encode",
+    "list_id_for",
+]
 
 CRLF = b"\r\n"
 SOFT_BREAK = b"=\r\n"
@@ -131,8 +139,8 @@ class MessageTemplate:
         *,
         issue_id: int,
         newsletter_name: str,
-        sender: str,
-        reply_to: str | None,
+        sender: Address,
+        reply_to: Address | None,
         base_url: str,
         subject_prefix: str = "",
         extra_headers: tuple[tuple[str, str], ...] = (),
@@ -140,14 +148,14 @@ class MessageTemplate:
     ) -> None:
         self.issue_id = issue_id
         self.base_url = base_url.rstrip("/")
-        self.domain = getaddresses([sender])[0][1].rpartition("@")[2] or "localhost"
+        self.domain = sender.domain or "localhost"
         self.boundary = f"=_nl_{secrets.token_hex(12)}"
         self.signer = signer
         fold = _fold
         list_id = list_id_for(newsletter_name, base_url)
         fixed = [
-            fold("From", sender),
-            *([fold("Reply-To", reply_to)] if reply_to else []),
+            address_header("From", sender),
+            *([address_header("Reply-To", reply_to)] if reply_to else []),
             fold("Subject", subject_prefix + issue.subject),
             fold("List-Id", list_id),
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
@@ -192,7 +200,7 @@ class MessageTemplate:
         head = (
             self._date()
             + f"Message-ID: {message_id}\r\n".encode("ascii")
-            + _to_header(recipient.email, _one_line(recipient.name))
+            + address_header("To", mailbox(_one_line(recipient.name), recipient.email)).encode("ascii")
             + f"List-Unsubscribe: <{url}>\r\n".encode("ascii")
             + self._fixed_headers
             + CRLF
@@ -234,13 +242,14 @@ def _one_line(name: str | None) -> str | None:
     return " ".join(name.split()) or None
 
 
-def _to_header(email: str, name: str | None) -> bytes:
-    if not name:
-        return f"To: {email}\r\n".encode("ascii")
-    value = formataddr((name, email))
-    if value.isascii() and len(value) < 70:
-        return f"To: {value}\r\n".encode("ascii")
-    return _fold("To", value).encode("ascii")
+def address_header(field: str, address: Address) -> str:
+    """One address header line from an Address object: the standard library quotes a display name
+    or RFC 2047-encodes it, and folds. Never text decoded and parsed again, where an encoded name
+    such as 'Zoë \\" , evil@x.example' would turn into a second address."""
+    text = str(address)  # a display name with specials comes back quoted
+    if text.isascii() and len(field) + len(text) < 76:
+        return f"{field}: {text}\r\n"
+    return str(policy.SMTP.header_factory(field, address).fold(policy=policy.SMTP))
 
 
 def _fold(name: str, value: str) -> str:
@@ -260,14 +269,14 @@ def confirmation_message(
     subject, html, text = render_confirmation(settings, confirm_url=confirm_url)
     n = settings.newsletter
     msg = EmailMessage(policy=policy.SMTP)
-    msg["From"] = n.sender
-    msg["To"] = formataddr((_one_line(to_name) or "", to_email)) if to_name else to_email
+    msg["From"] = n.sender_mailbox
+    msg["To"] = mailbox(_one_line(to_name), to_email)
     msg["Subject"] = subject
     msg["Date"] = format_datetime(datetime.now(UTC))
-    msg["Message-ID"] = make_msgid(domain=getaddresses([n.sender])[0][1].rpartition("@")[2] or None)
+    msg["Message-ID"] = make_msgid(domain=n.sender_mailbox.domain or None)
     msg["Auto-Submitted"] = "auto-generated"
-    if n.reply_to:
-        msg["Reply-To"] = n.reply_to
+    if n.reply_to_mailbox:
+        msg["Reply-To"] = n.reply_to_mailbox
     msg.set_content(text, cte="quoted-printable")
     msg.add_alternative(html, subtype="html", cte="quoted-printable")
     data = msg.as_bytes()

@@ -9,6 +9,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from email.headerregistry import Address
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,14 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import ConfigError
 
-__all__ = ["Settings", "load_settings", "find_config_path", "read_secret_key", "ensure_secret_key"]
+__all__ = [
+    "Settings",
+    "load_settings",
+    "find_config_path",
+    "mailbox",
+    "read_secret_key",
+    "ensure_secret_key",
+]
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,20 @@ class NewsletterSettings:
     @property
     def sender_address(self) -> str:
         return getaddresses([self.sender])[0][1]
+
+    @property
+    def sender_mailbox(self) -> Address:
+        return mailbox(*getaddresses([self.sender])[0])
+
+    @property
+    def reply_to_mailbox(self) -> Address | None:
+        return mailbox(*getaddresses([self.reply_to])[0]) if self.reply_to else None
+
+
+def mailbox(display_name: str | None, email: str) -> Address:
+    """An address for a header: the display name kept apart from the address, never re-parsed."""
+    local, _, domain = email.rpartition("@")
+    return Address(display_name=display_name or "", username=local, domain=domain)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from email.message import EmailMessage
 import pytest
 
 from newsletter.compose import MessageTemplate, Recipient, qp_encode
+from newsletter.config import Settings, mailbox
 from newsletter.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, fill, greeting_for
 
 HTML = (
@@ -31,8 +32,8 @@ def template() -> MessageTemplate:
         ISSUE,
         issue_id=3,
         newsletter_name="Test Digest",
-        sender="Test Digest <digest@example.com>",
-        reply_to="editor@example.com",
+        sender=mailbox("Test Digest", "digest@example.com"),
+        reply_to=mailbox(None, "editor@example.com"),
         base_url="https://news.example.com/",
     )
 
@@ -108,3 +109,35 @@ def test_quoted_printable_round_trips_random_text() -> None:
         encoded = qp_encode(text)
         assert all(len(line) <= 76 for line in encoded.split(b"\r\n"))
         assert quopri.decodestring(encoded).decode("utf-8") == text.replace("\n", "\r\n")
+
+
+HOSTILE_NAMES = [
+    'Zo\u00eb \\" , evil@x.example',
+    'Zo\u00eb " , evil@x.example',
+    'Zo\u00eb", evil@x.example <',
+    "Zo\u00eb " * 12 + '\\" , evil@x.example',  # long: folded over lines
+    'Ann "the" Reader, <evil@x.example>',
+    "=?utf-8?q?evil=40x=2Eexample?= , <evil@x.example>",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_hostile_name_never_adds_an_address(name: str, settings: Settings) -> None:
+    """To is built from an Address object: whatever the name, one recipient, read back whole."""
+    from email.utils import getaddresses
+
+    from newsletter.compose import confirmation_message
+
+    digest = template().compose(Recipient(9, "reader@example.com", name, "tok"))
+    confirm = confirmation_message(
+        settings, to_email="reader@example.com", to_name=name, confirm_url="https://n.example/c/t"
+    )
+    for data in (digest, confirm):
+        head = data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+        raw = email.message_from_string(head + "\r\n\r\n")["To"]  # the unparsed value, as an MTA sees it
+        assert [a for _, a in getaddresses([raw])] == ["reader@example.com"], raw
+        parsed = email.message_from_bytes(data, policy=policy.default)["To"]
+        assert [str(a.addr_spec) for a in parsed.addresses] == ["reader@example.com"], raw
+        if "=?" not in name:  # (a literal encoded word in a name is decoded by readers: text, still one)
+            assert " ".join(parsed.addresses[0].display_name.split()) == " ".join(name.split())
+

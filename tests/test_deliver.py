@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import update
 
 from newsletter.compose import MessageTemplate
+from newsletter.config import mailbox
 from newsletter.deliver import RateLimiter, SendOptions, SendReport, send_issue
 from newsletter.errors import SendBusyError, TransportError
 from newsletter.models import Delivery, DeliveryStatus, Sender
@@ -46,7 +47,7 @@ def template(issue_id: int) -> MessageTemplate:
         ISSUE,
         issue_id=issue_id,
         newsletter_name="T",
-        sender="T <t@example.com>",
+        sender=mailbox("T", "t@example.com"),
         reply_to=None,
         base_url="https://n.example.com",
     )

@@ -15,7 +15,7 @@ import dkim
 import pytest
 
 from newsletter.compose import MessageTemplate, Recipient, confirmation_message
-from newsletter.config import load_settings
+from newsletter.config import load_settings, mailbox
 from newsletter.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
 from newsletter.signing import DkimSigner, dns_record, generate_key
 from newsletter.store import NewSubscriber, Store
@@ -59,7 +59,7 @@ def template(with_signer: DkimSigner | None) -> MessageTemplate:
         RenderedIssue(subject="A subject, long enough to fold " * 3, preheader="p", html=HTML, text=TEXT),
         issue_id=7,
         newsletter_name="Test Digest",
-        sender="Test Digest <digest@example.com>",
+        sender=mailbox("Test Digest", "digest@example.com"),
         reply_to=None,
         base_url="https://news.example.com",
         signer=with_signer,
