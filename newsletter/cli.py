@@ -31,6 +31,7 @@ from . import jobs
 from .config import Settings, ensure_secret_key, find_config_path, load_settings
 from .errors import ConfigError, NewsletterError, NotFoundError
 from .models import DeliveryStatus, Issue, SubscriberStatus
+from .private import open_private, private_folder
 from .render import fill, greeting_for
 from .store import IssueCounts, Store
 from .subscribers import check_name, import_csv, normalise_email, write_csv
@@ -196,7 +197,8 @@ def subscribers_export(app: App, file: Path | None) -> None:
     if file is None:
         write_csv(app.store.iter_subscribers(), sys.stdout)
         return
-    with file.open("w", newline="", encoding="utf-8") as handle:
+    private_folder(file.parent)
+    with open_private(file, "w", newline="", encoding="utf-8") as handle:
         n = write_csv(app.store.iter_subscribers(), handle)
     out.print(f"exported {n} subscribers to {file}", markup=False)
 
@@ -405,10 +407,11 @@ def preview(app: App, issue_id: int | None, out_file: Path | None, to_address: s
         out.print(f"sent a test copy of issue {issue.id} to {address}", markup=False)
         return
     path = out_file or Path("preview.html")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent)
     base = app.settings.newsletter.base_url.rstrip("/")
     html = fill(issue.html, greeting=greeting_for(None), unsubscribe_url=base + "/", for_html=True)
-    path.write_text(html, encoding="utf-8")
+    with open_private(path, "w", encoding="utf-8") as f:
+        f.write(html)
     out.print(f"wrote the preview of issue {issue.id} to {path.resolve()}", markup=False)
 
 
@@ -741,8 +744,7 @@ def dkim_keygen(app: App, bits: int, force: bool) -> None:
         raise NewsletterError(f"{path} already exists; keep it, or replace it with 'dkim-keygen --force'")
     pem, public = generate_key(bits)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    with open_private(path, "wb") as f:
         f.write(pem)
     record = dns_record(public)
     name = f"{d.selector}._domainkey.{d.domain}"

@@ -225,12 +225,15 @@ def send_test_copy(settings: Settings, store: Store, issue: Issue, address: str)
         raise NewsletterError(f"the test copy to {address} was not accepted: {result.reply}")
 
 
-def erase_outbox_copies(settings: Settings, subscriber_id: int) -> int:
-    """An erased subscriber's messages still in the outbox folder (the demo transport): removed."""
+def erase_outbox_copies(settings: Settings, subscriber_id: int, address: str) -> int:
+    """An erased subscriber's messages still in the outbox folder (the demo transport): each issue's
+    copy, the confirmation mails, and any test copy sent to the address (in any case)."""
     folder = settings.path(settings.delivery.outbox_dir)
-    removed = 0
-    if folder.is_dir():
-        for path in folder.glob(f"*/{subscriber_id:08d}.eml"):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    if not folder.is_dir():
+        return 0
+    found = {*folder.glob(f"*/{subscriber_id:08d}.eml"), *folder.glob(f"confirm/{subscriber_id}-*.eml")}
+    needle = address.lower().encode()
+    found |= {p for p in folder.glob("test/*.eml") if needle in p.read_bytes().lower()}
+    for path in found:
+        path.unlink(missing_ok=True)
+    return len(found)

@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 
 import nh3
 
-__all__ = ["CleanContent", "clean_html", "cut_words", "is_safe_url"]
+__all__ = ["CleanContent", "clean_html", "cut_words", "is_pixel", "is_safe_url"]
 
 SUMMARY_WORDS = 60
 MAX_BULLETS = 5
@@ -59,8 +59,12 @@ _DROP_WITH_CONTENT = {
 }
 _BLOCKS = {"p", "br", "div", "li", "h1", "h2", "h3", "h4", "blockquote", "figure", "ul", "ol"}
 _LABELS = {"tldr", "tl;dr", "tl,dr", "key points", "in brief", "summary"}
+PIXEL_MAX = 3  # an image this many pixels wide or high, or fewer, is a tracker, not a picture
 _HIDDEN_STYLE = re.compile(
-    r"display\s*:\s*none|visibility\s*:\s*hidden|(?:width|height)\s*:\s*[01](?:px)?\s*(?:;|$)", re.I
+    r"display\s*:\s*none|visibility\s*:\s*hidden|opacity\s*:\s*0*(?:\.0*)?\s*(?:;|$)"
+    r"|(?:^|;)\s*(?:max-)?(?:width|height)\s*:\s*[0-3](?:\.\d*)?\s*(?:px)?\s*(?:;|$)"
+    r"|(?:left|top)\s*:\s*-\d{3,}",
+    re.I,
 )
 
 
@@ -102,12 +106,13 @@ def cut_words(text: str, limit: int = SUMMARY_WORDS) -> str:
     return " ".join(words[:limit]).rstrip(",;:.-–—") + "…"
 
 
-def _is_pixel(attrs: dict[str, str]) -> bool:
+def is_pixel(attrs: dict[str, str]) -> bool:
+    """A tracking pixel: at most 3 pixels wide or high, or hidden by its style."""
     for dim in ("width", "height"):
-        value = attrs.get(dim, "").strip().lower().removesuffix("px")
-        if value.isdigit() and int(value) <= 1:
+        value = str(attrs.get(dim) or "").strip().lower().removesuffix("px").strip()
+        if value.isdigit() and int(value) <= PIXEL_MAX:
             return True
-    return bool(_HIDDEN_STYLE.search(attrs.get("style", "")))
+    return bool(_HIDDEN_STYLE.search(str(attrs.get("style") or "")))
 
 
 class _Reader(HTMLParser):
@@ -124,7 +129,7 @@ class _Reader(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "img":
             values = {k: v or "" for k, v in attrs}
-            if not _is_pixel(values) and is_safe_url(values.get("src")):
+            if not is_pixel(values) and is_safe_url(values.get("src")):
                 self.images.append(values["src"].strip())
             return
         if tag in _BLOCKS:

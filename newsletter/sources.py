@@ -24,7 +24,7 @@ import httpx
 from . import __version__
 from .config import SourceSettings
 from .errors import FeedError
-from .sanitize import clean_html, cut_words, is_safe_url
+from .sanitize import clean_html, cut_words, is_pixel, is_safe_url
 from .store import StoryRecord
 
 __all__ = ["DEFAULT_LIMITS", "FeedResult", "Limits", "fetch_all", "parse_feed", "canonical_link"]
@@ -343,9 +343,10 @@ def _published(entry: Any, *, now: datetime) -> datetime | None:
 def _image(entry: Any, inline_images: list[str]) -> str | None:
     candidates: list[str] = []
     for media in entry.get("media_content") or []:
-        if media.get("medium") == "image" or (media.get("type") or "").startswith("image/"):
+        image = media.get("medium") == "image" or (media.get("type") or "").startswith("image/")
+        if image and not is_pixel(media):
             candidates.append(media.get("url") or "")
-    candidates += [m.get("url") or "" for m in entry.get("media_thumbnail") or []]
+    candidates += [m.get("url") or "" for m in entry.get("media_thumbnail") or [] if not is_pixel(m)]
     for link in entry.get("links") or []:
         if link.get("rel") == "enclosure" and (link.get("type") or "").startswith("image/"):
             candidates.append(link.get("href") or "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -47,6 +48,7 @@ from .models import (
     SubscriberStatus,
     SubscriberTally,
 )
+from .private import create_private, private_folder
 
 __all__ = [
     "DeliveryLedger",
@@ -154,9 +156,10 @@ class Store:
 
     @staticmethod
     def _prepare_sqlite_folder(url: str) -> None:
-        path = url.split(":///", 1)[-1]
+        path = url.split(":///", 1)[-1].split("?", 1)[0]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_folder(Path(path).parent)
+            create_private(Path(path))  # readers' addresses: the owner's alone, and so its WAL
 
     def close(self) -> None:
         self.engine.dispose()
@@ -444,13 +447,27 @@ class Store:
             sub.name, sub.consent_ip = None, None
             if sub.status in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
                 sub.status, sub.unsubscribed_at = SubscriberStatus.UNSUBSCRIBED, now
-            scrub = func.replace(Delivery.last_reply, address, "[erased]")
-            s.execute(update(Delivery).where(Delivery.subscriber_id == sub.id).values(last_reply=scrub))
-            s.execute(
-                update(BounceEvent)
-                .where(BounceEvent.subscriber_id == sub.id)
-                .values(address="", detail=func.replace(BounceEvent.detail, address, "[erased]"))
-            )
+            # servers quote an address in any case: found and scrubbed case-insensitively
+            in_any_case = re.compile(re.escape(address), re.I)
+            needle = f"%{address}%"
+            for row in s.scalars(
+                select(Delivery).where(
+                    Delivery.subscriber_id == sub.id, func.lower(Delivery.last_reply).like(needle)
+                )
+            ):
+                row.last_reply = in_any_case.sub("[erased]", row.last_reply or "")
+            for event in s.scalars(
+                select(BounceEvent).where(
+                    or_(
+                        BounceEvent.subscriber_id == sub.id,
+                        func.lower(BounceEvent.address) == address,  # a report kept for review
+                        func.lower(BounceEvent.detail).like(needle),
+                    )
+                )
+            ):
+                if event.subscriber_id == sub.id or event.address.lower() == address:
+                    event.address = ""
+                event.detail = in_any_case.sub("[erased]", event.detail)
             return address
 
     # -- operators --------------------------------------------------------------------------------

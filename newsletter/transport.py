@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Protocol
 from .config import Settings
 from .errors import ConfigError, TransportError
 from .models import DeliveryStatus
+from .private import open_private, private_folder
 
 __all__ = [
     "Envelope",
@@ -71,9 +72,10 @@ class OutboxTransport:
 
     def send(self, envelope: Envelope, message: bytes) -> SendResult:
         path = self.folder / f"{envelope.key}.eml"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)
         tmp = path.with_suffix(".eml.tmp")
-        tmp.write_bytes(message)
+        with open_private(tmp, "wb") as f:
+            f.write(message)
         os.replace(tmp, path)
         return SendResult(DeliveryStatus.SENT, f"250 written to {path}")
 

@@ -213,3 +213,29 @@ def test_run_on_postgresql(
     status = json.loads(run_cli(config, "status", "--json", extra_env=env).stdout)
     assert status["issues"][0]["deliveries"]["sent"] == 20
     assert status["subscribers"] == {"active": 20}
+
+
+def test_files_with_readers_addresses_are_the_owners_alone(tmp_path: Path) -> None:
+    """The database (and its WAL), the outbox and an export are 0600 files in 0700 folders, even
+    under a permissive umask."""
+    import os
+    import stat
+
+    config = write_config(tmp_path)
+    old = os.umask(0o022)
+    try:
+        run_cli(config, "init")
+        run_cli(config, "subscribers", "add", "reader@example.org")
+        run_cli(config, "run")
+        run_cli(config, "subscribers", "export", str(tmp_path / "out" / "all.csv"))
+    finally:
+        os.umask(old)
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    files = [tmp_path / "subscribers.db", tmp_path / "out" / "all.csv", *(tmp_path / "outbox").rglob("*.eml")]
+    files += [p for p in tmp_path.glob("subscribers.db-*")]
+    assert len(files) >= 3 and {p.name: mode(p) for p in files} == {p.name: 0o600 for p in files}
+    folders = [tmp_path / "outbox", *(p for p in (tmp_path / "outbox").rglob("*") if p.is_dir())]
+    assert {p.name: mode(p) for p in folders} == {p.name: 0o700 for p in folders}

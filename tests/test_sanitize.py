@@ -56,3 +56,37 @@ def test_bullets_are_kept_as_a_list() -> None:
     clean = clean_html("<p>TLDR</p><ul><li>First point.</li><li>Second <i>point</i>.</li></ul><p>Body.</p>")
     assert clean.bullets == ["First point.", "Second point."]
     assert clean.text == "Body."
+
+
+PIXELS = """
+<p>Words.</p>
+<img src="https://track.example/a.gif" width="2" height="2">
+<img src="https://track.example/b.gif" width="3px" height="40">
+<img src="https://track.example/c.gif" style="width: 2px; height: 2px">
+<img src="https://track.example/d.gif" style="max-height:3px">
+<img src="https://track.example/e.gif" style="opacity: 0">
+<img src="https://track.example/f.gif" style="visibility : hidden">
+<img src="https://track.example/g.gif" style="DISPLAY:NONE">
+<img src="https://track.example/h.gif" style="position:absolute; left:-9999px">
+<img src="https://img.example/real.jpg" width="640" height="360" style="width:100%">
+"""
+
+
+def test_tracking_pixels_up_to_3_pixels_or_hidden_by_style_are_dropped() -> None:
+    assert clean_html(PIXELS).images == ["https://img.example/real.jpg"]
+
+
+def test_a_pixel_never_becomes_the_lead_image() -> None:
+    """Media elements of a feed are images too: a 2x2 media:thumbnail is a pixel, not a picture."""
+    body = (
+        b'<?xml version="1.0"?><rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/"><channel>'
+        b"<title>T</title><link>https://f.example/</link><description>d</description>"
+        b"<item><title>Story</title><link>https://f.example/1</link>"
+        b'<media:thumbnail url="https://track.example/pixel.gif" width="2" height="2"/>'
+        b'<media:content url="https://track.example/px.gif" medium="image" width="1" height="1"/>'
+        b"<description><![CDATA[<p>Text.</p>"
+        b'<img src="https://track.example/open.gif" width="2" height="2">]]></description>'
+        b"</item></channel></rss>"
+    )
+    (story,) = parse_feed(body, SourceSettings(name="F", url="https://f.example/"), now=datetime.now(UTC))
+    assert story.image is None

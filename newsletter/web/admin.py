@@ -429,9 +429,10 @@ def unsubscribe(subscriber_id: int) -> BaseResponse:
 @login_required
 def erase(subscriber_id: int) -> BaseResponse:
     svc = services()
-    if svc.store.erase_subscriber(subscriber_id, now=svc.now()) is None:
+    address = svc.store.erase_subscriber(subscriber_id, now=svc.now())
+    if address is None:
         abort(404)
-    removed = jobs.erase_outbox_copies(svc.settings, subscriber_id)
+    removed = jobs.erase_outbox_copies(svc.settings, subscriber_id, address)
     # the log names the row, never the address
     log.info("admin %s erased subscriber %s (%d outbox copies)", current_user.name, subscriber_id, removed)
     flash(f"Subscriber #{subscriber_id} is erased: address, name and IP are gone; the counts stay.")
