@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 import tomllib
@@ -133,6 +134,8 @@ class WebSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     signups_per_ip_per_hour: int = 20
+    # addresses or networks of the reverse proxies in front: their X-Forwarded-For is believed
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,10 @@ def _convert(hint: Any, value: Any, dotted: str) -> Any:
             choices = ", ".join(f'"{a}"' for a in args)
             raise ConfigError(f"configuration key '{dotted}' must be one of {choices}")
         return value
+    if origin is tuple and not dataclasses.is_dataclass(args[0]):
+        if not isinstance(value, list):
+            raise ConfigError(f"configuration key '{dotted}' must be a list")
+        return tuple(_convert(args[0], item, f"{dotted}[{i}]") for i, item in enumerate(value))
     if origin is tuple:
         if not isinstance(value, list):
             raise ConfigError(f"'{dotted}' must be a list of tables ([[{dotted}]])")
@@ -296,6 +303,13 @@ def _check(s: Settings) -> None:
         raise ConfigError(
             f"configuration key 'newsletter.timezone' names no known time zone: {n.timezone!r}"
         ) from None
+    for i, proxy in enumerate(s.web.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"configuration key 'web.trusted_proxies[{i}]' is not an IP address or network: {proxy!r}"
+            ) from None
     need(len(s.schedule.cron.split()) == 5, "schedule.cron", "must have five fields")
     need(s.schedule.misfire_grace_seconds >= 0, "schedule.misfire_grace_seconds", "must not be negative")
     d = s.digest

@@ -499,6 +499,7 @@ def console(tmp_path: Path, smtp_sink: SmtpSink, env: None) -> Iterator[Console]
     store.save_operator("ed", hash_password(PASSWORD), now=datetime.now(UTC))
     app = create_app(settings, store=store)
     yield Console(app, store, settings, config)
+    assert app.extensions["newsletter"].confirmations.wait_idle()
     store.close()
 
 

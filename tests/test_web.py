@@ -40,6 +40,7 @@ def app(tmp_path: Path, smtp_sink: SmtpSink, env: None) -> Iterator[Flask]:
     application = create_app(settings, store=store, now=lambda: NOW)
     application.config["TESTING"] = True
     yield application
+    assert application.extensions["newsletter"].confirmations.wait_idle()  # none left for a closed sink
     store.close()
 
 
@@ -323,3 +324,43 @@ def test_odd_requests_are_400_404_or_413_never_500(app: Flask, client: FlaskClie
     )
     assert streamed.status_code == 413
     assert store_of(app).subscriber_counts() == {}
+
+
+def test_behind_a_trusted_proxy_the_limit_sees_the_visitor(tmp_path: Path, env: None) -> None:
+    """[web] trusted_proxies: X-Forwarded-For is believed only from those addresses; a visitor who
+    sends it directly cannot change the address the per-address limit counts."""
+    config = write_config(
+        tmp_path, extra='[web]\nsignups_per_ip_per_hour = 2\ntrusted_proxies = ["10.0.0.0/8"]\n'
+    )
+    settings = load_settings(config)
+    assert settings.web.trusted_proxies == ("10.0.0.0/8",)
+    store = Store(settings.database_url)
+    store.migrate()
+    client = create_app(settings, store=store, now=lambda: NOW).test_client()
+
+    def signup(n: int, peer: str, forwarded: str) -> int:
+        return client.post(
+            "/subscribe",
+            data={"email": f"p{n}@example.com"},
+            environ_base={"REMOTE_ADDR": peer},
+            headers={"X-Forwarded-For": forwarded},
+        ).status_code
+
+    via_proxy = [signup(i, "10.1.2.3", "203.0.113.9") for i in range(3)]
+    assert via_proxy == [200, 200, 429]  # the visitor's own address is counted, not the proxy's
+    assert signup(3, "10.1.2.3", "203.0.113.10") == 200  # another visitor through the same proxy
+    # straight to the server, a forged header changes nothing: the peer itself is counted
+    direct = [signup(10 + i, "198.51.100.5", f"192.0.2.{i}") for i in range(3)]
+    assert direct == [200, 200, 429]
+    pending = store.get_subscriber("p0@example.com")
+    assert pending is not None and pending.consent_ip == "203.0.113.9"
+    store.close()
+
+
+def test_no_proxy_is_trusted_by_default(client: FlaskClient, app: Flask) -> None:
+    assert app.extensions["newsletter"].settings.web.trusted_proxies == ()
+    for i in range(21):
+        code = client.post(
+            "/subscribe", data={"email": f"d{i}@example.com"}, headers={"X-Forwarded-For": f"192.0.2.{i}"}
+        ).status_code
+    assert code == 429

@@ -19,6 +19,7 @@ from ..tokens import Tokens
 from ..transport import Envelope, SendResult, open_transport
 from .confirmations import ConfirmationMailer
 from .limits import SlidingWindow, login_window
+from .proxies import TrustedProxies
 
 __all__ = ["Services", "create_app", "services", "PUBLIC_BODY_LIMIT"]
 
@@ -112,6 +113,7 @@ def create_app(
         signer=signer,
     )
     app.before_request(_limit_body)
+    app.wsgi_app = TrustedProxies(app.wsgi_app, settings.web.trusted_proxies)  # type: ignore[method-assign]
     csrf = CSRFProtect(app)
     # Forms posted from other sites by design: the embeddable signup form and RFC 8058 one-click
     # unsubscribes (a mail client's POST). Every /admin form carries a token.
