@@ -316,3 +316,42 @@ def _healthy(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true",
+    reason=f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install chromium)",
+)
+def test_markup_in_a_signup_name_is_text_in_the_console(server: Server, tmp_path: Path) -> None:
+    """As a stranger would: sign up with markup in the name; then the operator opens the console in
+    Chromium and sees the text, and no element or script of it ran."""
+    from playwright.sync_api import sync_playwright
+
+    name = "<b id=evil>Bold</b><img src=x onerror=\"document.title='pwned'\">"
+    run_cli(server.config, "admin", "add-user", "ed", input="a long enough password\n")
+    shots = tmp_path / "markup"
+    shots.mkdir()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        stranger = browser.new_page(viewport={"width": 900, "height": 900})
+        stranger.goto(server.url + "/")
+        stranger.fill("#email", "stranger@example.com")
+        stranger.evaluate(f"document.querySelector('#name').value = {json.dumps(name)}")  # past maxlength
+        stranger.click("button[type=submit]")
+        stranger.wait_for_selector("p.ok")
+
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(server.url + "/admin/login")
+        page.fill("#username", "ed")
+        page.fill("#password", "a long enough password")
+        page.click("button[type=submit]")
+        page.goto(server.url + "/admin/subscribers")
+        row = page.inner_text("#subscribers")
+        assert name in row  # the markup, shown as the text it is
+        assert page.locator("#evil").count() == 0 and page.locator("img[src=x]").count() == 0
+        assert page.title() != "pwned"
+        page.screenshot(path=str(shots / "console-subscribers.png"), full_page=True)
+        browser.close()
+    keep = os.environ.get("NEWSLETTER_KEEP_SCREENSHOTS")
+    if keep:
+        shutil.copytree(shots, Path(keep) / "markup", dirs_exist_ok=True)
