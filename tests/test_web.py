@@ -27,7 +27,13 @@ NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def app(tmp_path: Path, smtp_sink: SmtpSink, env: None) -> Iterator[Flask]:
+def clock() -> list[datetime]:
+    """The app's time: NOW, until a test moves it."""
+    return [NOW]
+
+
+@pytest.fixture
+def app(tmp_path: Path, smtp_sink: SmtpSink, env: None, clock: list[datetime]) -> Iterator[Flask]:
     config = write_config(
         tmp_path,
         delivery='transport = "smtp"',
@@ -37,7 +43,7 @@ def app(tmp_path: Path, smtp_sink: SmtpSink, env: None) -> Iterator[Flask]:
     settings = load_settings(config)
     store = Store(settings.database_url)
     store.migrate()
-    application = create_app(settings, store=store, now=lambda: NOW)
+    application = create_app(settings, store=store, now=lambda: clock[0])
     application.config["TESTING"] = True
     yield application
     assert application.extensions["newsletter"].confirmations.wait_idle()  # none left for a closed sink
@@ -257,19 +263,9 @@ def test_a_link_scanner_fetching_the_confirm_link_confirms_nothing(
 
 
 def test_a_signup_while_the_relay_is_down_records_nothing_and_says_try_again(
-    tmp_path: Path, smtp_sink: SmtpSink, env: None
+    app: Flask, client: FlaskClient, smtp_sink: SmtpSink, clock: list[datetime]
 ) -> None:
-    config = write_config(
-        tmp_path,
-        delivery='transport = "smtp"',
-        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\n',
-    )
-    settings = load_settings(config)
-    store = Store(settings.database_url)
-    store.migrate()
-    clock = [NOW]
-    app = create_app(settings, store=store, now=lambda: clock[0])
-    client = app.test_client()
+    store = store_of(app)
     mailer = mailer_of(app)
     smtp_sink.rcpt_hook = lambda _address: "421 4.3.2 Service not available, closing channel"
     first = client.post("/subscribe", data={"email": "early@example.com"})
@@ -286,7 +282,6 @@ def test_a_signup_while_the_relay_is_down_records_nothing_and_says_try_again(
     assert again.status_code == 200 and mailer.wait_idle()
     assert len(smtp_sink.by_recipient()["early@example.com"]) == 1
     assert store.get_subscriber("early@example.com").confirm_sent_at == clock[0]  # type: ignore[union-attr]
-    store.close()
 
 
 def test_odd_requests_are_400_404_or_413_never_500(app: Flask, client: FlaskClient) -> None:
