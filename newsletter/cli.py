@@ -470,6 +470,13 @@ def _send(app: App, issue: Issue, *, resend_unknown: bool, as_json: bool, wait: 
                 f"unknown (resend them with --resend-unknown)",
                 markup=False,
             )
+        lost = report.counts.get(DeliveryStatus.UNKNOWN.value, 0)
+        if lost:
+            err.print(
+                f"{lost} messages lost their reply after the final dot: they may have been delivered, "
+                f"so they are not resent unless you say so (send --resend-unknown)",
+                markup=False,
+            )
         if not report.finished and not report.stopped and not report.paused:
             out.print("some messages wait for a retry; run send again later to finish", markup=False)
     if report.paused:
@@ -632,7 +639,8 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
     unknown = sum(r.deliveries.get("unknown", 0) for r in rows)
     if unknown:
         err.print(
-            f"{unknown} messages have an unknown fate (a sender stopped while they were in flight)",
+            f"{unknown} messages have an unknown fate (in flight when a sender stopped, or their reply was "
+            f"lost); 'send --resend-unknown' sends them again",
             markup=False,
         )
 

@@ -101,6 +101,9 @@ class DeliverySettings:
     outbox_dir: str = "outbox"
     rate_per_second: float = 0
     max_attempts: int = 3
+    # A connection lost after the message's final dot: "unknown" (reported; resent only with
+    # send --resend-unknown) or "retry" (sent again: a rare duplicate rather than a rare loss).
+    lost_reply: Literal["unknown", "retry"] = "unknown"
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,8 @@ class SendOptions:
     wait_for_sender: bool = False
     heartbeat_seconds: float = 2.0
     stale_after_seconds: float = 30.0
+    # No reply after the final dot: "unknown" (the operator decides) or "retry" (maybe twice).
+    lost_reply: str = "unknown"
 
 
 @dataclass
@@ -568,6 +570,8 @@ class _Sender:
                 target.attempts,
                 now + timedelta(seconds=self.options.throttle_retry_seconds),
             )
+        if status == DeliveryStatus.UNKNOWN and self.options.lost_reply == "retry":
+            status = DeliveryStatus.DEFERRED  # the operator prefers a rare duplicate to a loss
         if status == DeliveryStatus.DEFERRED:
             if attempts >= self.options.max_attempts:
                 status = DeliveryStatus.FAILED

@@ -171,7 +171,11 @@ def send_options(settings: Settings, **overrides: Any) -> SendOptions:
     d = settings.delivery
     connections = settings.smtp.connections if d.transport == "smtp" else 1
     return SendOptions(
-        connections=connections, max_attempts=d.max_attempts, rate_per_second=d.rate_per_second, **overrides
+        connections=connections,
+        max_attempts=d.max_attempts,
+        rate_per_second=d.rate_per_second,
+        lost_reply=d.lost_reply,
+        **overrides,
     )
 
 

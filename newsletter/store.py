@@ -983,7 +983,7 @@ class Store:
             result = s.execute(
                 update(Delivery)
                 .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.UNKNOWN)
-                .values(status=DeliveryStatus.PENDING)
+                .values(status=DeliveryStatus.PENDING, claimed_by=None, claimed_until=None)
             )
             s.execute(update(Issue).where(Issue.id == issue_id).values(counts=None))
             return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import os
 import re
 import socket
@@ -37,7 +38,7 @@ class Envelope(NamedTuple):
 
 @dataclass(frozen=True)
 class SendResult:
-    status: DeliveryStatus  # SENT, DEFERRED, BOUNCED or FAILED
+    status: DeliveryStatus  # SENT, DEFERRED, BOUNCED, FAILED, or UNKNOWN (no reply after the final dot)
     reply: str
     throttled: bool = False  # the server asked us to slow down
 
@@ -85,6 +86,24 @@ class OutboxTransport:
 
 class _ConnectionLost(Exception):
     pass
+
+
+class _SocketReader(io.RawIOBase):
+    """The socket as a raw stream whose expired receive timeout is a TimeoutError: a socket file
+    would report a kernel timeout (EAGAIN) as the end of the stream, "the server closed it"."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return self._sock.recv_into(buffer)
+        except BlockingIOError:  # SO_RCVTIMEO ran out on a blocking socket
+            raise TimeoutError("no reply in time") from None
 
 
 def _kernel_timeouts(sock: socket.socket, seconds: float) -> None:
@@ -166,7 +185,7 @@ class SmtpTransport:
 
     def _attach(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._reader = sock.makefile("rb")
+        self._reader = io.BufferedReader(_SocketReader(sock), 65536)
 
     def _ehlo(self) -> None:
         code, text = self._command(b"EHLO " + self.helo_name.encode("ascii", "replace"))
@@ -224,6 +243,7 @@ class SmtpTransport:
         assert self._sock is not None
         mail = f"MAIL FROM:<{envelope.mail_from}>\r\n".encode()
         rcpt = f"RCPT TO:<{envelope.rcpt_to}>\r\n".encode()
+        after_dot = False
         try:
             if "PIPELINING" in self.extensions:
                 self._sock.sendall(mail + rcpt + b"DATA\r\n")
@@ -238,11 +258,24 @@ class SmtpTransport:
             if failed is not None:
                 return failed
             self._send_body(message)
+            after_dot = True
             code, text = self._reply()
             return self._after(classify_reply(code, text, stage="DATA"), code)
         except (OSError, _ConnectionLost) as exc:
             self._drop()
-            return SendResult(DeliveryStatus.DEFERRED, f"connection lost: {exc}")
+            what = self._lost(exc)
+            if after_dot:  # the server may have taken it and lost only its answer (RFC 1047)
+                return SendResult(
+                    DeliveryStatus.UNKNOWN, f"{what} after the message's final dot: it may be delivered"
+                )
+            return SendResult(DeliveryStatus.DEFERRED, f"connection lost: {what}")
+
+    def _lost(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError):
+            return f"no reply within {self.timeout:g} seconds"
+        if isinstance(exc, _ConnectionLost):
+            return str(exc)
+        return f"the connection failed ({exc.strerror or exc})" if isinstance(exc, OSError) else str(exc)
 
     def _send_body(self, message: bytes) -> None:
         """The message and its end-of-data line, dot-stuffed only if it needs it (composed ones don't)."""

@@ -195,8 +195,9 @@ class SmtpSink:
     def __init__(self) -> None:
         self.messages: list[Received] = []
         self.lock = threading.Lock()
+        # each returns a reply, or "drop" to close the connection instead of answering; the data
+        # hook also "keep-drop": take the message, then close without a word (a lost 250)
         self.rcpt_hook: Callable[[str], str | None] | None = None
-        # returns a reply, or "drop" to close the connection instead of answering
         self.data_hook: Callable[[list[str]], str | None] | None = None
         self.connections = 0
         sink = self
@@ -224,6 +225,9 @@ class SmtpSink:
                 rcpt_options: list[str],
             ) -> str:
                 if sink.rcpt_hook and (reply := sink.rcpt_hook(address)):
+                    if reply == "drop":  # before the message: nothing can have been delivered
+                        server.transport.close()
+                        return "250 never heard"
                     return reply
                 envelope.rcpt_tos.append(address)
                 return "250 OK"
@@ -231,8 +235,9 @@ class SmtpSink:
             async def handle_DATA(  # noqa: N802
                 self, server: SMTPServer, session: SMTPSession, envelope: SMTPEnvelope
             ) -> str:
-                if sink.data_hook and (reply := sink.data_hook(list(envelope.rcpt_tos))):
-                    if reply == "drop":
+                reply = sink.data_hook(list(envelope.rcpt_tos)) if sink.data_hook else None
+                if reply and reply != "keep-drop":
+                    if reply == "drop":  # after the final dot, the message not kept
                         server.transport.close()
                         return "250 never heard"
                     return reply
@@ -244,6 +249,9 @@ class SmtpSink:
                             bytes(envelope.original_content or b""),
                         )
                     )
+                if reply == "keep-drop":  # delivered, and the 250 lost on the way back
+                    server.transport.close()
+                    return "250 never heard"
                 return "250 Message accepted"
 
         self.port = free_port()

@@ -18,7 +18,7 @@ from newsletter.models import Delivery, DeliveryStatus, Sender
 from newsletter.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
 from newsletter.store import NewSubscriber, Store
 from newsletter.tokens import Tokens
-from newsletter.transport import OutboxTransport, SmtpTransport, classify_reply
+from newsletter.transport import Envelope, OutboxTransport, SmtpTransport, classify_reply
 
 from .conftest import SECRET, SmtpSink, assert_tally_counts, free_port
 from .test_store import claim
@@ -99,8 +99,9 @@ def test_each_active_subscriber_gets_one_message_and_a_rerun_sends_nothing(
 
 
 def test_faults_every_good_address_gets_exactly_one_copy(sqlite_store: Store, smtp_sink: SmtpSink) -> None:
-    """451 on every 7th RCPT, 550 for one domain, a dropped connection instead of every 50th
-    DATA reply, and a burst of 421 "too many connections": the engine must be right anyway."""
+    """451 on every 7th RCPT, 550 for one domain, a burst of 421 "too many connections", the
+    connection dropped at every 60th RCPT (before the message: retried) and instead of every 50th
+    DATA reply (after the final dot, the message lost: unknown, resent on the operator's word)."""
     issue_id = setup(sqlite_store, 500)
     sqlite_store.import_subscribers(
         [NewSubscriber(f"gone{i}@dead.example", None) for i in range(20)], now=NOW
@@ -108,6 +109,7 @@ def test_faults_every_good_address_gets_exactly_one_copy(sqlite_store: Store, sm
     lock = threading.Lock()
     state = {"rcpt": 0, "data": 0}
     deferred_once: set[str] = set()
+    dropped: list[str] = []
 
     def rcpt(address: str) -> str | None:
         with lock:
@@ -120,6 +122,9 @@ def test_faults_every_good_address_gets_exactly_one_copy(sqlite_store: Store, sm
             if n % 7 == 0 and address not in deferred_once:
                 deferred_once.add(address)
                 return "451 4.3.0 Temporary lookup failure"
+            if n % 60 == 0 and address not in deferred_once:
+                deferred_once.add(address)
+                return "drop"
         return None
 
     def data(rcpts: list[str]) -> str | None:
@@ -127,6 +132,7 @@ def test_faults_every_good_address_gets_exactly_one_copy(sqlite_store: Store, sm
             state["data"] += 1
             if state["data"] % 50 == 0 and rcpts[0] not in deferred_once:
                 deferred_once.add(rcpts[0])
+                dropped.append(rcpts[0])
                 return "drop"
         return None
 
@@ -134,13 +140,17 @@ def test_faults_every_good_address_gets_exactly_one_copy(sqlite_store: Store, sm
     report = run_send(
         sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=4, max_attempts=3, **FAST_RETRIES
     )
+    lost = sqlite_store.issue_counts(issue_id)[0].deliveries["unknown"]
+    assert lost == len(dropped) > 0 and lost == 500 - len(copies(smtp_sink))  # none resent on a guess
+    assert report.finished and report.throttled >= 1
+    again = run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id, resend_unknown=True, **FAST_RETRIES)
+    assert again.requeued == lost and again.sent == lost
     got = copies(smtp_sink)
     assert set(got) == {f"user{i}@example.com" for i in range(500)}
     assert set(got.values()) == {1}
     counts = sqlite_store.issue_counts(issue_id)[0].deliveries
     assert counts["sent"] == 500 and counts["bounced"] == 20 and counts["failed"] == 0
     assert assert_tally_counts(sqlite_store, issue_id) == {"sent": 500, "bounced": 20}
-    assert report.finished and report.throttled >= 1
     assert sqlite_store.subscriber_counts() == {"active": 500, "bounced": 20}
     row = next(r for r in sqlite_store.iter_subscribers(status="bounced"))
     assert row.email.endswith("@dead.example")
@@ -302,3 +312,63 @@ def test_an_unexpected_error_in_a_connection_stops_the_send_instead_of_hanging(s
     assert sqlite_store.live_senders(issue_id) == []
     counts = sqlite_store.issue_counts(issue_id)[0].deliveries
     assert counts["sent"] == 0 and counts["pending"] + counts["sending"] == 5
+
+
+@pytest.mark.parametrize("lost_reply", ["unknown", "retry"])
+def test_a_reply_lost_after_the_final_dot(sqlite_store: Store, smtp_sink: SmtpSink, lost_reply: str) -> None:
+    """The server takes every 40th message and drops the connection before its 250. "unknown"
+    (the default) sends nobody twice and says so; "retry" loses nobody and sends those twice."""
+    issue_id = setup(sqlite_store, 400)
+    lock, state = threading.Lock(), {"data": 0}
+
+    def data(rcpts: list[str]) -> str | None:
+        with lock:
+            state["data"] += 1
+            return "keep-drop" if state["data"] % 40 == 0 and state["data"] <= 400 else None
+
+    smtp_sink.data_hook = data
+    report = run_send(
+        sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=4, lost_reply=lost_reply, **FAST_RETRIES
+    )
+    got = copies(smtp_sink)
+    assert len(got) == 400  # everybody has it
+    counts = {k: v for k, v in sqlite_store.issue_counts(issue_id)[0].deliveries.items() if v}
+    if lost_reply == "unknown":
+        assert set(got.values()) == {1} and counts == {"sent": 390, "unknown": 10}
+        with sqlite_store.read() as s:
+            replies = {d.last_reply for d in s.query(Delivery).filter_by(status="unknown")}
+        assert replies == {
+            "the server closed the connection after the message's final dot: it may be delivered"
+        }
+        assert report.counts.get("unknown") == 10
+        again = run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id, resend_unknown=True)
+        assert again.requeued == 10 and sorted(copies(smtp_sink).values()).count(2) == 10  # on request
+    else:
+        assert sorted(got.values()).count(2) == 10 and counts == {"sent": 400}
+
+
+def test_no_reply_in_time_is_said_as_such(sqlite_store: Store) -> None:
+    """A server that takes the message and never answers: the reply says it timed out, and the
+    message's fate is unknown (it may be delivered)."""
+    import asyncio
+
+    from aiosmtpd.controller import Controller
+
+    class Silent:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            await asyncio.sleep(5)
+            return "250 too late"
+
+    port = free_port()
+    controller = Controller(Silent(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        issue_id = setup(sqlite_store, 1)
+        t = SmtpTransport("127.0.0.1", port, security="none", timeout=1)
+        result = t.send(Envelope("b@example.com", "user0@example.com", "k"), b"Subject: x\r\n\r\nhi\r\n")
+        t.close()
+    finally:
+        controller.stop()
+    assert result.status == DeliveryStatus.UNKNOWN
+    assert result.reply == "no reply within 1 seconds after the message's final dot: it may be delivered"
+    assert issue_id

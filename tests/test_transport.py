@@ -154,15 +154,25 @@ def test_implicit_tls(certificate: tuple[Path, Path]) -> None:
     assert len(keeper.messages) == 1
 
 
-def test_a_server_that_hangs_up_is_a_deferral_then_a_new_session() -> None:
+def test_a_server_that_hangs_up_before_the_message_is_a_deferral_after_it_unknown() -> None:
     keeper = Keeper()
     port = free_port()
-    state = {"n": 0}
+    state = {"n": 0, "rcpt": 0}
 
     class Dropper(Keeper):
+        async def handle_RCPT(  # noqa: N802
+            self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+        ) -> str:
+            state["rcpt"] += 1
+            if state["rcpt"] == 1:  # before the message: it cannot have been delivered
+                server.transport.close()
+                return "250 never heard"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
             state["n"] += 1
-            if state["n"] == 1:
+            if state["n"] == 1:  # after the final dot: it may have been
                 server.transport.close()
                 return "250 never heard"
             return await keeper.handle_DATA(server, session, envelope)
@@ -173,6 +183,9 @@ def test_a_server_that_hangs_up_is_a_deferral_then_a_new_session() -> None:
         t = SmtpTransport("127.0.0.1", port, security="none", timeout=5)
         first = t.send(Envelope("b@example.com", "r@example.com", "k"), MESSAGE)
         assert first.status == DeliveryStatus.DEFERRED and "connection lost" in first.reply
+        assert not t.connected
+        second = t.send(Envelope("b@example.com", "r@example.com", "k"), MESSAGE)
+        assert second.status == DeliveryStatus.UNKNOWN and "after the message's final dot" in second.reply
         assert not t.connected
         assert t.send(Envelope("b@example.com", "r@example.com", "k"), MESSAGE).status == DeliveryStatus.SENT
         t.close()
