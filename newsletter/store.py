@@ -687,35 +687,32 @@ class Store:
     # -- deliveries -----------------------------------------------------------------------------
 
     def start_send(self, issue_id: int) -> int:
-        """One delivery row per subscriber active now (never a second one); returns rows added."""
-        stmt = (
-            self._insert(Delivery)
-            .from_select(
-                ["issue_id", "subscriber_id", "status", "attempts"],
-                select(
-                    literal(issue_id),
-                    Subscriber.id,
-                    literal(DeliveryStatus.PENDING.value),
-                    literal(0),
-                ).where(Subscriber.status == SubscriberStatus.ACTIVE),
-            )
-            .on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
+        """The issue's audience, fixed once: when its send first begins (the issue leaves `built`),
+        one delivery row per subscriber active at that moment. Any later call adds nobody, so a
+        re-run, a resume or a resend never reaches a reader who joined after the issue went out.
+        Returns the rows made."""
+        stmt = self._insert(Delivery).from_select(
+            ["issue_id", "subscriber_id", "status", "attempts"],
+            select(
+                literal(issue_id),
+                Subscriber.id,
+                literal(DeliveryStatus.PENDING.value),
+                literal(0),
+            ).where(Subscriber.status == SubscriberStatus.ACTIVE),
         )
-        # INSERT's rowcount is not reported on every driver: the issue's tally says how many were made
-        def rows(s: Session) -> int:
-            return sum(_count_deliveries(s, [issue_id])[0][issue_id].values())
-
         with self.write() as s:
-            before = rows(s)
-            s.execute(stmt)
-            s.execute(
+            # the first caller moves the issue on and makes the rows; a concurrent one waits on this
+            # row lock (PostgreSQL) or the write lock (SQLite), then finds it moved and adds nothing
+            began = s.execute(
                 update(Issue)
                 .where(Issue.id == issue_id, Issue.status == IssueStatus.BUILT)
-                .values(status=IssueStatus.SENDING)
+                .values(status=IssueStatus.SENDING, counts=None)
             )
-            added = rows(s) - before
-            if added:
-                s.execute(update(Issue).where(Issue.id == issue_id).values(counts=None))
+            if not began.rowcount:  # type: ignore[attr-defined]
+                return 0
+            s.execute(stmt)
+            # INSERT's rowcount is not reported on every driver: the issue's tally says how many
+            added = sum(_count_deliveries(s, [issue_id])[0][issue_id].values())
         if added and not self.is_sqlite:  # fresh statistics, so the claims' plans use the indexes
             with self.engine.connect() as conn:
                 conn.execute(text("ANALYZE deliveries"))

@@ -372,3 +372,26 @@ def test_no_reply_in_time_is_said_as_such(sqlite_store: Store) -> None:
     assert result.status == DeliveryStatus.UNKNOWN
     assert result.reply == "no reply within 1 seconds after the message's final dot: it may be delivered"
     assert issue_id
+
+
+def test_the_audience_is_fixed_when_the_send_first_starts(store: Store, tmp_path: Path) -> None:
+    """A reader who joins after the issue went out gets nothing from a re-run, a resend of unknown
+    rows or a resume: the issue's deliveries are made once."""
+    issue_id = setup(store, 3)
+    outbox = tmp_path / "outbox"
+
+    def send(**options: Any) -> SendReport:
+        return run_send(store, lambda: OutboxTransport(outbox), issue_id, **options)
+
+    first = send()
+    assert first.added == 3 and first.sent == 3
+    store.add_subscriber("late@example.com", None, now=NOW)
+    with store.write() as s:  # as after a crash in flight: one unknown row to resend
+        s.execute(update(Delivery).where(Delivery.subscriber_id == 1).values(status="unknown"))
+    again = send(resend_unknown=True)
+    assert (again.added, again.requeued, again.sent) == (0, 1, 1)
+    assert send().added == 0 and store.start_send(issue_id) == 0
+    files = {p.name for p in outbox.rglob("*.eml")}
+    late = store.get_subscriber("late@example.com")
+    assert late is not None and f"{late.id:08d}.eml" not in files
+    assert assert_tally_counts(store, issue_id) == {"sent": 3}
