@@ -114,10 +114,13 @@ def backoff_seconds(
 
 
 class RateLimiter:
-    """A token bucket shared by every connection. A throttling reply halves the rate; it then
-    recovers by a quarter every few quiet seconds, up to the configured rate (or unlimited)."""
+    """A token bucket shared by every connection. A throttling reply halves the rate, never below a
+    floor (a tenth of the rate measured before the first throttle); it then recovers by a quarter
+    every few quiet seconds, up to the configured rate (or unlimited)."""
 
     RECOVER_AFTER = 5.0
+    FLOOR_SHARE = 0.1
+    MIN_FLOOR = 0.5
 
     def __init__(
         self,
@@ -133,6 +136,7 @@ class RateLimiter:
         self._next = clock()
         self._last_throttle = float("-inf")
         self._recent: list[float] = []
+        self.floor: float | None = None  # set at the first throttle
 
     def acquire(self) -> None:
         with self._lock:
@@ -154,8 +158,12 @@ class RateLimiter:
             if now - self._last_throttle < 1.0:
                 return  # one burst of replies is one signal
             self._last_throttle = now
-            current = self.rate if self.rate is not None else self._observed(now)
-            self.rate = max(0.5, current / 2)
+            observed = self._observed(now)
+            if self.floor is None:
+                before = observed if self.rate is None else min(self.rate, observed)
+                self.floor = max(self.MIN_FLOOR, before * self.FLOOR_SHARE)
+            current = self.rate if self.rate is not None else observed
+            self.rate = max(self.floor, current / 2)
 
     def _observed(self, now: float) -> float:
         window = [t for t in self._recent if now - t <= 2.0]

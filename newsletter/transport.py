@@ -49,15 +49,20 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-_THROTTLE = re.compile(r"rate|too many|try again later|throttl", re.I)
+# What a server says when it wants fewer messages from us, not when it defers one recipient
+# (greylisting, a full mailbox, a lookup failure all say "try again later" too).
+_THROTTLE = re.compile(r"\brate\b|rate.?limit|too many|throttl", re.I)
 
 
 def classify_reply(code: int, text: str, *, stage: str) -> SendResult:
-    """The fate of a message from the server's reply and the stage (RCPT or DATA) it came at."""
+    """The fate of a message from the server's reply and the stage (RCPT or DATA) it came at.
+    Only 421 (the server closes the channel) and a 4xx whose words say rate, too many or throttle
+    (4.7.0 rate limits, 452 too many recipients) slow the whole send; any other 4xx defers the
+    one recipient."""
     reply = f"{code} {text}".strip()
     if 200 <= code < 300:
         return SendResult(DeliveryStatus.SENT, reply)
-    throttled = code in (421, 450, 451, 454) and bool(_THROTTLE.search(text)) or code == 421
+    throttled = code == 421 or (400 <= code < 500 and bool(_THROTTLE.search(text)))
     if 400 <= code < 500:
         return SendResult(DeliveryStatus.DEFERRED, reply, throttled=throttled)
     if stage == "RCPT":

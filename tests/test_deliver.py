@@ -283,16 +283,35 @@ def test_rate_limiter_spaces_messages_and_backs_off_on_throttling() -> None:
     assert limiter.rate == pytest.approx(6.25)  # recovering by a quarter
     unlimited = RateLimiter(0, clock=lambda: t[0], sleep=sleep)
     assert unlimited.rate is None
+    for _ in range(200):  # 100 msg/s measured over the last two seconds
+        t[0] += 0.01
+        unlimited.acquire()
     unlimited.throttle()
-    assert unlimited.rate is not None  # a throttled unlimited sender gets a limit
+    assert unlimited.rate == pytest.approx(50)  # a throttled unlimited sender gets a limit: half
+    for _ in range(20):  # throttled again and again: never below a tenth of what it did before
+        t[0] += 1.5
+        unlimited.throttle()
+    assert unlimited.floor == pytest.approx(10) and unlimited.rate == pytest.approx(10)
+    for _ in range(10):  # then quiet: it recovers
+        t[0] += 6
+        unlimited.acquire()
+    assert unlimited.rate > 50
 
 
 def test_reply_classification() -> None:
     assert classify_reply(250, "ok", stage="DATA").status == DeliveryStatus.SENT
     assert classify_reply(451, "try later", stage="RCPT").status == DeliveryStatus.DEFERRED
     assert classify_reply(421, "Too many connections", stage="RCPT").throttled
+    assert classify_reply(421, "4.3.2 Service shutting down", stage="RCPT").throttled  # 421 alone says so
     assert classify_reply(450, "rate limit exceeded", stage="RCPT").throttled
+    assert classify_reply(451, "4.7.0 Temporary rate limit, slow down", stage="RCPT").throttled
+    assert classify_reply(452, "4.5.3 Too many recipients", stage="RCPT").throttled
+    assert classify_reply(450, "4.7.1 Throttling in effect", stage="RCPT").throttled
+    # one recipient's trouble, whatever it says of "later": that recipient waits, the send goes on
     assert not classify_reply(452, "mailbox full", stage="RCPT").throttled
+    assert not classify_reply(451, "4.7.1 Greylisted, please try again later", stage="RCPT").throttled
+    assert not classify_reply(451, "4.3.0 Temporary lookup failure, try again later", stage="RCPT").throttled
+    assert not classify_reply(450, "4.2.1 Mailbox busy, generated later", stage="RCPT").throttled
     assert classify_reply(550, "no such user", stage="RCPT").status == DeliveryStatus.BOUNCED
     assert classify_reply(554, "content rejected", stage="DATA").status == DeliveryStatus.FAILED
 
@@ -395,3 +414,28 @@ def test_the_audience_is_fixed_when_the_send_first_starts(store: Store, tmp_path
     late = store.get_subscriber("late@example.com")
     assert late is not None and f"{late.id:08d}.eml" not in files
     assert assert_tally_counts(store, issue_id) == {"sent": 3}
+
+
+def test_greylisting_one_recipient_in_seven_does_not_slow_the_send(
+    sqlite_store: Store, smtp_sink: SmtpSink
+) -> None:
+    """451 "greylisted, try again later" on every 7th RCPT defers those recipients only: 500
+    messages finish within their backoff waits plus seconds, the pool never slowed down."""
+    import time
+
+    issue_id = setup(sqlite_store, 500)
+    lock, seen = threading.Lock(), [0]
+
+    def rcpt(address: str) -> str | None:
+        with lock:
+            seen[0] += 1
+            return "451 4.7.1 Greylisted, please try again later" if seen[0] % 7 == 0 else None
+
+    smtp_sink.rcpt_hook = rcpt
+    options = {"retry_base_seconds": 0.5, "max_attempts": 5}
+    started = time.monotonic()
+    report = run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=4, **options)
+    seconds = time.monotonic() - started
+    backoff = sum(0.5 * 2**k * 1.2 for k in range(4))  # the longest a row can wait: four retries
+    assert report.finished and report.throttled == 0 and len(copies(smtp_sink)) == 500
+    assert seconds < backoff + 10, seconds
