@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from .compose import MessageTemplate, Recipient
-from .errors import NewsletterError, TransportError
+from .errors import NewsletterError, SenderFenced, TransportError
 from .models import DeliveryStatus, Sender
 from .store import DeliveryLedger, DeliveryTarget, MarkResult
 from .tokens import Tokens
@@ -379,6 +379,8 @@ class _Sender:
             self.store.deregister_sender(self.id)
         if self.fatal is not None:
             raise self.fatal
+        if isinstance(ledger.failure, SenderFenced):
+            raise ledger.failure
         if ledger.failure is not None:
             raise NewsletterError(
                 f"the database failed during the send: {ledger.failure}"
@@ -431,6 +433,8 @@ class _Sender:
             request = ledger.submit(
                 _Request(claim=(self._batch(), timedelta(seconds=self.options.lease_seconds)))
             )
+            if isinstance(request.error, SenderFenced):
+                raise request.error
             if request.error is not None:
                 raise NewsletterError(f"the database failed during the send: {request.error}")
             batch = request.claimed

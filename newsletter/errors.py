@@ -34,5 +34,9 @@ class SendBusyError(NewsletterError):
     """Another sender holds the issue."""
 
 
+class SenderFenced(NewsletterError):
+    """Another sender declared this one dead and took its rows: it must stop and record nothing."""
+
+
 class TransportError(NewsletterError):
     """The mail transport could not be used at all (not one message's fate)."""

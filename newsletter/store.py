@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .errors import NewsletterError, SendBusyError
+from .errors import NewsletterError, SendBusyError, SenderFenced
 from .models import (
     BounceEvent,
     BounceMail,
@@ -65,6 +65,8 @@ __all__ = [
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Never mailed again, whatever anyone types into a form.
 CLOSED_STATUSES = (SubscriberStatus.COMPLAINED, SubscriberStatus.BOUNCED)
+# Who a bounce may mark `bounced`, and an unsubscribe `unsubscribed`: nobody already closed or gone.
+LIVE_STATUSES = (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING)
 ERASED_DOMAIN = "@erased.invalid"  # RFC 2606: never a real address
 
 
@@ -273,7 +275,7 @@ class Store:
             return s.get(Subscriber, subscriber_id)
 
     def unsubscribe(self, subscriber_id: int, *, now: datetime) -> bool:
-        """Unsubscribe at once; True if the status changed (idempotent)."""
+        """Unsubscribe at once an active or pending subscriber; True if the status changed (idempotent)."""
         with self.write() as s:
             recent = select(Issue.id).order_by(Issue.id.desc()).limit(30).scalar_subquery()
             last_issue = s.scalar(  # primary-key lookups, one per recent issue
@@ -288,7 +290,8 @@ class Store:
             )
             result = s.execute(
                 update(Subscriber)
-                .where(Subscriber.id == subscriber_id, Subscriber.status != SubscriberStatus.UNSUBSCRIBED)
+                # complained and bounced stay what they are: they say more than "unsubscribed"
+                .where(Subscriber.id == subscriber_id, Subscriber.status.in_(LIVE_STATUSES))
                 .values(
                     status=SubscriberStatus.UNSUBSCRIBED,
                     unsubscribed_at=now,
@@ -839,7 +842,7 @@ class Store:
                 return f"{who}: already complained"
             sub.status = SubscriberStatus.COMPLAINED
             return f"{who}: now complained, never mailed again"
-        live = sub.status in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING)
+        live = sub.status in LIVE_STATUSES
         if e.kind == "hard":
             sub.bounce_count += 1
             if issue_id is not None:
@@ -916,18 +919,29 @@ class Store:
         are released. With `exclusive` (SQLite), a live sender of the same issue refuses this one."""
         with self.write() as s:
             others = list(s.scalars(select(Sender).where(Sender.issue_id == issue_id)))
+            if self.is_sqlite:  # one host: its clock
+                stale = {o.id for o in others if o.heartbeat_at < now - stale_after}
+            else:  # senders on several hosts: only the database's clock compares their heartbeats
+                since = func.now() - stale_after
+                old = select(Sender.id).where(Sender.issue_id == issue_id, Sender.heartbeat_at < since)
+                stale = set(s.scalars(old))
             dead: list[Sender] = []
             live: list[Sender] = []
             for o in others:
                 alive = is_alive(o.host, o.pid)
-                stale = o.heartbeat_at < now - stale_after
-                (dead if alive is False or (alive is None and stale) else live).append(o)
+                (dead if alive is False or (alive is None and o.id in stale) else live).append(o)
             if exclusive and live:
                 o = live[0]
                 raise SendBusyError(
                     f"issue {issue_id} is being sent by another process (pid {o.pid} on {o.host}); "
                     f"wait for it with 'send --wait'"
                 )
+            # The dead leave first: on PostgreSQL the DELETE waits for any transaction a "dead" one
+            # still has open (each holds a key-share lock on its row), so what it marked in flight
+            # is committed, and seen below, before its rows are judged; after it, it can commit nothing.
+            for o in dead:
+                s.delete(o)
+            s.flush()
             live_ids = [o.id for o in live]
             orphaned = and_(
                 Delivery.issue_id == issue_id,
@@ -944,15 +958,15 @@ class Store:
                     claimed_until=None,
                 )
             )
-            for o in dead:
+            if dead:
                 s.execute(
                     update(Delivery)
-                    .where(Delivery.issue_id == o.issue_id, Delivery.claimed_by == o.id)
+                    .where(Delivery.issue_id == issue_id, Delivery.claimed_by.in_([o.id for o in dead]))
                     .values(claimed_by=None, claimed_until=None)
                 )
-                s.delete(o)
+            beat: Any = now if self.is_sqlite else func.now()
             s.add(
-                Sender(id=sender_id, issue_id=issue_id, host=host, pid=pid, started_at=now, heartbeat_at=now)
+                Sender(id=sender_id, issue_id=issue_id, host=host, pid=pid, started_at=now, heartbeat_at=beat)
             )
             return int(unknown.rowcount or 0)  # type: ignore[attr-defined]
 
@@ -1101,7 +1115,11 @@ class MarkResult(Enum):
 class DeliveryLedger:
     """The send loop's hot path: a transaction that records finished messages and marks the
     next ones in flight, for every connection at once (group commit). Plain DB-API statements
-    on one connection of the pool, so recording costs microseconds, not an ORM round."""
+    on one connection of the pool, so recording costs microseconds, not an ORM round.
+
+    Every statement acts only on rows this sender holds (`claimed_by`), and every transaction
+    first makes sure this sender is still enrolled: one that another declared dead (and whose
+    rows it took) is fenced off, records nothing and stops."""
 
     def __init__(self, store: Store, issue_id: int, sender_id: str) -> None:
         self.issue_id, self.sender_id = issue_id, sender_id
@@ -1110,11 +1128,9 @@ class DeliveryLedger:
         self._cur = self._conn.cursor()
         if self.sqlite:  # checkpoint the WAL every ~40 MB rather than every 4 MB: fewer fsyncs per send
             self._cur.execute("PRAGMA wal_autocheckpoint=10000")
-        sql = dict(_LEDGER_SQL, claim=_CLAIM_SQL.format(lock=""))
-        if not self.sqlite:
-            sql = dict(_LEDGER_SQL, claim=_CLAIM_SQL.format(lock=" FOR UPDATE SKIP LOCKED"))
-            sql = {k: v.replace("?", "%s") for k, v in sql.items()}
-        self._sql = sql
+            self._sql = dict(_LEDGER_SQL, **_SQLITE_SQL)
+        else:
+            self._sql = {k: v.replace("?", "%s") for k, v in dict(_LEDGER_SQL, **_POSTGRES_SQL).items()}
         self._last_time: tuple[datetime | None, Any] = (None, None)
 
     def _time(self, value: datetime | None) -> Any:
@@ -1129,6 +1145,13 @@ class DeliveryLedger:
         if self.sqlite:
             self._cur.execute("BEGIN IMMEDIATE")
         try:
+            # enrolled still? (PostgreSQL: a key-share lock, so no reaper deletes us mid-transaction)
+            self._cur.execute(self._sql["enrolled"], (self.sender_id,))
+            if self._cur.fetchone() is None:
+                raise SenderFenced(
+                    "another sender found this one's heartbeat stale and took over its rows; "
+                    "this one stopped and recorded nothing more (its rows in flight are unknown)"
+                )
             yield self
         except BaseException:
             self._conn.rollback() if not self.sqlite else self._cur.execute("ROLLBACK")
@@ -1145,7 +1168,13 @@ class DeliveryLedger:
         when = self._time(now)
         self._cur.execute(
             self._sql["claim"],
-            (self.sender_id, self._time(now + lease), self.issue_id, self.issue_id, when, when, limit),
+            {
+                "sender": self.sender_id,
+                "until": self._time(now + lease),
+                "issue": self.issue_id,
+                "now": when,
+                "limit": limit,
+            },
         )
         attempts = dict(self._cur.fetchall())
         if not attempts:
@@ -1176,7 +1205,8 @@ class DeliveryLedger:
         attempts: int,
         next_attempt_at: datetime | None,
         now: datetime,
-    ) -> None:
+    ) -> bool:
+        """A message's fate; False when the row is no longer this sender's (nothing is written)."""
         sent_at = self._time(now) if status == DeliveryStatus.SENT else None
         self._cur.execute(
             self._sql["record"],
@@ -1188,32 +1218,33 @@ class DeliveryLedger:
                 sent_at,
                 self.issue_id,
                 subscriber_id,
+                self.sender_id,
             ),
         )
+        if self._cur.rowcount != 1:
+            return False
         if status == DeliveryStatus.DEFERRED:
             self._cur.execute(self._sql["release"], (self.issue_id, subscriber_id))
-        elif status == DeliveryStatus.BOUNCED:
+        elif status == DeliveryStatus.BOUNCED:  # the bounce policy, as for a bounce read later
             self._cur.execute(self._sql["bounce"], (self._time(now), subscriber_id))
+        return True
 
     def unmark(self, subscriber_id: int, reply: str) -> None:
         """Nothing reached the server: back to waiting, the claim released."""
-        self._cur.execute(self._sql["unmark"], (reply, self.issue_id, subscriber_id))
+        self._cur.execute(self._sql["unmark"], (reply, self.issue_id, subscriber_id, self.sender_id))
 
     def heartbeat(self, now: datetime) -> None:
+        """This sender is alive (PostgreSQL: by the database's clock, so hosts' clocks never meet)."""
         self._cur.execute(self._sql["heartbeat"], (self._time(now), self.sender_id))
+        if self._cur.rowcount != 1:
+            raise SenderFenced("this sender's row is gone: another sender declared it dead")
 
     def close(self) -> None:
         self._cur.close()
         self._conn.close()
 
 
-_CLAIM_SQL = (
-    "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE issue_id = ? AND subscriber_id IN ("
-    "SELECT subscriber_id FROM deliveries WHERE issue_id = ? "
-    "AND (status = 'pending' OR (status = 'deferred' AND next_attempt_at <= ?)) "
-    "AND (claimed_by IS NULL OR claimed_until < ?) ORDER BY subscriber_id LIMIT ?{lock}) "
-    "RETURNING subscriber_id, attempts"
-)
+_LIVE = "(" + ", ".join(f"'{st.value}'" for st in LIVE_STATUSES) + ")"  # for the ledger's plain SQL
 _LEDGER_SQL = {
     "mark": "UPDATE deliveries SET status = 'sending' WHERE issue_id = ? AND subscriber_id = ? "
     "AND claimed_by = ? AND status IN ('pending', 'deferred') "
@@ -1224,14 +1255,39 @@ _LEDGER_SQL = {
     "AND NOT EXISTS (SELECT 1 FROM subscribers WHERE id = ? AND status = 'active')",
     # A final state keeps its claim (nothing claims it again); a deferred row is released for its retry.
     "record": "UPDATE deliveries SET status = ?, last_reply = ?, attempts = ?, next_attempt_at = ?, "
-    "sent_at = ? WHERE issue_id = ? AND subscriber_id = ?",
+    "sent_at = ? WHERE issue_id = ? AND subscriber_id = ? AND claimed_by = ?",
     "release": "UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL "
     "WHERE issue_id = ? AND subscriber_id = ?",
-    "bounce": "UPDATE subscribers SET status = 'bounced', bounce_count = bounce_count + 1, bounced_at = ? "
-    "WHERE id = ?",
+    # One bounce policy (as Store._apply_event): counted always; only a live subscriber becomes bounced.
+    "bounce": "UPDATE subscribers SET bounce_count = bounce_count + 1, "
+    f"bounced_at = CASE WHEN status IN {_LIVE} THEN ? ELSE bounced_at END, "
+    f"status = CASE WHEN status IN {_LIVE} THEN 'bounced' ELSE status END WHERE id = ?",
     "unmark": "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'pending' END, "
-    "last_reply = ?, claimed_by = NULL, claimed_until = NULL WHERE issue_id = ? AND subscriber_id = ?",
+    "last_reply = ?, claimed_by = NULL, claimed_until = NULL WHERE issue_id = ? AND subscriber_id = ? "
+    "AND claimed_by = ?",
+}
+_SQLITE_SQL = {  # one sender per issue on SQLite, and one host: its clock is the clock
+    "claim": "UPDATE deliveries SET claimed_by = :sender, claimed_until = :until "
+    "WHERE issue_id = :issue AND subscriber_id IN ("
+    "SELECT subscriber_id FROM deliveries WHERE issue_id = :issue "
+    "AND (status = 'pending' OR (status = 'deferred' AND next_attempt_at <= :now)) "
+    "AND (claimed_by IS NULL OR claimed_until < :now) ORDER BY subscriber_id LIMIT :limit) "
+    "RETURNING subscriber_id, attempts",
+    "enrolled": "SELECT 1 FROM senders WHERE id = ?",
     "heartbeat": "UPDATE senders SET heartbeat_at = ? WHERE id = ?",
+}
+_POSTGRES_SQL = {
+    # MATERIALIZED: the LIMIT and the row locks are taken once, in the CTE; PostgreSQL may run an
+    # IN (... LIMIT ... FOR UPDATE SKIP LOCKED) subquery more than once, and claim more than LIMIT
+    "claim": "WITH picked AS MATERIALIZED (SELECT subscriber_id FROM deliveries WHERE issue_id = %(issue)s "
+    "AND (status = 'pending' OR (status = 'deferred' AND next_attempt_at <= %(now)s)) "
+    "AND (claimed_by IS NULL OR claimed_until < %(now)s) ORDER BY subscriber_id LIMIT %(limit)s "
+    "FOR UPDATE SKIP LOCKED) "
+    "UPDATE deliveries d SET claimed_by = %(sender)s, claimed_until = %(until)s FROM picked "
+    "WHERE d.issue_id = %(issue)s AND d.subscriber_id = picked.subscriber_id "
+    "RETURNING d.subscriber_id, d.attempts",
+    "enrolled": "SELECT 1 FROM senders WHERE id = ? FOR KEY SHARE",
+    "heartbeat": "UPDATE senders SET heartbeat_at = COALESCE(now(), ?) WHERE id = ?",
 }
 
 

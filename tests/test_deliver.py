@@ -20,7 +20,7 @@ from newsletter.store import NewSubscriber, Store
 from newsletter.tokens import Tokens
 from newsletter.transport import Envelope, OutboxTransport, SmtpTransport, classify_reply
 
-from .conftest import SECRET, SmtpSink, assert_tally_counts, free_port
+from .conftest import SECRET, SmtpSink, assert_tally_counts, free_port, wait_for
 from .test_store import claim
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
@@ -338,12 +338,14 @@ def test_a_reply_lost_after_the_final_dot(sqlite_store: Store, smtp_sink: SmtpSi
     """The server takes every 40th message and drops the connection before its 250. "unknown"
     (the default) sends nobody twice and says so; "retry" loses nobody and sends those twice."""
     issue_id = setup(sqlite_store, 400)
-    lock, state = threading.Lock(), {"data": 0}
+    lock, dropped = threading.Lock(), set()
 
-    def data(rcpts: list[str]) -> str | None:
+    def data(rcpts: list[str]) -> str | None:  # every 40th reader's first copy
         with lock:
-            state["data"] += 1
-            return "keep-drop" if state["data"] % 40 == 0 and state["data"] <= 400 else None
+            if int(rcpts[0].removeprefix("user").partition("@")[0]) % 40 == 39 and rcpts[0] not in dropped:
+                dropped.add(rcpts[0])
+                return "keep-drop"
+        return None
 
     smtp_sink.data_hook = data
     report = run_send(
@@ -439,3 +441,46 @@ def test_greylisting_one_recipient_in_seven_does_not_slow_the_send(
     backoff = sum(0.5 * 2**k * 1.2 for k in range(4))  # the longest a row can wait: four retries
     assert report.finished and report.throttled == 0 and len(copies(smtp_sink)) == 500
     assert seconds < backoff + 10, seconds
+
+
+def test_a_live_sender_declared_dead_stops_and_nobody_gets_two(store: Store, smtp_sink: SmtpSink) -> None:
+    """Sender A looks dead (its heartbeat stale, its host unknown) while it is still sending; B
+    takes its rows. A's next transaction finds itself fenced off: it stops and records nothing;
+    what it had in flight is unknown; every reader gets at most one copy."""
+    import time
+
+    from newsletter.errors import SenderFenced
+
+    issue_id = setup(store, 300)
+    smtp_sink.data_hook = lambda _rcpts: time.sleep(0.005) or None  # slow enough to catch A mid-send
+    outcome: dict[str, object] = {}
+
+    def sender_a() -> None:
+        try:
+            outcome["report"] = run_send(
+                store, lambda: smtp(smtp_sink), issue_id, connections=2, heartbeat_seconds=3600
+            )
+        except SenderFenced as exc:
+            outcome["fenced"] = exc
+
+    a = threading.Thread(target=sender_a)
+    a.start()
+    assert wait_for(lambda: len(smtp_sink.messages) >= 40, timeout=30)
+    with store.write() as s:  # from here A looks dead: another host's, silent since 2020
+        s.execute(update(Sender).values(host="elsewhere", heartbeat_at=datetime(2020, 1, 1, tzinfo=UTC)))
+    b = run_send(store, lambda: smtp(smtp_sink), issue_id, connections=2, stale_after_seconds=1)
+    a.join(timeout=60)
+    assert not a.is_alive() and "fenced" in outcome, outcome
+    assert b.unknown_found <= 2  # what A had on the wire when B took over
+    got = copies(smtp_sink)
+    assert set(got.values()) == {1}, sorted(got.items(), key=lambda kv: -kv[1])[:3]
+    counts = {k: v for k, v in store.issue_counts(issue_id)[0].deliveries.items() if v}
+    assert counts.get("sent", 0) + counts.get("unknown", 0) == 300 and set(counts) <= {"sent", "unknown"}
+    everyone = {f"user{i}@example.com" for i in range(300)}
+    assert set(got) | _unknown_addresses(store, issue_id) == everyone  # nobody lost without a word
+
+
+def _unknown_addresses(store: Store, issue_id: int) -> set[str]:
+    with store.read() as s:
+        ids = [d.subscriber_id for d in s.query(Delivery).filter_by(issue_id=issue_id, status="unknown")]
+    return {store.get_subscriber_by_id(i).email for i in ids}  # type: ignore[union-attr]

@@ -174,6 +174,7 @@ def test_delivery_rows_are_made_once_and_claims_are_leases(store: Store) -> None
     assert pending.id not in {t.subscriber_id for t in first + second}
     assert store.issue_counts(issue_id)[0].deliveries["pending"] == 5  # a claim is not "in flight"
     # a lease that ran out can be taken over
+    enrol(store, issue_id, "c")
     later = claim(store, issue_id, "c", now=NOW + LEASE + timedelta(seconds=1), limit=10, lease=LEASE)
     assert len(later) == 5
 
@@ -183,6 +184,7 @@ def test_the_mark_checks_claim_and_subscriber_in_one_transaction(store: Store) -
     issue_id = _issue(store)
     store.start_send(issue_id)
     enrol(store, issue_id, "a")
+    enrol(store, issue_id, "b")
     one, two, three = claim(store, issue_id, "a", now=NOW, limit=10, lease=LEASE)
     store.unsubscribe(two.subscriber_id, now=NOW)
     ledger = store.ledger(issue_id, "a")
@@ -243,4 +245,69 @@ def test_a_dead_senders_rows_in_flight_become_unknown(store: Store) -> None:
     assert [s.id for s in store.live_senders(issue_id)] == ["second"]
     assert store.requeue_unknown(issue_id) == 1
     store.deregister_sender("second")
+    enrol(store, issue_id, "third")
     assert len(claim(store, issue_id, "third", now=NOW, limit=10, lease=LEASE)) == 4
+
+
+@pytest.mark.postgres
+def test_senders_on_hosts_whose_clocks_disagree_judge_heartbeats_by_the_database(
+    postgres_store: Store,
+) -> None:
+    """A sender on a host whose clock runs an hour ahead must not find a live sender stale: on
+    PostgreSQL heartbeats are written and compared by the database's clock."""
+    store = postgres_store
+    issue_id = _issue(store)
+    store.start_send(issue_id)
+
+    def register(sender: str, now: datetime) -> int:
+        return store.register_sender(
+            issue_id,
+            sender,
+            host=f"host-{sender}",
+            pid=1,
+            now=now,
+            exclusive=False,
+            stale_after=timedelta(seconds=30),
+            is_alive=lambda _h, _p: None,  # another host: only the heartbeat can tell
+        )
+
+    register("a", datetime.now(UTC) - timedelta(hours=1))  # a's clock runs an hour behind
+    register("b", datetime.now(UTC) + timedelta(hours=1))  # b's an hour ahead
+    assert sorted(s.id for s in store.live_senders(issue_id)) == ["a", "b"]  # nobody reaped
+
+
+def test_one_bounce_policy_at_send_time_and_later_and_complaints_stay(store: Store) -> None:
+    """A 5xx during the send and a bounce read later follow one rule: only a live subscriber
+    becomes bounced (the count always grows); an unsubscribe never overwrites complained."""
+    store.import_subscribers([NewSubscriber(f"u{i}@example.com", None) for i in range(3)], now=NOW)
+    issue_id = _issue(store)
+    store.start_send(issue_id)
+    enrol(store, issue_id, "a")
+    left, angry, _ = claim(store, issue_id, "a", now=NOW, limit=10, lease=LEASE)
+    ledger = store.ledger(issue_id, "a")
+    try:
+        with ledger.transaction() as tx:
+            assert tx.mark_in_flight(left.subscriber_id) is MarkResult.IN_FLIGHT
+        store.unsubscribe(left.subscriber_id, now=NOW)  # while the message is on the wire
+        with ledger.transaction() as tx:
+            tx.record(
+                left.subscriber_id,
+                status=DeliveryStatus.BOUNCED,
+                reply="550 5.1.1 no such user",
+                attempts=1,
+                next_attempt_at=None,
+                now=NOW,
+            )
+    finally:
+        ledger.close()
+    gone = store.get_subscriber_by_id(left.subscriber_id)
+    assert gone is not None and (gone.status, gone.bounce_count) == ("unsubscribed", 1)
+    with store.write() as s:
+        from newsletter.models import Subscriber
+
+        row = s.get(Subscriber, angry.subscriber_id)
+        assert row is not None
+        row.status = SubscriberStatus.COMPLAINED
+    assert not store.unsubscribe(angry.subscriber_id, now=NOW)  # a one-click after the complaint
+    still = store.get_subscriber_by_id(angry.subscriber_id)
+    assert still is not None and still.status == "complained"
