@@ -836,9 +836,13 @@ def serve(app: App, host: str | None, port: int | None) -> None:
         pass
     finally:
         server.close()
+    services = web.extensions["newsletter"]
+    # a console send stops as `send` does on SIGTERM: no more claims, what is in flight recorded
+    for issue_id in services.background.stop(timeout=60):
+        _log(f"stopped the console send of issue {issue_id}, with what was in flight recorded")
     # what the visitors were promised: the confirmation mails still waiting go out before the exit
-    waiting = web.extensions["newsletter"].confirmations
-    _log("stopped" if waiting.wait_idle(timeout=10) else "stopped; some confirmation mails were not sent")
+    mailed = services.confirmations.wait_idle(timeout=10)
+    _log("stopped" if mailed else "stopped; some confirmation mails were not sent")
 
 
 if __name__ == "__main__":  # pragma: no cover

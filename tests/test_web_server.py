@@ -355,3 +355,51 @@ def test_markup_in_a_signup_name_is_text_in_the_console(server: Server, tmp_path
     keep = os.environ.get("NEWSLETTER_KEEP_SCREENSHOTS")
     if keep:
         shutil.copytree(shots, Path(keep) / "markup", dirs_exist_ok=True)
+
+
+def test_stopping_the_server_records_what_its_console_send_has_in_flight(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    """A send resumed from the console runs in the server process. SIGTERM to the server stops it
+    as SIGTERM stops `send`: it stops claiming, records what is in flight, and leaves no row
+    `sending`; the next send finds nothing of unknown fate and sends each reader one copy."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = write_config(
+        tmp_path,
+        delivery='transport = "smtp"',
+        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\nconnections = 2\n',
+    )
+    config.write_text(config.read_text().replace("https://news.example.com", url))
+    run_cli(config, "init")
+    csv_file = tmp_path / "readers.csv"
+    csv_file.write_text("email\n" + "".join(f"s{i}@example.org\n" for i in range(1500)))
+    run_cli(config, "subscribers", "import", str(csv_file))
+    issue_id = json.loads(run_cli(config, "build", "--json").stdout)["issue"]["id"]
+    run_cli(config, "pause", "--issue", str(issue_id))
+    run_cli(config, "admin", "add-user", "ed", input="a long enough password\n")
+    smtp_sink.data_hook = lambda _rcpts: time.sleep(0.003) or None
+    proc = start_server(config, port)
+    try:
+        assert wait_for(lambda: _healthy(url), timeout=30)
+        with httpx.Client(base_url=url) as web:
+            form = web.get("/admin/login").text
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+            login = {"username": "ed", "password": "a long enough password", "csrf_token": csrf}
+            assert web.post("/admin/login", data=login).status_code == 302
+            page = web.get(f"/admin/issues/{issue_id}").text
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+            assert web.post(f"/admin/issues/{issue_id}/resume", data={"csrf_token": csrf}).status_code == 302
+        assert wait_for(lambda: len(smtp_sink.messages) >= 200, timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        log, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, log
+    assert b"stopped the console send of issue" in log
+    counts = json.loads(run_cli(config, "status", "--issue", str(issue_id), "--json").stdout)
+    deliveries = counts["issues"][0]["deliveries"]
+    assert deliveries.get("sending", 0) == 0 and deliveries.get("unknown", 0) == 0, deliveries
+    done = json.loads(run_cli(config, "send", "--issue", str(issue_id), "--json").stdout)
+    assert done["unknown_found"] == 0 and done["finished"], done
+    got = smtp_sink.by_recipient()
+    assert len(got) == 1500 and all(len(m) == 1 for m in got.values())

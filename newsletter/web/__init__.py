@@ -17,6 +17,7 @@ from ..signing import DkimSigner, signer_for
 from ..store import Store
 from ..tokens import Tokens
 from ..transport import Envelope, SendResult, open_transport
+from .background import BackgroundSends
 from .confirmations import ConfirmationMailer
 from .limits import SlidingWindow, login_window
 from .proxies import TrustedProxies
@@ -40,6 +41,7 @@ class Services:
     confirmations: ConfirmationMailer
     signer: DkimSigner | None = None
     login_failures: SlidingWindow = field(default_factory=login_window)
+    background: BackgroundSends = field(default_factory=BackgroundSends)
 
 
 def _send_with_configured_transport(settings: Settings) -> Callable[[Envelope, bytes], SendResult]:

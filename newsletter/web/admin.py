@@ -11,7 +11,6 @@ import csv
 import io
 import logging
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -54,8 +53,6 @@ PAGE = 50
 GROWTH_SERIES = ("new", "confirmed", "unsubscribed", "bounced")
 _hasher = PasswordHasher()  # Argon2id, the library's current recommended parameters
 _DUMMY_HASH = _hasher.hash("not a password anyone has")
-_sending: set[int] = set()  # issues this process is sending for the console
-_sending_lock = threading.Lock()
 
 
 View = TypeVar("View", bound=Callable[..., Any])
@@ -234,7 +231,7 @@ def issue(issue_id: int) -> str:
         counts=counts[0],
         problems=problems,
         next_after=problems[-1][0] if len(problems) == PAGE else None,
-        sending=issue_id in _sending,
+        sending=svc.background.running(issue_id),
     )
 
 
@@ -303,26 +300,21 @@ def _issue_or_404(issue_id: int) -> Any:
 
 
 def _send_in_background(issue_id: int) -> str:
-    """Continue a send from this process (waitress keeps serving); one per issue at a time."""
+    """Continue a send from this process (waitress keeps serving); one per issue at a time. It
+    stops, with what is in flight recorded, when the server stops."""
     svc = services()
-    with _sending_lock:
-        if issue_id in _sending:
-            return "a send of it is already running here."
-        _sending.add(issue_id)
 
-    def run() -> None:
+    def run(should_stop: Callable[[], bool]) -> None:
         try:
             found = svc.store.get_issue(issue_id)
             if found is not None:
-                report = jobs.send(svc.settings, svc.store, found)
+                report = jobs.send(svc.settings, svc.store, found, should_stop=should_stop)
                 log.info("console send of issue %s: %s", issue_id, report.counts)
         except NewsletterError as exc:
             log.warning("console send of issue %s stopped: %s", issue_id, exc)
-        finally:
-            with _sending_lock:
-                _sending.discard(issue_id)
 
-    threading.Thread(target=run, name=f"console-send-{issue_id}", daemon=True).start()
+    if not svc.background.start(issue_id, run):
+        return "a send of it is already running here (or the server is stopping)."
     return "its send continues now."
 
 
