@@ -777,21 +777,28 @@ def dkim_keygen(app: App, bits: int, force: bool) -> None:
 @pass_app
 def schedule(app: App, log_file: Path | None, log_json: bool) -> None:
     """Run the main job at every [schedule] cron time until stopped (SIGTERM or Ctrl-C)."""
-    import logging
-
     from .schedule import Scheduler
 
-    handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    )
-    handler.setFormatter(_JsonFormatter() if log_json else logging.Formatter("%(asctime)s %(message)s"))
-    logger = logging.getLogger("newsletter.schedule")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    configure_log(log_file, as_json=log_json)
     scheduler = Scheduler(app.settings, app.store)
     scheduler.install_signals()
     scheduler.start()
-    logger.info("stopped", extra={"fields": {"event": "stopped"}})
+    logging.getLogger("newsletter.schedule").info("stopped", extra={"fields": {"event": "stopped"}})
+
+
+def configure_log(log_file: Path | None, *, as_json: bool) -> logging.Handler:
+    """One log for everything the scheduler's process says: the newsletter's own lines (the
+    scheduler, the engine, the bounce reader) and APScheduler's warnings and errors."""
+    handler: logging.Handler = (
+        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(_JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(message)s"))
+    for name, level in (("newsletter", logging.INFO), ("apscheduler", logging.WARNING)):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False  # not a second time through the root logger's last resort
+    return handler
 
 
 class _JsonFormatter(logging.Formatter):
@@ -802,6 +809,8 @@ class _JsonFormatter(logging.Formatter):
                 "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
                 "level": record.levelname.lower(),
                 "message": record.getMessage(),
+                "logger": record.name,
+                **({"traceback": self.formatException(record.exc_info)} if record.exc_info else {}),
                 **fields,
             },
             default=str,

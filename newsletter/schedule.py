@@ -156,11 +156,17 @@ def run_scheduled(
             )
     except NewsletterError as exc:
         fields["error"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a database or a bug: the run still ends, as failed
+        log.exception("the run for %s failed", fire_time.isoformat())
+        fields["error"] = f"unexpected {type(exc).__name__}: {exc}"[:500]
     fields["seconds"] = round((now() - started).total_seconds(), 1)
     result = RunOutcome(True, fields["issue"], fields)
-    store.finish_scheduled_run(
-        fire_time.astimezone(UTC), issue_id=result.issue_id, outcome=result.line, now=now()
-    )
+    try:
+        store.finish_scheduled_run(
+            fire_time.astimezone(UTC), issue_id=result.issue_id, outcome=result.line, now=now()
+        )
+    except Exception as exc:  # noqa: BLE001 - the database is down: the line is still logged
+        result.fields["error"] = f"{fields.get('error', '')}; the run was not recorded: {exc}".lstrip("; ")
     return result
 
 
@@ -218,9 +224,12 @@ class Scheduler:
                     report = jobs.send(
                         self.settings, self.store, issue, options=options, should_stop=self.stopping.is_set
                     )
-                except NewsletterError as exc:
+                except Exception as exc:  # noqa: BLE001 - one issue's trouble never stops the scheduler
+                    if not isinstance(exc, NewsletterError):
+                        log.exception("resuming issue %s failed", issue.id)
                     self.emit(
-                        f"resume issue={issue.id} not now: {exc}", {"event": "resume", "issue": issue.id}
+                        f"resume issue={issue.id} not now: {exc}",
+                        {"event": "resume", "issue": issue.id, "error": str(exc)},
                     )
                     continue
                 if not report.counts and not report.finished:
@@ -243,7 +252,7 @@ class Scheduler:
         started = self.now()
         try:
             report = process_bounces(self.settings, self.store, now=started)
-        except NewsletterError as exc:
+        except Exception as exc:  # noqa: BLE001 - the mailbox or the database: logged, tried next time
             self.emit(f"bounces not read: {exc}", {"event": "bounces", "error": str(exc)})
             return
         fields: dict[str, Any] = {"read": report.read, **dict(sorted(report.kinds.items()))}

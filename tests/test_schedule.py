@@ -355,3 +355,50 @@ def test_resuming_sends_what_is_due_and_leaves_a_retry_for_its_time(tmp_path: Pa
     assert counts["sent"] == 1 and counts["deferred"] == 1
     assert any("resume issue=" in line and "sent=1" in line for line in lines)
     store.close()
+
+
+def test_any_error_closes_the_run_as_failed_and_is_logged(tmp_path: Path, env: None) -> None:
+    """A database error in the main job (here a table gone) is not a NewsletterError: the run is
+    still closed, as failed with the error, and the log says so; the scheduler goes on."""
+    from sqlalchemy import text
+
+    from newsletter.schedule import Scheduler
+
+    settings = load_settings(write_config(tmp_path))
+    store = Store(settings.database_url)
+    store.migrate()
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE feed_states"))  # a broken database, as a bad migration leaves it
+        conn.execute(text("ALTER TABLE stories RENAME TO stories_gone"))
+    lines: list[tuple[str, dict[str, object]]] = []
+    scheduler = Scheduler(settings, store, emit=lambda line, fields: lines.append((line, fields)))
+    scheduler.run_once(datetime.now(UTC).replace(second=0, microsecond=0))
+    (line, fields), *_ = lines
+    assert "error=" in line and "OperationalError" in str(fields.get("error")), lines
+    last = store.last_scheduled_run()
+    assert last is not None and last.finished_at is not None and "OperationalError" in (last.outcome or "")
+    store.close()
+
+
+def test_every_log_line_goes_to_the_configured_log_apschedulers_included(tmp_path: Path) -> None:
+    import logging
+
+    from newsletter.cli import configure_log
+
+    log_file = tmp_path / "schedule.log"
+    handler = configure_log(log_file, as_json=True)
+    try:
+        logging.getLogger("apscheduler.scheduler").warning("Run time of job %r was missed", "tick")
+        logging.getLogger("newsletter.schedule").info("run date=x", extra={"fields": {"event": "run"}})
+        logging.getLogger("newsletter.admin").warning("something from the engine")
+    finally:
+        for name in ("newsletter", "apscheduler"):
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [r["message"] for r in records] == [
+        "Run time of job 'tick' was missed",
+        "run date=x",
+        "something from the engine",
+    ]
+    assert records[0]["logger"] == "apscheduler.scheduler" and records[1]["event"] == "run"
