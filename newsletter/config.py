@@ -104,6 +104,12 @@ class DeliverySettings:
     # A connection lost after the message's final dot: "unknown" (reported; resent only with
     # send --resend-unknown) or "retry" (sent again: a rare duplicate rather than a rare loss).
     lost_reply: Literal["unknown", "retry"] = "unknown"
+    # Sender processes that compose, sign and speak SMTP (each over a share of [smtp] connections);
+    # 0: one per core, at most 8. The SMTP transport only: the outbox is written by one process.
+    processes: int = 0
+
+    def sender_processes(self) -> int:
+        return self.processes or min(os.cpu_count() or 1, 8)
 
 
 @dataclass(frozen=True)
@@ -331,6 +337,7 @@ def _check(s: Settings) -> None:
         need(src.max_items is None or src.max_items > 0, f"sources[{i}].max_items", "must be positive")
     need(s.delivery.rate_per_second >= 0, "delivery.rate_per_second", "must not be negative")
     need(s.delivery.max_attempts >= 1, "delivery.max_attempts", "must be at least 1")
+    need(0 <= s.delivery.processes <= 64, "delivery.processes", "must be 0 (one per core) to 64")
     need(1 <= s.smtp.port <= 65535, "smtp.port", "must be a port number")
     need(s.smtp.connections >= 1, "smtp.connections", "must be at least 1")
     need(s.smtp.timeout_seconds > 0, "smtp.timeout_seconds", "must be positive")

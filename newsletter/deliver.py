@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
 from typing import Protocol
 
 from .compose import MessageTemplate, Recipient
@@ -31,6 +32,7 @@ from .models import DeliveryStatus, Sender
 from .store import DeliveryLedger, DeliveryTarget, MarkResult
 from .tokens import Tokens
 from .transport import Envelope, SendResult, Transport
+from .workers import STOP, Answer, Ask, WorkerPool, split_slots
 
 __all__ = ["DeliveryStore", "RateLimiter", "SendOptions", "SendReport", "backoff_seconds", "send_issue"]
 
@@ -82,6 +84,9 @@ class SendOptions:
     stale_after_seconds: float = 30.0
     # No reply after the final dot: "unknown" (the operator decides) or "retry" (maybe twice).
     lost_reply: str = "unknown"
+    # Worker processes that compose, sign and speak SMTP over a share of the connections; this
+    # process keeps the ledger. 1: the connections are threads of this process.
+    processes: int = 1
 
 
 @dataclass
@@ -342,26 +347,48 @@ class _Sender:
         self.lock = threading.Lock()
         self.fatal: BaseException | None = None
         self.halt = threading.Event()
+        self.live_slots = 0  # worker connections still there (with `processes` > 1)
 
     # -- the whole send -----------------------------------------------------------------------
 
     def run(self, *, resend_unknown: bool) -> SendReport:
         started = time.monotonic()
         self._register()
+        pool: WorkerPool | None = None
+        try:
+            if resend_unknown:
+                self.report.requeued = self.store.requeue_unknown(self.issue_id)
+            self.report.added = self.store.start_send(self.issue_id)
+            if self.options.processes > 1:  # forked before any thread of this send exists
+                pool = WorkerPool(
+                    slots_per_worker=split_slots(self.options.connections, self.options.processes),
+                    connect=self.connect,
+                    template=self.template,
+                    tokens=self.tokens,
+                    mail_from=self.mail_from,
+                    issue_id=self.issue_id,
+                )
+        except BaseException:
+            self.store.deregister_sender(self.id)
+            raise
         ledger = _Ledger(
             self.store.ledger(self.issue_id, self.id),
             heartbeat_seconds=self.options.heartbeat_seconds,
             now=self.now,
         )
         ledger.start()
-        workers = [
-            threading.Thread(target=self._connection, args=(ledger,), name=f"smtp-{i}", daemon=True)
-            for i in range(self.options.connections)
-        ]
+        if pool is not None:
+            self.live_slots = len(pool.owner_ends)
+            workers = [
+                threading.Thread(target=self._serve_slot, args=(ledger, end), name=f"slot-{i}", daemon=True)
+                for i, end in enumerate(pool.owner_ends)
+            ]
+        else:
+            workers = [
+                threading.Thread(target=self._connection, args=(ledger,), name=f"smtp-{i}", daemon=True)
+                for i in range(self.options.connections)
+            ]
         try:
-            if resend_unknown:
-                self.report.requeued = self.store.requeue_unknown(self.issue_id)
-            self.report.added = self.store.start_send(self.issue_id)
             for w in workers:
                 w.start()
             self._claim_loop(ledger)
@@ -373,6 +400,8 @@ class _Sender:
             for w in workers:
                 if w.is_alive():
                     w.join()
+            if pool is not None:
+                pool.join(timeout=30)
             ledger.stop()
             ledger.ledger.close()
             self.store.release(self.issue_id, self.id, leftovers)
@@ -475,6 +504,94 @@ class _Sender:
                 return left
             if isinstance(item, DeliveryTarget):
                 left.append(item.subscriber_id)
+
+    # -- one worker process's connection, served from here -------------------------------------
+
+    def _serve_slot(self, ledger: _Ledger, conn: Connection) -> None:
+        """The owner's half of one worker connection: what `_connection_loop` does but for the
+        wire, one round trip per message. A mark is answered only once it is committed."""
+        in_flight: DeliveryTarget | None = None  # marked for this slot, fate not yet heard
+        handed: DeliveryTarget | None = None  # given to this slot, not yet asked to be marked
+        try:
+            while True:
+                try:
+                    ask: Ask = conn.recv()
+                except (EOFError, OSError):  # the worker process died
+                    self._slot_died(ledger, in_flight, handed)
+                    return
+                outcome = None
+                if ask.previous is not None:
+                    outcome = self._outcome(*ask.previous)
+                    in_flight = None
+                mark = ask.mark
+                if mark is not None:
+                    handed = None
+                    if self.halt.is_set():  # stopping: not handed to the wire
+                        self._done(None)
+                        mark = None
+                    else:
+                        self.limiter.acquire()
+                request = _Request(record=outcome, mark=mark, unmark=ask.unmark)
+                if outcome is not None or mark is not None or ask.unmark is not None:
+                    request = ledger.submit(request)
+                if outcome is not None:
+                    self._done(outcome.status)
+                if ask.unmark is not None:
+                    self._done(None)
+                if request.error is not None:
+                    self._stop_with(request.error)
+                elif mark is not None:
+                    if request.mark_result is MarkResult.IN_FLIGHT:
+                        in_flight = mark
+                    else:
+                        skipped = request.mark_result is MarkResult.SKIPPED
+                        self._done(DeliveryStatus.SKIPPED if skipped else None)
+                if ask.fatal is not None:
+                    self._stop_with(TransportError(ask.fatal))
+                if ask.last:
+                    if handed is not None:  # never marked: for the other slots
+                        self.work.put(handed)
+                    conn.send(Answer(request.mark_result, STOP))
+                    return
+                if handed is None and not self.halt.is_set() and request.error is None:
+                    handed = self._next_work()
+                following: DeliveryTarget | str | None = handed
+                if handed is None and self.halt.is_set():
+                    following = STOP
+                conn.send(Answer(request.mark_result if mark is not None else None, following))
+        except (EOFError, OSError):
+            self._slot_died(ledger, in_flight, handed)
+
+    def _next_work(self) -> DeliveryTarget | None:
+        try:
+            item = self.work.get(timeout=0.02)
+        except queue.Empty:
+            return None
+        if item is _DONE:  # (put only once halt is set, so not seen here; kept for the other slots)
+            self.work.put(_DONE)
+            return None
+        assert isinstance(item, DeliveryTarget)
+        return item
+
+    def _slot_died(
+        self, ledger: _Ledger, in_flight: DeliveryTarget | None, handed: DeliveryTarget | None
+    ) -> None:
+        """A worker process is gone: what it had on the wire may have been delivered (unknown),
+        what it held and never marked goes back to the others."""
+        if in_flight is not None:
+            why = "in flight when its sender process died"
+            lost = _Outcome(in_flight, DeliveryStatus.UNKNOWN, why, in_flight.attempts + 1, None)
+            if ledger.submit(_Request(record=lost)).error is None:
+                self._done(DeliveryStatus.UNKNOWN)
+            else:
+                self._done(None)
+        if handed is not None:
+            self.work.put(handed)
+        with self.lock:
+            self.live_slots -= 1
+            every_slot_gone = self.live_slots == 0
+        if every_slot_gone and not self.halt.is_set():
+            self._stop_with(NewsletterError("every sender process died; nothing more can be sent"))
 
     # -- one connection -----------------------------------------------------------------------
 

@@ -169,9 +169,11 @@ def envelope_sender(settings: Settings, tokens: Tokens, issue_id: int) -> Callab
 
 def send_options(settings: Settings, **overrides: Any) -> SendOptions:
     d = settings.delivery
-    connections = settings.smtp.connections if d.transport == "smtp" else 1
+    smtp = d.transport == "smtp"
+    connections = settings.smtp.connections if smtp else 1
     return SendOptions(
         connections=connections,
+        processes=min(d.sender_processes(), connections) if smtp else 1,
         max_attempts=d.max_attempts,
         rate_per_second=d.rate_per_second,
         lost_reply=d.lost_reply,

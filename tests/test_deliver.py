@@ -76,15 +76,16 @@ def copies(sink: SmtpSink) -> dict[str, int]:
     return {r: len(m) for r, m in sink.by_recipient().items()}
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_each_active_subscriber_gets_one_message_and_a_rerun_sends_nothing(
-    sqlite_store: Store, smtp_sink: SmtpSink
+    sqlite_store: Store, smtp_sink: SmtpSink, processes: int
 ) -> None:
     issue_id = setup(sqlite_store, 300)
     sub, _ = sqlite_store.add_subscriber("left@example.com", None, now=NOW)
     sqlite_store.unsubscribe(sub.id, now=NOW)
-    report = run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=4)
+    report = run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=4, processes=processes)
     assert report.sent == 300 and report.finished
-    again = run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=4)
+    again = run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=4, processes=processes)
     assert again.sent == 0 and again.added == 0
     got = copies(smtp_sink)
     assert len(got) == 300 and set(got.values()) == {1} and "left@example.com" not in got
@@ -98,7 +99,10 @@ def test_each_active_subscriber_gets_one_message_and_a_rerun_sends_nothing(
     assert sqlite_store.get_issue(issue_id).status == "sent"  # type: ignore[union-attr]
 
 
-def test_faults_every_good_address_gets_exactly_one_copy(sqlite_store: Store, smtp_sink: SmtpSink) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_faults_every_good_address_gets_exactly_one_copy(
+    sqlite_store: Store, smtp_sink: SmtpSink, processes: int
+) -> None:
     """451 on every 7th RCPT, 550 for one domain, a burst of 421 "too many connections", the
     connection dropped at every 60th RCPT (before the message: retried) and instead of every 50th
     DATA reply (after the final dot, the message lost: unknown, resent on the operator's word)."""
@@ -138,7 +142,13 @@ def test_faults_every_good_address_gets_exactly_one_copy(sqlite_store: Store, sm
 
     smtp_sink.rcpt_hook, smtp_sink.data_hook = rcpt, data
     report = run_send(
-        sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=4, max_attempts=3, **FAST_RETRIES
+        sqlite_store,
+        lambda: smtp(smtp_sink),
+        issue_id,
+        connections=4,
+        max_attempts=3,
+        processes=processes,
+        **FAST_RETRIES,
     )
     lost = sqlite_store.issue_counts(issue_id)[0].deliveries["unknown"]
     assert lost == len(dropped) > 0 and lost == 500 - len(copies(smtp_sink))  # none resent on a guess
@@ -232,7 +242,8 @@ def test_resend_unknown_only_on_request(sqlite_store: Store, smtp_sink: SmtpSink
     assert assert_tally_counts(sqlite_store, issue_id) == {"sent": 3}  # unknown, requeued, then sent
 
 
-def test_no_smtp_server_stops_the_send_and_loses_nothing(sqlite_store: Store) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_no_smtp_server_stops_the_send_and_loses_nothing(sqlite_store: Store, processes: int) -> None:
     issue_id = setup(sqlite_store, 5)
     port = free_port()  # nothing listens there
     with pytest.raises(TransportError, match="cannot connect"):
@@ -241,6 +252,7 @@ def test_no_smtp_server_stops_the_send_and_loses_nothing(sqlite_store: Store) ->
             lambda: SmtpTransport("127.0.0.1", port, security="none", timeout=1),
             issue_id,
             connections=2,
+            processes=processes,
         )
     counts = sqlite_store.issue_counts(issue_id)[0].deliveries
     assert counts["pending"] == 5 and counts["sending"] == 0 and counts["unknown"] == 0
@@ -316,7 +328,10 @@ def test_reply_classification() -> None:
     assert classify_reply(554, "content rejected", stage="DATA").status == DeliveryStatus.FAILED
 
 
-def test_an_unexpected_error_in_a_connection_stops_the_send_instead_of_hanging(sqlite_store: Store) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_an_unexpected_error_in_a_connection_stops_the_send_instead_of_hanging(
+    sqlite_store: Store, processes: int
+) -> None:
     issue_id = setup(sqlite_store, 5)
 
     class Broken:
@@ -326,15 +341,18 @@ def test_an_unexpected_error_in_a_connection_stops_the_send_instead_of_hanging(s
         def close(self) -> None:
             pass
 
-    with pytest.raises(RuntimeError, match="a bug in a transport"):
-        run_send(sqlite_store, lambda: Broken(), issue_id, connections=2)
+    with pytest.raises((RuntimeError, TransportError), match="a bug in a transport"):
+        run_send(sqlite_store, lambda: Broken(), issue_id, connections=2, processes=processes)
     assert sqlite_store.live_senders(issue_id) == []
     counts = sqlite_store.issue_counts(issue_id)[0].deliveries
     assert counts["sent"] == 0 and counts["pending"] + counts["sending"] == 5
 
 
 @pytest.mark.parametrize("lost_reply", ["unknown", "retry"])
-def test_a_reply_lost_after_the_final_dot(sqlite_store: Store, smtp_sink: SmtpSink, lost_reply: str) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_reply_lost_after_the_final_dot(
+    sqlite_store: Store, smtp_sink: SmtpSink, lost_reply: str, processes: int
+) -> None:
     """The server takes every 40th message and drops the connection before its 250. "unknown"
     (the default) sends nobody twice and says so; "retry" loses nobody and sends those twice."""
     issue_id = setup(sqlite_store, 400)
@@ -349,7 +367,13 @@ def test_a_reply_lost_after_the_final_dot(sqlite_store: Store, smtp_sink: SmtpSi
 
     smtp_sink.data_hook = data
     report = run_send(
-        sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=4, lost_reply=lost_reply, **FAST_RETRIES
+        sqlite_store,
+        lambda: smtp(smtp_sink),
+        issue_id,
+        connections=4,
+        lost_reply=lost_reply,
+        processes=processes,
+        **FAST_RETRIES,
     )
     got = copies(smtp_sink)
     assert len(got) == 400  # everybody has it
@@ -484,3 +508,39 @@ def _unknown_addresses(store: Store, issue_id: int) -> set[str]:
     with store.read() as s:
         ids = [d.subscriber_id for d in s.query(Delivery).filter_by(issue_id=issue_id, status="unknown")]
     return {store.get_subscriber_by_id(i).email for i in ids}  # type: ignore[union-attr]
+
+
+def test_a_sender_process_killed_mid_send_loses_and_repeats_nothing(
+    store: Store, smtp_sink: SmtpSink
+) -> None:
+    """SIGKILL of one worker process: what it had on the wire is unknown (never resent on a
+    guess), what it held goes to the other, and the send finishes; nobody gets two."""
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    issue_id = setup(store, 600)
+    smtp_sink.data_hook = lambda _rcpts: time.sleep(0.002) or None
+    result: dict[str, object] = {}
+
+    def send() -> None:
+        result["report"] = run_send(store, lambda: smtp(smtp_sink), issue_id, connections=4, processes=2)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    assert wait_for(lambda: len(smtp_sink.messages) >= 100, timeout=30)
+    workers = [p for p in multiprocessing.active_children() if p.name.startswith("newsletter-sender-")]
+    assert len(workers) == 2
+    os.kill(workers[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
+    sender.join(timeout=60)
+    assert not sender.is_alive()
+    report = result["report"]
+    assert isinstance(report, SendReport) and report.finished
+    got = copies(smtp_sink)
+    assert set(got.values()) == {1}
+    counts = {k: v for k, v in store.issue_counts(issue_id)[0].deliveries.items() if v}
+    assert set(counts) <= {"sent", "unknown"} and counts.get("unknown", 0) <= 2, counts
+    everyone = {f"user{i}@example.com" for i in range(600)}
+    assert set(got) | _unknown_addresses(store, issue_id) == everyone
+    assert assert_tally_counts(store, issue_id) == counts
