@@ -118,30 +118,36 @@ def sink(port: int) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-def ceiling(port: int, *, sessions: int, messages: int, size: int) -> float | None:
+def ceiling(port: int, *, sessions: int, messages: int, size: int, runs: int = 3) -> float | None:
+    """The fair ceiling: smtp-source -> smtp-sink with connections kept open (-d), as `newsletter
+    send` keeps its own, at the same message size and sessions; the median of `runs` runs."""
     binary = postfix("smtp-source")
     if not binary:
         return None
-    start = time.perf_counter()
-    subprocess.run(
-        [
-            binary,
-            "-s",
-            str(sessions),
-            "-m",
-            str(messages),
-            "-l",
-            str(size),
-            "-f",
-            "bench@example.com",
-            "-t",
-            "reader@example.com",
-            f"127.0.0.1:{port}",
-        ],
-        check=True,
-        timeout=600,
-    )
-    return messages / (time.perf_counter() - start)
+    rates = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(
+            [
+                binary,
+                "-d",  # reuse each session for the next message
+                "-s",
+                str(sessions),
+                "-m",
+                str(messages),
+                "-l",
+                str(size),
+                "-f",
+                "bench@example.com",
+                "-t",
+                "reader@example.com",
+                f"127.0.0.1:{port}",
+            ],
+            check=True,
+            timeout=600,
+        )
+        rates.append(messages / (time.perf_counter() - start))
+    return statistics.median(rates)
 
 
 class Bench:
@@ -182,9 +188,16 @@ class Bench:
         return folder, env
 
     def send(
-        self, subscribers: int, *, connections: int, postgres: bool = False, dkim_pem: bytes | None = None
+        self,
+        subscribers: int,
+        *,
+        connections: int,
+        processes: int = 1,
+        postgres: bool = False,
+        dkim_pem: bytes | None = None,
     ) -> tuple[float, int, float]:
-        """`newsletter send` as a user runs it: (messages per second, messages, peak RSS in MB)."""
+        """`newsletter send` as a user runs it: (messages per second, messages, peak memory of the
+        whole process tree in MB, as the sum of each process's proportional set size)."""
         folder, env = self.prepare(subscribers, postgres=postgres)
         dkim_section = ""
         if dkim_pem:
@@ -194,7 +207,7 @@ class Bench:
             '[newsletter]\nname = "Bench Daily"\nsender = "Bench <digest@example.com>"\n'
             'base_url = "https://news.example.com"\npostal_address = "1 Bench Street"\n'
             f'[[sources]]\nname = "Tech"\nurl = "{ROOT / "samples/feeds/tech-news.xml"}"\n'
-            '[delivery]\ntransport = "smtp"\n'
+            f'[delivery]\ntransport = "smtp"\nprocesses = {processes}\n'
             f'[smtp]\nhost = "127.0.0.1"\nport = {self.port}\nsecurity = "none"\n'
             f"connections = {connections}\n" + dkim_section
         )
@@ -213,11 +226,11 @@ class Bench:
             env={**os.environ, **env},
             cwd=folder,
         )
-        # The sender's own high-water mark, read while it runs: rusage of a child would count the
-        # pages it shared with this (large) process between fork and exec.
+        # The whole tree's memory, read while it runs: the sum of each process's proportional set
+        # size (pages the forked workers share with the owner counted once, not once per process).
         peak_kb = 0
         while proc.poll() is None:
-            peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            peak_kb = max(peak_kb, sum(_pss_kb(pid) for pid in _tree(proc.pid)))
             time.sleep(0.05)
         out = proc.stdout.read() if proc.stdout else b""
         errors = proc.stderr.read() if proc.stderr else b""
@@ -228,11 +241,25 @@ class Bench:
         return sent / report["seconds"], sent, peak_kb / 1024
 
 
-def _vm_hwm_kb(pid: int) -> int:
+def _tree(pid: int) -> list[int]:
+    """A process and all its descendants, from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+def _pss_kb(pid: int) -> int:
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith("Pss:"):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -389,7 +416,8 @@ def main() -> None:
         )
 
         bench = Bench(rendered, port, Path(tmp))
-        rates: dict[tuple[str, int], float] = {}
+        cores = min(os.cpu_count() or 1, 8)
+        rates: dict[tuple[str, int, bool], float] = {}
         databases = [("SQLite", False)]
         try:
             import psycopg
@@ -399,27 +427,23 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001
             note(f"PostgreSQL rows skipped: {exc}")
         for name, pg in databases:
-            for conns in (1, 4):
-                rate, sent, rss = bench.send(n_send, connections=conns, postgres=pg)
-                rates[(name, conns)] = rate
-                rows.append(
-                    (
-                        f"newsletter send, {name}, {conns} connection{'s' * (conns > 1)}",
-                        f"{rate:,.0f} msg/s",
-                        ratio(rate, conns),
-                        f"{sent:,} subscribers, peak RSS {rss:.0f} MB",
+            for procs in sorted({1, cores}):
+                for signed in (False, True):
+                    rate, sent, rss = bench.send(
+                        n_send, connections=4, processes=procs, postgres=pg, dkim_pem=pem if signed else None
                     )
-                )
-
-        rate, sent, _ = bench.send(n_send, connections=4, dkim_pem=pem)
-        rows.append(
-            (
-                "newsletter send, SQLite, 4 connections, DKIM-signed",
-                f"{rate:,.0f} msg/s",
-                ratio(rate, 4),
-                f"{sent:,} subscribers; {rate / max(rates[('SQLite', 4)], 1):.0%} of unsigned",
-            )
-        )
+                    rates[(name, procs, signed)] = rate
+                    unsigned = rates.get((name, procs, False), rate)
+                    rows.append(
+                        (
+                            f"newsletter send, {name}, {procs} process{'es' * (procs > 1)}, 4 connections"
+                            + (", DKIM-signed" if signed else ""),
+                            f"{rate:,.0f} msg/s",
+                            ratio(rate, 4),
+                            f"{sent:,} subscribers, peak memory {rss:.0f} MB"
+                            + (f"; {rate / unsigned:.0%} of unsigned" if signed else ""),
+                        )
+                    )
 
         # the naive method over the wire: render + premailer + MIME per subscriber, smtplib
         count = 100 if args.quick else 300
@@ -429,21 +453,21 @@ def main() -> None:
             s.sendmail(n.sender_address, [f"reader{i}@example.com"], naive(i))
         naive_rate = count / (time.perf_counter() - start)
         s.quit()
-        best = rates.get(("SQLite", 4), 0.0)
+        best = rates.get(("SQLite", cores, False), 0.0)
         rows.append(
             (
                 "naive send: render + premailer + MIME per message",
                 f"{naive_rate:,.0f} msg/s",
                 ratio(naive_rate, 1),
-                f"newsletter send (SQLite, 4) is {best / naive_rate:,.0f}x this",
+                f"newsletter send (SQLite, {cores} processes) is {best / naive_rate:,.0f}x this",
             )
         )
 
-        small = bench.send(n_rss_small, connections=4)
-        large = bench.send(n_rss_large, connections=4)
+        small = bench.send(n_rss_small, connections=4, processes=cores)
+        large = bench.send(n_rss_large, connections=4, processes=cores)
         rows.append(
             (
-                f"peak RSS of newsletter send, {n_rss_small:,} subscribers",
+                f"peak memory of the whole send tree, {n_rss_small:,} subscribers",
                 f"{small[2]:.0f} MB",
                 "",
                 f"{small[0]:,.0f} msg/s",
@@ -451,7 +475,7 @@ def main() -> None:
         )
         rows.append(
             (
-                f"peak RSS of newsletter send, {n_rss_large:,} subscribers",
+                f"peak memory of the whole send tree, {n_rss_large:,} subscribers",
                 f"{large[2]:.0f} MB",
                 "",
                 f"{large[2] / small[2] - 1:+.0%} against {n_rss_small:,}; {large[0]:,.0f} msg/s",
@@ -468,11 +492,25 @@ def main() -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    top = tops.get(4) or 0
     targets = [
-        ("send, 4 connections >= 50 % of the ceiling", tops.get(4) and best >= 0.5 * (tops[4] or 0)),
+        (
+            f"unsigned send, {name}, {cores} processes >= 60 % of the fair ceiling (4 sessions)",
+            bool(top) and rates.get((name, cores, False), 0) >= 0.6 * top,
+        )
+        for name, _ in databases
+    ]
+    targets += [
+        (
+            f"DKIM-signed send, {name}, {cores} processes >= 80 % of unsigned",
+            rates.get((name, cores, True), 0) >= 0.8 * rates.get((name, cores, False), 1),
+        )
+        for name, _ in databases
+    ]
+    targets += [
         ("send >= 10x the naive method", best >= 10 * naive_rate),
-        ("peak RSS < 150 MB at the large count", large[2] < 150),
-        ("peak RSS flat (<= +20 %)", large[2] <= small[2] * 1.2),
+        ("peak memory of the tree < 250 MB at the large count", large[2] < 250),
+        ("peak memory flat (<= +20 %)", large[2] <= small[2] * 1.2),
         ("console dashboard < 200 ms at the large list", dashboard_ms < 200),
     ]
     for label, ok in targets:
