@@ -32,7 +32,7 @@ from .models import DeliveryStatus, Sender
 from .store import DeliveryLedger, DeliveryTarget, MarkResult
 from .tokens import Tokens
 from .transport import Envelope, SendResult, Transport
-from .workers import STOP, Answer, Ask, WorkerPool, split_slots
+from .workers import STOP, Answer, Ask, SenderJob, WorkerPool, split_slots
 
 __all__ = ["DeliveryStore", "RateLimiter", "SendOptions", "SendReport", "backoff_seconds", "send_issue"]
 
@@ -360,14 +360,9 @@ class _Sender:
                 self.report.requeued = self.store.requeue_unknown(self.issue_id)
             self.report.added = self.store.start_send(self.issue_id)
             if self.options.processes > 1:  # forked before any thread of this send exists
-                pool = WorkerPool(
-                    slots_per_worker=split_slots(self.options.connections, self.options.processes),
-                    connect=self.connect,
-                    template=self.template,
-                    tokens=self.tokens,
-                    mail_from=self.mail_from,
-                    issue_id=self.issue_id,
-                )
+                job = SenderJob(self.connect, self.template, self.tokens, self.mail_from, self.issue_id)
+                slots = split_slots(self.options.connections, self.options.processes)
+                pool = WorkerPool(job, slots_per_worker=slots)
         except BaseException:
             self.store.deregister_sender(self.id)
             raise

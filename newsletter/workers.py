@@ -37,7 +37,7 @@ from .store import DeliveryTarget, MarkResult
 from .tokens import Tokens
 from .transport import Envelope, SendResult, Transport
 
-__all__ = ["Ask", "Answer", "STOP", "WorkerPool", "split_slots"]
+__all__ = ["Ask", "Answer", "STOP", "SenderJob", "WorkerPool", "split_slots"]
 
 STOP = "stop"  # the owner's answer when a slot has nothing more to do
 IDLE_POLL_SECONDS = 0.005
@@ -55,6 +55,17 @@ class Ask:
 
 
 @dataclass(frozen=True)
+class SenderJob:
+    """What a worker needs to turn a row into a message on the wire (inherited at the fork)."""
+
+    connect: Callable[[], Transport]
+    template: MessageTemplate
+    tokens: Tokens
+    mail_from: Callable[[int], str]
+    issue_id: int
+
+
+@dataclass(frozen=True)
 class Answer:
     mark: MarkResult | None  # IN_FLIGHT: send it; anything else: don't
     next: DeliveryTarget | str | None  # the next row, STOP, or None (nothing yet: ask again)
@@ -69,16 +80,7 @@ def split_slots(connections: int, processes: int) -> list[int]:
 class WorkerPool:
     """The worker processes of one send, and the owner's end of every slot's pipe."""
 
-    def __init__(
-        self,
-        *,
-        slots_per_worker: list[int],
-        connect: Callable[[], Transport],
-        template: MessageTemplate,
-        tokens: Tokens,
-        mail_from: Callable[[int], str],
-        issue_id: int,
-    ) -> None:
+    def __init__(self, job: SenderJob, *, slots_per_worker: list[int]) -> None:
         ctx = multiprocessing.get_context("fork")
         pipes = [[ctx.Pipe() for _ in range(n)] for n in slots_per_worker]
         self.owner_ends: list[Connection] = [own for group in pipes for own, _ in group]
@@ -88,7 +90,7 @@ class WorkerPool:
             others = [c for j, g in enumerate(pipes) if j != k for _, c in g] + self.owner_ends
             process = ctx.Process(
                 target=_worker_main,
-                args=(mine, others, connect, template, tokens, mail_from, issue_id),
+                args=(mine, others, job),
                 name=f"newsletter-sender-{k}",
                 daemon=True,
             )
@@ -108,25 +110,12 @@ class WorkerPool:
             end.close()
 
 
-def _worker_main(
-    mine: list[Connection],
-    others: list[Connection],
-    connect: Callable[[], Transport],
-    template: MessageTemplate,
-    tokens: Tokens,
-    mail_from: Callable[[int], str],
-    issue_id: int,
-) -> None:
+def _worker_main(mine: list[Connection], others: list[Connection], job: SenderJob) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner stops us, with what is in flight recorded
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for end in others:
         end.close()
-    threads = [
-        threading.Thread(
-            target=_slot, args=(conn, connect, template, tokens, mail_from, issue_id), daemon=True
-        )
-        for conn in mine
-    ]
+    threads = [threading.Thread(target=_slot, args=(conn, job), daemon=True) for conn in mine]
     for t in threads:
         t.start()
     for t in threads:
@@ -134,14 +123,7 @@ def _worker_main(
     os._exit(0)  # no finalizers: the database connections inherited from the owner are not ours
 
 
-def _slot(
-    conn: Connection,
-    connect: Callable[[], Transport],
-    template: MessageTemplate,
-    tokens: Tokens,
-    mail_from: Callable[[int], str],
-    issue_id: int,
-) -> None:
+def _slot(conn: Connection, job: SenderJob) -> None:
     """One SMTP connection, driven by the owner's answers. Any trouble with the owner (its pipe
     closed: it died) stops the slot at once, sending nothing more."""
 
@@ -152,7 +134,7 @@ def _slot(
 
     transport: Transport | None = None
     try:
-        transport = connect()
+        transport = job.connect()
         item = ask(Ask()).next
         previous: tuple[DeliveryTarget, SendResult] | None = None
         failures = 0
@@ -167,18 +149,14 @@ def _slot(
                 continue
             assert isinstance(item, DeliveryTarget)
             target = item
-            message = template.compose(
-                Recipient(
-                    target.subscriber_id, target.email, target.name, tokens.unsubscribe(target.subscriber_id)
-                )
-            )
+            who = target.subscriber_id
+            token = job.tokens.unsubscribe(who)
+            message = job.template.compose(Recipient(who, target.email, target.name, token))
             answer = ask(Ask(previous=previous, mark=target))
             previous, item = None, answer.next
             if answer.mark is not MarkResult.IN_FLIGHT:
                 continue
-            envelope = Envelope(
-                mail_from(target.subscriber_id), target.email, f"issue-{issue_id}/{target.subscriber_id:08d}"
-            )
+            envelope = Envelope(job.mail_from(who), target.email, f"issue-{job.issue_id}/{who:08d}")
             try:
                 previous = (target, transport.send(envelope, message))
                 failures = 0
