@@ -13,6 +13,8 @@ database driver, both of which release the GIL; `make bench` shows where that st
 
 from __future__ import annotations
 
+import collections
+import multiprocessing.connection
 import os
 import queue
 import random
@@ -347,7 +349,6 @@ class _Sender:
         self.lock = threading.Lock()
         self.fatal: BaseException | None = None
         self.halt = threading.Event()
-        self.live_slots = 0  # worker connections still there (with `processes` > 1)
 
     # -- the whole send -----------------------------------------------------------------------
 
@@ -366,23 +367,18 @@ class _Sender:
         except BaseException:
             self.store.deregister_sender(self.id)
             raise
+        if pool is not None:
+            return self._run_owner(pool, started)
         ledger = _Ledger(
             self.store.ledger(self.issue_id, self.id),
             heartbeat_seconds=self.options.heartbeat_seconds,
             now=self.now,
         )
         ledger.start()
-        if pool is not None:
-            self.live_slots = len(pool.owner_ends)
-            workers = [
-                threading.Thread(target=self._serve_slot, args=(ledger, end), name=f"slot-{i}", daemon=True)
-                for i, end in enumerate(pool.owner_ends)
-            ]
-        else:
-            workers = [
-                threading.Thread(target=self._connection, args=(ledger,), name=f"smtp-{i}", daemon=True)
-                for i in range(self.options.connections)
-            ]
+        workers = [
+            threading.Thread(target=self._connection, args=(ledger,), name=f"smtp-{i}", daemon=True)
+            for i in range(self.options.connections)
+        ]
         try:
             for w in workers:
                 w.start()
@@ -395,20 +391,19 @@ class _Sender:
             for w in workers:
                 if w.is_alive():
                     w.join()
-            if pool is not None:
-                pool.join(timeout=30)
             ledger.stop()
             ledger.ledger.close()
             self.store.release(self.issue_id, self.id, leftovers)
             self.store.deregister_sender(self.id)
+        return self._ending(ledger.failure, started)
+
+    def _ending(self, failure: BaseException | None, started: float) -> SendReport:
         if self.fatal is not None:
             raise self.fatal
-        if isinstance(ledger.failure, SenderFenced):
-            raise ledger.failure
-        if ledger.failure is not None:
-            raise NewsletterError(
-                f"the database failed during the send: {ledger.failure}"
-            ) from ledger.failure
+        if isinstance(failure, SenderFenced):
+            raise failure
+        if failure is not None:
+            raise NewsletterError(f"the database failed during the send: {failure}") from failure
         self.report.finished = self.store.finish_issue_if_done(self.issue_id, now=self.now())
         self.report.seconds = time.monotonic() - started
         return self.report
@@ -500,93 +495,20 @@ class _Sender:
             if isinstance(item, DeliveryTarget):
                 left.append(item.subscriber_id)
 
-    # -- one worker process's connection, served from here -------------------------------------
+    # -- worker processes: one thread here owns the ledger and answers every connection ----------
 
-    def _serve_slot(self, ledger: _Ledger, conn: Connection) -> None:
-        """The owner's half of one worker connection: what `_connection_loop` does but for the
-        wire, one round trip per message. A mark is answered only once it is committed."""
-        in_flight: DeliveryTarget | None = None  # marked for this slot, fate not yet heard
-        handed: DeliveryTarget | None = None  # given to this slot, not yet asked to be marked
+    def _run_owner(self, pool: WorkerPool, started: float) -> SendReport:
+        ledger = self.store.ledger(self.issue_id, self.id)
+        owner = _Owner(self, ledger, pool.owner_ends)
         try:
-            while True:
-                try:
-                    ask: Ask = conn.recv()
-                except (EOFError, OSError):  # the worker process died
-                    self._slot_died(ledger, in_flight, handed)
-                    return
-                outcome = None
-                if ask.previous is not None:
-                    outcome = self._outcome(*ask.previous)
-                    in_flight = None
-                mark = ask.mark
-                if mark is not None:
-                    handed = None
-                    if self.halt.is_set():  # stopping: not handed to the wire
-                        self._done(None)
-                        mark = None
-                    else:
-                        self.limiter.acquire()
-                request = _Request(record=outcome, mark=mark, unmark=ask.unmark)
-                if outcome is not None or mark is not None or ask.unmark is not None:
-                    request = ledger.submit(request)
-                if outcome is not None:
-                    self._done(outcome.status)
-                if ask.unmark is not None:
-                    self._done(None)
-                if request.error is not None:
-                    self._stop_with(request.error)
-                elif mark is not None:
-                    if request.mark_result is MarkResult.IN_FLIGHT:
-                        in_flight = mark
-                    else:
-                        skipped = request.mark_result is MarkResult.SKIPPED
-                        self._done(DeliveryStatus.SKIPPED if skipped else None)
-                if ask.fatal is not None:
-                    self._stop_with(TransportError(ask.fatal))
-                if ask.last:
-                    if handed is not None:  # never marked: for the other slots
-                        self.work.put(handed)
-                    conn.send(Answer(request.mark_result, STOP))
-                    return
-                if handed is None and not self.halt.is_set() and request.error is None:
-                    handed = self._next_work()
-                following: DeliveryTarget | str | None = handed
-                if handed is None and self.halt.is_set():
-                    following = STOP
-                conn.send(Answer(request.mark_result if mark is not None else None, following))
-        except (EOFError, OSError):
-            self._slot_died(ledger, in_flight, handed)
-
-    def _next_work(self) -> DeliveryTarget | None:
-        try:
-            item = self.work.get(timeout=0.02)
-        except queue.Empty:
-            return None
-        if item is _DONE:  # (put only once halt is set, so not seen here; kept for the other slots)
-            self.work.put(_DONE)
-            return None
-        assert isinstance(item, DeliveryTarget)
-        return item
-
-    def _slot_died(
-        self, ledger: _Ledger, in_flight: DeliveryTarget | None, handed: DeliveryTarget | None
-    ) -> None:
-        """A worker process is gone: what it had on the wire may have been delivered (unknown),
-        what it held and never marked goes back to the others."""
-        if in_flight is not None:
-            why = "in flight when its sender process died"
-            lost = _Outcome(in_flight, DeliveryStatus.UNKNOWN, why, in_flight.attempts + 1, None)
-            if ledger.submit(_Request(record=lost)).error is None:
-                self._done(DeliveryStatus.UNKNOWN)
-            else:
-                self._done(None)
-        if handed is not None:
-            self.work.put(handed)
-        with self.lock:
-            self.live_slots -= 1
-            every_slot_gone = self.live_slots == 0
-        if every_slot_gone and not self.halt.is_set():
-            self._stop_with(NewsletterError("every sender process died; nothing more can be sent"))
+            owner.run()
+        finally:
+            self.halt.set()
+            pool.join(timeout=30)
+            ledger.close()
+            self.store.release(self.issue_id, self.id, owner.leftovers())
+            self.store.deregister_sender(self.id)
+        return self._ending(owner.failure, started)
 
     # -- one connection -----------------------------------------------------------------------
 
@@ -702,6 +624,209 @@ class _Sender:
             else:
                 next_at = now + timedelta(seconds=backoff_seconds(attempts, self.options))
         return _Outcome(target, status, result.reply, attempts, next_at)
+
+
+@dataclass
+class _Slot:
+    in_flight: DeliveryTarget | None = None  # marked for it, its fate not yet heard
+    handed: DeliveryTarget | None = None  # given to it, not yet asked to be marked
+
+
+class _Owner:
+    """With worker processes, one thread of the send process does what the claim loop, the
+    ledger thread and the connection threads do together without them: it waits for the worker
+    connections that have asked something, then claims, records, marks and beats the heartbeat
+    in one transaction for all of them (the group commit), and only then answers each. No
+    thread hand-offs per message: the owner's time goes to the database and the pipes."""
+
+    IDLE_WAIT = 0.01
+
+    def __init__(self, sender: _Sender, ledger: DeliveryLedger, ends: list[Connection]) -> None:
+        self.s, self.ledger = sender, ledger
+        self.slots: dict[Connection, _Slot] = {end: _Slot() for end in ends}
+        self.backlog: collections.deque[DeliveryTarget] = collections.deque()
+        self.failure: BaseException | None = None
+        self.ending = False  # nothing more to claim: a slot with nothing gets STOP
+        self.claim_after = 0.0
+        self.waited = 0.0
+
+    def leftovers(self) -> list[int]:
+        held = [slot.handed for slot in self.slots.values() if slot.handed is not None]
+        return [t.subscriber_id for t in [*self.backlog, *held]]
+
+    def run(self) -> None:
+        s, o = self.s, self.s.options
+        last_beat, next_pause_check = time.monotonic(), 0.0
+        while self.slots:
+            if not s.halt.is_set():
+                if s.should_stop():
+                    s.report.stopped = True
+                    s.halt.set()
+                elif time.monotonic() >= next_pause_check:  # a read every half second
+                    next_pause_check = time.monotonic() + PAUSE_CHECK_SECONDS
+                    if s.store.is_paused(s.issue_id):
+                        s.report.paused = True
+                        s.halt.set()
+            asks: list[tuple[Connection, Ask]] = []
+            dead: list[Connection] = []
+            for end in multiprocessing.connection.wait(list(self.slots), timeout=self.IDLE_WAIT):
+                assert isinstance(end, Connection)
+                try:
+                    asks.append((end, end.recv()))
+                except (EOFError, OSError):  # a worker process died
+                    dead.append(end)
+            claim = (  # in batches: when the backlog runs low, not a few rows every round
+                not s.halt.is_set()
+                and not self.ending
+                and len(self.backlog) <= s._batch() // 4
+                and time.monotonic() >= self.claim_after
+            )
+            beat = time.monotonic() - last_beat >= o.heartbeat_seconds
+            marks = [ask.mark for _, ask in asks if ask.mark is not None and not s.halt.is_set()]
+            for _ in marks:  # paced before the transaction: no lock is held while waiting
+                s.limiter.acquire()
+            results = self._commit(asks, dead, claim=claim, beat=beat)
+            if beat:
+                last_beat = time.monotonic()
+            self._answer(asks, results)
+            for end in dead:
+                self._bury(end)
+            if claim and results is not None and not results[1]:
+                self._nothing_claimed()
+
+    def _commit(
+        self, asks: list[tuple[Connection, Ask]], dead: list[Connection], *, claim: bool, beat: bool
+    ) -> tuple[list[MarkResult | None], list[DeliveryTarget], list[_Outcome | None]] | None:
+        """One transaction for everything asked; None if the database failed (nothing committed)."""
+        s = self.s
+        if not (asks or dead or claim or beat) or self.failure is not None:
+            return [None] * len(asks), [], [None] * len(asks)
+        now = s.now()
+        marks: list[MarkResult | None] = []
+        outcomes: list[_Outcome | None] = []
+        claimed: list[DeliveryTarget] = []
+        try:
+            with self.ledger.transaction() as tx:
+                for _end, ask in asks:  # (the slots' state changes only once this commits)
+                    outcome = s._outcome(*ask.previous) if ask.previous is not None else None
+                    outcomes.append(outcome)
+                    if outcome is not None:
+                        o = outcome
+                        tx.record(
+                            o.target.subscriber_id,
+                            status=o.status,
+                            reply=o.reply,
+                            attempts=o.attempts,
+                            next_attempt_at=o.next_attempt_at,
+                            now=now,
+                        )
+                    if ask.unmark is not None:
+                        tx.unmark(ask.unmark[0].subscriber_id, ask.unmark[1])
+                    mark = None
+                    if ask.mark is not None and not s.halt.is_set():
+                        mark = tx.mark_in_flight(ask.mark.subscriber_id)
+                    marks.append(mark)
+                for end in dead:
+                    lost = self.slots[end].in_flight
+                    if lost is not None:  # on the wire when its process died: it may have arrived
+                        why = "in flight when its sender process died"
+                        tx.record(
+                            lost.subscriber_id,
+                            status=DeliveryStatus.UNKNOWN,
+                            reply=why,
+                            attempts=lost.attempts + 1,
+                            next_attempt_at=None,
+                            now=now,
+                        )
+                if claim:
+                    lease = timedelta(seconds=s.options.lease_seconds)
+                    claimed = tx.claim(now=now, limit=s._batch() - len(self.backlog), lease=lease)
+                if beat:
+                    tx.heartbeat(now)
+        except BaseException as exc:  # the database failed, or this sender was fenced off
+            self.failure = exc
+            s.halt.set()
+            return None
+        with s.lock:
+            s.busy += len(claimed)
+        self.backlog.extend(claimed)
+        return marks, claimed, outcomes
+
+    def _answer(
+        self,
+        asks: list[tuple[Connection, Ask]],
+        results: tuple[list[MarkResult | None], list[DeliveryTarget], list[_Outcome | None]] | None,
+    ) -> None:
+        s = self.s
+        for i, (end, ask) in enumerate(asks):
+            slot = self.slots[end]
+            mark = outcome = None
+            if results is not None:
+                mark, outcome = results[0][i], results[2][i]
+                if outcome is not None:
+                    slot.in_flight = None
+                    s._done(outcome.status)
+                if ask.unmark is not None:
+                    s._done(None)
+            if ask.mark is not None:
+                slot.handed = None
+                if mark is MarkResult.IN_FLIGHT:
+                    slot.in_flight = ask.mark
+                else:  # skipped, lost to another sender, or not marked at all (stopping)
+                    s._done(DeliveryStatus.SKIPPED if mark is MarkResult.SKIPPED else None)
+            if ask.fatal is not None:
+                s._stop_with(TransportError(ask.fatal))
+            following: DeliveryTarget | str | None
+            if ask.last:
+                if slot.handed is not None:  # never marked: for the other slots
+                    self.backlog.appendleft(slot.handed)
+                    slot.handed = None
+                following = STOP
+            else:
+                if slot.handed is None and not s.halt.is_set() and self.backlog:
+                    slot.handed = self.backlog.popleft()
+                following = slot.handed
+                if following is None and (s.halt.is_set() or (self.ending and not self.backlog)):
+                    following = STOP
+            try:
+                end.send(Answer(mark if ask.mark is not None else None, following))
+            except (EOFError, OSError):
+                pass  # it died after asking: its end reads as closed on the next wait
+            if ask.last:
+                del self.slots[end]
+                end.close()
+
+    def _bury(self, end: Connection) -> None:
+        """A worker process died: its message on the wire was recorded unknown (if the commit went
+        through), the row it held and never marked goes back to the others."""
+        s = self.s
+        slot = self.slots.pop(end)
+        if slot.in_flight is not None:
+            s._done(DeliveryStatus.UNKNOWN if self.failure is None else None)
+        if slot.handed is not None:
+            self.backlog.appendleft(slot.handed)
+        if not self.slots and not s.halt.is_set():
+            s._stop_with(NewsletterError("every sender process died; nothing more can be sent"))
+
+    def _nothing_claimed(self) -> None:
+        """No row could be claimed: wait for what is out there, then for deferred rows to come
+        due, or end."""
+        s, o = self.s, self.s.options
+        with s.lock:
+            idle = s.busy == 0
+        if not idle:
+            self.claim_after = time.monotonic() + 0.01
+            return
+        due = s.store.next_deferred_at(s.issue_id)
+        if due is None or not o.wait_for_retries:
+            self.ending = True
+            return
+        pause = min(1.0, max(0.0, (due - s.now()).total_seconds()))
+        if self.waited + pause > o.max_wait_seconds:
+            self.ending = True
+            return
+        self.claim_after = time.monotonic() + (pause if pause > 0 else 0.05)
+        self.waited += pause
 
 
 def _constant(value: str) -> Callable[[int], str]:
