@@ -115,6 +115,11 @@ def _worker_main(mine: list[Connection], others: list[Connection], job: SenderJo
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for end in others:
         end.close()
+    # not the owner's standard streams: whoever reads them waits for the owner alone
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
     threads = [threading.Thread(target=_slot, args=(conn, job), daemon=True) for conn in mine]
     for t in threads:
         t.start()
