@@ -212,6 +212,16 @@ class _Outcome:
     attempts: int
     next_attempt_at: datetime | None
 
+    def write(self, tx: DeliveryLedger, now: datetime) -> None:
+        tx.record(
+            self.target.subscriber_id,
+            status=self.status,
+            reply=self.reply,
+            attempts=self.attempts,
+            next_attempt_at=self.next_attempt_at,
+            now=now,
+        )
+
 
 @dataclass
 class _Request:
@@ -284,15 +294,7 @@ class _Ledger(threading.Thread):
         with self.ledger.transaction() as tx:
             for r in work:
                 if r.record is not None:
-                    o = r.record
-                    tx.record(
-                        o.target.subscriber_id,
-                        status=o.status,
-                        reply=o.reply,
-                        attempts=o.attempts,
-                        next_attempt_at=o.next_attempt_at,
-                        now=now,
-                    )
+                    r.record.write(tx, now)
                 if r.unmark is not None:
                     tx.unmark(r.unmark[0].subscriber_id, r.unmark[1])
                 if r.mark is not None:
@@ -711,15 +713,7 @@ class _Owner:
                     outcome = s._outcome(*ask.previous) if ask.previous is not None else None
                     outcomes.append(outcome)
                     if outcome is not None:
-                        o = outcome
-                        tx.record(
-                            o.target.subscriber_id,
-                            status=o.status,
-                            reply=o.reply,
-                            attempts=o.attempts,
-                            next_attempt_at=o.next_attempt_at,
-                            now=now,
-                        )
+                        outcome.write(tx, now)
                     if ask.unmark is not None:
                         tx.unmark(ask.unmark[0].subscriber_id, ask.unmark[1])
                     mark = None
@@ -730,14 +724,7 @@ class _Owner:
                     lost = self.slots[end].in_flight
                     if lost is not None:  # on the wire when its process died: it may have arrived
                         why = "in flight when its sender process died"
-                        tx.record(
-                            lost.subscriber_id,
-                            status=DeliveryStatus.UNKNOWN,
-                            reply=why,
-                            attempts=lost.attempts + 1,
-                            next_attempt_at=None,
-                            now=now,
-                        )
+                        _Outcome(lost, DeliveryStatus.UNKNOWN, why, lost.attempts + 1, None).write(tx, now)
                 if claim:
                     lease = timedelta(seconds=s.options.lease_seconds)
                     claimed = tx.claim(now=now, limit=s._batch() - len(self.backlog), lease=lease)
