@@ -31,7 +31,7 @@ from typing import Protocol
 from .compose import MessageTemplate, Recipient
 from .errors import NewsletterError, SenderFenced, TransportError
 from .models import DeliveryStatus, Sender
-from .store import DeliveryLedger, DeliveryTarget, MarkResult
+from .store import DeliveryLedger, DeliveryTarget, Fate, MarkResult
 from .tokens import Tokens
 from .transport import Envelope, SendResult, Transport
 from .workers import STOP, Answer, Ask, SenderJob, WorkerPool, split_slots
@@ -212,15 +212,9 @@ class _Outcome:
     attempts: int
     next_attempt_at: datetime | None
 
-    def write(self, tx: DeliveryLedger, now: datetime) -> None:
-        tx.record(
-            self.target.subscriber_id,
-            status=self.status,
-            reply=self.reply,
-            attempts=self.attempts,
-            next_attempt_at=self.next_attempt_at,
-            now=now,
-        )
+    @property
+    def fate(self) -> Fate:
+        return Fate(self.target.subscriber_id, self.status, self.reply, self.attempts, self.next_attempt_at)
 
 
 @dataclass
@@ -290,19 +284,22 @@ class _Ledger(threading.Thread):
     def _commit(self, work: list[_Request], *, beat: bool) -> None:
         if not work and not beat:
             return
-        now = self.now()
-        with self.ledger.transaction() as tx:
-            for r in work:
-                if r.record is not None:
-                    r.record.write(tx, now)
-                if r.unmark is not None:
-                    tx.unmark(r.unmark[0].subscriber_id, r.unmark[1])
-                if r.mark is not None:
-                    r.mark_result = tx.mark_in_flight(r.mark.subscriber_id)
-                if r.claim is not None:
-                    r.claimed = tx.claim(now=now, limit=r.claim[0], lease=r.claim[1])
-            if beat:
-                tx.heartbeat(now)
+        asking = next((r for r in work if r.claim is not None), None)  # one claim loop: one at most
+        many, lease = asking.claim if asking is not None and asking.claim is not None else (0, timedelta(0))
+        result = self.ledger.commit(
+            self.now(),
+            fates=[r.record.fate for r in work if r.record is not None],
+            unmarks=[(r.unmark[0].subscriber_id, r.unmark[1]) for r in work if r.unmark is not None],
+            marks=[r.mark.subscriber_id for r in work if r.mark is not None],
+            claim=many,
+            lease=lease,
+            beat=beat,
+        )
+        for r in work:
+            if r.mark is not None:
+                r.mark_result = result.marks[r.mark.subscriber_id]
+        if asking is not None:
+            asking.claimed = result.claimed
         self.commits += 1
 
     def _fail_waiting(self) -> None:
@@ -703,37 +700,32 @@ class _Owner:
         s = self.s
         if not (asks or dead or claim or beat) or self.failure is not None:
             return [None] * len(asks), [], [None] * len(asks)
-        now = s.now()
-        marks: list[MarkResult | None] = []
-        outcomes: list[_Outcome | None] = []
-        claimed: list[DeliveryTarget] = []
+        outcomes = [s._outcome(*ask.previous) if ask.previous is not None else None for _, ask in asks]
+        fates = [o.fate for o in outcomes if o is not None]
+        for end in dead:
+            lost = self.slots[end].in_flight
+            if lost is not None:  # on the wire when its process died: it may have arrived
+                why = "in flight when its sender process died"
+                fates.append(Fate(lost.subscriber_id, DeliveryStatus.UNKNOWN, why, lost.attempts + 1, None))
+        marking = not s.halt.is_set()
         try:
-            with self.ledger.transaction() as tx:
-                for _end, ask in asks:  # (the slots' state changes only once this commits)
-                    outcome = s._outcome(*ask.previous) if ask.previous is not None else None
-                    outcomes.append(outcome)
-                    if outcome is not None:
-                        outcome.write(tx, now)
-                    if ask.unmark is not None:
-                        tx.unmark(ask.unmark[0].subscriber_id, ask.unmark[1])
-                    mark = None
-                    if ask.mark is not None and not s.halt.is_set():
-                        mark = tx.mark_in_flight(ask.mark.subscriber_id)
-                    marks.append(mark)
-                for end in dead:
-                    lost = self.slots[end].in_flight
-                    if lost is not None:  # on the wire when its process died: it may have arrived
-                        why = "in flight when its sender process died"
-                        _Outcome(lost, DeliveryStatus.UNKNOWN, why, lost.attempts + 1, None).write(tx, now)
-                if claim:
-                    lease = timedelta(seconds=s.options.lease_seconds)
-                    claimed = tx.claim(now=now, limit=s._batch() - len(self.backlog), lease=lease)
-                if beat:
-                    tx.heartbeat(now)
+            result = self.ledger.commit(
+                s.now(),
+                fates=fates,
+                unmarks=[(a.unmark[0].subscriber_id, a.unmark[1]) for _, a in asks if a.unmark is not None],
+                marks=[a.mark.subscriber_id for _, a in asks if a.mark is not None and marking],
+                claim=s._batch() - len(self.backlog) if claim else 0,
+                lease=timedelta(seconds=s.options.lease_seconds),
+                beat=beat,
+            )
         except BaseException as exc:  # the database failed, or this sender was fenced off
             self.failure = exc
             s.halt.set()
             return None
+        marks = [
+            result.marks[a.mark.subscriber_id] if a.mark is not None and marking else None for _, a in asks
+        ]
+        claimed = result.claimed
         with s.lock:
             s.busy += len(claimed)
         self.backlog.extend(claimed)

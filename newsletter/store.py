@@ -1112,10 +1112,40 @@ class MarkResult(Enum):
     LOST = "lost"  # the claim went to another sender (its lease ran out)
 
 
+class Fate(NamedTuple):
+    """What became of one message, as the ledger writes it."""
+
+    subscriber_id: int
+    status: DeliveryStatus
+    reply: str
+    attempts: int
+    next_attempt_at: datetime | None
+
+
+class _Group(NamedTuple):
+    """One group commit's statements' parameters, as DeliveryLedger.commit lays them out."""
+
+    records: list[tuple[Any, ...]]
+    bounces: list[tuple[Any, ...]]
+    puts: list[tuple[Any, ...]]
+    marks: Sequence[int]
+    claim_args: dict[str, Any]
+    beat: bool
+    now: datetime
+
+
+class LedgerResult(NamedTuple):
+    marks: dict[int, MarkResult]  # for each row asked to be marked
+    claimed: list[DeliveryTarget]
+
+
 class DeliveryLedger:
-    """The send loop's hot path: a transaction that records finished messages and marks the
-    next ones in flight, for every connection at once (group commit). Plain DB-API statements
-    on one connection of the pool, so recording costs microseconds, not an ORM round.
+    """The send loop's hot path: one transaction that records finished messages, puts back
+    those that never left, marks the next ones in flight and claims more, for every connection
+    at once (the group commit). Plain DB-API statements on one connection of the pool, so a
+    group costs microseconds on SQLite, not an ORM round; on PostgreSQL the whole group goes in
+    one pipeline (psycopg's pipeline mode): two round trips, the statements and then COMMIT,
+    however many messages it carries.
 
     Every statement acts only on rows this sender holds (`claimed_by`), and every transaction
     first makes sure this sender is still enrolled: one that another declared dead (and whose
@@ -1140,133 +1170,181 @@ class DeliveryLedger:
             self._last_time = (value, value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"))
         return self._last_time[1]  # SQLAlchemy's SQLite format
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[DeliveryLedger]:
-        if self.sqlite:
-            self._cur.execute("BEGIN IMMEDIATE")
-        try:
-            # enrolled still? (PostgreSQL: a key-share lock, so no reaper deletes us mid-transaction)
-            self._cur.execute(self._sql["enrolled"], (self.sender_id,))
-            if self._cur.fetchone() is None:
-                raise SenderFenced(
-                    "another sender found this one's heartbeat stale and took over its rows; "
-                    "this one stopped and recorded nothing more (its rows in flight are unknown)"
-                )
-            yield self
-        except BaseException:
-            self._conn.rollback() if not self.sqlite else self._cur.execute("ROLLBACK")
-            raise
-        if self.sqlite:
-            self._cur.execute("COMMIT")
-        else:
-            self._conn.commit()
-
-    def claim(self, *, now: datetime, limit: int, lease: timedelta) -> list[DeliveryTarget]:
-        """Lease up to `limit` rows that may be sent now. The rows stay `pending` (or `deferred`):
-        a claim says who may send them, not that anything is in flight. Senders on PostgreSQL
-        skip each other's locked rows; a lease that ran out can be taken over."""
-        when = self._time(now)
-        self._cur.execute(
-            self._sql["claim"],
-            {
-                "sender": self.sender_id,
-                "until": self._time(now + lease),
-                "issue": self.issue_id,
-                "now": when,
-                "limit": limit,
-            },
-        )
-        attempts = dict(self._cur.fetchall())
-        if not attempts:
-            return []
-        ids = sorted(attempts)
-        if self.sqlite:
-            marks = ",".join("?" * len(ids))
-            self._cur.execute(f"SELECT id, email, name FROM subscribers WHERE id IN ({marks})", ids)
-        else:
-            self._cur.execute("SELECT id, email, name FROM subscribers WHERE id = ANY(%s)", (ids,))
-        people = {i: (e, n) for i, e, n in self._cur.fetchall()}
-        return [DeliveryTarget(i, people[i][0], people[i][1], attempts[i]) for i in ids if i in people]
-
-    def mark_in_flight(self, subscriber_id: int) -> MarkResult:
-        key = (self.issue_id, subscriber_id, self.sender_id, subscriber_id)
-        self._cur.execute(self._sql["mark"], key)
-        if self._cur.rowcount == 1:
-            return MarkResult.IN_FLIGHT
-        self._cur.execute(self._sql["skip"], key)
-        return MarkResult.SKIPPED if self._cur.rowcount == 1 else MarkResult.LOST
-
-    def record(
+    def commit(
         self,
-        subscriber_id: int,
-        *,
-        status: DeliveryStatus,
-        reply: str,
-        attempts: int,
-        next_attempt_at: datetime | None,
         now: datetime,
-    ) -> bool:
-        """A message's fate; False when the row is no longer this sender's (nothing is written)."""
-        sent_at = self._time(now) if status == DeliveryStatus.SENT else None
-        self._cur.execute(
-            self._sql["record"],
+        *,
+        fates: Sequence[Fate] = (),
+        unmarks: Sequence[tuple[int, str]] = (),
+        marks: Sequence[int] = (),
+        claim: int = 0,
+        lease: timedelta = timedelta(0),
+        beat: bool = False,
+    ) -> LedgerResult:
+        """One transaction, in this order: write each fate (a deferred row is released for its
+        retry, a bounced one applies the bounce policy); put back each unmarked row (nothing
+        reached the server); mark each row in flight, or skipped if its subscriber is no longer
+        active (a row that is no longer this sender's is LOST); claim up to `claim` rows that
+        may be sent now; beat the heartbeat. A claim says who may send a row, not that anything
+        is in flight: claimed rows stay `pending` (or `deferred`). Raises SenderFenced, with
+        nothing written, when this sender was declared dead."""
+        issue, me = self.issue_id, self.sender_id
+        records = [
             (
-                status.value,
-                reply[:1000],
-                attempts,
-                self._time(next_attempt_at),
-                sent_at,
-                self.issue_id,
-                subscriber_id,
-                self.sender_id,
-            ),
-        )
-        if self._cur.rowcount != 1:
-            return False
-        if status == DeliveryStatus.DEFERRED:
-            self._cur.execute(self._sql["release"], (self.issue_id, subscriber_id))
-        elif status == DeliveryStatus.BOUNCED:  # the bounce policy, as for a bounce read later
-            self._cur.execute(self._sql["bounce"], (self._time(now), subscriber_id))
-        return True
+                f.status.value,
+                f.reply[:1000],
+                f.attempts,
+                self._time(f.next_attempt_at),
+                self._time(now) if f.status == DeliveryStatus.SENT else None,
+                f.status == DeliveryStatus.DEFERRED,  # released for its retry
+                f.status == DeliveryStatus.DEFERRED,
+                issue,
+                f.subscriber_id,
+                me,
+            )
+            for f in fates
+        ]
+        bounces = [
+            (self._time(now), f.subscriber_id, issue, f.subscriber_id, me)
+            for f in fates
+            if f.status == DeliveryStatus.BOUNCED
+        ]
+        puts = [(reply, issue, sid, me) for sid, reply in unmarks]
+        claim_args = {
+            "sender": me,
+            "until": self._time(now + lease),
+            "issue": issue,
+            "now": self._time(now),
+            "limit": claim,
+        }
+        group = _Group(records, bounces, puts, marks, claim_args, beat, now)
+        return self._commit_sqlite(group) if self.sqlite else self._commit_postgres(group)
 
-    def unmark(self, subscriber_id: int, reply: str) -> None:
-        """Nothing reached the server: back to waiting, the claim released."""
-        self._cur.execute(self._sql["unmark"], (reply, self.issue_id, subscriber_id, self.sender_id))
+    def _commit_sqlite(self, g: _Group) -> LedgerResult:
+        cur, sql = self._cur, self._sql
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.execute(sql["enrolled"], (self.sender_id,))
+            if cur.fetchone() is None:
+                raise SenderFenced(_FENCED)
+            if g.records:
+                cur.executemany(sql["record"], g.records)
+            if g.bounces:
+                cur.executemany(sql["bounce"], g.bounces)
+            if g.puts:
+                cur.executemany(sql["unmark"], g.puts)
+            marked: dict[int, MarkResult] = {}
+            if g.marks:
+                cur.execute(
+                    sql["mark"].replace("(?)", "(" + ",".join("?" * len(g.marks)) + ")"),
+                    (self.issue_id, self.sender_id, *g.marks),
+                )
+                marked = _mark_results(g.marks, cur.fetchall())
+            claimed: list[DeliveryTarget] = []
+            if g.claim_args["limit"] > 0:
+                cur.execute(sql["claim"], g.claim_args)
+                attempts = dict(cur.fetchall())
+                if attempts:
+                    ids = sorted(attempts)
+                    cur.execute(
+                        f"SELECT id, email, name FROM subscribers WHERE id IN ({','.join('?' * len(ids))})",
+                        ids,
+                    )
+                    people = {i: (e, n) for i, e, n in cur.fetchall()}
+                    claimed = [
+                        DeliveryTarget(i, people[i][0], people[i][1], attempts[i]) for i in ids if i in people
+                    ]
+            if g.beat:
+                cur.execute(sql["heartbeat"], (self._time(g.now), self.sender_id))
+                if cur.rowcount != 1:
+                    raise SenderFenced(_GONE)
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+        return LedgerResult(marked, claimed)
 
-    def heartbeat(self, now: datetime) -> None:
-        """This sender is alive (PostgreSQL: by the database's clock, so hosts' clocks never meet)."""
-        self._cur.execute(self._sql["heartbeat"], (self._time(now), self.sender_id))
-        if self._cur.rowcount != 1:
-            raise SenderFenced("this sender's row is gone: another sender declared it dead")
+    def _commit_postgres(self, g: _Group) -> LedgerResult:
+        conn: Any = self._conn.driver_connection  # psycopg's own connection
+        sql = self._sql
+        try:
+            with conn.pipeline() as pipeline:  # everything below in one round trip, then COMMIT
+                enrolled = conn.execute(sql["enrolled"], (self.sender_id,))
+                if g.records:
+                    conn.cursor().executemany(sql["record"], g.records)
+                if g.bounces:
+                    conn.cursor().executemany(sql["bounce"], g.bounces)
+                if g.puts:
+                    conn.cursor().executemany(sql["unmark"], g.puts)
+                marking = (
+                    conn.execute(sql["mark"], (self.issue_id, self.sender_id, list(g.marks)))
+                    if g.marks
+                    else None
+                )
+                claiming = conn.execute(sql["claim"], g.claim_args) if g.claim_args["limit"] > 0 else None
+                beating = conn.execute(sql["heartbeat"], (g.now, self.sender_id)) if g.beat else None
+                pipeline.sync()
+                if enrolled.fetchone() is None:
+                    raise SenderFenced(_FENCED)
+                if beating is not None and beating.rowcount != 1:
+                    raise SenderFenced(_GONE)
+                marked = _mark_results(g.marks, marking.fetchall()) if marking is not None else {}
+                claimed = [DeliveryTarget(*row) for row in claiming.fetchall()] if claiming else []
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return LedgerResult(marked, sorted(claimed))
 
     def close(self) -> None:
         self._cur.close()
         self._conn.close()
 
 
+_FENCED = (
+    "another sender found this one's heartbeat stale and took over its rows; "
+    "this one stopped and recorded nothing more (its rows in flight are unknown)"
+)
+_GONE = "this sender's row is gone: another sender declared it dead"
+
+
+def _mark_results(asked: Sequence[int], rows: Sequence[tuple[int, str]]) -> dict[int, MarkResult]:
+    """A marked row came back `sending`, a skipped one `skipped`; one that did not come back is
+    no longer this sender's (or was marked already)."""
+    found = {sid: MarkResult.IN_FLIGHT if status == "sending" else MarkResult.SKIPPED for sid, status in rows}
+    return {sid: found.get(sid, MarkResult.LOST) for sid in asked}
+
+
 _LIVE = "(" + ", ".join(f"'{st.value}'" for st in LIVE_STATUSES) + ")"  # for the ledger's plain SQL
+# Marking: in flight if the subscriber is still active, else skipped (a final state, released).
+_MARKED = "CASE WHEN s.status = 'active' THEN 'sending' ELSE 'skipped' END"
+_MARK_SET = (
+    f"SET status = {_MARKED}, "
+    "last_reply = CASE WHEN s.status = 'active' THEN d.last_reply ELSE 'subscriber no longer active' END, "
+    "claimed_by = CASE WHEN s.status = 'active' THEN d.claimed_by END, "
+    "claimed_until = CASE WHEN s.status = 'active' THEN d.claimed_until END "
+    "FROM subscribers AS s WHERE s.id = d.subscriber_id AND d.issue_id = ? AND d.claimed_by = ? "
+    "AND d.status IN ('pending', 'deferred') "
+)
 _LEDGER_SQL = {
-    "mark": "UPDATE deliveries SET status = 'sending' WHERE issue_id = ? AND subscriber_id = ? "
-    "AND claimed_by = ? AND status IN ('pending', 'deferred') "
-    "AND EXISTS (SELECT 1 FROM subscribers WHERE id = ? AND status = 'active')",
-    "skip": "UPDATE deliveries SET status = 'skipped', last_reply = 'subscriber no longer active', "
-    "claimed_by = NULL, claimed_until = NULL WHERE issue_id = ? AND subscriber_id = ? AND claimed_by = ? "
-    "AND status IN ('pending', 'deferred') "
-    "AND NOT EXISTS (SELECT 1 FROM subscribers WHERE id = ? AND status = 'active')",
     # A final state keeps its claim (nothing claims it again); a deferred row is released for its retry.
     "record": "UPDATE deliveries SET status = ?, last_reply = ?, attempts = ?, next_attempt_at = ?, "
-    "sent_at = ? WHERE issue_id = ? AND subscriber_id = ? AND claimed_by = ?",
-    "release": "UPDATE deliveries SET claimed_by = NULL, claimed_until = NULL "
-    "WHERE issue_id = ? AND subscriber_id = ?",
-    # One bounce policy (as Store._apply_event): counted always; only a live subscriber becomes bounced.
+    "sent_at = ?, claimed_by = CASE WHEN ? THEN NULL ELSE claimed_by END, "
+    "claimed_until = CASE WHEN ? THEN NULL ELSE claimed_until END "
+    "WHERE issue_id = ? AND subscriber_id = ? AND claimed_by = ?",
+    # One bounce policy (as Store._apply_event): counted always; only a live subscriber becomes
+    # bounced. Only for a row this transaction just recorded bounced.
     "bounce": "UPDATE subscribers SET bounce_count = bounce_count + 1, "
     f"bounced_at = CASE WHEN status IN {_LIVE} THEN ? ELSE bounced_at END, "
-    f"status = CASE WHEN status IN {_LIVE} THEN 'bounced' ELSE status END WHERE id = ?",
+    f"status = CASE WHEN status IN {_LIVE} THEN 'bounced' ELSE status END WHERE id = ? "
+    "AND EXISTS (SELECT 1 FROM deliveries WHERE issue_id = ? AND subscriber_id = ? AND claimed_by = ? "
+    "AND status = 'bounced')",
     "unmark": "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'pending' END, "
     "last_reply = ?, claimed_by = NULL, claimed_until = NULL WHERE issue_id = ? AND subscriber_id = ? "
     "AND claimed_by = ?",
 }
 _SQLITE_SQL = {  # one sender per issue on SQLite, and one host: its clock is the clock
+    "mark": f"UPDATE deliveries AS d {_MARK_SET}AND d.subscriber_id IN (?) RETURNING subscriber_id, status",
     "claim": "UPDATE deliveries SET claimed_by = :sender, claimed_until = :until "
     "WHERE issue_id = :issue AND subscriber_id IN ("
     "SELECT subscriber_id FROM deliveries WHERE issue_id = :issue "
@@ -1277,15 +1355,19 @@ _SQLITE_SQL = {  # one sender per issue on SQLite, and one host: its clock is th
     "heartbeat": "UPDATE senders SET heartbeat_at = ? WHERE id = ?",
 }
 _POSTGRES_SQL = {
+    "mark": f"UPDATE deliveries AS d {_MARK_SET}AND d.subscriber_id = ANY(?) "
+    "RETURNING d.subscriber_id, d.status",
     # MATERIALIZED: the LIMIT and the row locks are taken once, in the CTE; PostgreSQL may run an
     # IN (... LIMIT ... FOR UPDATE SKIP LOCKED) subquery more than once, and claim more than LIMIT
     "claim": "WITH picked AS MATERIALIZED (SELECT subscriber_id FROM deliveries WHERE issue_id = %(issue)s "
     "AND (status = 'pending' OR (status = 'deferred' AND next_attempt_at <= %(now)s)) "
     "AND (claimed_by IS NULL OR claimed_until < %(now)s) ORDER BY subscriber_id LIMIT %(limit)s "
-    "FOR UPDATE SKIP LOCKED) "
-    "UPDATE deliveries d SET claimed_by = %(sender)s, claimed_until = %(until)s FROM picked "
+    "FOR UPDATE SKIP LOCKED), "
+    "claimed AS (UPDATE deliveries d SET claimed_by = %(sender)s, claimed_until = %(until)s FROM picked "
     "WHERE d.issue_id = %(issue)s AND d.subscriber_id = picked.subscriber_id "
-    "RETURNING d.subscriber_id, d.attempts",
+    "RETURNING d.subscriber_id, d.attempts) "
+    "SELECT c.subscriber_id, s.email, s.name, c.attempts FROM claimed c "
+    "JOIN subscribers s ON s.id = c.subscriber_id",
     "enrolled": "SELECT 1 FROM senders WHERE id = ? FOR KEY SHARE",
     "heartbeat": "UPDATE senders SET heartbeat_at = COALESCE(now(), ?) WHERE id = ?",
 }

@@ -34,8 +34,10 @@ class Tokens:
 
     def read_unsubscribe(self, token: str) -> int:
         body, _, mac = token.partition(".")
-        if not body or not token.isascii() or not hmac.compare_digest(
-            mac.encode("ascii", "replace"), self._mac(body).encode("ascii")
+        if (
+            not body
+            or not token.isascii()
+            or not hmac.compare_digest(mac.encode("ascii", "replace"), self._mac(body).encode("ascii"))
         ):
             raise BadToken("this unsubscribe link is not valid")
         try:

@@ -140,4 +140,3 @@ def test_a_hostile_name_never_adds_an_address(name: str, settings: Settings) -> 
         assert [str(a.addr_spec) for a in parsed.addresses] == ["reader@example.com"], raw
         if "=?" not in name:  # (a literal encoded word in a name is decoded by readers: text, still one)
             assert " ".join(parsed.addresses[0].display_name.split()) == " ".join(name.split())
-

@@ -228,8 +228,7 @@ def test_resend_unknown_only_on_request(sqlite_store: Store, smtp_sink: SmtpSink
     )
     (first, *_) = claim(sqlite_store, issue_id, "dead", now=NOW, limit=1, lease=timedelta(minutes=5))
     ledger = sqlite_store.ledger(issue_id, "dead")
-    with ledger.transaction() as tx:
-        tx.mark_in_flight(first.subscriber_id)  # the sender died here, mid-DATA
+    ledger.commit(NOW, marks=[first.subscriber_id])  # the sender died here, mid-DATA
     ledger.close()
     with sqlite_store.write() as s:  # and its heartbeat went stale long ago
         s.execute(update(Sender).values(heartbeat_at=datetime(2020, 1, 1, tzinfo=UTC)))

@@ -111,8 +111,7 @@ def _config_with_cron(
         tmp_path,
         database_url=database_url,
         delivery=('transport = "smtp"' if sink else 'transport = "outbox"') + "\n" + delivery,
-        extra=f'{smtp}[schedule]\ncron = "{cron}"\n'
-        f"misfire_grace_seconds = {grace}\n",
+        extra=f'{smtp}[schedule]\ncron = "{cron}"\nmisfire_grace_seconds = {grace}\n',
     )
 
 

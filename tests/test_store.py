@@ -7,7 +7,7 @@ import pytest
 
 from newsletter.errors import SendBusyError
 from newsletter.models import DeliveryStatus, SubscriberStatus
-from newsletter.store import DeliveryTarget, MarkResult, NewSubscriber, Store
+from newsletter.store import DeliveryTarget, Fate, MarkResult, NewSubscriber, Store
 
 from .conftest import ROOT
 
@@ -133,8 +133,16 @@ def claim(
 ) -> list[DeliveryTarget]:
     ledger = store.ledger(issue_id, sender)
     try:
-        with ledger.transaction() as tx:
-            return tx.claim(now=now, limit=limit, lease=lease)
+        return ledger.commit(now, claim=limit, lease=lease).claimed
+    finally:
+        ledger.close()
+
+
+def mark(store: Store, issue_id: int, sender: str, *subscriber_ids: int) -> list[MarkResult]:
+    ledger = store.ledger(issue_id, sender)
+    try:
+        marks = ledger.commit(NOW, marks=subscriber_ids).marks
+        return [marks[i] for i in subscriber_ids]
     finally:
         ledger.close()
 
@@ -187,36 +195,24 @@ def test_the_mark_checks_claim_and_subscriber_in_one_transaction(store: Store) -
     enrol(store, issue_id, "b")
     one, two, three = claim(store, issue_id, "a", now=NOW, limit=10, lease=LEASE)
     store.unsubscribe(two.subscriber_id, now=NOW)
+    assert mark(store, issue_id, "a", one.subscriber_id, two.subscriber_id) == [
+        MarkResult.IN_FLIGHT,
+        MarkResult.SKIPPED,
+    ]
+    assert mark(store, issue_id, "b", three.subscriber_id) == [MarkResult.LOST]  # not its claim
     ledger = store.ledger(issue_id, "a")
-    other = store.ledger(issue_id, "b")
     try:
-        with ledger.transaction() as tx:
-            assert tx.mark_in_flight(one.subscriber_id) is MarkResult.IN_FLIGHT
-            assert tx.mark_in_flight(two.subscriber_id) is MarkResult.SKIPPED
-        with other.transaction() as tx:
-            assert tx.mark_in_flight(three.subscriber_id) is MarkResult.LOST  # not its claim
-        with ledger.transaction() as tx:
-            assert tx.mark_in_flight(one.subscriber_id) is MarkResult.LOST  # already in flight
-            tx.record(
-                one.subscriber_id,
-                status=DeliveryStatus.SENT,
-                reply="250 ok",
-                attempts=1,
-                next_attempt_at=None,
-                now=NOW,
-            )
-            tx.mark_in_flight(three.subscriber_id)
-            tx.record(
-                three.subscriber_id,
-                status=DeliveryStatus.BOUNCED,
-                reply="550 no such user",
-                attempts=1,
-                next_attempt_at=None,
-                now=NOW,
-            )
+        result = ledger.commit(  # one group: a fate, a mark refused, a mark granted
+            NOW,
+            fates=[Fate(one.subscriber_id, DeliveryStatus.SENT, "250 ok", 1, None)],
+            marks=[one.subscriber_id, three.subscriber_id],  # one: already in flight (and now sent)
+        )
+        assert result.marks == {one.subscriber_id: MarkResult.LOST, three.subscriber_id: MarkResult.IN_FLIGHT}
+        ledger.commit(
+            NOW, fates=[Fate(three.subscriber_id, DeliveryStatus.BOUNCED, "550 no such user", 1, None)]
+        )
     finally:
         ledger.close()
-        other.close()
     counts = store.issue_counts(issue_id)[0].deliveries
     assert (counts["sent"], counts["skipped"], counts["bounced"], counts["sending"]) == (1, 1, 1, 0)
     gone = store.get_subscriber_by_id(three.subscriber_id)
@@ -232,10 +228,7 @@ def test_a_dead_senders_rows_in_flight_become_unknown(store: Store) -> None:
     store.start_send(issue_id)
     enrol(store, issue_id, "crashed")
     targets = claim(store, issue_id, "crashed", now=NOW, limit=10, lease=LEASE)
-    ledger = store.ledger(issue_id, "crashed")
-    with ledger.transaction() as tx:
-        tx.mark_in_flight(targets[0].subscriber_id)
-    ledger.close()
+    assert mark(store, issue_id, "crashed", targets[0].subscriber_id) == [MarkResult.IN_FLIGHT]
     with pytest.raises(SendBusyError, match="being sent by another process"):
         enrol(store, issue_id, "second", exclusive=True)  # the first still looks alive
     assert enrol(store, issue_id, "second", exclusive=True, is_alive=dead) == 1
@@ -284,20 +277,13 @@ def test_one_bounce_policy_at_send_time_and_later_and_complaints_stay(store: Sto
     store.start_send(issue_id)
     enrol(store, issue_id, "a")
     left, angry, _ = claim(store, issue_id, "a", now=NOW, limit=10, lease=LEASE)
+    assert mark(store, issue_id, "a", left.subscriber_id) == [MarkResult.IN_FLIGHT]
+    store.unsubscribe(left.subscriber_id, now=NOW)  # while the message is on the wire
     ledger = store.ledger(issue_id, "a")
     try:
-        with ledger.transaction() as tx:
-            assert tx.mark_in_flight(left.subscriber_id) is MarkResult.IN_FLIGHT
-        store.unsubscribe(left.subscriber_id, now=NOW)  # while the message is on the wire
-        with ledger.transaction() as tx:
-            tx.record(
-                left.subscriber_id,
-                status=DeliveryStatus.BOUNCED,
-                reply="550 5.1.1 no such user",
-                attempts=1,
-                next_attempt_at=None,
-                now=NOW,
-            )
+        ledger.commit(
+            NOW, fates=[Fate(left.subscriber_id, DeliveryStatus.BOUNCED, "550 5.1.1 no such user", 1, None)]
+        )
     finally:
         ledger.close()
     gone = store.get_subscriber_by_id(left.subscriber_id)
