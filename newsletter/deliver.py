@@ -30,11 +30,11 @@ from typing import Protocol
 
 from .compose import MessageTemplate, Recipient
 from .errors import NewsletterError, SenderFenced, TransportError
-from .models import DeliveryStatus, Sender
+from .models import DeliveryStatus
 from .store import DeliveryLedger, DeliveryTarget, Fate, MarkResult
 from .tokens import Tokens
 from .transport import Envelope, SendResult, Transport
-from .workers import STOP, Answer, Ask, SenderJob, WorkerPool, split_slots
+from .workers import STOP, Answer, Ask, SenderJob, WorkerPool, reconnect_wait, split_slots
 
 __all__ = ["DeliveryStore", "RateLimiter", "SendOptions", "SendReport", "backoff_seconds", "send_issue"]
 
@@ -57,7 +57,6 @@ class DeliveryStore(Protocol):
         is_alive: Callable[[str, int], bool | None],
     ) -> int: ...
     def deregister_sender(self, sender_id: str) -> None: ...
-    def live_senders(self, issue_id: int) -> list[Sender]: ...
     def requeue_unknown(self, issue_id: int) -> int: ...
     def start_send(self, issue_id: int) -> int: ...
     def release(self, issue_id: int, sender_id: str, subscriber_ids: list[int]) -> None: ...
@@ -77,6 +76,9 @@ class SendOptions:
     retry_base_seconds: float = 30.0
     retry_max_seconds: float = 1800.0
     throttle_retry_seconds: float = 5.0
+    # A connection that cannot open a session waits this long, doubled at each failure (at most
+    # 30 s), and gives the send up after three failures in a row.
+    reconnect_seconds: float = 2.0
     # Wait within this send for deferred rows to come due (else a later `send` retries them).
     wait_for_retries: bool = True
     max_wait_seconds: float = 3600.0
@@ -239,7 +241,6 @@ class _Ledger(threading.Thread):
         self.ledger, self.heartbeat_seconds, self.now = ledger, heartbeat_seconds, now
         self.requests: queue.Queue[_Request | None] = queue.Queue()
         self.failure: BaseException | None = None
-        self.commits = 0
 
     def submit(self, request: _Request) -> _Request:
         if self.failure is not None:
@@ -300,7 +301,6 @@ class _Ledger(threading.Thread):
                 r.mark_result = result.marks[r.mark.subscriber_id]
         if asking is not None:
             asking.claimed = result.claimed
-        self.commits += 1
 
     def _fail_waiting(self) -> None:
         while True:
@@ -360,7 +360,14 @@ class _Sender:
                 self.report.requeued = self.store.requeue_unknown(self.issue_id)
             self.report.added = self.store.start_send(self.issue_id)
             if self.options.processes > 1:  # forked before any thread of this send exists
-                job = SenderJob(self.connect, self.template, self.tokens, self.mail_from, self.issue_id)
+                job = SenderJob(
+                    self.connect,
+                    self.template,
+                    self.tokens,
+                    self.mail_from,
+                    self.issue_id,
+                    reconnect_seconds=self.options.reconnect_seconds,
+                )
                 slots = split_slots(self.options.connections, self.options.processes)
                 pool = WorkerPool(job, slots_per_worker=slots)
         except BaseException:
@@ -571,7 +578,7 @@ class _Sender:
                     if failures >= 3:
                         self._stop_with(exc)
                         break
-                    self.sleep(min(30.0, 2.0**failures))
+                    self.sleep(reconnect_wait(self.options.reconnect_seconds, failures))
                     continue
                 previous = self._outcome(target, result)
         finally:

@@ -33,7 +33,6 @@ __all__ = [
 # Placeholders: plain word characters, so premailer, lxml and quoted-printable leave them whole.
 GREETING = "__NL_GREETING__"
 UNSUBSCRIBE_URL = "__NL_UNSUBSCRIBE_URL__"
-PLACEHOLDERS = (GREETING, UNSUBSCRIBE_URL)
 
 
 @dataclass(frozen=True)

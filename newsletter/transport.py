@@ -343,10 +343,6 @@ class SmtpTransport:
             self._drop()
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def open_transport(settings: Settings) -> Transport:
     d = settings.delivery
     if d.transport == "outbox":

@@ -37,7 +37,7 @@ from .store import DeliveryTarget, MarkResult
 from .tokens import Tokens
 from .transport import Envelope, SendResult, Transport
 
-__all__ = ["Ask", "Answer", "STOP", "SenderJob", "WorkerPool", "split_slots"]
+__all__ = ["Ask", "Answer", "STOP", "SenderJob", "WorkerPool", "reconnect_wait", "split_slots"]
 
 STOP = "stop"  # the owner's answer when a slot has nothing more to do
 IDLE_POLL_SECONDS = 0.005
@@ -63,12 +63,18 @@ class SenderJob:
     tokens: Tokens
     mail_from: Callable[[int], str]
     issue_id: int
+    reconnect_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
 class Answer:
     mark: MarkResult | None  # IN_FLIGHT: send it; anything else: don't
     next: DeliveryTarget | str | None  # the next row, STOP, or None (nothing yet: ask again)
+
+
+def reconnect_wait(base: float, failures: int) -> float:
+    """The wait after the n-th failure in a row to open an SMTP session: doubled each time."""
+    return float(min(30.0, base * 2 ** (failures - 1)))
 
 
 def split_slots(connections: int, processes: int) -> list[int]:
@@ -172,7 +178,7 @@ def _slot(conn: Connection, job: SenderJob) -> None:
                 if fatal:
                     ask(Ask(last=True))
                     return
-                time.sleep(min(30.0, 2.0**failures))
+                time.sleep(reconnect_wait(job.reconnect_seconds, failures))
     except (EOFError, OSError):
         return  # the owner is gone: stop, whatever was in flight stays `sending` (unknown)
     except BaseException as exc:  # a bug here: the owner stops the send with it

@@ -19,6 +19,7 @@ from newsletter.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
 from newsletter.store import NewSubscriber, Store
 from newsletter.tokens import Tokens
 from newsletter.transport import Envelope, OutboxTransport, SmtpTransport, classify_reply
+from newsletter.workers import reconnect_wait
 
 from .conftest import SECRET, SmtpSink, assert_tally_counts, free_port, wait_for
 from .test_store import claim
@@ -252,6 +253,7 @@ def test_no_smtp_server_stops_the_send_and_loses_nothing(sqlite_store: Store, pr
             issue_id,
             connections=2,
             processes=processes,
+            reconnect_seconds=0.05,
         )
     counts = sqlite_store.issue_counts(issue_id)[0].deliveries
     assert counts["pending"] == 5 and counts["sending"] == 0 and counts["unknown"] == 0
@@ -273,6 +275,11 @@ def test_a_second_sender_on_sqlite_is_refused(sqlite_store: Store, smtp_sink: Sm
     with pytest.raises(SendBusyError, match="being sent by another process"):
         run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id)
     assert smtp_sink.messages == []
+
+
+def test_a_connection_that_cannot_open_waits_longer_each_time_up_to_30_seconds() -> None:
+    assert [reconnect_wait(2.0, n) for n in (1, 2, 3, 4, 5, 6)] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert [reconnect_wait(0.05, n) for n in (1, 2)] == [0.05, 0.1]
 
 
 def test_rate_limiter_spaces_messages_and_backs_off_on_throttling() -> None:

@@ -50,7 +50,6 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 log = logging.getLogger("newsletter.admin")
 
 PAGE = 50
-GROWTH_SERIES = ("new", "confirmed", "unsubscribed", "bounced")
 _hasher = PasswordHasher()  # Argon2id, the library's current recommended parameters
 _DUMMY_HASH = _hasher.hash("not a password anyone has")
 
