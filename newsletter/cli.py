@@ -32,7 +32,7 @@ from .config import Settings, ensure_secret_key, find_config_path, load_settings
 from .errors import ConfigError, NewsletterError, NotFoundError
 from .models import DeliveryStatus, Issue, SubscriberStatus
 from .private import open_private, private_folder
-from .render import fill, greeting_for
+from .render import render_web
 from .store import IssueCounts, Store
 from .subscribers import check_name, import_csv, normalise_email, write_csv
 
@@ -408,8 +408,7 @@ def preview(app: App, issue_id: int | None, out_file: Path | None, to_address: s
         return
     path = out_file or Path("preview.html")
     private_folder(path.parent)
-    base = app.settings.newsletter.base_url.rstrip("/")
-    html = fill(issue.html, greeting=greeting_for(None), unsubscribe_url=base + "/", for_html=True)
+    html = render_web(issue.html, app.settings)
     with open_private(path, "w", encoding="utf-8") as f:
         f.write(html)
     out.print(f"wrote the preview of issue {issue.id} to {path.resolve()}", markup=False)

@@ -176,6 +176,13 @@ class Settings:
     def secret_key_path(self) -> Path:
         return self.path(self.newsletter.secret_key_file)
 
+    @property
+    def return_path(self) -> str:
+        """The envelope sender, where bounces go, of every mail (issues, confirmations, test
+        copies): `[bounces] return_path`, else the sender's own address. An issue's deliveries
+        add a VERP token to it (`jobs.envelope_sender`)."""
+        return self.bounces.return_path if self.bounces else self.newsletter.sender_address
+
 
 _TABLE_KEYS = {f.name for f in dataclasses.fields(Settings)} - {"config_dir", "smtp_password"}
 

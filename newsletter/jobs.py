@@ -153,17 +153,12 @@ def issue_template(settings: Settings, issue: Issue, *, subject_prefix: str = ""
     )
 
 
-def mail_from(settings: Settings) -> str:
-    return settings.bounces.return_path if settings.bounces else settings.newsletter.sender_address
-
-
 def envelope_sender(settings: Settings, tokens: Tokens, issue_id: int) -> Callable[[int], str]:
     """Per subscriber: with `[bounces]`, a VERP address naming issue and subscriber (signed), so a
     bounce names its delivery whatever the remote server writes in it; else the plain sender."""
+    return_path = settings.return_path
     if settings.bounces is None:
-        plain = settings.newsletter.sender_address
-        return lambda _subscriber_id: plain
-    return_path = settings.bounces.return_path
+        return lambda _subscriber_id: return_path
     return lambda subscriber_id: verp_address(return_path, tokens.bounce(issue_id, subscriber_id))
 
 
@@ -224,7 +219,7 @@ def send_test_copy(settings: Settings, store: Store, issue: Issue, address: str)
     transport = open_transport(settings)
     try:
         key = f"test/issue-{issue.id}-{int(time.time())}"
-        result = transport.send(Envelope(mail_from(settings), address, key), message)
+        result = transport.send(Envelope(settings.return_path, address, key), message)
     finally:
         transport.close()
     if result.status != DeliveryStatus.SENT:

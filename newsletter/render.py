@@ -155,10 +155,16 @@ def _wrap(text: str, width: int = 72, indent: str = "") -> str:
     )
 
 
-def render_web(html: str, settings: Settings) -> str:
-    """The archive's copy of an issue: no subscriber's name, no token."""
+def render_web(
+    body: str, settings: Settings, *, for_html: bool = True, unsubscribe_url: str | None = None
+) -> str:
+    """An issue's HTML (or text) as nobody in particular reads it, in the archive, a preview or
+    the console: the greeting without a name, and the unsubscribe link pointing at the site
+    (or at `unsubscribe_url`), never a subscriber's token."""
     base = settings.newsletter.base_url.rstrip("/")
-    return fill(html, greeting="Good morning.", unsubscribe_url=base + "/", for_html=True)
+    return fill(
+        body, greeting=greeting_for(None), unsubscribe_url=unsubscribe_url or base + "/", for_html=for_html
+    )
 
 
 def render_confirmation(settings: Settings, *, confirm_url: str) -> tuple[str, str, str]:

@@ -359,3 +359,27 @@ def test_no_proxy_is_trusted_by_default(client: FlaskClient, app: Flask) -> None
             "/subscribe", data={"email": f"d{i}@example.com"}, headers={"X-Forwarded-For": f"192.0.2.{i}"}
         ).status_code
     assert code == 429
+
+
+def test_a_confirmation_bounces_to_the_bounce_mailbox_like_every_other_mail(
+    tmp_path: Path, smtp_sink: SmtpSink, env: None
+) -> None:
+    """With [bounces] the envelope sender of every mail is the return path (an issue's deliveries
+    add their VERP token to it): a confirmation sent to a dead address bounces to the mailbox the
+    operator reads, not to the From address's inbox."""
+    config = write_config(
+        tmp_path,
+        delivery='transport = "smtp"',
+        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\n'
+        '[bounces]\nreturn_path = "bounces@example.com"\n',
+    )
+    settings = load_settings(config)
+    store = Store(settings.database_url)
+    store.migrate()
+    app = create_app(settings, store=store, now=lambda: NOW)
+    assert app.test_client().post("/subscribe", data={"email": "new@example.org"}).status_code == 200
+    assert app.extensions["newsletter"].confirmations.wait_idle()
+    (received,) = smtp_sink.messages
+    assert received.mail_from == "bounces@example.com"
+    assert received.rcpt_tos == ["new@example.org"]
+    store.close()

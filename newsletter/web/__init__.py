@@ -110,7 +110,7 @@ def create_app(
             mail,
             now=clock,
             signer=signer,
-            mail_from=settings.newsletter.sender_address,
+            mail_from=settings.return_path,
         ),
         signer=signer,
     )

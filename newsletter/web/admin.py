@@ -38,7 +38,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from .. import jobs
 from ..errors import NewsletterError
 from ..models import SubscriberStatus
-from ..render import fill, greeting_for, render_web
+from ..render import render_web
 from ..schedule import schedule_summary
 from ..subscribers import EXPORT_FIELDS, import_csv, normalise_email, write_csv
 from . import services
@@ -217,11 +217,11 @@ def issue(issue_id: int) -> str:
     after = request.args.get("after", 0, type=row_id)
     problems = svc.store.problem_deliveries(issue_id, after=after, limit=PAGE)
     base = svc.settings.newsletter.base_url.rstrip("/")
-    text = fill(
+    text = render_web(
         found.text,
-        greeting=greeting_for(None),
-        unsubscribe_url=f"{base}/unsubscribe/(each reader's own link)",
+        svc.settings,
         for_html=False,
+        unsubscribe_url=f"{base}/unsubscribe/(each reader's own link)",
     )
     return render_template(
         "web/admin/issue.html.j2",
