@@ -5,7 +5,7 @@ import email
 import io
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from email import policy
 from pathlib import Path
@@ -32,19 +32,26 @@ def clock() -> list[datetime]:
     return [NOW]
 
 
-@pytest.fixture
-def app(tmp_path: Path, smtp_sink: SmtpSink, env: None, clock: list[datetime]) -> Iterator[Flask]:
+def smtp_app(tmp_path: Path, sink: SmtpSink, extra: str, now: Callable[[], datetime]) -> tuple[Flask, Store]:
+    """The web app on a fresh SQLite file, mailing over SMTP to `sink`, with `extra` config."""
     config = write_config(
         tmp_path,
         delivery='transport = "smtp"',
-        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\n'
-        "[web]\nsignups_per_ip_per_hour = 20\n",
+        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\n' + extra,
     )
     settings = load_settings(config)
     store = Store(settings.database_url)
     store.migrate()
-    application = create_app(settings, store=store, now=lambda: clock[0])
+    application = create_app(settings, store=store, now=now)
     application.config["TESTING"] = True
+    return application, store
+
+
+@pytest.fixture
+def app(tmp_path: Path, smtp_sink: SmtpSink, env: None, clock: list[datetime]) -> Iterator[Flask]:
+    application, store = smtp_app(
+        tmp_path, smtp_sink, "[web]\nsignups_per_ip_per_hour = 20\n", lambda: clock[0]
+    )
     yield application
     assert application.extensions["newsletter"].confirmations.wait_idle()  # none left for a closed sink
     store.close()
@@ -367,16 +374,9 @@ def test_a_confirmation_bounces_to_the_bounce_mailbox_like_every_other_mail(
     """With [bounces] the envelope sender of every mail is the return path (an issue's deliveries
     add their VERP token to it): a confirmation sent to a dead address bounces to the mailbox the
     operator reads, not to the From address's inbox."""
-    config = write_config(
-        tmp_path,
-        delivery='transport = "smtp"',
-        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\n'
-        '[bounces]\nreturn_path = "bounces@example.com"\n',
+    app, store = smtp_app(
+        tmp_path, smtp_sink, '[bounces]\nreturn_path = "bounces@example.com"\n', lambda: NOW
     )
-    settings = load_settings(config)
-    store = Store(settings.database_url)
-    store.migrate()
-    app = create_app(settings, store=store, now=lambda: NOW)
     assert app.test_client().post("/subscribe", data={"email": "new@example.org"}).status_code == 200
     assert app.extensions["newsletter"].confirmations.wait_idle()
     (received,) = smtp_sink.messages
