@@ -36,9 +36,9 @@ from urllib.parse import unquote, urlsplit
 from flufl.bounce import all_failures
 
 from .config import Settings, read_secret_key
+from .delivery.tokens import BadToken, Tokens, verp_token
 from .errors import ConfigError, NewsletterError
 from .store import FoundEvent, MailOutcome, Store
-from .tokens import BadToken, Tokens, verp_token
 
 __all__ = ["Classified", "MailItem", "BounceReport", "classify", "read_mailbox", "process_bounces"]
 

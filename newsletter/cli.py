@@ -740,7 +740,7 @@ MIN_PASSWORD = 10
 def dkim_keygen(app: App, bits: int, force: bool) -> None:
     """Write the DKIM private key ([dkim] private_key_file) and print the DNS TXT record to publish."""
     from .config import DkimSettings
-    from .signing import dns_record, generate_key
+    from .delivery.signing import dns_record, generate_key
 
     settings = app.settings
     d = settings.dkim or DkimSettings(

@@ -9,18 +9,18 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from .compose import MessageTemplate, Recipient
 from .config import Settings, read_secret_key
-from .deliver import SendOptions, SendReport, send_issue
+from .delivery.compose import MessageTemplate, Recipient
+from .delivery.engine import SendOptions, SendReport, send_issue
+from .delivery.signing import signer_for
+from .delivery.tokens import Tokens, verp_address
+from .delivery.transport import Envelope, open_transport
 from .digest import StoryItem, choose, issue_window
 from .errors import NewsletterError
 from .models import DeliveryStatus, Issue, Story
 from .render import RenderedIssue, render_issue
-from .signing import signer_for
 from .sources import DEFAULT_LIMITS, Conditional, FeedResult, Limits, fetch_all
 from .store import Store
-from .tokens import Tokens, verp_address
-from .transport import Envelope, open_transport
 
 __all__ = ["GatherReport", "BuildOutcome", "gather", "build", "issue_template", "send", "today"]
 

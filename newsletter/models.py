@@ -73,6 +73,12 @@ class SubscriberStatus(enum.StrEnum):
     COMPLAINED = "complained"
 
 
+# Never mailed again, whatever anyone types into a form.
+CLOSED_STATUSES = (SubscriberStatus.COMPLAINED, SubscriberStatus.BOUNCED)
+# Who a bounce may mark `bounced`, and an unsubscribe `unsubscribed`: nobody already closed or gone.
+LIVE_STATUSES = (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING)
+
+
 class IssueStatus(enum.StrEnum):
     BUILT = "built"
     SENDING = "sending"

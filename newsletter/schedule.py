@@ -25,7 +25,7 @@ from apscheduler.triggers.cron import CronTrigger
 from . import jobs
 from .bounces import process_bounces
 from .config import Settings
-from .deliver import SendReport, process_alive
+from .delivery.engine import SendReport, process_alive
 from .errors import ConfigError, NewsletterError
 from .store import Store
 

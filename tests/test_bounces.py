@@ -14,9 +14,9 @@ from sqlalchemy import func, select
 from newsletter import bounces
 from newsletter.bounces import classify, process_bounces
 from newsletter.config import load_settings
+from newsletter.delivery.tokens import Tokens, verp_address
 from newsletter.models import BounceEvent, BounceMail
 from newsletter.store import NewSubscriber, Store
-from newsletter.tokens import Tokens, verp_address
 
 from . import bounce_mails as m
 from .conftest import SECRET, assert_tally_counts, run_cli, write_config

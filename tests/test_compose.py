@@ -7,8 +7,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from newsletter.compose import MessageTemplate, Recipient, qp_encode
 from newsletter.config import Settings, mailbox
+from newsletter.delivery.compose import MessageTemplate, Recipient, qp_encode
 from newsletter.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, fill, greeting_for
 
 HTML = (
@@ -126,7 +126,7 @@ def test_a_hostile_name_never_adds_an_address(name: str, settings: Settings) -> 
     """To is built from an Address object: whatever the name, one recipient, read back whole."""
     from email.utils import getaddresses
 
-    from newsletter.compose import confirmation_message
+    from newsletter.delivery.compose import confirmation_message
 
     digest = template().compose(Recipient(9, "reader@example.com", name, "tok"))
     confirm = confirmation_message(

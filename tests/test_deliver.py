@@ -10,16 +10,17 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from newsletter.compose import MessageTemplate
 from newsletter.config import mailbox
-from newsletter.deliver import RateLimiter, SendOptions, SendReport, send_issue
+from newsletter.delivery.compose import MessageTemplate
+from newsletter.delivery.engine import RateLimiter, SendOptions, SendReport, send_issue
+from newsletter.delivery.records import Enrolment, Group
+from newsletter.delivery.tokens import Tokens
+from newsletter.delivery.transport import Envelope, OutboxTransport, SmtpTransport, classify_reply
+from newsletter.delivery.workers import reconnect_wait
 from newsletter.errors import SendBusyError, TransportError
 from newsletter.models import Delivery, DeliveryStatus, Sender
 from newsletter.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
 from newsletter.store import NewSubscriber, Store
-from newsletter.tokens import Tokens
-from newsletter.transport import Envelope, OutboxTransport, SmtpTransport, classify_reply
-from newsletter.workers import reconnect_wait
 
 from .conftest import SECRET, SmtpSink, assert_tally_counts, free_port, wait_for
 from .test_store import claim
@@ -218,18 +219,20 @@ def test_resend_unknown_only_on_request(sqlite_store: Store, smtp_sink: SmtpSink
     issue_id = setup(sqlite_store, 3)
     sqlite_store.start_send(issue_id)
     sqlite_store.register_sender(
-        issue_id,
-        "dead",
-        host="elsewhere",
-        pid=1,
-        now=NOW,
-        exclusive=True,
-        stale_after=timedelta(seconds=30),
-        is_alive=lambda h, p: False,
+        Enrolment(
+            issue_id,
+            "dead",
+            host="elsewhere",
+            pid=1,
+            now=NOW,
+            exclusive=True,
+            stale_after=timedelta(seconds=30),
+            is_alive=lambda h, p: False,
+        )
     )
     (first, *_) = claim(sqlite_store, issue_id, "dead", now=NOW, limit=1, lease=timedelta(minutes=5))
     ledger = sqlite_store.ledger(issue_id, "dead")
-    ledger.commit(NOW, marks=[first.subscriber_id])  # the sender died here, mid-DATA
+    ledger.commit(Group(NOW, marks=[first.subscriber_id]))  # the sender died here, mid-DATA
     ledger.close()
     with sqlite_store.write() as s:  # and its heartbeat went stale long ago
         s.execute(update(Sender).values(heartbeat_at=datetime(2020, 1, 1, tzinfo=UTC)))
@@ -263,14 +266,16 @@ def test_no_smtp_server_stops_the_send_and_loses_nothing(sqlite_store: Store, pr
 def test_a_second_sender_on_sqlite_is_refused(sqlite_store: Store, smtp_sink: SmtpSink) -> None:
     issue_id = setup(sqlite_store, 2)
     sqlite_store.register_sender(
-        issue_id,
-        "other",
-        host="h",
-        pid=1,
-        now=datetime.now(UTC),
-        exclusive=True,
-        stale_after=timedelta(seconds=30),
-        is_alive=lambda h, p: True,
+        Enrolment(
+            issue_id,
+            "other",
+            host="h",
+            pid=1,
+            now=datetime.now(UTC),
+            exclusive=True,
+            stale_after=timedelta(seconds=30),
+            is_alive=lambda h, p: True,
+        )
     )
     with pytest.raises(SendBusyError, match="being sent by another process"):
         run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id)

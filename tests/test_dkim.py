@@ -14,12 +14,12 @@ from pathlib import Path
 import dkim
 import pytest
 
-from newsletter.compose import MessageTemplate, Recipient, confirmation_message
 from newsletter.config import load_settings, mailbox
+from newsletter.delivery.compose import MessageTemplate, Recipient, confirmation_message
+from newsletter.delivery.signing import DkimSigner, dns_record, generate_key
+from newsletter.delivery.tokens import BadToken, Tokens, verp_token
 from newsletter.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
-from newsletter.signing import DkimSigner, dns_record, generate_key
 from newsletter.store import NewSubscriber, Store
-from newsletter.tokens import BadToken, Tokens, verp_token
 
 from .conftest import SECRET, SmtpSink, run_cli, write_config
 

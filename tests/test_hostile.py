@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
 from newsletter.bounces import classify
+from newsletter.delivery.tokens import Tokens
 from newsletter.models import Delivery, DeliveryStatus
 from newsletter.store import Store
-from newsletter.tokens import Tokens
 
 from . import bounce_mails as m
 from .conftest import SECRET, Console, log_in, token

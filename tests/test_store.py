@@ -5,9 +5,10 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from newsletter.delivery.records import DeliveryTarget, Enrolment, Fate, Group, MarkResult
 from newsletter.errors import SendBusyError
 from newsletter.models import DeliveryStatus, SubscriberStatus
-from newsletter.store import DeliveryTarget, Fate, MarkResult, NewSubscriber, Store
+from newsletter.store import NewSubscriber, Store
 
 from .conftest import ROOT
 
@@ -133,7 +134,7 @@ def claim(
 ) -> list[DeliveryTarget]:
     ledger = store.ledger(issue_id, sender)
     try:
-        return ledger.commit(now, claim=limit, lease=lease).claimed
+        return ledger.commit(Group(now, claim=limit, lease=lease)).claimed
     finally:
         ledger.close()
 
@@ -141,7 +142,7 @@ def claim(
 def mark(store: Store, issue_id: int, sender: str, *subscriber_ids: int) -> list[MarkResult]:
     ledger = store.ledger(issue_id, sender)
     try:
-        marks = ledger.commit(NOW, marks=subscriber_ids).marks
+        marks = ledger.commit(Group(NOW, marks=subscriber_ids)).marks
         return [marks[i] for i in subscriber_ids]
     finally:
         ledger.close()
@@ -156,14 +157,16 @@ def enrol(
     is_alive: Callable[[str, int], bool | None] = alive,
 ) -> int:
     return store.register_sender(
-        issue_id,
-        sender,
-        host="h",
-        pid=1,
-        now=NOW,
-        exclusive=exclusive,
-        stale_after=timedelta(seconds=30),
-        is_alive=is_alive,
+        Enrolment(
+            issue_id,
+            sender,
+            host="h",
+            pid=1,
+            now=NOW,
+            exclusive=exclusive,
+            stale_after=timedelta(seconds=30),
+            is_alive=is_alive,
+        )
     )
 
 
@@ -202,14 +205,16 @@ def test_the_mark_checks_claim_and_subscriber_in_one_transaction(store: Store) -
     assert mark(store, issue_id, "b", three.subscriber_id) == [MarkResult.LOST]  # not its claim
     ledger = store.ledger(issue_id, "a")
     try:
-        result = ledger.commit(  # one group: a fate, a mark refused, a mark granted
-            NOW,
-            fates=[Fate(one.subscriber_id, DeliveryStatus.SENT, "250 ok", 1, None)],
-            marks=[one.subscriber_id, three.subscriber_id],  # one: already in flight (and now sent)
+        result = ledger.commit(
+            Group(  # one group: a fate, a mark refused, a mark granted
+                NOW,
+                fates=[Fate(one.subscriber_id, DeliveryStatus.SENT, "250 ok", 1, None)],
+                marks=[one.subscriber_id, three.subscriber_id],  # one: already in flight (and now sent)
+            )
         )
         assert result.marks == {one.subscriber_id: MarkResult.LOST, three.subscriber_id: MarkResult.IN_FLIGHT}
         ledger.commit(
-            NOW, fates=[Fate(three.subscriber_id, DeliveryStatus.BOUNCED, "550 no such user", 1, None)]
+            Group(NOW, fates=[Fate(three.subscriber_id, DeliveryStatus.BOUNCED, "550 no such user", 1, None)])
         )
     finally:
         ledger.close()
@@ -254,14 +259,16 @@ def test_senders_on_hosts_whose_clocks_disagree_judge_heartbeats_by_the_database
 
     def register(sender: str, now: datetime) -> int:
         return store.register_sender(
-            issue_id,
-            sender,
-            host=f"host-{sender}",
-            pid=1,
-            now=now,
-            exclusive=False,
-            stale_after=timedelta(seconds=30),
-            is_alive=lambda _h, _p: None,  # another host: only the heartbeat can tell
+            Enrolment(
+                issue_id,
+                sender,
+                host=f"host-{sender}",
+                pid=1,
+                now=now,
+                exclusive=False,
+                stale_after=timedelta(seconds=30),
+                is_alive=lambda _h, _p: None,  # another host: only the heartbeat can tell
+            )
         )
 
     register("a", datetime.now(UTC) - timedelta(hours=1))  # a's clock runs an hour behind
@@ -282,7 +289,10 @@ def test_one_bounce_policy_at_send_time_and_later_and_complaints_stay(store: Sto
     ledger = store.ledger(issue_id, "a")
     try:
         ledger.commit(
-            NOW, fates=[Fate(left.subscriber_id, DeliveryStatus.BOUNCED, "550 5.1.1 no such user", 1, None)]
+            Group(
+                NOW,
+                fates=[Fate(left.subscriber_id, DeliveryStatus.BOUNCED, "550 5.1.1 no such user", 1, None)],
+            )
         )
     finally:
         ledger.close()

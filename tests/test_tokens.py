@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from newsletter.tokens import BadToken, Tokens
+from newsletter.delivery.tokens import BadToken, Tokens
 
 
 def test_unsubscribe_tokens_are_signed_opaque_and_not_transferable() -> None:

@@ -13,10 +13,10 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.routing import IntegerConverter
 
 from ..config import Settings, read_secret_key
-from ..signing import DkimSigner, signer_for
+from ..delivery.signing import DkimSigner, signer_for
+from ..delivery.tokens import Tokens
+from ..delivery.transport import Envelope, SendResult, open_transport
 from ..store import Store
-from ..tokens import Tokens
-from ..transport import Envelope, SendResult, open_transport
 from .background import BackgroundSends
 from .confirmations import ConfirmationMailer
 from .limits import SlidingWindow, login_window

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ..compose import confirmation_message
 from ..config import Settings
+from ..delivery.compose import confirmation_message
+from ..delivery.signing import DkimSigner
+from ..delivery.tokens import Tokens
+from ..delivery.transport import Envelope, SendResult
 from ..models import DeliveryStatus
-from ..signing import DkimSigner
 from ..store import Store
-from ..tokens import Tokens
-from ..transport import Envelope, SendResult
 
 __all__ = ["ConfirmationMailer", "RELAY_RETRY"]
 

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 from flask import Blueprint, Response, jsonify, make_response, render_template, request
 
+from ..delivery.tokens import BadToken
 from ..errors import NewsletterError
 from ..subscribers import check_name, normalise_email
-from ..tokens import BadToken
 from . import services
 
 bp = Blueprint("signup", __name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template
 
-from ..tokens import BadToken
+from ..delivery.tokens import BadToken
 from . import services
 
 bp = Blueprint("unsubscribe", __name__)

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import CanonicalizationPolicy, compress_whitespace, strip_trailing_whitespace
 
-from .config import Settings
-from .errors import ConfigError
+from ..config import Settings
+from ..errors import ConfigError
 
 __all__ = ["DkimSigner", "generate_key", "dns_record", "relaxed_chunk", "signer_for", "SIGNED_HEADERS"]
 

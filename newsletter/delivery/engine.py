@@ -2,9 +2,9 @@
 
 Progress is the rows' states, never a "last id sent" counter. A row is claimed in batches (a
 lease: it stays `pending`), marked `sending` in a committed transaction just before its message
-goes on the wire, and recorded when the reply comes. Recording is cheap because one ledger
-thread commits for every connection at once: "message k's reply, and message k+1 in flight" is
-one statement pair in a shared transaction (group commit). So a sender killed at any instant
+goes on the wire, and recorded when the reply comes. Recording is cheap because one thread
+commits for every connection at once: "message k's reply, and message k+1 in flight" for all
+of them is one transaction (the group commit, `Ledger.commit`). So a sender killed at any instant
 leaves at most one `sending` row per connection, which the next sender reports as `unknown`;
 every other row is sent exactly once.
 
@@ -28,15 +28,31 @@ from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from typing import Protocol
 
+from ..errors import NewsletterError, SenderFenced, TransportError
+from ..models import DeliveryStatus
 from .compose import MessageTemplate, Recipient
-from .errors import NewsletterError, SenderFenced, TransportError
-from .models import DeliveryStatus
-from .store import DeliveryLedger, DeliveryTarget, Fate, MarkResult
+from .records import DeliveryTarget, Enrolment, Fate, Group, LedgerResult, MarkResult
 from .tokens import Tokens
 from .transport import Envelope, SendResult, Transport
 from .workers import STOP, Answer, Ask, SenderJob, WorkerPool, reconnect_wait, split_slots
 
-__all__ = ["DeliveryStore", "RateLimiter", "SendOptions", "SendReport", "backoff_seconds", "send_issue"]
+__all__ = [
+    "DeliveryStore",
+    "Ledger",
+    "RateLimiter",
+    "SendOptions",
+    "SendReport",
+    "backoff_seconds",
+    "send_issue",
+]
+
+
+class Ledger(Protocol):
+    """The send's hot path in the database, one group commit at a time (`delivery.ledger` is the
+    SQL one). Every row it touches is one this sender holds."""
+
+    def commit(self, group: Group) -> LedgerResult: ...
+    def close(self) -> None: ...
 
 
 class DeliveryStore(Protocol):
@@ -44,23 +60,12 @@ class DeliveryStore(Protocol):
 
     is_sqlite: bool
 
-    def register_sender(
-        self,
-        issue_id: int,
-        sender_id: str,
-        *,
-        host: str,
-        pid: int,
-        now: datetime,
-        exclusive: bool,
-        stale_after: timedelta,
-        is_alive: Callable[[str, int], bool | None],
-    ) -> int: ...
+    def register_sender(self, enrolment: Enrolment) -> int: ...
     def deregister_sender(self, sender_id: str) -> None: ...
     def requeue_unknown(self, issue_id: int) -> int: ...
     def start_send(self, issue_id: int) -> int: ...
     def release(self, issue_id: int, sender_id: str, subscriber_ids: list[int]) -> None: ...
-    def ledger(self, issue_id: int, sender_id: str) -> DeliveryLedger: ...
+    def ledger(self, issue_id: int, sender_id: str) -> Ledger: ...
     def next_deferred_at(self, issue_id: int) -> datetime | None: ...
     def finish_issue_if_done(self, issue_id: int, *, now: datetime) -> bool: ...
     def is_paused(self, issue_id: int) -> bool: ...
@@ -234,9 +239,7 @@ class _Request:
 class _Ledger(threading.Thread):
     """Commits the connections' requests in groups: one transaction for all that are waiting."""
 
-    def __init__(
-        self, ledger: DeliveryLedger, *, heartbeat_seconds: float, now: Callable[[], datetime]
-    ) -> None:
+    def __init__(self, ledger: Ledger, *, heartbeat_seconds: float, now: Callable[[], datetime]) -> None:
         super().__init__(name="ledger", daemon=True)
         self.ledger, self.heartbeat_seconds, self.now = ledger, heartbeat_seconds, now
         self.requests: queue.Queue[_Request | None] = queue.Queue()
@@ -288,13 +291,15 @@ class _Ledger(threading.Thread):
         asking = next((r for r in work if r.claim is not None), None)  # one claim loop: one at most
         many, lease = asking.claim if asking is not None and asking.claim is not None else (0, timedelta(0))
         result = self.ledger.commit(
-            self.now(),
-            fates=[r.record.fate for r in work if r.record is not None],
-            unmarks=[(r.unmark[0].subscriber_id, r.unmark[1]) for r in work if r.unmark is not None],
-            marks=[r.mark.subscriber_id for r in work if r.mark is not None],
-            claim=many,
-            lease=lease,
-            beat=beat,
+            Group(
+                self.now(),
+                fates=[r.record.fate for r in work if r.record is not None],
+                unmarks=[(r.unmark[0].subscriber_id, r.unmark[1]) for r in work if r.unmark is not None],
+                marks=[r.mark.subscriber_id for r in work if r.mark is not None],
+                claim=many,
+                lease=lease,
+                beat=beat,
+            )
         )
         for r in work:
             if r.mark is not None:
@@ -419,14 +424,16 @@ class _Sender:
         while True:
             try:
                 self.report.unknown_found = self.store.register_sender(
-                    self.issue_id,
-                    self.id,
-                    host=socket.gethostname(),
-                    pid=os.getpid(),
-                    now=self.now(),
-                    exclusive=self.store.is_sqlite,
-                    stale_after=timedelta(seconds=self.options.stale_after_seconds),
-                    is_alive=process_alive,
+                    Enrolment(
+                        self.issue_id,
+                        self.id,
+                        host=socket.gethostname(),
+                        pid=os.getpid(),
+                        now=self.now(),
+                        exclusive=self.store.is_sqlite,
+                        stale_after=timedelta(seconds=self.options.stale_after_seconds),
+                        is_alive=process_alive,
+                    )
                 )
                 return
             except NewsletterError:
@@ -647,7 +654,7 @@ class _Owner:
 
     IDLE_WAIT = 0.01
 
-    def __init__(self, sender: _Sender, ledger: DeliveryLedger, ends: list[Connection]) -> None:
+    def __init__(self, sender: _Sender, ledger: Ledger, ends: list[Connection]) -> None:
         self.s, self.ledger = sender, ledger
         self.slots: dict[Connection, _Slot] = {end: _Slot() for end in ends}
         self.backlog: collections.deque[DeliveryTarget] = collections.deque()
@@ -717,13 +724,17 @@ class _Owner:
         marking = not s.halt.is_set()
         try:
             result = self.ledger.commit(
-                s.now(),
-                fates=fates,
-                unmarks=[(a.unmark[0].subscriber_id, a.unmark[1]) for _, a in asks if a.unmark is not None],
-                marks=[a.mark.subscriber_id for _, a in asks if a.mark is not None and marking],
-                claim=s._batch() - len(self.backlog) if claim else 0,
-                lease=timedelta(seconds=s.options.lease_seconds),
-                beat=beat,
+                Group(
+                    s.now(),
+                    fates=fates,
+                    unmarks=[
+                        (a.unmark[0].subscriber_id, a.unmark[1]) for _, a in asks if a.unmark is not None
+                    ],
+                    marks=[a.mark.subscriber_id for _, a in asks if a.mark is not None and marking],
+                    claim=s._batch() - len(self.backlog) if claim else 0,
+                    lease=timedelta(seconds=s.options.lease_seconds),
+                    beat=beat,
+                )
             )
         except BaseException as exc:  # the database failed, or this sender was fenced off
             self.failure = exc

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..errors import TransportError
 from .compose import MessageTemplate, Recipient
-from .errors import TransportError
-from .store import DeliveryTarget, MarkResult
+from .records import DeliveryTarget, MarkResult
 from .tokens import Tokens
 from .transport import Envelope, SendResult, Transport
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from .config import Settings
-from .errors import ConfigError, TransportError
-from .models import DeliveryStatus
-from .private import open_private, private_folder
+from ..config import Settings
+from ..errors import ConfigError, TransportError
+from ..models import DeliveryStatus
+from ..private import open_private, private_folder
 
 __all__ = [
     "Envelope",

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import dkim
 
-from .config import Settings, mailbox
-from .render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, greeting_for, render_confirmation
+from ..config import Settings, mailbox
+from ..render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, greeting_for, render_confirmation
 from .signing import DkimSigner, relaxed_chunk
 
 __all__ = [

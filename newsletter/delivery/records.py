@@ -1,0 +1,72 @@
+"""What the delivery engine and its ledger say to each other: the rows a sender holds, what
+became of a message, and the answer to "may this one go on the wire?"."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import NamedTuple
+
+from ..models import DeliveryStatus
+
+__all__ = ["DeliveryTarget", "Enrolment", "Fate", "Group", "LedgerResult", "MarkResult"]
+
+
+class DeliveryTarget(NamedTuple):
+    subscriber_id: int
+    email: str
+    name: str | None
+    attempts: int
+
+
+class MarkResult(Enum):
+    IN_FLIGHT = "in flight"  # durable: the message may now go on the wire
+    SKIPPED = "skipped"  # the subscriber is no longer active
+    LOST = "lost"  # the claim went to another sender (its lease ran out)
+
+
+class Fate(NamedTuple):
+    """What became of one message, as the ledger writes it."""
+
+    subscriber_id: int
+    status: DeliveryStatus
+    reply: str
+    attempts: int
+    next_attempt_at: datetime | None
+
+
+class LedgerResult(NamedTuple):
+    marks: dict[int, MarkResult]  # for each row asked to be marked
+    claimed: list[DeliveryTarget]
+
+
+class Group(NamedTuple):
+    """One group commit, done in this order: write each fate (a deferred row is released for its
+    retry, a bounced one applies the bounce policy); put back each unmarked row (nothing reached
+    the server); mark each row in flight, or skipped if its subscriber is no longer active (a row
+    that is no longer this sender's is LOST); claim up to `claim` rows that may be sent now (a
+    claim says who may send a row, not that anything is in flight); beat the heartbeat."""
+
+    now: datetime
+    fates: Sequence[Fate] = ()
+    unmarks: Sequence[tuple[int, str]] = ()  # (subscriber id, why it never left)
+    marks: Sequence[int] = ()
+    claim: int = 0
+    lease: timedelta = timedelta(0)
+    beat: bool = False
+
+
+class Enrolment(NamedTuple):
+    """A sender joining an issue's send. `is_alive(host, pid)` says whether another sender's
+    process still runs (None: cannot tell from here, so only its heartbeat can); `exclusive`
+    (SQLite) refuses to join while another live sender holds the issue."""
+
+    issue_id: int
+    sender_id: str
+    host: str
+    pid: int
+    now: datetime
+    exclusive: bool
+    stale_after: timedelta
+    is_alive: Callable[[str, int], bool | None]
