@@ -34,6 +34,7 @@ __all__ = [
     "RunOutcome",
     "Scheduler",
     "fire_times",
+    "latest_fire",
     "missed_run",
     "next_fire",
     "run_scheduled",
@@ -52,15 +53,15 @@ def trigger(cron: str, tz: ZoneInfo) -> CronTrigger:
         ) from None
 
 
-def next_fire(cron: str, tz: ZoneInfo, *, now: datetime) -> datetime | None:
-    fire: datetime | None = trigger(cron, tz).get_next_fire_time(None, now)
+def next_fire(when: CronTrigger, *, now: datetime) -> datetime | None:
+    fire: datetime | None = when.get_next_fire_time(None, now)
     return fire
 
 
-def fire_times(cron: str, tz: ZoneInfo, *, after: datetime, until: datetime) -> list[datetime]:
+def fire_times(when: CronTrigger, *, after: datetime, until: datetime) -> list[datetime]:
     """Every fire time in (after, until], in order; a local time that the autumn change repeats
     fires once (APScheduler 3 would fire it in both offsets)."""
-    t = trigger(cron, tz)
+    t, tz = when, when.timezone
     times: list[datetime] = []
     previous = None
     probe = after + timedelta(microseconds=1)
@@ -80,9 +81,20 @@ class MissedRun:
     make_up: bool  # within the grace: run it now; else skip it and say so
 
 
+def latest_fire(when: CronTrigger, *, until: datetime, lookback: timedelta) -> datetime | None:
+    """The last fire time at or before `until`, looking back at most `lookback`: in a minute
+    first, then an hour, then the whole lookback, so a trigger of seconds and one of days both
+    cost a few steps."""
+    span = min(timedelta(minutes=1), lookback)
+    while True:
+        times = fire_times(when, after=until - span, until=until)
+        if times or span >= lookback:
+            return times[-1] if times else None
+        span = min(span * 60, lookback)
+
+
 def missed_run(
-    cron: str,
-    tz: ZoneInfo,
+    when: CronTrigger,
     *,
     now: datetime,
     grace: timedelta,
@@ -90,10 +102,9 @@ def missed_run(
     lookback: timedelta = timedelta(days=2),
 ) -> MissedRun | None:
     """The latest fire time before `now` that nobody ran, if any."""
-    times = fire_times(cron, tz, after=now - lookback, until=now)
-    if not times or already_run(times[-1]):
+    latest = latest_fire(when, until=now, lookback=lookback)
+    if latest is None or already_run(latest):
         return None
-    latest = times[-1]
     return MissedRun(latest, make_up=now - latest <= grace)
 
 
@@ -192,11 +203,14 @@ class Scheduler:
         *,
         now: Callable[[], datetime] | None = None,
         emit: Emit = log_emit,
+        when: CronTrigger | None = None,
     ) -> None:
+        """`when` is `[schedule] cron` unless given (a test's trigger of seconds)."""
         self.settings, self.store, self.emit = settings, store, emit
         self.now = now or (lambda: datetime.now(UTC))
         self.stopping = threading.Event()
         self.tz = settings.newsletter.tz
+        self.when = when or trigger(settings.schedule.cron, self.tz)
         self.lock = threading.Lock()  # one main job at a time in this process
         self.scheduler = BlockingScheduler(timezone=self.tz)
 
@@ -270,7 +284,7 @@ class Scheduler:
     def start(self) -> None:
         s = self.settings.schedule
         grace = timedelta(seconds=s.misfire_grace_seconds)
-        missed = missed_run(s.cron, self.tz, now=self.now(), grace=grace, already_run=self._already_run)
+        missed = missed_run(self.when, now=self.now(), grace=grace, already_run=self._already_run)
         if missed is not None and missed.make_up:
             self.emit(
                 f"making up the run of {missed.fire_time.isoformat()} missed while no scheduler was up",
@@ -290,7 +304,7 @@ class Scheduler:
         self.resume_unfinished()
         self.scheduler.add_job(
             self._tick,
-            trigger(s.cron, self.tz),
+            self.when,
             id="main",
             misfire_grace_time=s.misfire_grace_seconds,
             coalesce=True,
@@ -310,7 +324,7 @@ class Scheduler:
                 max_instances=1,
                 next_run_time=datetime.now(self.tz),
             )
-        upcoming = next_fire(s.cron, self.tz, now=self.now())
+        upcoming = next_fire(self.when, now=self.now())
         self.emit(
             f"scheduled {s.cron!r} in {self.settings.newsletter.timezone}; next run {upcoming}",
             {"event": "scheduled", "cron": s.cron, "next_run": upcoming.isoformat() if upcoming else None},
@@ -319,13 +333,9 @@ class Scheduler:
 
     def _tick(self) -> None:
         # the fire time this tick stands for: the latest one at or before now
-        times = fire_times(
-            self.settings.schedule.cron,
-            self.tz,
-            after=self.now() - timedelta(days=1),
-            until=self.now() + timedelta(seconds=1),
-        )
-        self.run_once(times[-1] if times else self.now())
+        now = self.now()
+        fire = latest_fire(self.when, until=now + timedelta(seconds=1), lookback=timedelta(days=1))
+        self.run_once(fire or now)
 
     def _already_run(self, fire_time: datetime) -> bool:
         last = self.store.last_scheduled_run()
@@ -349,7 +359,7 @@ def schedule_summary(settings: Settings, store: Store, *, now: datetime) -> dict
     return {
         "cron": s.cron,
         "timezone": settings.newsletter.timezone,
-        "next_run": next_fire(s.cron, tz, now=now),
+        "next_run": next_fire(trigger(s.cron, tz), now=now),
         "last_run": None
         if last is None
         else {

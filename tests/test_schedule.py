@@ -6,15 +6,25 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from apscheduler.triggers.cron import CronTrigger
 
 from newsletter.config import load_settings
-from newsletter.schedule import fire_times, missed_run, next_fire, run_scheduled
+from newsletter.schedule import (
+    Scheduler,
+    fire_times,
+    latest_fire,
+    missed_run,
+    next_fire,
+    run_scheduled,
+    trigger,
+)
 from newsletter.store import NewSubscriber, Store
 
 from .conftest import SECRET, FeedServer, Route, SmtpSink, recent, rss, run_cli, wait_for, write_config
@@ -30,7 +40,7 @@ def test_seven_each_morning_across_both_daylight_saving_changes() -> None:
     ]:
         for start in (spring, autumn):
             after = start
-            times = fire_times("0 7 * * *", tz, after=after, until=after + timedelta(days=4))
+            times = fire_times(trigger("0 7 * * *", tz), after=after, until=after + timedelta(days=4))
             assert [t.astimezone(tz).hour for t in times] == [7, 7, 7, 7]
             assert len({t.astimezone(tz).date() for t in times}) == 4
             # in UTC: the same zone on both sides would give the wall-clock difference
@@ -42,33 +52,38 @@ def test_a_time_that_is_skipped_or_repeated_by_the_clock_fires_once_that_day() -
     # 02:30 does not exist in Berlin on 29 March 2026 and happens twice on 25 October 2026
     for day in (datetime(2026, 3, 29, tzinfo=BERLIN), datetime(2026, 10, 25, tzinfo=BERLIN)):
         times = fire_times(
-            "30 2 * * *", BERLIN, after=day - timedelta(hours=1), until=day + timedelta(hours=23)
+            trigger("30 2 * * *", BERLIN), after=day - timedelta(hours=1), until=day + timedelta(hours=23)
         )
         assert len(times) == 1
 
 
 def test_next_fire_is_in_the_configured_zone() -> None:
     now = datetime(2026, 11, 25, 6, 59, tzinfo=UTC)
-    assert next_fire("0 7 * * *", BERLIN, now=now) == datetime(2026, 11, 26, 7, 0, tzinfo=BERLIN)
-    assert next_fire("0 7 * * *", ZoneInfo("UTC"), now=now) == datetime(
+    assert next_fire(trigger("0 7 * * *", BERLIN), now=now) == datetime(2026, 11, 26, 7, 0, tzinfo=BERLIN)
+    assert next_fire(trigger("0 7 * * *", ZoneInfo("UTC")), now=now) == datetime(
         2026, 11, 25, 7, 0, tzinfo=ZoneInfo("UTC")
     )
 
 
 def test_a_missed_run_is_made_up_within_the_grace_and_skipped_after_it() -> None:
     now = datetime(2026, 11, 25, 7, 30, tzinfo=BERLIN)  # 30 minutes after the 07:00 run
-    made_up = missed_run("0 7 * * *", BERLIN, now=now, grace=timedelta(hours=1), already_run=lambda t: False)
+    made_up = missed_run(
+        trigger("0 7 * * *", BERLIN), now=now, grace=timedelta(hours=1), already_run=lambda t: False
+    )
     assert (
         made_up is not None
         and made_up.make_up
         and made_up.fire_time == datetime(2026, 11, 25, 7, tzinfo=BERLIN)
     )
     skipped = missed_run(
-        "0 7 * * *", BERLIN, now=now, grace=timedelta(minutes=10), already_run=lambda t: False
+        trigger("0 7 * * *", BERLIN), now=now, grace=timedelta(minutes=10), already_run=lambda t: False
     )
     assert skipped is not None and not skipped.make_up
     assert (
-        missed_run("0 7 * * *", BERLIN, now=now, grace=timedelta(hours=1), already_run=lambda t: True) is None
+        missed_run(
+            trigger("0 7 * * *", BERLIN), now=now, grace=timedelta(hours=1), already_run=lambda t: True
+        )
+        is None
     )
 
 
@@ -180,32 +195,69 @@ def test_two_schedulers_make_up_a_missed_run_once_and_stop_on_sigterm(
     store.close()
 
 
-def test_two_schedulers_on_a_cron_of_every_minute_run_each_tick_once(
-    tmp_path: Path, smtp_sink: SmtpSink, database_url: str
+def test_two_schedulers_on_a_live_trigger_run_each_tick_once(
+    tmp_path: Path, smtp_sink: SmtpSink, database_url: str, env: None
 ) -> None:
-    """Both schedulers wake at the same live tick: one runs it, the other says it was taken."""
+    """Both schedulers wake at the same live tick of the real APScheduler loop: one runs it, the
+    other says it was taken, and later ticks find nothing new. The trigger fires every 3 seconds
+    instead of every minute (`Scheduler(when=...)`); each scheduler has its own database
+    connections, so the tick is decided in the database as between two processes."""
     config = _config_with_cron(
-        tmp_path, smtp_sink, minutes_ago=0, grace=3600, database_url=database_url, cron="* * * * *"
+        tmp_path,
+        smtp_sink,
+        minutes_ago=0,
+        grace=3600,
+        database_url=database_url,
+        cron="* * * * *",
+        delivery="processes = 1",  # no fork from a test process with threads
     )
     store = _with_readers(config, database_url, 30)
-    procs = [_schedule(config), _schedule(config)]
-    # the first minute after both are surely up and waiting for it (a start takes a second or two)
-    live = (datetime.now(UTC) + timedelta(seconds=70)).replace(second=0, microsecond=0)
+    settings = load_settings(config)
+    every_3s = CronTrigger(second="*/3", timezone=settings.newsletter.tz)
+    logs: list[str] = []
+    stores = [Store(database_url) for _ in range(2)]
+    schedulers = [Scheduler(settings, st, when=every_3s, emit=lambda m, _f: logs.append(m)) for st in stores]
+    threads = [threading.Thread(target=sch.start, daemon=True) for sch in schedulers]
+    live = datetime.now(UTC) + timedelta(seconds=1)  # a tick both are surely up and waiting for
 
     def the_live_tick_ran() -> bool:
         last = store.last_scheduled_run()
         return last is not None and last.finished_at is not None and last.scheduled_for >= live
 
-    ran = wait_for(the_live_tick_ran, timeout=100)
-    time.sleep(1)  # let the other one log the claim it lost
-    logs = _stop_on_sigterm(procs)
-    assert ran, logs
-    assert "was taken by another scheduler" in logs  # the loser of a tick says so
-    assert logs.count("sent=30") == 1  # one run sent the issue; later ticks found nothing new
+    for t in threads:
+        t.start()
+    ran = wait_for(the_live_tick_ran, timeout=30)
+    more = datetime.now(UTC) + timedelta(seconds=4)  # and at least one tick after it
+    wait_for(lambda: datetime.now(UTC) > more and the_live_tick_ran(), timeout=10)
+    for sch in schedulers:
+        sch.stop()
+    for t in threads:
+        t.join(10)
+    text = "\n".join(logs)
+    assert ran, text
+    assert not any(t.is_alive() for t in threads)
+    assert "was taken by another scheduler" in text  # the loser of a tick says so
+    assert text.count("sent=30") == 1  # one run sent the issue; later ticks found nothing new
     got = smtp_sink.by_recipient()
     assert len(got) == 30 and all(len(m) == 1 for m in got.values())
     assert len(store.list_issues()) == 1
-    store.close()
+    for st in [store, *stores]:
+        st.close()
+
+
+def test_the_latest_fire_time_is_found_in_a_few_steps_for_seconds_and_for_days() -> None:
+    now = datetime(2026, 11, 25, 7, 0, 4, tzinfo=BERLIN)
+    assert latest_fire(CronTrigger(second="*/3", timezone=BERLIN), until=now, lookback=timedelta(days=1)) == (
+        datetime(2026, 11, 25, 7, 0, 3, tzinfo=BERLIN)
+    )
+    daily = trigger("0 7 * * *", BERLIN)
+    assert latest_fire(daily, until=now, lookback=timedelta(days=2)) == datetime(
+        2026, 11, 25, 7, tzinfo=BERLIN
+    )
+    assert latest_fire(daily, until=now - timedelta(minutes=1), lookback=timedelta(days=2)) == datetime(
+        2026, 11, 24, 7, tzinfo=BERLIN
+    )
+    assert latest_fire(daily, until=now - timedelta(minutes=1), lookback=timedelta(hours=23)) is None
 
 
 def test_a_scheduler_killed_mid_send_is_resumed_by_the_next_start_without_duplicates(
