@@ -277,6 +277,7 @@ def test_a_scheduler_killed_mid_send_is_resumed_by_the_next_start_without_duplic
     assert killed is not None and killed.finished_at is None and killed.issue_id is not None
     assert "interrupted (scheduler pid" in run_cli(config, "status").stdout
 
+    config.write_text(config.read_text().replace("rate_per_second = 300", ""))  # slowed only to kill
     second = _schedule(config)
     assert wait_for(lambda: _run_finished(store), timeout=60)
     err = _stop_on_sigterm([second])
@@ -359,12 +360,14 @@ def test_a_run_missed_by_more_than_the_grace_is_skipped_and_said(tmp_path: Path,
     yesterday = datetime.now(UTC) - timedelta(days=1, minutes=30)
     store.claim_scheduled_run(yesterday.replace(second=0, microsecond=0), host="h", pid=1, now=yesterday)
     store.close()
-    proc = _schedule(config)
-    time.sleep(4)
+    log = tmp_path / "schedule.log"
+    proc = _schedule(config, "--log-file", str(log))
+    assert wait_for(lambda: log.exists() and "scheduled '" in log.read_text(), timeout=30)  # started
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=10)
+    proc.communicate(timeout=10)
     assert proc.returncode == 0
-    assert "skipping the run" in err and "misfire_grace_seconds=600" in err
+    text = log.read_text()
+    assert "skipping the run" in text and "misfire_grace_seconds=600" in text
     assert smtp_sink.messages == []
 
 

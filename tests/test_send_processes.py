@@ -193,6 +193,7 @@ def test_pause_mid_send_then_resume_sends_each_subscriber_exactly_once(
     shown = json.loads(run_cli(config, "status", "--json").stdout)["issues"][0]
     assert shown["paused"] is True and shown["status"] == "sending"
 
+    config.write_text(config.read_text().replace("rate_per_second = 400", ""))  # slowed only to pause
     resumed = run_cli(config, "resume")
     assert f"issue {issue.id}:" in resumed.stdout
     got = smtp_sink.by_recipient()
