@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings, read_secret_key
 from .delivery.compose import MessageTemplate, Recipient
@@ -19,8 +19,10 @@ from .digest import StoryItem, choose, issue_window
 from .errors import NewsletterError
 from .models import DeliveryStatus, Issue, Story
 from .render import RenderedIssue, render_issue
-from .sources import DEFAULT_LIMITS, Conditional, FeedResult, Limits, fetch_all
 from .store import Store
+
+if TYPE_CHECKING:  # sources (httpx, feedparser) is imported by gather alone: every command starts a process
+    from .sources import FeedResult, Limits
 
 __all__ = ["GatherReport", "BuildOutcome", "gather", "build", "issue_template", "send", "today"]
 
@@ -44,10 +46,12 @@ def gather(
     store: Store,
     *,
     now: datetime,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: Limits | None = None,
     on_done: Callable[[FeedResult], None] | None = None,
 ) -> GatherReport:
     """Fetch every source and store the stories not seen before; failures are reported, not raised."""
+    from .sources import DEFAULT_LIMITS, Conditional, fetch_all
+
     conditionals = {}
     for src in settings.sources:
         state = store.feed_state(src.url) if src.is_remote else None
@@ -58,7 +62,7 @@ def gather(
         base_dir=settings.config_dir,
         conditionals=conditionals,
         now=now,
-        limits=limits,
+        limits=limits or DEFAULT_LIMITS,
         on_done=on_done,
     )
     new = 0

@@ -14,7 +14,6 @@ from typing import Any
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
-from premailer import Premailer
 
 from .config import Settings
 from .digest import Digest, StoryItem
@@ -102,7 +101,11 @@ def render_subject(expression: str, digest: Digest) -> str:
 
 
 def inline_css(html: str) -> str:
-    """premailer: every rule that can be inlined goes into style attributes; media queries stay."""
+    """premailer: every rule that can be inlined goes into style attributes; media queries stay.
+    Imported here: premailer (lxml, cssutils) is a tenth of a second that only a build needs,
+    and every command starts a process."""
+    from premailer import Premailer
+
     return str(
         Premailer(
             html,
