@@ -38,7 +38,7 @@ from newsletter.delivery.compose import MessageTemplate, Recipient  # noqa: E402
 from newsletter.delivery.signing import SIGNED_HEADERS, DkimSigner, generate_key  # noqa: E402
 from newsletter.delivery.tokens import Tokens  # noqa: E402
 from newsletter.delivery.transport import Envelope, SmtpTransport  # noqa: E402
-from newsletter.digest import Digest, Section, StoryItem  # noqa: E402
+from newsletter.digest import Digest, DigestStory, Section  # noqa: E402
 from newsletter.render import RenderedIssue, fill, greeting_for, inline_css, render_issue  # noqa: E402
 from newsletter.store import NewSubscriber, Store  # noqa: E402
 
@@ -58,9 +58,9 @@ def sample_digest() -> Digest:
     def phrase(start: int, length: int) -> str:
         return " ".join(words[(start + k) % len(words)] for k in range(length))
 
-    def story(i: int, section: str) -> StoryItem:
+    def story(i: int, section: str) -> DigestStory:
         bullets = tuple(phrase(i + k, 18) + "." for k in range(3)) if i % 3 == 0 else ()
-        return StoryItem(
+        return DigestStory(
             id=i,
             title=f"Headline number {i}: {phrase(i, 6)}",
             link=f"https://news.example.com/2026/story-{i}",

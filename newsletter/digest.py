@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-__all__ = ["Digest", "Section", "StoryItem", "choose", "issue_window"]
+__all__ = ["Digest", "Section", "DigestStory", "choose", "issue_window"]
 
 # A story with a picture or a summary beats a slightly newer bare headline.
 IMAGE_BONUS = timedelta(hours=2)
@@ -16,7 +16,7 @@ SUMMARY_BONUS = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
-class StoryItem:
+class DigestStory:
     id: int
     title: str
     link: str
@@ -44,17 +44,17 @@ class StoryItem:
 @dataclass(frozen=True)
 class Section:
     name: str
-    stories: tuple[StoryItem, ...]
+    stories: tuple[DigestStory, ...]
 
 
 @dataclass(frozen=True)
 class Digest:
     issue_date: date
-    lead: StoryItem
+    lead: DigestStory
     sections: tuple[Section, ...]
 
     @property
-    def stories(self) -> tuple[StoryItem, ...]:
+    def stories(self) -> tuple[DigestStory, ...]:
         """Every story in reading order: the lead, then each section's."""
         return (self.lead, *(s for sec in self.sections for s in sec.stories))
 
@@ -69,7 +69,7 @@ def issue_window(
 
 
 def choose(
-    candidates: Sequence[StoryItem],
+    candidates: Sequence[DigestStory],
     *,
     issue_date: date,
     max_stories: int,
@@ -90,7 +90,7 @@ def choose(
     return Digest(issue_date=issue_date, lead=lead, sections=sections)
 
 
-def _unique(ranked: Sequence[StoryItem]) -> list[StoryItem]:
+def _unique(ranked: Sequence[DigestStory]) -> list[DigestStory]:
     """Drop a story whose link or headline already appears (the same news from two feeds)."""
     seen: set[str] = set()
     kept = []

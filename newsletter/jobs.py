@@ -15,7 +15,7 @@ from .delivery.engine import SendOptions, SendReport, send_issue
 from .delivery.signing import signer_for
 from .delivery.tokens import Tokens, verp_address
 from .delivery.transport import Envelope, open_transport
-from .digest import StoryItem, choose, issue_window
+from .digest import DigestStory, choose, issue_window
 from .errors import NewsletterError
 from .models import DeliveryStatus, Issue, Story
 from .render import RenderedIssue, render_issue
@@ -123,8 +123,8 @@ def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) 
     )
 
 
-def _item(s: Story) -> StoryItem:
-    return StoryItem(
+def _item(s: Story) -> DigestStory:
+    return DigestStory(
         id=s.id,
         title=s.title,
         link=s.link,

@@ -39,8 +39,27 @@ __all__ = [
     "Subscriber",
     "SubscriberStatus",
     "SubscriberTally",
+    "StateColumn",
     "UTCDateTime",
 ]
+
+
+class StateColumn(TypeDecorator[Any]):
+    """A state enum stored as its value in a VARCHAR(16) (no migration, no database enum type),
+    read back as the enum member; a value this code does not know is an error, not a string."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def __init__(self, states: type[enum.StrEnum]) -> None:
+        super().__init__()
+        self.states = states
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else self.states(value).value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else self.states(value)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -107,7 +126,9 @@ class Subscriber(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str | None] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), default=SubscriberStatus.PENDING)
+    status: Mapped[SubscriberStatus] = mapped_column(
+        StateColumn(SubscriberStatus), default=SubscriberStatus.PENDING
+    )
     source: Mapped[str] = mapped_column(String(16), default="cli")
     consent_ip: Mapped[str | None] = mapped_column(String(64))
     bounce_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -157,7 +178,7 @@ class Issue(Base):
     html: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
     story_count: Mapped[int] = mapped_column(Integer, default=0)
-    status: Mapped[str] = mapped_column(String(16), default=IssueStatus.BUILT)
+    status: Mapped[IssueStatus] = mapped_column(StateColumn(IssueStatus), default=IssueStatus.BUILT)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Pause: the send loop reads it when it claims; a paused send stops claiming and exits.
@@ -192,7 +213,9 @@ class Delivery(Base):
 
     issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id"), primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    status: Mapped[DeliveryStatus] = mapped_column(
+        StateColumn(DeliveryStatus), default=DeliveryStatus.PENDING
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_reply: Mapped[str | None] = mapped_column(Text)

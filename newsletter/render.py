@@ -16,7 +16,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from .config import Settings
-from .digest import Digest, StoryItem
+from .digest import Digest, DigestStory
 
 __all__ = [
     "GREETING",
@@ -62,7 +62,7 @@ def render_issue(digest: Digest, settings: Settings, *, issue_id: int) -> Render
     subject = render_subject(settings.digest.subject, digest)
     preheader = _preheader(digest)
 
-    def when(story: StoryItem) -> str:
+    def when(story: DigestStory) -> str:
         if story.published_at is None:
             return ""
         local = story.published_at.astimezone(tz)

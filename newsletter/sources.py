@@ -25,12 +25,35 @@ from . import __version__
 from .config import SourceSettings
 from .errors import FeedError
 from .sanitize import clean_html, cut_words, is_pixel, is_safe_url
-from .store import StoryRecord
 
-__all__ = ["DEFAULT_LIMITS", "FeedResult", "Limits", "fetch_all", "parse_feed", "canonical_link"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FeedResult",
+    "FetchedStory",
+    "Limits",
+    "canonical_link",
+    "fetch_all",
+    "parse_feed",
+]
 
 DEFAULT_SECTION = "Top stories"
 USER_AGENT = f"newsletter/{__version__} (+daily digest; feed reader)"
+
+
+@dataclass(frozen=True)
+class FetchedStory:
+    """A story as a feed gave it, before it is stored (sources never touch the database; `store` keeps it)."""
+
+    identity: str
+    source: str
+    title: str
+    link: str
+    summary: str
+    bullets: tuple[str, ...]
+    author: str | None
+    image: str | None
+    section: str
+    published_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -54,7 +77,7 @@ class Conditional:
 @dataclass
 class FeedResult:
     source: SourceSettings
-    stories: list[StoryRecord] = field(default_factory=list)
+    stories: list[FetchedStory] = field(default_factory=list)
     error: str | None = None
     not_modified: bool = False
     etag: str | None = None
@@ -263,7 +286,7 @@ def _read_local(base_dir: Path, url: str, limits: Limits) -> bytes:
         raise FeedError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def parse_feed(body: bytes, source: SourceSettings, *, now: datetime) -> list[StoryRecord]:
+def parse_feed(body: bytes, source: SourceSettings, *, now: datetime) -> list[FetchedStory]:
     """Stories of one feed document (RSS 0.9x/1.0/2.0, Atom), newest first as the feed gave them."""
     parsed: Any = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False)
     entries = parsed.get("entries") or []
@@ -286,7 +309,7 @@ def parse_feed(body: bytes, source: SourceSettings, *, now: datetime) -> list[St
 
 def _story(
     entry: Any, link: str, source: SourceSettings, *, repeated_link: bool, now: datetime
-) -> StoryRecord | None:
+) -> FetchedStory | None:
     title = " ".join(clean_html(entry.get("title") or "").text.split())
     if not title or not is_safe_url(link):
         return None
@@ -301,7 +324,7 @@ def _story(
         content.bullets = short.bullets or content.bullets
     categories = [t.get("term") for t in entry.get("tags") or [] if t.get("term")]
     section = source.section or (categories[0].strip() if categories else DEFAULT_SECTION)
-    return StoryRecord(
+    return FetchedStory(
         identity=_identity(entry, link, title, source, repeated_link=repeated_link),
         source=source.name,
         title=title,

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import (
     Engine,
@@ -53,13 +53,15 @@ from .models import (
 )
 from .private import create_private, private_folder
 
+if TYPE_CHECKING:  # a story as a feed gave it; stored here, made there
+    from .sources import FetchedStory
+
 __all__ = [
     "FoundEvent",
     "MailOutcome",
     "IssueCounts",
     "NewSubscriber",
     "Store",
-    "StoryRecord",
 ]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -69,22 +71,6 @@ ERASED_DOMAIN = "@erased.invalid"  # RFC 2606: never a real address
 class NewSubscriber(NamedTuple):
     email: str
     name: str | None
-
-
-@dataclass(frozen=True)
-class StoryRecord:
-    """A story as a feed gave it, before it is stored (sources never touch the database)."""
-
-    identity: str
-    source: str
-    title: str
-    link: str
-    summary: str
-    bullets: tuple[str, ...]
-    author: str | None
-    image: str | None
-    section: str
-    published_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -514,7 +500,7 @@ class Store:
                 state.etag, state.last_modified = etag, last_modified
             state.checked_at, state.last_error = now, error
 
-    def add_stories(self, stories: Iterable[StoryRecord], *, now: datetime) -> int:
+    def add_stories(self, stories: Iterable[FetchedStory], *, now: datetime) -> int:
         """Store stories not seen before (by identity); returns how many were new."""
         values = [
             {

@@ -1,7 +1,7 @@
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from newsletter.digest import StoryItem, choose, issue_window
+from newsletter.digest import DigestStory, choose, issue_window
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 
@@ -15,8 +15,8 @@ def item(
     summary: str = "s",
     title: str | None = None,
     link: str | None = None,
-) -> StoryItem:
-    return StoryItem(
+) -> DigestStory:
+    return DigestStory(
         id=i,
         title=title or f"Story {i}",
         link=link or f"https://x.example/{i}",

@@ -2,13 +2,13 @@ import re
 from datetime import UTC, date, datetime, timedelta
 
 from newsletter.config import Settings
-from newsletter.digest import Digest, Section, StoryItem
+from newsletter.digest import Digest, DigestStory, Section
 from newsletter.render import GREETING, UNSUBSCRIBE_URL, fill, inline_css, render_issue
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 
 
-def story(i: int, **kw: object) -> StoryItem:
+def story(i: int, **kw: object) -> DigestStory:
     base = dict(
         id=i,
         title=f"Headline {i} & more",
@@ -23,7 +23,7 @@ def story(i: int, **kw: object) -> StoryItem:
         fetched_at=NOW,
     )
     base.update(kw)
-    return StoryItem(**base)  # type: ignore[arg-type]
+    return DigestStory(**base)  # type: ignore[arg-type]
 
 
 def digest() -> Digest:

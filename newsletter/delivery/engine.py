@@ -236,7 +236,7 @@ class _Request:
     error: BaseException | None = None
 
 
-class _Ledger(threading.Thread):
+class _GroupCommitter(threading.Thread):
     """Commits the connections' requests in groups: one transaction for all that are waiting."""
 
     def __init__(self, ledger: Ledger, *, heartbeat_seconds: float, now: Callable[[], datetime]) -> None:
@@ -326,7 +326,10 @@ _DONE = object()
 PAUSE_CHECK_SECONDS = 0.5
 
 
-class _Sender:
+class _Send:
+    """One run of `send_issue`: this process's sender row, its connections (threads, or worker
+    processes answered by one `_Owner`), and what it reports."""
+
     def __init__(
         self,
         store: DeliveryStore,
@@ -380,7 +383,7 @@ class _Sender:
             raise
         if pool is not None:
             return self._run_owner(pool, started)
-        ledger = _Ledger(
+        ledger = _GroupCommitter(
             self.store.ledger(self.issue_id, self.id),
             heartbeat_seconds=self.options.heartbeat_seconds,
             now=self.now,
@@ -446,7 +449,7 @@ class _Sender:
                 self.sleep(1.0)
                 waited += 1.0
 
-    def _claim_loop(self, ledger: _Ledger) -> None:
+    def _claim_loop(self, ledger: _GroupCommitter) -> None:
         waited = 0.0
         next_pause_check = 0.0
         while not self.halt.is_set():
@@ -525,13 +528,13 @@ class _Sender:
 
     # -- one connection -----------------------------------------------------------------------
 
-    def _connection(self, ledger: _Ledger) -> None:
+    def _connection(self, ledger: _GroupCommitter) -> None:
         try:
             self._connection_loop(ledger)
         except BaseException as exc:  # never die silently: the claim loop would wait for ever
             self._stop_with(exc)
 
-    def _connection_loop(self, ledger: _Ledger) -> None:
+    def _connection_loop(self, ledger: _GroupCommitter) -> None:
         transport = self.connect()
         previous: _Outcome | None = None
         failures = 0
@@ -592,7 +595,7 @@ class _Sender:
             self._flush(ledger, previous)
             transport.close()
 
-    def _flush(self, ledger: _Ledger, previous: _Outcome | None) -> None:
+    def _flush(self, ledger: _GroupCommitter, previous: _Outcome | None) -> None:
         if previous is not None:
             request = ledger.submit(_Request(record=previous))
             self._done(previous.status)
@@ -654,7 +657,7 @@ class _Owner:
 
     IDLE_WAIT = 0.01
 
-    def __init__(self, sender: _Sender, ledger: Ledger, ends: list[Connection]) -> None:
+    def __init__(self, sender: _Send, ledger: Ledger, ends: list[Connection]) -> None:
         self.s, self.ledger = sender, ledger
         self.slots: dict[Connection, _Slot] = {end: _Slot() for end in ends}
         self.backlog: collections.deque[DeliveryTarget] = collections.deque()
@@ -848,7 +851,7 @@ def send_issue(
     """Send an issue to every active subscriber who has not had it, over `options.connections`
     transports made by `connect`. Re-running it resumes; it never sends a row twice.
     `mail_from` is the envelope sender, or a function of the subscriber id that makes it (VERP)."""
-    sender = _Sender(
+    sender = _Send(
         store,
         connect,
         template,
