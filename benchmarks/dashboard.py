@@ -18,9 +18,9 @@ from pathlib import Path
 from sqlalchemy import text
 
 from newsletter.config import load_settings
+from newsletter.operators import hash_password
 from newsletter.store import NewSubscriber, Store
 from newsletter.web import create_app
-from newsletter.web.admin import hash_password
 
 PASSWORD = "bench password 123"
 

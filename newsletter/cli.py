@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import jobs
+from . import jobs, operators
 from .config import Settings, ensure_secret_key, find_config_path, load_settings
 from .errors import ConfigError, NewsletterError, NotFoundError
 from .models import DeliveryStatus, Issue, SubscriberStatus
@@ -711,26 +711,17 @@ def admin() -> None:
 @pass_app
 def add_user(app: App, name: str) -> None:
     """Add an operator, or set a new password for one (asked on the terminal, or one line of stdin)."""
-    from .web.admin import hash_password
-
-    name = name.strip()
-    if not name or len(name) > 100 or any(not c.isprintable() for c in name):
-        raise ConfigError("an operator's name is 1 to 100 printable characters")
     if sys.stdin.isatty():
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
         password = sys.stdin.readline().rstrip("\r\n")
-    if len(password) < MIN_PASSWORD:
-        raise ConfigError(f"the password needs at least {MIN_PASSWORD} characters")
-    added = app.store.save_operator(name, hash_password(password), now=_now())
+    added = operators.set_operator(app.store, name, password, now=_now())
+    name = name.strip()
     out.print(
         f"{'added operator' if added else 'set a new password for'} {name}; log in at "
         f"{app.settings.newsletter.base_url.rstrip('/')}/admin/ (newsletter serve)",
         markup=False,
     )
-
-
-MIN_PASSWORD = 10
 
 
 @main.command("dkim-keygen")

@@ -31,9 +31,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from newsletter.config import Settings, load_settings
+from newsletter.operators import hash_password
 from newsletter.store import Store
 from newsletter.web import create_app
-from newsletter.web.admin import hash_password
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("NEWSLETTER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -15,9 +15,9 @@ import pytest
 from flask.testing import FlaskClient
 
 from newsletter.config import load_settings
+from newsletter.operators import hash_password
 from newsletter.store import FoundEvent, NewSubscriber, Store
 from newsletter.web import create_app
-from newsletter.web.admin import hash_password
 
 from .conftest import PASSWORD, Console, SmtpSink, log_in, run_cli, token, wait_for, write_config
 

@@ -137,7 +137,7 @@ def test_every_page_shows_a_strangers_markup_as_text(console: Console) -> None:
 
 def test_logout_and_a_password_change_end_every_session_of_that_operator(console: Console) -> None:
     """A copied cookie stops working at logout, and every session stops at a password change."""
-    from newsletter.web.admin import hash_password
+    from newsletter.operators import hash_password
 
     desk, laptop = console.app.test_client(), console.app.test_client()
     assert log_in(desk) == 302 and log_in(laptop) == 302

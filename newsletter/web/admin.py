@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import flask_login
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from flask import (
     Blueprint,
     Response,
@@ -38,20 +36,19 @@ from werkzeug.wrappers import Response as BaseResponse
 from .. import jobs
 from ..errors import NewsletterError
 from ..models import SubscriberStatus
+from ..operators import password_matches, rehash_if_needed
 from ..render import render_web
 from ..schedule import schedule_summary
 from ..subscribers import EXPORT_FIELDS, import_csv, normalise_email, write_csv
 from . import services
 from .limits import LOGIN_FAILURES, LOGIN_WINDOW_SECONDS
 
-__all__ = ["bp", "hash_password", "init_login", "LOGIN_FAILURES", "LOGIN_WINDOW_SECONDS"]
+__all__ = ["bp", "init_login", "LOGIN_FAILURES", "LOGIN_WINDOW_SECONDS"]
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 log = logging.getLogger("newsletter.admin")
 
 PAGE = 50
-_hasher = PasswordHasher()  # Argon2id, the library's current recommended parameters
-_DUMMY_HASH = _hasher.hash("not a password anyone has")
 
 
 View = TypeVar("View", bound=Callable[..., Any])
@@ -60,10 +57,6 @@ View = TypeVar("View", bound=Callable[..., Any])
 def login_required(view: View) -> View:
     """flask_login.login_required, typed: no session, a redirect to the login page."""
     return cast(View, flask_login.login_required(view))
-
-
-def hash_password(password: str) -> str:
-    return _hasher.hash(password)
 
 
 class OperatorUser(UserMixin):  # type: ignore[misc]  # flask_login is untyped
@@ -129,18 +122,14 @@ def login() -> str | BaseResponse | tuple[str, int] | tuple[str, int, dict[str, 
         retry = str(int(locked) + 1)
         return render_template("web/admin/login.html.j2", error=TOO_MANY), 429, {"Retry-After": retry}
     op = svc.store.operator(name=name) if name else None
-    try:
-        _hasher.verify(op.password_hash if op else _DUMMY_HASH, password)  # the same work for a wrong name
-        ok = op is not None
-    except (VerificationError, InvalidHashError):
-        ok = False
+    ok = password_matches(op.password_hash if op else None, password)  # the same work for any name
     if not ok or op is None:
         log.warning("admin login failed for %r from %s", name, client)
         return render_template(
             "web/admin/login.html.j2", error="That name and password do not match.", username=name
         )  # 200 with the form again (SPEC section 6)
     svc.login_failures.forgive(keys, started)
-    rehash = _hasher.hash(password) if _hasher.check_needs_rehash(op.password_hash) else None
+    rehash = rehash_if_needed(op.password_hash, password)
     svc.store.operator_logged_in(op.id, password_hash=rehash, now=svc.now())
     session.clear()  # a new session at login: nothing from before carries over (fixation)
     login_user(OperatorUser(op.id, op.name, op.session_version))

@@ -1,0 +1,47 @@
+"""Operators of the console: the rules the `admin add-user` command and the console's login share
+(a name and password that may be saved, Argon2id hashing, the check at login)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from .errors import ConfigError
+from .store import Store
+
+__all__ = ["MIN_PASSWORD", "hash_password", "password_matches", "rehash_if_needed", "set_operator"]
+
+MIN_PASSWORD = 10
+_hasher = PasswordHasher()  # Argon2id, the library's current recommended parameters
+_DUMMY_HASH = _hasher.hash("not a password anyone has")
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def password_matches(password_hash: str | None, password: str) -> bool:
+    """The check at login; an unknown name (None) costs the same work as a known one, so the
+    answer's time never says which names exist."""
+    try:
+        _hasher.verify(password_hash or _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        return False
+    return password_hash is not None
+
+
+def rehash_if_needed(password_hash: str, password: str) -> str | None:
+    """A new hash when the library's parameters grew since this one was made; else None."""
+    return _hasher.hash(password) if _hasher.check_needs_rehash(password_hash) else None
+
+
+def set_operator(store: Store, name: str, password: str, *, now: datetime) -> bool:
+    """Add an operator, or give one a new password (which ends their sessions); True if added."""
+    name = name.strip()
+    if not name or len(name) > 100 or any(not c.isprintable() for c in name):
+        raise ConfigError("an operator's name is 1 to 100 printable characters")
+    if len(password) < MIN_PASSWORD:
+        raise ConfigError(f"the password needs at least {MIN_PASSWORD} characters")
+    return store.save_operator(name, hash_password(password), now=now)
