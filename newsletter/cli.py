@@ -279,6 +279,11 @@ def gather(app: App, as_json: bool) -> None:
 def _gather(app: App, *, quiet: bool = False) -> jobs.GatherReport:
     with _progress("gathering feeds", total=len(app.settings.sources), quiet=quiet) as tick:
         report = jobs.gather(app.settings, app.store, now=_now(), on_done=lambda _result: tick())
+    _say_gathered(report, quiet=quiet)
+    return report
+
+
+def _say_gathered(report: jobs.GatherReport, *, quiet: bool) -> None:
     for r in report.results:
         if r.error:
             err.print(f"source '{r.source.name}' ({r.source.url}) failed: {r.error}", markup=False)
@@ -287,7 +292,6 @@ def _gather(app: App, *, quiet: bool = False) -> jobs.GatherReport:
         out.print(
             f"gathered {ok} of {len(report.results)} sources: {report.new_stories} new stories", markup=False
         )
-    return report
 
 
 def _issue_date(app: App, value: str | None) -> date:
@@ -300,11 +304,15 @@ def _issue_date(app: App, value: str | None) -> date:
 
 
 def _build(app: App, issue_date: date, *, quiet: bool = False) -> jobs.BuildOutcome:
-    if app.store.issue_for_date(issue_date) is None:
-        report = _gather(app, quiet=quiet)
+    with _progress("gathering feeds", total=len(app.settings.sources), quiet=quiet) as tick:
+        report, outcome = jobs.gather_and_build(
+            app.settings, app.store, issue_date=issue_date, now=_now(), on_done=lambda _result: tick()
+        )
+    if report is not None:
+        _say_gathered(report, quiet=quiet)
         if report.results and len(report.failed) == len(report.results):
             err.print("no source could be read; building from the stories already stored", markup=False)
-    return jobs.build(app.settings, app.store, issue_date=issue_date, now=_now())
+    return outcome
 
 
 @main.command()

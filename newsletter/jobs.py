@@ -24,7 +24,16 @@ from .store import Store
 if TYPE_CHECKING:  # sources (httpx, feedparser) is imported by gather alone: every command starts a process
     from .sources import FeedResult, Limits
 
-__all__ = ["GatherReport", "BuildOutcome", "gather", "build", "issue_template", "send", "today"]
+__all__ = [
+    "GatherReport",
+    "BuildOutcome",
+    "gather",
+    "build",
+    "gather_and_build",
+    "issue_template",
+    "send",
+    "today",
+]
 
 
 def today(settings: Settings, now: datetime) -> date:
@@ -121,6 +130,23 @@ def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) 
     return BuildOutcome(
         issue, True, f"built issue {issue.id} for {issue_date} with {issue.story_count} stories"
     )
+
+
+def gather_and_build(
+    settings: Settings,
+    store: Store,
+    *,
+    issue_date: date,
+    now: datetime,
+    on_done: Callable[[FeedResult], None] | None = None,
+) -> tuple[GatherReport | None, BuildOutcome]:
+    """The one rule for `build`, `run` and the scheduler: the feeds are gathered only when the
+    date has no issue yet (a built issue never changes), then the issue is built from what is
+    stored, even when no feed could be read (yesterday's unused stories may be enough)."""
+    report = None
+    if store.issue_for_date(issue_date) is None:
+        report = gather(settings, store, now=now, on_done=on_done)
+    return report, build(settings, store, issue_date=issue_date, now=now)
 
 
 def _item(s: Story) -> DigestStory:

@@ -152,11 +152,11 @@ def run_scheduled(
     issue_date = fire_time.astimezone(settings.newsletter.tz).date()
     fields: dict[str, Any] = {"date": issue_date.isoformat(), "issue": None}
     try:
-        report = jobs.gather(settings, store, now=started)
-        fields["new_stories"] = report.new_stories
-        if report.failed:
-            fields["failed_feeds"] = ", ".join(r.source.name for r in report.failed)
-        outcome = jobs.build(settings, store, issue_date=issue_date, now=started)
+        report, outcome = jobs.gather_and_build(settings, store, issue_date=issue_date, now=started)
+        if report is not None:
+            fields["new_stories"] = report.new_stories
+            if report.failed:
+                fields["failed_feeds"] = ", ".join(r.source.name for r in report.failed)
         if outcome.issue is None:
             fields["reason"] = outcome.reason
         else:

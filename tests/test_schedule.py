@@ -350,6 +350,17 @@ def test_a_day_with_too_few_stories_sends_nothing_and_they_wait_for_the_next_day
     assert busy.ran and busy.issue_id is not None and busy.fields["stories"] == 4 and busy.fields["sent"] == 1
     mail = next((tmp_path / "outbox").rglob("*.eml")).read_bytes()
     assert b"Early story 0" in mail and b"Later story 1" in mail  # yesterday's stories waited for today
+
+    # one rule for the scheduler and the CLI: once the day's issue is built, no feed is fetched
+    fetched = len(feed_server.requests)
+    later = run_scheduled(settings, store, fire + timedelta(days=1, hours=1), now=tomorrow)
+    assert later.ran and "new_stories" not in later.fields and len(feed_server.requests) == fetched
+    built = store.get_issue(busy.issue_id)
+    assert built is not None
+    again = json.loads(run_cli(config, "build", "--date", built.issue_date.isoformat(), "--json").stdout)
+    assert again["issue"]["id"] == built.id and len(feed_server.requests) == fetched
+    run_cli(config, "build", "--json")  # today: no issue yet, so the feeds are read
+    assert len(feed_server.requests) == fetched + 1
     store.close()
 
 
