@@ -33,7 +33,8 @@ from .errors import ConfigError, NewsletterError, NotFoundError
 from .models import DeliveryStatus, Issue, SubscriberStatus
 from .private import open_private, private_folder
 from .render import render_web
-from .store import IssueCounts, Store
+from .reports import complaint_warning, engagement
+from .store import Store
 from .subscribers import check_name, import_csv, normalise_email, write_csv
 
 # Piped into a log or a cron mail, tables get room rather than the 80 columns of no terminal.
@@ -587,7 +588,7 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
                         "created_at": r.created_at,
                         "sent_at": r.sent_at,
                         "deliveries": r.deliveries,
-                        "engagement": _engagement(r),
+                        "engagement": engagement(r),
                     }
                     for r in rows
                 ],
@@ -636,13 +637,8 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
             )
         out.print(rates)
     for r in reached:
-        if r.rate(r.complained) > COMPLAINT_WARNING:
-            err.print(
-                f"warning: issue {r.issue_id} drew complaints from {r.rate(r.complained):.2%} of its "
-                f"readers; above {COMPLAINT_WARNING:.1%} mailbox providers start to send a newsletter "
-                f"to spam (Gmail and Yahoo's limit is 0.3%)",
-                markup=False,
-            )
+        if warning := complaint_warning(r):
+            err.print(f"warning: {warning}", markup=False)
     unknown = sum(r.deliveries.get("unknown", 0) for r in rows)
     if unknown:
         err.print(
@@ -650,26 +646,6 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
             f"lost); 'send --resend-unknown' sends them again",
             markup=False,
         )
-
-
-COMPLAINT_WARNING = 0.001
-
-
-def _engagement(r: IssueCounts) -> dict[str, Any]:
-    return {
-        "accepted": r.accepted,
-        "hard_bounced": r.hard_bounced,
-        "soft_bounced": r.soft_bounced,
-        "complained": r.complained,
-        "unsubscribed": r.unsubscribed,
-        "rates": {
-            "hard_bounced": round(r.rate(r.hard_bounced, of_reached=True), 6),
-            "soft_bounced": round(r.rate(r.soft_bounced), 6),
-            "complained": round(r.rate(r.complained), 6),
-            "unsubscribed": round(r.rate(r.unsubscribed), 6),
-        },
-        "complaint_warning": r.rate(r.complained) > COMPLAINT_WARNING,
-    }
 
 
 def _schedule_info(app: App) -> dict[str, Any]:
@@ -739,20 +715,14 @@ def add_user(app: App, name: str) -> None:
 def dkim_keygen(app: App, bits: int, force: bool) -> None:
     """Write the DKIM private key ([dkim] private_key_file) and print the DNS TXT record to publish."""
     from .config import DkimSettings
-    from .delivery.signing import dns_record, generate_key
+    from .delivery.signing import dns_record, write_key
 
     settings = app.settings
     d = settings.dkim or DkimSettings(
         domain=settings.newsletter.sender_address.rpartition("@")[2], selector="news"
     )
     path = settings.path(d.private_key_file)
-    if path.exists() and not force:
-        raise NewsletterError(f"{path} already exists; keep it, or replace it with 'dkim-keygen --force'")
-    pem, public = generate_key(bits)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open_private(path, "wb") as f:
-        f.write(pem)
-    record = dns_record(public)
+    record = dns_record(write_key(path, bits=bits, replace=force))
     name = f"{d.selector}._domainkey.{d.domain}"
     # DNS strings hold 255 characters at most: a 2048-bit key's record is split into several
     strings = " ".join(f'"{record[i : i + 250]}"' for i in range(0, len(record), 250))

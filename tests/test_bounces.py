@@ -16,10 +16,12 @@ from newsletter.bounces import classify, process_bounces
 from newsletter.config import load_settings
 from newsletter.delivery.tokens import Tokens, verp_address
 from newsletter.models import BounceEvent, BounceMail
+from newsletter.operators import hash_password
 from newsletter.store import NewSubscriber, Store
+from newsletter.web import create_app
 
 from . import bounce_mails as m
-from .conftest import SECRET, assert_tally_counts, run_cli, write_config
+from .conftest import PASSWORD, SECRET, assert_tally_counts, log_in, run_cli, write_config
 from .imap_server import ImapServer
 
 TOKENS = Tokens(SECRET)
@@ -159,7 +161,9 @@ def test_classify_each_kind() -> None:
     assert arf.events[0].kind == "complaint" and arf.events[0].subscriber_id == 17
 
 
-def test_a_maildir_run_marks_the_right_subscribers_and_a_second_run_changes_nothing(tmp_path: Path) -> None:
+def test_a_maildir_run_marks_the_right_subscribers_and_a_second_run_changes_nothing(
+    tmp_path: Path, env: None
+) -> None:
     nl = Newsletter(tmp_path)
     box = mailbox.Maildir(tmp_path / "bounces", create=True)
     for data in nl.mails():
@@ -197,6 +201,12 @@ def test_a_maildir_run_marks_the_right_subscribers_and_a_second_run_changes_noth
         engagement["soft_bounced"] == 1 and engagement["complained"] == 1 and engagement["unsubscribed"] == 1
     )
     assert engagement["rates"]["complained"] == 0.1 and engagement["complaint_warning"] is True
+    # the console's issue page gives the same warning, from the same rule (newsletter.reports)
+    nl.store.save_operator("ed", hash_password(PASSWORD), now=datetime.now(UTC))
+    web = create_app(load_settings(nl.config), store=nl.store).test_client()
+    assert log_in(web) == 302
+    page = web.get(f"/admin/issues/{nl.issue_id}").get_data(as_text=True)
+    assert 'id="complaints"' in page and "drew complaints from 10.00%" in page
 
     after["r8@example.org"] = "unsubscribed"
     recorded = nl.counts()

@@ -21,9 +21,18 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import CanonicalizationPolicy, compress_whitespace, strip_trailing_whitespace
 
 from ..config import Settings
-from ..errors import ConfigError
+from ..errors import ConfigError, NewsletterError
+from ..private import open_private
 
-__all__ = ["DkimSigner", "generate_key", "dns_record", "relaxed_chunk", "signer_for", "SIGNED_HEADERS"]
+__all__ = [
+    "DkimSigner",
+    "generate_key",
+    "dns_record",
+    "relaxed_chunk",
+    "signer_for",
+    "write_key",
+    "SIGNED_HEADERS",
+]
 
 # Signed when present. RFC 8058 requires List-Unsubscribe and List-Unsubscribe-Post both signed;
 # dkimpy's default list leaves List-Unsubscribe-Post out.
@@ -142,6 +151,18 @@ def generate_key(bits: int = 2048) -> tuple[bytes, str]:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return pem, base64.b64encode(public).decode("ascii")
+
+
+def write_key(path: Path, *, bits: int, replace: bool) -> str:
+    """A new private key in `path`, readable by its owner only; returns the public key (base64
+    DER). An existing key is kept unless `replace`: mail signed with it stops verifying."""
+    if path.exists() and not replace:
+        raise NewsletterError(f"{path} already exists; keep it, or replace it with 'dkim-keygen --force'")
+    pem, public = generate_key(bits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open_private(path, "wb") as f:
+        f.write(pem)
+    return public
 
 
 def dns_record(public_key_b64: str) -> str:
