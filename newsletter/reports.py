@@ -5,9 +5,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from .models import DeliveryStatus
 from .store import IssueCounts
 
-__all__ = ["COMPLAINT_WARNING", "complaint_warning", "engagement"]
+__all__ = ["COMPLAINT_WARNING", "DELIVERY_COLUMNS", "complaint_warning", "engagement"]
+
+# An issue's deliveries by state, in the order the console shows them: what went out first.
+DELIVERY_COLUMNS = (
+    DeliveryStatus.SENT,
+    DeliveryStatus.PENDING,
+    DeliveryStatus.SENDING,
+    DeliveryStatus.DEFERRED,
+    DeliveryStatus.FAILED,
+    DeliveryStatus.BOUNCED,
+    DeliveryStatus.UNKNOWN,
+    DeliveryStatus.SKIPPED,
+)
 
 # Above a tenth of a percent mailbox providers start to send a newsletter to spam.
 COMPLAINT_WARNING = 0.001

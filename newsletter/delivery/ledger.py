@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import SenderFenced
-from ..models import LIVE_STATUSES, DeliveryStatus
+from ..models import LIVE_STATUSES, DeliveryStatus, SubscriberStatus
 from .records import DeliveryTarget, Group, LedgerResult, MarkResult
 
 if TYPE_CHECKING:
@@ -47,9 +47,10 @@ class DeliveryLedger:
         self._cur = self._conn.cursor()
         if self.sqlite:  # checkpoint the WAL every ~40 MB rather than every 4 MB: fewer fsyncs per send
             self._cur.execute("PRAGMA wal_autocheckpoint=10000")
-            self._sql = dict(_LEDGER_SQL, **_SQLITE_SQL)
+            self._sql = {k: v.format_map(_STATES) for k, v in dict(_LEDGER_SQL, **_SQLITE_SQL).items()}
         else:
-            self._sql = {k: v.replace("?", "%s") for k, v in dict(_LEDGER_SQL, **_POSTGRES_SQL).items()}
+            both = dict(_LEDGER_SQL, **_POSTGRES_SQL)
+            self._sql = {k: v.format_map(_STATES).replace("?", "%s") for k, v in both.items()}
         self._last_time: tuple[datetime | None, Any] = (None, None)
 
     def _time(self, value: datetime | None) -> Any:
@@ -187,20 +188,28 @@ _GONE = "this sender's row is gone: another sender declared it dead"
 def _mark_results(asked: Sequence[int], rows: Sequence[tuple[int, str]]) -> dict[int, MarkResult]:
     """A marked row came back `sending`, a skipped one `skipped`; one that did not come back is
     no longer this sender's (or was marked already)."""
-    found = {sid: MarkResult.IN_FLIGHT if status == "sending" else MarkResult.SKIPPED for sid, status in rows}
+    found = {
+        sid: MarkResult.IN_FLIGHT if status == DeliveryStatus.SENDING else MarkResult.SKIPPED
+        for sid, status in rows
+    }
     return {sid: found.get(sid, MarkResult.LOST) for sid in asked}
 
 
-_LIVE = "(" + ", ".join(f"'{st.value}'" for st in LIVE_STATUSES) + ")"  # for the ledger's plain SQL
+# The states in the ledger's plain SQL, as {pending}, {active}, {live}...: spelled by the enums.
+_STATES = {st.name.lower(): f"'{st.value}'" for st in DeliveryStatus} | {
+    "active": f"'{SubscriberStatus.ACTIVE.value}'",
+    "subscriber_bounced": f"'{SubscriberStatus.BOUNCED.value}'",
+    "live": "(" + ", ".join(f"'{st.value}'" for st in LIVE_STATUSES) + ")",
+}
 # Marking: in flight if the subscriber is still active, else skipped (a final state, released).
-_MARKED = "CASE WHEN s.status = 'active' THEN 'sending' ELSE 'skipped' END"
+_MARKED = "CASE WHEN s.status = {active} THEN {sending} ELSE {skipped} END"
 _MARK_SET = (
-    f"SET status = {_MARKED}, "
-    "last_reply = CASE WHEN s.status = 'active' THEN d.last_reply ELSE 'subscriber no longer active' END, "
-    "claimed_by = CASE WHEN s.status = 'active' THEN d.claimed_by END, "
-    "claimed_until = CASE WHEN s.status = 'active' THEN d.claimed_until END "
+    "SET status = " + _MARKED + ", "
+    "last_reply = CASE WHEN s.status = {active} THEN d.last_reply ELSE 'subscriber no longer active' END, "
+    "claimed_by = CASE WHEN s.status = {active} THEN d.claimed_by END, "
+    "claimed_until = CASE WHEN s.status = {active} THEN d.claimed_until END "
     "FROM subscribers AS s WHERE s.id = d.subscriber_id AND d.issue_id = ? AND d.claimed_by = ? "
-    "AND d.status IN ('pending', 'deferred') "
+    "AND d.status IN ({pending}, {deferred}) "
 )
 _LEDGER_SQL = {
     # A final state keeps its claim (nothing claims it again); a deferred row is released for its retry.
@@ -211,32 +220,34 @@ _LEDGER_SQL = {
     # One bounce policy (as Store._apply_event): counted always; only a live subscriber becomes
     # bounced. Only for a row this transaction just recorded bounced.
     "bounce": "UPDATE subscribers SET bounce_count = bounce_count + 1, "
-    f"bounced_at = CASE WHEN status IN {_LIVE} THEN ? ELSE bounced_at END, "
-    f"status = CASE WHEN status IN {_LIVE} THEN 'bounced' ELSE status END WHERE id = ? "
+    "bounced_at = CASE WHEN status IN {live} THEN ? ELSE bounced_at END, "
+    "status = CASE WHEN status IN {live} THEN {subscriber_bounced} ELSE status END WHERE id = ? "
     "AND EXISTS (SELECT 1 FROM deliveries WHERE issue_id = ? AND subscriber_id = ? AND claimed_by = ? "
-    "AND status = 'bounced')",
-    "unmark": "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'pending' END, "
+    "AND status = {bounced})",
+    "unmark": "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN {deferred} ELSE {pending} END, "
     "last_reply = ?, claimed_by = NULL, claimed_until = NULL WHERE issue_id = ? AND subscriber_id = ? "
     "AND claimed_by = ?",
 }
 _SQLITE_SQL = {  # one sender per issue on SQLite, and one host: its clock is the clock
-    "mark": f"UPDATE deliveries AS d {_MARK_SET}AND d.subscriber_id IN (?) RETURNING subscriber_id, status",
+    "mark": "UPDATE deliveries AS d "
+    + _MARK_SET
+    + "AND d.subscriber_id IN (?) RETURNING subscriber_id, status",
     "claim": "UPDATE deliveries SET claimed_by = :sender, claimed_until = :until "
     "WHERE issue_id = :issue AND subscriber_id IN ("
     "SELECT subscriber_id FROM deliveries WHERE issue_id = :issue "
-    "AND (status = 'pending' OR (status = 'deferred' AND next_attempt_at <= :now)) "
+    "AND (status = {pending} OR (status = {deferred} AND next_attempt_at <= :now)) "
     "AND (claimed_by IS NULL OR claimed_until < :now) ORDER BY subscriber_id LIMIT :limit) "
     "RETURNING subscriber_id, attempts",
     "enrolled": "SELECT 1 FROM senders WHERE id = ?",
     "heartbeat": "UPDATE senders SET heartbeat_at = ? WHERE id = ?",
 }
 _POSTGRES_SQL = {
-    "mark": f"UPDATE deliveries AS d {_MARK_SET}AND d.subscriber_id = ANY(?) "
+    "mark": "UPDATE deliveries AS d " + _MARK_SET + "AND d.subscriber_id = ANY(?) "
     "RETURNING d.subscriber_id, d.status",
     # MATERIALIZED: the LIMIT and the row locks are taken once, in the CTE; PostgreSQL may run an
     # IN (... LIMIT ... FOR UPDATE SKIP LOCKED) subquery more than once, and claim more than LIMIT
     "claim": "WITH picked AS MATERIALIZED (SELECT subscriber_id FROM deliveries WHERE issue_id = %(issue)s "
-    "AND (status = 'pending' OR (status = 'deferred' AND next_attempt_at <= %(now)s)) "
+    "AND (status = {pending} OR (status = {deferred} AND next_attempt_at <= %(now)s)) "
     "AND (claimed_by IS NULL OR claimed_until < %(now)s) ORDER BY subscriber_id LIMIT %(limit)s "
     "FOR UPDATE SKIP LOCKED), "
     "claimed AS (UPDATE deliveries d SET claimed_by = %(sender)s, claimed_until = %(until)s FROM picked "

@@ -38,7 +38,7 @@ from ..errors import NewsletterError
 from ..models import SubscriberStatus
 from ..operators import password_matches, rehash_if_needed
 from ..render import render_web
-from ..reports import complaint_warning
+from ..reports import DELIVERY_COLUMNS, complaint_warning
 from ..schedule import schedule_summary
 from ..subscribers import EXPORT_FIELDS, import_csv, normalise_email, write_csv
 from . import services
@@ -219,6 +219,7 @@ def issue(issue_id: int) -> str:
         text=text,
         counts=counts[0],
         complaints=complaint_warning(counts[0]),
+        states=DELIVERY_COLUMNS,
         problems=problems,
         next_after=problems[-1][0] if len(problems) == PAGE else None,
         sending=svc.background.running(issue_id),
