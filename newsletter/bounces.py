@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import Message
 from email.utils import getaddresses
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from flufl.bounce import all_failures
@@ -38,9 +39,19 @@ from flufl.bounce import all_failures
 from .config import Settings, read_secret_key
 from .delivery.tokens import BadToken, Tokens, verp_token
 from .errors import ConfigError, NewsletterError
+from .models import LIVE_STATUSES, SubscriberStatus
 from .store import FoundEvent, MailOutcome, Store
 
-__all__ = ["Classified", "MailItem", "BounceReport", "classify", "read_mailbox", "process_bounces"]
+__all__ = [
+    "BouncePolicy",
+    "BounceReport",
+    "Classified",
+    "MailItem",
+    "Verdict",
+    "classify",
+    "process_bounces",
+    "read_mailbox",
+]
 
 BOUNCE_PASSWORD_ENV = "NEWSLETTER_BOUNCE_PASSWORD"
 
@@ -424,6 +435,58 @@ def _quote(folder: str) -> str:
 # -- the command ------------------------------------------------------------------------------------
 
 
+class Verdict(NamedTuple):
+    """What one bounce or complaint does to the subscriber it names, and the line that says so."""
+
+    status: SubscriberStatus | None  # the subscriber's new status, if it changes
+    count_bounce: bool  # one more bounce on their record
+    delivery_bounced: bool  # the issue's delivery, `sent`, becomes `bounced`
+    line: str
+
+
+@dataclass(frozen=True)
+class BouncePolicy:
+    """The one bounce policy of reports read from the mailbox (a 5xx at send time follows it too,
+    in the ledger's SQL): a complaint closes the address at once; a hard bounce is counted and
+    closes a live address; soft bounces close it at `soft_limit` within `soft_window`. An
+    address already closed or gone stays what it is."""
+
+    soft_limit: int
+    soft_window: timedelta
+
+    def judge(
+        self,
+        *,
+        kind: str,
+        code: str,
+        address: str,
+        named: bool,
+        current: SubscriberStatus | None,
+        soft_count: int,
+    ) -> Verdict:
+        """`current` is None when no subscriber is named (or none by that id); `soft_count` counts
+        this soft bounce and those before it within the window."""
+        who = f"{kind} {code + ' ' if code else ''}{address or '(no address)'}"
+        if current is None:
+            why = "no such subscriber" if named else "no signed token names anyone, kept for review"
+            return Verdict(None, False, False, f"{who}: {why}; nothing changed")
+        live = current in LIVE_STATUSES
+        if kind == "complaint":
+            if current == SubscriberStatus.COMPLAINED:
+                return Verdict(None, False, False, f"{who}: already complained")
+            return Verdict(
+                SubscriberStatus.COMPLAINED, False, False, f"{who}: now complained, never mailed again"
+            )
+        if kind == "hard":
+            if not live:
+                return Verdict(None, True, True, f"{who}: hard bounce counted, already {current}")
+            return Verdict(SubscriberStatus.BOUNCED, True, True, f"{who}: now bounced")
+        counted = f"{who}: soft bounce {soft_count} of {self.soft_limit} within {self.soft_window.days} days"
+        if live and soft_count >= self.soft_limit:
+            return Verdict(SubscriberStatus.BOUNCED, True, False, f"{counted}, now bounced")
+        return Verdict(None, False, False, counted)
+
+
 def process_bounces(settings: Settings, store: Store, *, now: datetime) -> BounceReport:
     b = settings.bounces
     if b is None:
@@ -437,7 +500,7 @@ def process_bounces(settings: Settings, store: Store, *, now: datetime) -> Bounc
             return True
         return False
 
-    soft_window = timedelta(days=b.soft_bounce_window_days)
+    policy = BouncePolicy(b.soft_bounce_limit, timedelta(days=b.soft_bounce_window_days))
 
     def handle(item: MailItem, digest: str) -> None:
         if store.bounce_mail_seen(digest):
@@ -453,8 +516,7 @@ def process_bounces(settings: Settings, store: Store, *, now: datetime) -> Bounc
             note=verdict.note,
             events=verdict.events,
             now=now,
-            soft_limit=b.soft_bounce_limit,
-            soft_window=soft_window,
+            policy=policy,
         )
         if outcome is None:  # another run recorded it first
             report.already_read += 1
@@ -478,8 +540,7 @@ def process_bounces(settings: Settings, store: Store, *, now: datetime) -> Bounc
                     note=note,
                     events=(),
                     now=now,
-                    soft_limit=b.soft_bounce_limit,
-                    soft_window=soft_window,
+                    policy=policy,
                 )
             except Exception as again:  # noqa: BLE001 - the database itself fails: said, tried next run
                 recorded = None

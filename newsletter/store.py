@@ -53,7 +53,8 @@ from .models import (
 )
 from .private import create_private, private_folder
 
-if TYPE_CHECKING:  # a story as a feed gave it; stored here, made there
+if TYPE_CHECKING:  # made there, stored here
+    from .bounces import BouncePolicy
     from .sources import FetchedStory
 
 __all__ = [
@@ -767,13 +768,10 @@ class Store:
         note: str,
         events: Iterable[FoundEvent],
         now: datetime,
-        soft_limit: int,
-        soft_window: timedelta,
+        policy: BouncePolicy,
     ) -> MailOutcome | None:
-        """Record a mail and act on its events, in one transaction; None if it was recorded before.
-
-        Hard bounce: the subscriber becomes `bounced` and the issue's delivery too. Soft bounce:
-        counted; `bounced` at `soft_limit` within `soft_window`. Complaint: `complained` at once."""
+        """Record a mail and act on its events as `policy` judges them (bounces.BouncePolicy), in
+        one transaction; None if it was recorded before."""
         try:
             with self.write() as s:
                 if s.scalar(select(BounceMail.id).where(BounceMail.digest == digest)) is not None:
@@ -783,13 +781,13 @@ class Store:
                 )
                 s.add(mail)
                 s.flush()
-                lines = [self._apply_event(s, mail.id, e, now, soft_limit, soft_window) for e in events]
+                lines = [self._apply_event(s, mail.id, e, now, policy) for e in events]
                 return MailOutcome(lines)
         except IntegrityError:
             return None
 
     def _apply_event(
-        self, s: Session, mail_id: int, e: FoundEvent, now: datetime, soft_limit: int, soft_window: timedelta
+        self, s: Session, mail_id: int, e: FoundEvent, now: datetime, policy: BouncePolicy
     ) -> str:
         # only a signed token names a subscriber: an address alone is kept for the operator's review
         sub = s.get(Subscriber, e.subscriber_id) if e.subscriber_id else None
@@ -807,53 +805,52 @@ class Store:
                 created_at=now,
             )
         )
-        label = f"{e.kind} {e.status + ' ' if e.status else ''}"
-        if sub is None:
-            why = "no such subscriber" if e.subscriber_id else "no signed token names anyone, kept for review"
-            return f"{label}{e.address or '(no address)'}: {why}; nothing changed"
-        who = f"{label}{sub.email}"
-        if e.kind == "complaint":
-            if sub.status == SubscriberStatus.COMPLAINED:
-                return f"{who}: already complained"
-            sub.status = SubscriberStatus.COMPLAINED
-            return f"{who}: now complained, never mailed again"
-        live = sub.status in LIVE_STATUSES
-        if e.kind == "hard":
-            sub.bounce_count += 1
-            if issue_id is not None:
-                changed = s.execute(
-                    update(Delivery)
+        soft = 0
+        if sub is not None and e.kind == "soft":
+            s.flush()
+            soft = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(BounceEvent)
                     .where(
-                        Delivery.issue_id == issue_id,
-                        Delivery.subscriber_id == sub.id,
-                        Delivery.status == DeliveryStatus.SENT,
-                    )
-                    .values(
-                        status=DeliveryStatus.BOUNCED,
-                        last_reply=f"bounced later: {e.status} {e.detail}"[:1000],
+                        BounceEvent.subscriber_id == sub.id,
+                        BounceEvent.kind == "soft",
+                        BounceEvent.created_at >= now - policy.soft_window,
                     )
                 )
-                if changed.rowcount:  # type: ignore[attr-defined]
-                    _move_frozen_count(s, issue_id, DeliveryStatus.SENT, DeliveryStatus.BOUNCED)
-            if not live:
-                return f"{who}: hard bounce counted, already {sub.status}"
-            sub.status, sub.bounced_at = SubscriberStatus.BOUNCED, now
-            return f"{who}: now bounced"
-        s.flush()
-        soft = s.scalar(
-            select(func.count())
-            .select_from(BounceEvent)
-            .where(
-                BounceEvent.subscriber_id == sub.id,
-                BounceEvent.kind == "soft",
-                BounceEvent.created_at >= now - soft_window,
+                or 0
             )
+        verdict = policy.judge(
+            kind=e.kind,
+            code=e.status,
+            address=sub.email if sub else e.address,
+            named=e.subscriber_id is not None,
+            current=sub.status if sub else None,
+            soft_count=soft,
         )
-        if live and soft is not None and soft >= soft_limit:
-            sub.status, sub.bounced_at = SubscriberStatus.BOUNCED, now
+        if sub is None:
+            return verdict.line
+        if verdict.count_bounce:
             sub.bounce_count += 1
-            return f"{who}: soft bounce {soft} of {soft_limit} within {soft_window.days} days, now bounced"
-        return f"{who}: soft bounce {soft} of {soft_limit} within {soft_window.days} days"
+        if verdict.delivery_bounced and issue_id is not None:
+            changed = s.execute(
+                update(Delivery)
+                .where(
+                    Delivery.issue_id == issue_id,
+                    Delivery.subscriber_id == sub.id,
+                    Delivery.status == DeliveryStatus.SENT,
+                )
+                .values(
+                    status=DeliveryStatus.BOUNCED, last_reply=f"bounced later: {e.status} {e.detail}"[:1000]
+                )
+            )
+            if changed.rowcount:  # type: ignore[attr-defined]
+                _move_frozen_count(s, issue_id, DeliveryStatus.SENT, DeliveryStatus.BOUNCED)
+        if verdict.status is not None:
+            sub.status = verdict.status
+            if verdict.status == SubscriberStatus.BOUNCED:
+                sub.bounced_at = now
+        return verdict.line
 
     def bounce_mails_for_review(
         self, *, before: int | None = None, limit: int = 50

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
+from newsletter.bounces import BouncePolicy
 from newsletter.config import load_settings
 from newsletter.operators import hash_password
 from newsletter.store import FoundEvent, NewSubscriber, Store
@@ -187,8 +188,7 @@ def test_erase_removes_the_address_everywhere_and_keeps_the_counts(
         note="bounce not attributed",
         events=[FoundEvent("hard", "gone@example.org", None, None, "5.1.1", "550 <GONE@example.org> no")],
         now=datetime.now(UTC),
-        soft_limit=3,
-        soft_window=timedelta(days=30),
+        policy=BouncePolicy(3, timedelta(days=30)),
     )
     assert outcome is not None
     confirm_copy = tmp_path / "outbox" / "confirm" / f"{gone.id}-1764054072.eml"

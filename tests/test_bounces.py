@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import mailbox
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from newsletter import bounces
 from newsletter.bounces import classify, process_bounces
 from newsletter.config import load_settings
 from newsletter.delivery.tokens import Tokens, verp_address
-from newsletter.models import BounceEvent, BounceMail
+from newsletter.models import BounceEvent, BounceMail, SubscriberStatus
 from newsletter.operators import hash_password
 from newsletter.store import NewSubscriber, Store
 from newsletter.web import create_app
@@ -387,3 +387,27 @@ def test_a_mail_that_breaks_never_stops_the_others(
         issue_ids = set(s.scalars(select(BounceEvent.issue_id)))
     assert issue_ids <= {nl.issue_id, None}  # the huge Feedback-ID names no issue of ours
     nl.store.close()
+
+
+def test_the_bounce_policy_alone() -> None:
+    """One rule, judged without a database: what each kind of report does to each subscriber."""
+    policy = bounces.BouncePolicy(soft_limit=2, soft_window=timedelta(days=30))
+
+    def judge(
+        kind: str, current: SubscriberStatus | None, soft: int = 0, named: bool = True
+    ) -> bounces.Verdict:
+        return policy.judge(
+            kind=kind, code="5.1.1", address="a@example.org", named=named, current=current, soft_count=soft
+        )
+
+    active, gone = SubscriberStatus.ACTIVE, SubscriberStatus.UNSUBSCRIBED
+    assert judge("hard", active)[:3] == (SubscriberStatus.BOUNCED, True, True)
+    assert judge("hard", gone)[:3] == (None, True, True)  # counted; an unsubscribed address stays so
+    assert judge("complaint", gone)[:3] == (SubscriberStatus.COMPLAINED, False, False)
+    assert judge("complaint", SubscriberStatus.COMPLAINED).line.endswith("already complained")
+    assert judge("soft", active, soft=1)[:3] == (None, False, False)
+    assert judge("soft", active, soft=2)[:3] == (SubscriberStatus.BOUNCED, True, False)
+    assert judge("soft", gone, soft=5)[0] is None
+    nobody = judge("hard", None, named=False)
+    assert nobody[:3] == (None, False, False) and "kept for review; nothing changed" in nobody.line
+    assert "no such subscriber" in judge("hard", None).line

@@ -8,7 +8,7 @@ import io
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
-from newsletter.bounces import classify
+from newsletter.bounces import BouncePolicy, classify
 from newsletter.delivery.tokens import Tokens
 from newsletter.models import Delivery, DeliveryStatus
 from newsletter.store import Store
@@ -86,8 +86,7 @@ def _forged_bounce(store: Store, now: datetime) -> None:
         note=verdict.note,
         events=verdict.events,
         now=now,
-        soft_limit=3,
-        soft_window=timedelta(days=30),
+        policy=BouncePolicy(3, timedelta(days=30)),
     )
     assert outcome is not None
 

@@ -217,7 +217,7 @@ _LEDGER_SQL = {
     "sent_at = ?, claimed_by = CASE WHEN ? THEN NULL ELSE claimed_by END, "
     "claimed_until = CASE WHEN ? THEN NULL ELSE claimed_until END "
     "WHERE issue_id = ? AND subscriber_id = ? AND claimed_by = ?",
-    # One bounce policy (as Store._apply_event): counted always; only a live subscriber becomes
+    # One bounce policy (as bounces.BouncePolicy): counted always; only a live subscriber becomes
     # bounced. Only for a row this transaction just recorded bounced.
     "bounce": "UPDATE subscribers SET bounce_count = bounce_count + 1, "
     "bounced_at = CASE WHEN status IN {live} THEN ? ELSE bounced_at END, "
