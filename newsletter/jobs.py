@@ -119,11 +119,9 @@ def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) 
             f"{d.window_hours} hours, {d.min_stories} needed",
         )
 
-    def render(issue_id: int) -> tuple[str, str, str, str]:
-        r = render_issue(digest, settings, issue_id=issue_id)
-        return r.subject, r.preheader, r.html, r.text
-
-    issue = store.create_issue(issue_date, story_ids=[s.id for s in digest.stories], render=render, now=now)
+    rendered = render_issue(digest, settings, issue_id=None)  # the slow part, before any lock is taken
+    story_ids = [s.id for s in digest.stories]
+    issue = store.create_issue(issue_date, story_ids=story_ids, render=rendered.for_issue, now=now)
     if issue is None:  # another builder stored this date's issue first
         issue = store.issue_for_date(issue_date)
         return BuildOutcome(issue, False, f"issue for {issue_date} was built by another process")

@@ -32,6 +32,7 @@ __all__ = [
 # Placeholders: plain word characters, so premailer, lxml and quoted-printable leave them whole.
 GREETING = "__NL_GREETING__"
 UNSUBSCRIBE_URL = "__NL_UNSUBSCRIBE_URL__"
+ISSUE_ID = "__NL_ISSUE_ID__"  # an issue rendered before it has its id (render_issue(issue_id=None))
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,16 @@ class RenderedIssue:
     preheader: str
     html: str  # inlined, with placeholders
     text: str  # with placeholders
+
+    def for_issue(self, issue_id: int) -> tuple[str, str, str, str]:
+        """(subject, preheader, html, text) with the issue's id in place: a string replace, so
+        the store can call it while it holds the write lock, after the slow render is done."""
+        return (
+            self.subject,
+            self.preheader,
+            self.html.replace(ISSUE_ID, str(issue_id)),
+            self.text.replace(ISSUE_ID, str(issue_id)),
+        )
 
 
 @cache
@@ -56,7 +67,8 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def render_issue(digest: Digest, settings: Settings, *, issue_id: int) -> RenderedIssue:
+def render_issue(digest: Digest, settings: Settings, *, issue_id: int | None) -> RenderedIssue:
+    """The issue's HTML (CSS inlined) and text; `issue_id` None leaves ISSUE_ID in its place."""
     n = settings.newsletter
     tz = n.tz
     subject = render_subject(settings.digest.subject, digest)
@@ -77,7 +89,7 @@ def render_issue(digest: Digest, settings: Settings, *, issue_id: int) -> Render
         "sections": digest.sections,
         "story_count": len(digest.stories),
         "when": when,
-        "archive_url": f"{n.base_url.rstrip('/')}/archive/{issue_id}",
+        "archive_url": f"{n.base_url.rstrip('/')}/archive/{ISSUE_ID if issue_id is None else issue_id}",
         "signup_url": n.base_url.rstrip("/") + "/",
         "greeting": GREETING,
         "unsubscribe_url": UNSUBSCRIBE_URL,

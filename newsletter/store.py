@@ -547,8 +547,9 @@ class Store:
     ) -> Issue | None:
         """Store an issue for a date and mark its stories used, in one transaction.
 
-        `render(issue_id)` returns (subject, preheader, html, text). None when the date already
-        has an issue (another builder won)."""
+        `render(issue_id)` returns (subject, preheader, html, text): it is called while the write
+        lock is held, so it must be quick (RenderedIssue.for_issue fills in an id). None when the
+        date already has an issue (another builder won)."""
         try:
             with self.write() as s:
                 if s.scalar(select(Issue.id).where(Issue.issue_date == issue_date)) is not None:

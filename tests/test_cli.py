@@ -148,6 +148,12 @@ def test_outbox_demo_path_preview_and_test_copy(tmp_path: Path, smtp_sink: SmtpS
     run_cli(config, "preview", "--out", str(preview))
     page = preview.read_text()
     assert "Regional grid operator" in page and "__NL_" not in page
+    issue_id = built["issue"]["id"]
+    sent = next((tmp_path / "outbox").rglob("*.eml")).read_bytes().decode()
+    assert f"https://news.example.com/archive/{issue_id}" in page and "__NL_" not in sent
+    assert (
+        f"https://news.example.com/archive/{issue_id}" in sent
+    )  # rendered first, its id filled in at store time
     run_cli(config, "preview", "--to", "editor@example.com")
     tests = list((tmp_path / "outbox" / "test").glob("*.eml"))
     assert len(tests) == 1

@@ -63,6 +63,9 @@ def test_issue_html_is_inlined_with_only_media_queries_left(settings: Settings) 
     assert GREETING in r.html and UNSUBSCRIBE_URL in r.html and UNSUBSCRIBE_URL in r.text
     assert "<li>Point one.</li>" in r.html.replace("\n", "") or "Point one." in r.html
     assert r.subject == "25 Nov 2026: Headline 1 & more"
+    early = render_issue(digest(), settings, issue_id=None)  # rendered before the issue has its id
+    subject, _, html, text = early.for_issue(7)
+    assert html == r.html and text == r.text and subject == r.subject
 
 
 def test_text_part_is_its_own_template(settings: Settings) -> None:
