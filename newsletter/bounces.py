@@ -37,9 +37,9 @@ from urllib.parse import unquote, urlsplit
 from flufl.bounce import all_failures
 
 from .config import Settings, read_secret_key
+from .db.models import LIVE_STATUSES, SubscriberStatus
 from .delivery.tokens import BadToken, Tokens, verp_token
 from .errors import ConfigError, NewsletterError
-from .models import LIVE_STATUSES, SubscriberStatus
 from .store import FoundEvent, MailOutcome, Store
 
 __all__ = [

@@ -29,8 +29,8 @@ from rich.table import Table
 
 from . import jobs, operators
 from .config import Settings, ensure_secret_key, find_config_path, load_settings
+from .db.models import DeliveryStatus, Issue, SubscriberStatus
 from .errors import ConfigError, NewsletterError, NotFoundError
-from .models import DeliveryStatus, Issue, SubscriberStatus
 from .private import open_private, private_folder
 from .render import render_web
 from .reports import complaint_warning, engagement

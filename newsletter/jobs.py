@@ -10,6 +10,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings, read_secret_key
+from .db.models import DeliveryStatus, Issue, Story
 from .delivery.compose import MessageTemplate, Recipient
 from .delivery.engine import SendOptions, SendReport, send_issue
 from .delivery.signing import signer_for
@@ -17,7 +18,6 @@ from .delivery.tokens import Tokens, verp_address
 from .delivery.transport import Envelope, open_transport
 from .digest import DigestStory, choose, issue_window
 from .errors import NewsletterError
-from .models import DeliveryStatus, Issue, Story
 from .render import RenderedIssue, render_issue
 from .store import Store
 

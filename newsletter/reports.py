@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .models import DeliveryStatus
+from .db.models import DeliveryStatus
 from .store import IssueCounts
 
 __all__ = ["COMPLAINT_WARNING", "DELIVERY_COLUMNS", "complaint_warning", "engagement"]

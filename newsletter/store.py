@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import (
-    Engine,
     and_,
     case,
-    create_engine,
     delete,
-    event,
     func,
     literal,
     or_,
@@ -25,14 +20,11 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from .delivery.ledger import DeliveryLedger
-from .delivery.records import Enrolment
-from .errors import NewsletterError, SendBusyError
-from .models import (
+from .db.engine import Database
+from .db.models import (
     CLOSED_STATUSES,
     LIVE_STATUSES,
     BounceEvent,
@@ -51,7 +43,9 @@ from .models import (
     SubscriberStatus,
     SubscriberTally,
 )
-from .private import create_private, private_folder
+from .delivery.ledger import DeliveryLedger
+from .delivery.records import Enrolment
+from .errors import NewsletterError, SendBusyError
 
 if TYPE_CHECKING:  # made there, stored here
     from .bounces import BouncePolicy
@@ -65,7 +59,6 @@ __all__ = [
     "Store",
 ]
 
-SQLITE_BUSY_TIMEOUT_MS = 10_000
 ERASED_DOMAIN = "@erased.invalid"  # RFC 2606: never a real address
 
 
@@ -117,68 +110,9 @@ class IssueCounts:
         return count / base if base else 0.0
 
 
-class Store:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.is_sqlite = url.startswith("sqlite")
-        if self.is_sqlite:
-            self._prepare_sqlite_folder(url)
-            self.engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-            _configure_sqlite(self.engine)
-        else:
-            self.engine = create_engine(url, pool_pre_ping=True)
-        self._reads = sessionmaker(self.engine, expire_on_commit=False)
-        self._writes = sessionmaker(
-            self.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False
-        )
-
-    @staticmethod
-    def _prepare_sqlite_folder(url: str) -> None:
-        path = url.split(":///", 1)[-1].split("?", 1)[0]
-        if path and path != ":memory:":
-            private_folder(Path(path).parent)
-            create_private(Path(path))  # readers' addresses: the owner's alone, and so its WAL
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    # -- sessions -------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[Session]:
-        with self._reads() as session, session.begin():
-            yield session
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[Session]:
-        """A short write transaction; on SQLite it takes the write lock at BEGIN (no upgrade deadlock)."""
-        with self._writes() as session, session.begin():
-            yield session
-
-    def ping(self) -> bool:
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            return True
-        except OperationalError:
-            return False
-
-    def migrate(self) -> str:
-        """Create or upgrade the schema with Alembic (idempotent); returns the revision now in force."""
-        from alembic import command
-        from alembic.config import Config
-        from alembic.runtime.migration import MigrationContext
-
-        cfg = Config()
-        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-        with self.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-        with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision() or ""
-
-    def _insert(self, model: Any) -> Any:
-        return (sqlite.insert if self.is_sqlite else postgresql.insert)(model)
+class Store(Database):
+    """Every query of the newsletter over one Database, and the subscriber and issue rules that
+    need a transaction."""
 
     # -- subscribers ----------------------------------------------------------------------------
 
@@ -1067,22 +1001,3 @@ def _move_frozen_count(s: Session, issue_id: int, old: DeliveryStatus, new: Deli
         c[old.value] = c.get(old.value, 0) - 1
         c[new.value] = c.get(new.value, 0) + 1
         issue.counts = c
-
-
-def _configure_sqlite(engine: Engine) -> None:
-    """WAL, a busy timeout, foreign keys; and transactions that SQLAlchemy begins itself."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # let the "begin" hook below emit BEGIN
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")

@@ -11,8 +11,8 @@ from typing import IO
 
 from email_validator import EmailNotValidError, validate_email
 
+from .db.models import Subscriber
 from .errors import NewsletterError
-from .models import Subscriber
 from .store import NewSubscriber, Store
 
 __all__ = [

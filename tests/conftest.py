@@ -465,7 +465,7 @@ def assert_tally_counts(store: Store, issue_id: int) -> dict[str, int]:
     """The trigger-kept tally of an issue's deliveries says what counting every row says."""
     from sqlalchemy import func, select
 
-    from newsletter.models import Delivery, DeliveryStatus, DeliveryTally
+    from newsletter.db.models import Delivery, DeliveryStatus, DeliveryTally
 
     with store.read() as s:
         by_status = select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)

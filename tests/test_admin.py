@@ -174,7 +174,7 @@ def test_erase_removes_the_address_everywhere_and_keeps_the_counts(
     with store.write() as s:  # a reply that quotes the address, as servers do
         from sqlalchemy import update
 
-        from newsletter.models import Delivery
+        from newsletter.db.models import Delivery
 
         s.execute(
             update(Delivery)

@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from newsletter import bounces
 from newsletter.bounces import classify, process_bounces
 from newsletter.config import load_settings
+from newsletter.db.models import BounceEvent, BounceMail, SubscriberStatus
 from newsletter.delivery.tokens import Tokens, verp_address
-from newsletter.models import BounceEvent, BounceMail, SubscriberStatus
 from newsletter.operators import hash_password
 from newsletter.store import NewSubscriber, Store
 from newsletter.web import create_app

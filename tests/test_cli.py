@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from email import policy
 from pathlib import Path
 
-from newsletter.models import SubscriberStatus
+from newsletter.db.models import SubscriberStatus
 from newsletter.store import Store
 
 from .conftest import ROOT, FeedServer, Route, SmtpSink, recent, rss, run_cli, write_config
@@ -202,7 +202,7 @@ def test_run_on_postgresql(
     config = smtp_config(tmp_path, feed_server, smtp_sink)
     env = {"NEWSLETTER_DATABASE_URL": f"{postgres_url}_cli"}
     run_cli(config, "init", extra_env=env)
-    head = max(p.name[:4] for p in (ROOT / "newsletter/migrations/versions").glob("0*.py"))
+    head = max(p.name[:4] for p in (ROOT / "newsletter/db/migrations/versions").glob("0*.py"))
     assert f"revision {head}" in run_cli(config, "init", extra_env=env).stdout  # idempotent
     run_cli(config, "subscribers", "add", "pg0@example.com", extra_env=env)
     run_cli(config, "subscribers", "add", "pg1@example.com", extra_env=env)

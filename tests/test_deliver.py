@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import update
 
 from newsletter.config import mailbox
+from newsletter.db.models import Delivery, DeliveryStatus, Sender
 from newsletter.delivery.compose import MessageTemplate
 from newsletter.delivery.engine import RateLimiter, SendOptions, SendReport, send_issue
 from newsletter.delivery.records import Enrolment, Group
@@ -18,7 +19,6 @@ from newsletter.delivery.tokens import Tokens
 from newsletter.delivery.transport import Envelope, OutboxTransport, SmtpTransport, classify_reply
 from newsletter.delivery.workers import reconnect_wait
 from newsletter.errors import SendBusyError, TransportError
-from newsletter.models import Delivery, DeliveryStatus, Sender
 from newsletter.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
 from newsletter.store import NewSubscriber, Store
 

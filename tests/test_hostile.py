@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
 from newsletter.bounces import BouncePolicy, classify
+from newsletter.db.models import Delivery, DeliveryStatus
 from newsletter.delivery.tokens import Tokens
-from newsletter.models import Delivery, DeliveryStatus
 from newsletter.store import Store
 
 from . import bounce_mails as m

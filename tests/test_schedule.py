@@ -388,7 +388,7 @@ def test_resuming_sends_what_is_due_and_leaves_a_retry_for_its_time(tmp_path: Pa
     from sqlalchemy import update
 
     from newsletter import jobs
-    from newsletter.models import Delivery, DeliveryStatus
+    from newsletter.db.models import Delivery, DeliveryStatus
     from newsletter.schedule import Scheduler
 
     settings = load_settings(write_config(tmp_path))

@@ -5,9 +5,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from newsletter.db.models import DeliveryStatus, SubscriberStatus
 from newsletter.delivery.records import DeliveryTarget, Enrolment, Fate, Group, MarkResult
 from newsletter.errors import SendBusyError
-from newsletter.models import DeliveryStatus, SubscriberStatus
 from newsletter.store import NewSubscriber, Store
 
 from .conftest import ROOT
@@ -19,9 +19,9 @@ def test_migrate_is_idempotent_and_matches_the_models(store: Store) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from newsletter.models import Base
+    from newsletter.db.models import Base
 
-    head = max(p.name[:4] for p in (ROOT / "newsletter/migrations/versions").glob("0*.py"))
+    head = max(p.name[:4] for p in (ROOT / "newsletter/db/migrations/versions").glob("0*.py"))
     assert store.migrate() == head
     assert store.migrate() == head
     assert store.ping()
@@ -51,7 +51,7 @@ def _counted(store: Store) -> dict[str, int]:
     """Subscribers by status the slow way, to hold the trigger-kept tally against."""
     from sqlalchemy import func, select
 
-    from newsletter.models import Subscriber
+    from newsletter.db.models import Subscriber
 
     with store.read() as s:
         return dict(s.execute(select(Subscriber.status, func.count()).group_by(Subscriber.status)).all())
@@ -60,7 +60,7 @@ def _counted(store: Store) -> dict[str, int]:
 def test_the_subscriber_tally_follows_every_change_of_status(store: Store) -> None:
     from sqlalchemy import delete, text, update
 
-    from newsletter.models import Subscriber
+    from newsletter.db.models import Subscriber
 
     store.import_subscribers([NewSubscriber(f"r{i}@example.com", None) for i in range(50)], now=NOW)
     store.import_subscribers([NewSubscriber(f"r{i}@example.com", None) for i in range(40, 60)], now=NOW)
@@ -299,7 +299,7 @@ def test_one_bounce_policy_at_send_time_and_later_and_complaints_stay(store: Sto
     gone = store.get_subscriber_by_id(left.subscriber_id)
     assert gone is not None and (gone.status, gone.bounce_count) == ("unsubscribed", 1)
     with store.write() as s:
-        from newsletter.models import Subscriber
+        from newsletter.db.models import Subscriber
 
         row = s.get(Subscriber, angry.subscriber_id)
         assert row is not None

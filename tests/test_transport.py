@@ -13,9 +13,9 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from newsletter.db.models import DeliveryStatus
 from newsletter.delivery.transport import Envelope, SmtpTransport
 from newsletter.errors import TransportError
-from newsletter.models import DeliveryStatus
 
 from .conftest import free_port
 

@@ -15,8 +15,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from newsletter.config import load_settings
+from newsletter.db.models import Subscriber
 from newsletter.delivery.tokens import Tokens
-from newsletter.models import Subscriber
 from newsletter.store import Store
 from newsletter.web import create_app
 from newsletter.web.confirmations import ConfirmationMailer

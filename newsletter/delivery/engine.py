@@ -28,8 +28,8 @@ from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from typing import Protocol
 
+from ..db.models import DeliveryStatus
 from ..errors import NewsletterError, SenderFenced, TransportError
-from ..models import DeliveryStatus
 from .compose import MessageTemplate, Recipient
 from .records import DeliveryTarget, Enrolment, Fate, Group, LedgerResult, MarkResult
 from .tokens import Tokens

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..db.models import LIVE_STATUSES, DeliveryStatus, SubscriberStatus
 from ..errors import SenderFenced
-from ..models import LIVE_STATUSES, DeliveryStatus, SubscriberStatus
 from .records import DeliveryTarget, Group, LedgerResult, MarkResult
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import NamedTuple
 
-from ..models import DeliveryStatus
+from ..db.models import DeliveryStatus
 
 __all__ = ["DeliveryTarget", "Enrolment", "Fate", "Group", "LedgerResult", "MarkResult"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from ..config import Settings
+from ..db.models import DeliveryStatus
 from ..errors import ConfigError, TransportError
-from ..models import DeliveryStatus
 from ..private import open_private, private_folder
 
 __all__ = [

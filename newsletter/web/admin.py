@@ -34,8 +34,8 @@ from flask_login import LoginManager, UserMixin, current_user, login_user, logou
 from werkzeug.wrappers import Response as BaseResponse
 
 from .. import jobs
+from ..db.models import SubscriberStatus
 from ..errors import NewsletterError
-from ..models import SubscriberStatus
 from ..operators import password_matches, rehash_if_needed
 from ..render import render_web
 from ..reports import DELIVERY_COLUMNS, complaint_warning

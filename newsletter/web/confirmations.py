@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ..config import Settings
+from ..db.models import DeliveryStatus
 from ..delivery.compose import confirmation_message
 from ..delivery.signing import DkimSigner
 from ..delivery.tokens import Tokens
 from ..delivery.transport import Envelope, SendResult
-from ..models import DeliveryStatus
 from ..store import Store
 
 __all__ = ["ConfirmationMailer", "RELAY_RETRY"]

@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from newsletter.models import Base
+from newsletter.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -8,7 +8,7 @@ Create Date: 2026-11-25
 import sqlalchemy as sa
 from alembic import op
 
-from newsletter.models import UTCDateTime
+from newsletter.db.models import UTCDateTime
 
 revision = "0003"
 down_revision = "0002"
