@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -15,7 +16,13 @@ __all__ = ["MIN_PASSWORD", "hash_password", "password_matches", "rehash_if_neede
 
 MIN_PASSWORD = 10
 _hasher = PasswordHasher()  # Argon2id, the library's current recommended parameters
-_DUMMY_HASH = _hasher.hash("not a password anyone has")
+
+
+@cache
+def _dummy_hash() -> str:
+    """Made at the first login, not at import: an Argon2 hash costs a tenth of a second, and
+    every command starts a process that imports this module."""
+    return _hasher.hash("not a password anyone has")
 
 
 def hash_password(password: str) -> str:
@@ -26,7 +33,7 @@ def password_matches(password_hash: str | None, password: str) -> bool:
     """The check at login; an unknown name (None) costs the same work as a known one, so the
     answer's time never says which names exist."""
     try:
-        _hasher.verify(password_hash or _DUMMY_HASH, password)
+        _hasher.verify(password_hash or _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return False
     return password_hash is not None
