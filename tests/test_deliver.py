@@ -32,7 +32,7 @@ ISSUE = RenderedIssue(
     html=f"<p>{GREETING}</p><a href='{UNSUBSCRIBE_URL}'>u</a>\n<p>.a line that starts with a dot</p>",
     text=f"{GREETING}\n{UNSUBSCRIBE_URL}\n.\n..two dots\n",
 )
-FAST_RETRIES = {"retry_base_seconds": 0.05, "throttle_retry_seconds": 0.05}
+FAST_RETRIES = {"retry_base_seconds": 0.05, "throttle_retry_seconds": 0.05, "throttle_recover_seconds": 0.5}
 
 
 def setup(store: Store, n: int, domain: str = "example.com") -> int:
@@ -304,6 +304,14 @@ def test_rate_limiter_spaces_messages_and_backs_off_on_throttling() -> None:
     t[0] += 6
     limiter.acquire()
     assert limiter.rate == pytest.approx(6.25)  # recovering by a quarter
+    quick = RateLimiter(10, clock=lambda: t[0], sleep=sleep, recover_after=1.0)  # a send's option
+    quick.throttle()
+    t[0] += 0.5
+    quick.acquire()
+    assert quick.rate == 5  # not yet
+    t[0] += 1.0
+    quick.acquire()
+    assert quick.rate == pytest.approx(6.25)
     unlimited = RateLimiter(0, clock=lambda: t[0], sleep=sleep)
     assert unlimited.rate is None
     for _ in range(200):  # 100 msg/s measured over the last two seconds

@@ -81,6 +81,8 @@ class SendOptions:
     retry_base_seconds: float = 30.0
     retry_max_seconds: float = 1800.0
     throttle_retry_seconds: float = 5.0
+    # After a throttling reply the pace recovers by a quarter every this many quiet seconds.
+    throttle_recover_seconds: float = 5.0
     # A connection that cannot open a session waits this long, doubled at each failure (at most
     # 30 s), and gives the send up after three failures in a row.
     reconnect_seconds: float = 2.0
@@ -132,7 +134,6 @@ class RateLimiter:
     floor (a tenth of the rate measured before the first throttle); it then recovers by a quarter
     every few quiet seconds, up to the configured rate (or unlimited)."""
 
-    RECOVER_AFTER = 5.0
     FLOOR_SHARE = 0.1
     MIN_FLOOR = 0.5
 
@@ -142,8 +143,10 @@ class RateLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        recover_after: float = 5.0,
     ) -> None:
         self.limit = rate if rate > 0 else None
+        self.recover_after = recover_after
         self.rate = self.limit
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
@@ -184,9 +187,9 @@ class RateLimiter:
         return max(1.0, len(window) / 2.0)
 
     def _recover(self, now: float) -> None:
-        if self.rate is None or now - self._last_throttle < self.RECOVER_AFTER:
+        if self.rate is None or now - self._last_throttle < self.recover_after:
             return
-        self._last_throttle = now - self.RECOVER_AFTER / 2  # the next step comes a little later
+        self._last_throttle = now - self.recover_after / 2  # the next step comes a little later
         self.rate *= 1.25
         if self.limit is not None and self.rate >= self.limit:
             self.rate = self.limit
@@ -350,7 +353,7 @@ class _Send:
         self.now, self.sleep, self.on_result, self.should_stop = now, sleep, on_result, should_stop
         self.id = str(uuid.uuid4())
         self.report = SendReport(issue_id=issue_id)
-        self.limiter = RateLimiter(options.rate_per_second)
+        self.limiter = RateLimiter(options.rate_per_second, recover_after=options.throttle_recover_seconds)
         self.work: queue.Queue[object] = queue.Queue()
         self.busy = 0  # claimed rows handed to a connection whose fate is not yet committed
         self.lock = threading.Lock()
