@@ -5,6 +5,7 @@ resume of a real send, and erasure."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import re
@@ -249,6 +250,11 @@ def test_pause_and_resume_from_the_console_mid_send(
     page = client.get(f"/admin/issues/{issue_id}").get_data(as_text=True)
     assert f'data-state="sent">{at_pause}<' in page and 'id="resume"' in page and "paused" in page
 
+    # slowed only to pause: the resumed send runs unthrottled, as after a config edit and restart
+    svc = console.app.extensions["newsletter"]
+    svc.settings = dataclasses.replace(
+        svc.settings, delivery=dataclasses.replace(svc.settings.delivery, rate_per_second=0)
+    )
     client.post(f"/admin/issues/{issue_id}/resume", data={"csrf_token": token(client, "/admin/")})
     assert wait_for(lambda: console.store.issue_counts(issue_id)[0].status == "sent", timeout=60)
     got = smtp_sink.by_recipient()
