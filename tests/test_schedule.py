@@ -448,7 +448,7 @@ def test_any_error_closes_the_run_as_failed_and_is_logged(tmp_path: Path, env: N
 def test_every_log_line_goes_to_the_configured_log_apschedulers_included(tmp_path: Path) -> None:
     import logging
 
-    from newsletter.cli import configure_log
+    from newsletter.cli.operations import configure_log
 
     log_file = tmp_path / "schedule.log"
     handler = configure_log(log_file, as_json=True)

@@ -1,0 +1,5 @@
+"""`python -m newsletter.cli`."""
+
+from . import main
+
+main()
