@@ -39,17 +39,24 @@ class Server:
     config: Path
 
 
-@pytest.fixture
-def server(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Server]:
+def served_config(tmp_path: Path, sink: SmtpSink, extra: str = "") -> tuple[int, str, Path]:
+    """A free port, the site's URL on it, and an initialised config mailing over SMTP to `sink`
+    (`extra` continues its [smtp] section)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     config = write_config(
         tmp_path,
         delivery='transport = "smtp"',
-        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\n',
+        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\n' + extra,
     )
     config.write_text(config.read_text().replace("https://news.example.com", url))
     run_cli(config, "init")
+    return port, url, config
+
+
+@pytest.fixture
+def server(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Server]:
+    port, url, config = served_config(tmp_path, smtp_sink)
     proc = start_server(config, port)
 
     assert wait_for(lambda: _healthy(url), timeout=30), "newsletter serve did not come up"
@@ -176,16 +183,9 @@ def test_signups_during_a_send_share_the_sqlite_file(tmp_path: Path, smtp_sink: 
 
     from .test_send_processes import _now, start_send
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    config = write_config(
-        tmp_path,
-        delivery='transport = "smtp"',
-        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\nconnections = 4\n'
-        "[web]\nsignups_per_ip_per_hour = 1000\n",
+    port, url, config = served_config(
+        tmp_path, smtp_sink, "connections = 4\n[web]\nsignups_per_ip_per_hour = 1000\n"
     )
-    config.write_text(config.read_text().replace("https://news.example.com", url))
-    run_cli(config, "init")
     store = Store(f"sqlite:///{tmp_path / 'subscribers.db'}")
     store.import_subscribers([NewSubscriber(f"reader{i}@example.com", None) for i in range(5000)], now=_now())
     run_cli(config, "build")
@@ -363,15 +363,7 @@ def test_stopping_the_server_records_what_its_console_send_has_in_flight(
     """A send resumed from the console runs in the server process. SIGTERM to the server stops it
     as SIGTERM stops `send`: it stops claiming, records what is in flight, and leaves no row
     `sending`; the next send finds nothing of unknown fate and sends each reader one copy."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    config = write_config(
-        tmp_path,
-        delivery='transport = "smtp"',
-        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\nconnections = 2\n',
-    )
-    config.write_text(config.read_text().replace("https://news.example.com", url))
-    run_cli(config, "init")
+    port, url, config = served_config(tmp_path, smtp_sink, "connections = 2\n")
     csv_file = tmp_path / "readers.csv"
     csv_file.write_text("email\n" + "".join(f"s{i}@example.org\n" for i in range(1500)))
     run_cli(config, "subscribers", "import", str(csv_file))

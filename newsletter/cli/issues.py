@@ -90,8 +90,7 @@ def build(app: App, date_text: str | None, as_json: bool) -> None:
         issue = outcome.issue
         shown: dict[str, Any] | None = None
         if issue is not None:
-            shown = {"id": issue.id, "date": issue.issue_date, "subject": issue.subject}
-            shown["stories"] = issue.story_count
+            shown = dict(id=issue.id, date=issue.issue_date, subject=issue.subject, stories=issue.story_count)
         _print_json({"issue": shown, "created": outcome.created, "message": outcome.reason})
         return
     out.print(outcome.reason, markup=False)
