@@ -19,7 +19,8 @@ from sqlalchemy import text
 
 from newsletter.config import load_settings
 from newsletter.operators import hash_password
-from newsletter.store import NewSubscriber, Store
+from newsletter.store import Store
+from newsletter.subscribers.records import NewSubscriber
 from newsletter.web import create_app
 
 PASSWORD = "bench password 123"

@@ -34,13 +34,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import dashboard  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
+from newsletter.content.digest import Digest, DigestStory, Section  # noqa: E402
+from newsletter.content.render import RenderedIssue, fill, greeting_for, inline_css, render_issue  # noqa: E402
 from newsletter.delivery.compose import MessageTemplate, Recipient  # noqa: E402
 from newsletter.delivery.signing import SIGNED_HEADERS, DkimSigner, generate_key  # noqa: E402
 from newsletter.delivery.tokens import Tokens  # noqa: E402
 from newsletter.delivery.transport import Envelope, SmtpTransport  # noqa: E402
-from newsletter.digest import Digest, DigestStory, Section  # noqa: E402
-from newsletter.render import RenderedIssue, fill, greeting_for, inline_css, render_issue  # noqa: E402
-from newsletter.store import NewSubscriber, Store  # noqa: E402
+from newsletter.store import Store  # noqa: E402
+from newsletter.subscribers.records import NewSubscriber  # noqa: E402
 
 NOW = datetime.now(UTC)
 SECRET = "bench-secret-key-0123456789abcdef"

@@ -180,7 +180,7 @@ class Settings:
     def return_path(self) -> str:
         """The envelope sender, where bounces go, of every mail (issues, confirmations, test
         copies): `[bounces] return_path`, else the sender's own address. An issue's deliveries
-        add a VERP token to it (`jobs.envelope_sender`)."""
+        add a VERP token to it (`delivery.sending.envelope_sender`)."""
         return self.bounces.return_path if self.bounces else self.newsletter.sender_address
 
 

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import cache
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select, update
 
+from .db.engine import Database
+from .db.models import Operator
 from .errors import ConfigError
-from .store import Store
 
-__all__ = ["MIN_PASSWORD", "hash_password", "password_matches", "rehash_if_needed", "set_operator"]
+__all__ = [
+    "MIN_PASSWORD",
+    "OperatorRepository",
+    "hash_password",
+    "password_matches",
+    "rehash_if_needed",
+    "set_operator",
+]
 
 MIN_PASSWORD = 10
 _hasher = PasswordHasher()  # Argon2id, the library's current recommended parameters
@@ -44,7 +54,7 @@ def rehash_if_needed(password_hash: str, password: str) -> str | None:
     return _hasher.hash(password) if _hasher.check_needs_rehash(password_hash) else None
 
 
-def set_operator(store: Store, name: str, password: str, *, now: datetime) -> bool:
+def set_operator(store: OperatorRepository, name: str, password: str, *, now: datetime) -> bool:
     """Add an operator, or give one a new password (which ends their sessions); True if added."""
     name = name.strip()
     if not name or len(name) > 100 or any(not c.isprintable() for c in name):
@@ -52,3 +62,39 @@ def set_operator(store: Store, name: str, password: str, *, now: datetime) -> bo
     if len(password) < MIN_PASSWORD:
         raise ConfigError(f"the password needs at least {MIN_PASSWORD} characters")
     return store.save_operator(name, hash_password(password), now=now)
+
+
+class OperatorRepository(Database):
+    """The console's operators: their password hashes and session versions."""
+
+    def save_operator(self, name: str, password_hash: str, *, now: datetime) -> bool:
+        """Add an operator, or set a new password for one; True if added."""
+        with self.write() as s:
+            op = s.scalar(select(Operator).where(Operator.name == name))
+            if op is not None:  # a new password ends every session of the old one
+                op.password_hash, op.session_version = password_hash, op.session_version + 1
+                return False
+            s.add(Operator(name=name, password_hash=password_hash, created_at=now))
+            return True
+
+    def operator(self, *, name: str | None = None, operator_id: int | None = None) -> Operator | None:
+        with self.read() as s:
+            if operator_id is not None:
+                return s.get(Operator, operator_id)
+            return s.scalar(select(Operator).where(Operator.name == name))
+
+    def end_operator_sessions(self, operator_id: int) -> None:
+        """Logout: every session of this operator ends, wherever its cookie is."""
+        with self.write() as s:
+            s.execute(
+                update(Operator)
+                .where(Operator.id == operator_id)
+                .values(session_version=Operator.session_version + 1)
+            )
+
+    def operator_logged_in(self, operator_id: int, *, password_hash: str | None, now: datetime) -> None:
+        with self.write() as s:
+            values: dict[str, Any] = {"last_login_at": now}
+            if password_hash:  # a rehash with today's parameters
+                values["password_hash"] = password_hash
+            s.execute(update(Operator).where(Operator.id == operator_id).values(**values))

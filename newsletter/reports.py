@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .db.models import DeliveryStatus
-from .store import IssueCounts
+from .issues.records import IssueCounts
 
 __all__ = ["COMPLAINT_WARNING", "DELIVERY_COLUMNS", "complaint_warning", "engagement"]
 

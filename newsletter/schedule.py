@@ -22,11 +22,12 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from . import jobs
-from .bounces import process_bounces
+from .bounces.processing import process_bounces
 from .config import Settings
 from .delivery.engine import SendReport, process_alive
+from .delivery.sending import send, send_options
 from .errors import ConfigError, NewsletterError
+from .issues.build import gather_and_build
 from .store import Store
 
 __all__ = [
@@ -152,7 +153,7 @@ def run_scheduled(
     issue_date = fire_time.astimezone(settings.newsletter.tz).date()
     fields: dict[str, Any] = {"date": issue_date.isoformat(), "issue": None}
     try:
-        report, outcome = jobs.gather_and_build(settings, store, issue_date=issue_date, now=started)
+        report, outcome = gather_and_build(settings, store, issue_date=issue_date, now=started)
         if report is not None:
             fields["new_stories"] = report.new_stories
             if report.failed:
@@ -163,7 +164,7 @@ def run_scheduled(
             fields["issue"] = outcome.issue.id
             store.attach_scheduled_issue(fire_time.astimezone(UTC), outcome.issue.id)
             fields |= {"stories": outcome.issue.story_count} | _send_fields(
-                jobs.send(settings, store, outcome.issue, should_stop=should_stop)
+                send(settings, store, outcome.issue, should_stop=should_stop)
             )
     except NewsletterError as exc:
         fields["error"] = str(exc)
@@ -231,11 +232,11 @@ class Scheduler:
         try:
             since = (self.now() - timedelta(days=2)).date()
             # what is due goes now; deferred rows wait for their time, without holding this job
-            options = jobs.send_options(self.settings, wait_for_retries=False)
+            options = send_options(self.settings, wait_for_retries=False)
             for issue in self.store.unfinished_issues(since=since):
                 started = self.now()
                 try:
-                    report = jobs.send(
+                    report = send(
                         self.settings, self.store, issue, options=options, should_stop=self.stopping.is_set
                     )
                 except Exception as exc:  # noqa: BLE001 - one issue's trouble never stops the scheduler

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from newsletter.bounces import BouncePolicy
+from newsletter.bounces.policy import BouncePolicy
+from newsletter.bounces.records import FoundEvent
 from newsletter.config import load_settings
 from newsletter.operators import hash_password
-from newsletter.store import FoundEvent, NewSubscriber, Store
+from newsletter.store import Store
+from newsletter.subscribers.records import NewSubscriber
 from newsletter.web import create_app
 
 from .conftest import PASSWORD, Console, SmtpSink, log_in, run_cli, token, wait_for, write_config

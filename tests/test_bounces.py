@@ -11,13 +11,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from newsletter import bounces
-from newsletter.bounces import classify, process_bounces
+from newsletter.bounces import processing
+from newsletter.bounces.classify import Classified, classify
+from newsletter.bounces.policy import BouncePolicy, Verdict
+from newsletter.bounces.processing import process_bounces
 from newsletter.config import load_settings
 from newsletter.db.models import BounceEvent, BounceMail, SubscriberStatus
 from newsletter.delivery.tokens import Tokens, verp_address
 from newsletter.operators import hash_password
-from newsletter.store import NewSubscriber, Store
+from newsletter.store import Store
+from newsletter.subscribers.records import NewSubscriber
 from newsletter.web import create_app
 
 from . import bounce_mails as m
@@ -361,14 +364,14 @@ def test_a_mail_that_breaks_never_stops_the_others(
             original=nl.original(4),
         )
     )
-    real = bounces.classify
+    real = processing.classify
 
-    def breaks_on_marked_mail(data: bytes, **kwargs: object) -> bounces.Classified:
+    def breaks_on_marked_mail(data: bytes, **kwargs: object) -> Classified:
         if b"X-Break-The-Reader" in data:
             raise RuntimeError("a bug in the reader")
         return real(data, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(bounces, "classify", breaks_on_marked_mail)
+    monkeypatch.setattr(processing, "classify", breaks_on_marked_mail)
     settings = load_settings(nl.config)
     first = process_bounces(settings, nl.store, now=datetime.now(UTC))
     statuses = nl.statuses()
@@ -391,11 +394,9 @@ def test_a_mail_that_breaks_never_stops_the_others(
 
 def test_the_bounce_policy_alone() -> None:
     """One rule, judged without a database: what each kind of report does to each subscriber."""
-    policy = bounces.BouncePolicy(soft_limit=2, soft_window=timedelta(days=30))
+    policy = BouncePolicy(soft_limit=2, soft_window=timedelta(days=30))
 
-    def judge(
-        kind: str, current: SubscriberStatus | None, soft: int = 0, named: bool = True
-    ) -> bounces.Verdict:
+    def judge(kind: str, current: SubscriberStatus | None, soft: int = 0, named: bool = True) -> Verdict:
         return policy.judge(
             kind=kind, code="5.1.1", address="a@example.org", named=named, current=current, soft_count=soft
         )

@@ -8,8 +8,8 @@ from email.message import EmailMessage
 import pytest
 
 from newsletter.config import Settings, mailbox
+from newsletter.content.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, fill, greeting_for
 from newsletter.delivery.compose import MessageTemplate, Recipient, qp_encode
-from newsletter.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, fill, greeting_for
 
 HTML = (
     f'<html><body><p style="color:#333">{GREETING} Caf\u00e9 news = good</p>\n'

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import update
 
 from newsletter.config import mailbox
+from newsletter.content.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
 from newsletter.db.models import Delivery, DeliveryStatus, Sender
 from newsletter.delivery.compose import MessageTemplate
 from newsletter.delivery.engine import RateLimiter, SendOptions, SendReport, send_issue
@@ -19,8 +20,8 @@ from newsletter.delivery.tokens import Tokens
 from newsletter.delivery.transport import Envelope, OutboxTransport, SmtpTransport, classify_reply
 from newsletter.delivery.workers import reconnect_wait
 from newsletter.errors import SendBusyError, TransportError
-from newsletter.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
-from newsletter.store import NewSubscriber, Store
+from newsletter.store import Store
+from newsletter.subscribers.records import NewSubscriber
 
 from .conftest import SECRET, SmtpSink, assert_tally_counts, free_port, wait_for
 from .test_store import claim

@@ -1,7 +1,7 @@
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from newsletter.digest import DigestStory, choose, issue_window
+from newsletter.content.digest import DigestStory, choose, issue_window
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 

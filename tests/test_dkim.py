@@ -15,11 +15,12 @@ import dkim
 import pytest
 
 from newsletter.config import load_settings, mailbox
+from newsletter.content.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
 from newsletter.delivery.compose import MessageTemplate, Recipient, confirmation_message
 from newsletter.delivery.signing import DkimSigner, dns_record, generate_key
 from newsletter.delivery.tokens import BadToken, Tokens, verp_token
-from newsletter.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
-from newsletter.store import NewSubscriber, Store
+from newsletter.store import Store
+from newsletter.subscribers.records import NewSubscriber
 
 from .conftest import SECRET, SmtpSink, run_cli, write_config
 

@@ -8,7 +8,8 @@ import io
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
-from newsletter.bounces import BouncePolicy, classify
+from newsletter.bounces.classify import classify
+from newsletter.bounces.policy import BouncePolicy
 from newsletter.db.models import Delivery, DeliveryStatus
 from newsletter.delivery.tokens import Tokens
 from newsletter.store import Store

@@ -2,8 +2,8 @@ import re
 from datetime import UTC, date, datetime, timedelta
 
 from newsletter.config import Settings
-from newsletter.digest import Digest, DigestStory, Section
-from newsletter.render import GREETING, UNSUBSCRIBE_URL, fill, inline_css, render_issue
+from newsletter.content.digest import Digest, DigestStory, Section
+from newsletter.content.render import GREETING, UNSUBSCRIBE_URL, fill, inline_css, render_issue
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 

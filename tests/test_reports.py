@@ -2,8 +2,8 @@
 
 from datetime import UTC, date, datetime
 
+from newsletter.issues.records import IssueCounts
 from newsletter.reports import COMPLAINT_WARNING, complaint_warning, engagement
-from newsletter.store import IssueCounts
 
 
 def counts(accepted: int, complained: int) -> IssueCounts:

@@ -1,8 +1,8 @@
 from datetime import UTC, datetime
 
 from newsletter.config import SourceSettings
-from newsletter.sanitize import clean_html, cut_words
-from newsletter.sources import parse_feed
+from newsletter.content.sanitize import clean_html, cut_words
+from newsletter.content.sources import parse_feed
 
 from .conftest import rss
 

@@ -25,7 +25,8 @@ from newsletter.schedule import (
     run_scheduled,
     trigger,
 )
-from newsletter.store import NewSubscriber, Store
+from newsletter.store import Store
+from newsletter.subscribers.records import NewSubscriber
 
 from .conftest import SECRET, FeedServer, Route, SmtpSink, recent, rss, run_cli, wait_for, write_config
 
@@ -387,8 +388,8 @@ def test_resuming_sends_what_is_due_and_leaves_a_retry_for_its_time(tmp_path: Pa
     message goes now, the deferred one waits for its retry, and the job does not wait for it."""
     from sqlalchemy import update
 
-    from newsletter import jobs
     from newsletter.db.models import Delivery, DeliveryStatus
+    from newsletter.issues.build import build, gather
     from newsletter.schedule import Scheduler
 
     settings = load_settings(write_config(tmp_path))
@@ -398,8 +399,8 @@ def test_resuming_sends_what_is_due_and_leaves_a_retry_for_its_time(tmp_path: Pa
     store.import_subscribers(
         [NewSubscriber("due@example.com", None), NewSubscriber("later@example.com", None)], now=now
     )
-    jobs.gather(settings, store, now=now)
-    issue = jobs.build(settings, store, issue_date=now.date(), now=now).issue
+    gather(settings, store, now=now)
+    issue = build(settings, store, issue_date=now.date(), now=now).issue
     assert issue is not None
     store.start_send(issue.id)  # the send began, then stopped before a message went out
     later = store.get_subscriber("later@example.com")

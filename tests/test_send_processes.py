@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.store import NewSubscriber, Store
+from newsletter.store import Store
+from newsletter.subscribers.records import NewSubscriber
 
 from .conftest import SECRET, SmtpSink, assert_tally_counts, run_cli, wait_for, write_config
 

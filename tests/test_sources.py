@@ -2,9 +2,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from newsletter import jobs
 from newsletter.config import SourceSettings, load_settings
-from newsletter.sources import Conditional, Limits, canonical_link, fetch_all, parse_feed
+from newsletter.content.sources import Conditional, Limits, canonical_link, fetch_all, parse_feed
+from newsletter.issues.build import gather
 from newsletter.store import Store
 
 from .conftest import ROOT, FeedServer, Route, recent, rss, write_config
@@ -99,9 +99,9 @@ def test_conditional_requests_use_etag(feed_server: FeedServer, tmp_path: Path, 
     settings = load_settings(write_config(tmp_path, sources=[("F", feed_server.url("/feed"))]))
     store = Store(settings.database_url)
     store.migrate()
-    first = jobs.gather(settings, store, now=NOW)
+    first = gather(settings, store, now=NOW)
     assert first.new_stories == 1
-    second = jobs.gather(settings, store, now=NOW)
+    second = gather(settings, store, now=NOW)
     assert second.results[0].not_modified and second.new_stories == 0
     path, headers = feed_server.requests[-1]
     assert headers.get("If-None-Match") == '"v1"'

@@ -8,7 +8,8 @@ import pytest
 from newsletter.db.models import DeliveryStatus, SubscriberStatus
 from newsletter.delivery.records import DeliveryTarget, Enrolment, Fate, Group, MarkResult
 from newsletter.errors import SendBusyError
-from newsletter.store import NewSubscriber, Store
+from newsletter.store import Store
+from newsletter.subscribers.records import NewSubscriber
 
 from .conftest import ROOT
 

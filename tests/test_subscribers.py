@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from newsletter.store import Store
-from newsletter.subscribers import InvalidSubscriber, check_name, import_csv, normalise_email
+from newsletter.subscribers.rules import InvalidSubscriber, check_name, import_csv, normalise_email
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 

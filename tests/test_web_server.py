@@ -179,7 +179,8 @@ def test_signups_during_a_send_share_the_sqlite_file(tmp_path: Path, smtp_sink: 
     locked", every signup kept, the send complete and exact."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from newsletter.store import NewSubscriber, Store
+    from newsletter.store import Store
+    from newsletter.subscribers.records import NewSubscriber
 
     from .test_send_processes import _now, start_send
 

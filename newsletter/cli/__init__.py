@@ -27,12 +27,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .. import jobs
 from ..config import Settings, find_config_path, load_settings
 from ..db.models import DeliveryStatus, Issue, SubscriberStatus
+from ..delivery.sending import send, send_options
 from ..errors import ConfigError, NewsletterError, NotFoundError
+from ..issues.build import BuildOutcome, GatherReport, gather, gather_and_build, today
 from ..store import Store
-from ..subscribers import check_name, normalise_email
+from ..subscribers.rules import check_name, normalise_email
 
 # Piped into a log or a cron mail, tables get room rather than the 80 columns of no terminal.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -179,9 +180,9 @@ def _progress(label: str, *, total: int, quiet: bool) -> Iterator[Callable[..., 
 # -- shared by the command groups ----------------------------------------------------------
 
 
-def _build(app: App, issue_date: date, *, quiet: bool = False) -> jobs.BuildOutcome:
+def _build(app: App, issue_date: date, *, quiet: bool = False) -> BuildOutcome:
     with _progress("gathering feeds", total=len(app.settings.sources), quiet=quiet) as tick:
-        report, outcome = jobs.gather_and_build(
+        report, outcome = gather_and_build(
             app.settings, app.store, issue_date=issue_date, now=_now(), on_done=lambda _result: tick()
         )
     if report is not None:
@@ -198,9 +199,9 @@ def _checked(email: str, name: str | None) -> tuple[str, str | None]:
         raise ConfigError(str(exc)) from None
 
 
-def _gather(app: App, *, quiet: bool = False) -> jobs.GatherReport:
+def _gather(app: App, *, quiet: bool = False) -> GatherReport:
     with _progress("gathering feeds", total=len(app.settings.sources), quiet=quiet) as tick:
-        report = jobs.gather(app.settings, app.store, now=_now(), on_done=lambda _result: tick())
+        report = gather(app.settings, app.store, now=_now(), on_done=lambda _result: tick())
     _say_gathered(report, quiet=quiet)
     return report
 
@@ -211,25 +212,25 @@ def _issue(app: App, issue_id: int | None, *, build_today: bool) -> Issue:
         if issue is None:
             raise NotFoundError(f"there is no issue {issue_id}")
         return issue
-    today = jobs.today(app.settings, _now())
-    issue = app.store.issue_for_date(today)
+    day = today(app.settings, _now())
+    issue = app.store.issue_for_date(day)
     if issue is None and build_today:
-        issue = _build(app, today).issue
+        issue = _build(app, day).issue
     if issue is None:
-        raise NotFoundError(f"there is no issue for today ({today}); too few new stories to build one")
+        raise NotFoundError(f"there is no issue for today ({day}); too few new stories to build one")
     return issue
 
 
 def _issue_date(app: App, value: str | None) -> date:
     if value is None:
-        return jobs.today(app.settings, _now())
+        return today(app.settings, _now())
     try:
         return date.fromisoformat(value)
     except ValueError:
         raise ConfigError(f"--date must be YYYY-MM-DD, not {value!r}") from None
 
 
-def _say_gathered(report: jobs.GatherReport, *, quiet: bool) -> None:
+def _say_gathered(report: GatherReport, *, quiet: bool) -> None:
     for r in report.results:
         if r.error:
             err.print(f"source '{r.source.name}' ({r.source.url}) failed: {r.error}", markup=False)
@@ -242,9 +243,9 @@ def _say_gathered(report: jobs.GatherReport, *, quiet: bool) -> None:
 
 def _send(app: App, issue: Issue, *, resend_unknown: bool, as_json: bool, wait: bool = False) -> None:
     active = app.store.subscriber_counts().get(SubscriberStatus.ACTIVE.value, 0)
-    options = jobs.send_options(app.settings, wait_for_sender=wait)
+    options = send_options(app.settings, wait_for_sender=wait)
     with _progress(f"sending issue {issue.id}", total=active, quiet=as_json) as tick, _stop_signals() as stop:
-        report = jobs.send(
+        report = send(
             app.settings,
             app.store,
             issue,

@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from .. import jobs
 from ..config import ensure_secret_key
+from ..content.render import render_web
+from ..delivery.sending import send_test_copy
 from ..errors import NewsletterError
 from ..private import open_private, private_folder
-from ..render import render_web
 from . import (
     App,
     _build,
@@ -141,7 +141,7 @@ def preview(app: App, issue_id: int | None, out_file: Path | None, to_address: s
     issue = _issue(app, issue_id, build_today=True)
     if to_address:
         address, _ = _checked(to_address, None)
-        jobs.send_test_copy(app.settings, app.store, issue, address)
+        send_test_copy(app.settings, app.store, issue, address)
         out.print(f"sent a test copy of issue {issue.id} to {address}", markup=False)
         return
     path = out_file or Path("preview.html")

@@ -20,7 +20,7 @@ from . import App, _log, _now, _print_json, err, main, out, pass_app
 @pass_app
 def bounces(app: App, as_json: bool) -> None:
     """Read the [bounces] mailbox once: bounces and complaints (ARF) acted on, each mail counted once."""
-    from ..bounces import process_bounces
+    from ..bounces.processing import process_bounces
 
     report = process_bounces(app.settings, app.store, now=_now())
     if as_json:

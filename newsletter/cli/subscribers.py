@@ -11,7 +11,7 @@ from rich.table import Table
 from ..db.models import SubscriberStatus
 from ..errors import NotFoundError
 from ..private import open_private, private_folder
-from ..subscribers import import_csv, write_csv
+from ..subscribers.rules import import_csv, write_csv
 from . import App, _checked, _now, _print_json, err, main, out, pass_app
 
 # -- subscribers --------------------------------------------------------------------------------

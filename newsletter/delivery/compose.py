@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import dkim
 
 from ..config import Settings, mailbox
-from ..render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, greeting_for, render_confirmation
+from ..content.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, greeting_for, render_confirmation
 from .signing import DkimSigner, relaxed_chunk
 
 __all__ = [

@@ -56,7 +56,7 @@ class Ledger(Protocol):
 
 
 class DeliveryStore(Protocol):
-    """What the send loop needs of the database (newsletter.store.Store provides it)."""
+    """What the send loop needs of the database (delivery.claims.DeliveryRepository provides it)."""
 
     is_sqlite: bool
 

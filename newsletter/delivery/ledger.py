@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-from ..db.models import LIVE_STATUSES, DeliveryStatus, SubscriberStatus
+from ..bounces.policy import BOUNCE_CLOSES
+from ..db.engine import Database
+from ..db.models import DeliveryStatus, SubscriberStatus
 from ..errors import SenderFenced
 from .records import DeliveryTarget, Group, LedgerResult, MarkResult
-
-if TYPE_CHECKING:
-    from ..store import Store
 
 __all__ = ["DeliveryLedger"]
 
@@ -40,7 +39,7 @@ class DeliveryLedger:
     first makes sure this sender is still enrolled: one that another declared dead (and whose
     rows it took) is fenced off, records nothing and stops."""
 
-    def __init__(self, store: Store, issue_id: int, sender_id: str) -> None:
+    def __init__(self, store: Database, issue_id: int, sender_id: str) -> None:
         self.issue_id, self.sender_id = issue_id, sender_id
         self.sqlite = store.is_sqlite
         self._conn = store.engine.raw_connection()
@@ -195,11 +194,11 @@ def _mark_results(asked: Sequence[int], rows: Sequence[tuple[int, str]]) -> dict
     return {sid: found.get(sid, MarkResult.LOST) for sid in asked}
 
 
-# The states in the ledger's plain SQL, as {pending}, {active}, {live}...: spelled by the enums.
+# The states in the ledger's plain SQL, as {pending}, {active}, {closes}...: spelled by the enums.
 _STATES = {st.name.lower(): f"'{st.value}'" for st in DeliveryStatus} | {
     "active": f"'{SubscriberStatus.ACTIVE.value}'",
     "subscriber_bounced": f"'{SubscriberStatus.BOUNCED.value}'",
-    "live": "(" + ", ".join(f"'{st.value}'" for st in LIVE_STATUSES) + ")",
+    "closes": "(" + ", ".join(f"'{st.value}'" for st in BOUNCE_CLOSES) + ")",
 }
 # Marking: in flight if the subscriber is still active, else skipped (a final state, released).
 _MARKED = "CASE WHEN s.status = {active} THEN {sending} ELSE {skipped} END"
@@ -217,11 +216,11 @@ _LEDGER_SQL = {
     "sent_at = ?, claimed_by = CASE WHEN ? THEN NULL ELSE claimed_by END, "
     "claimed_until = CASE WHEN ? THEN NULL ELSE claimed_until END "
     "WHERE issue_id = ? AND subscriber_id = ? AND claimed_by = ?",
-    # One bounce policy (as bounces.BouncePolicy): counted always; only a live subscriber becomes
-    # bounced. Only for a row this transaction just recorded bounced.
+    # The bounce policy's hard bounce (bounces.policy): counted always; a subscriber in
+    # BOUNCE_CLOSES becomes bounced. Only for a row this transaction just recorded bounced.
     "bounce": "UPDATE subscribers SET bounce_count = bounce_count + 1, "
-    "bounced_at = CASE WHEN status IN {live} THEN ? ELSE bounced_at END, "
-    "status = CASE WHEN status IN {live} THEN {subscriber_bounced} ELSE status END WHERE id = ? "
+    "bounced_at = CASE WHEN status IN {closes} THEN ? ELSE bounced_at END, "
+    "status = CASE WHEN status IN {closes} THEN {subscriber_bounced} ELSE status END WHERE id = ? "
     "AND EXISTS (SELECT 1 FROM deliveries WHERE issue_id = ? AND subscriber_id = ? AND claimed_by = ? "
     "AND status = {bounced})",
     "unmark": "UPDATE deliveries SET status = CASE WHEN attempts > 0 THEN {deferred} ELSE {pending} END, "

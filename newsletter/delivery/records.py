@@ -70,3 +70,9 @@ class Enrolment(NamedTuple):
     exclusive: bool
     stale_after: timedelta
     is_alive: Callable[[str, int], bool | None]
+
+    def finds_dead(self, host: str, pid: int, *, stale: bool) -> bool:
+        """Whether another sender of the issue is dead: its process is known gone, or nothing here
+        can tell and its heartbeat is older than `stale_after` (`stale`, by the database's clock)."""
+        alive = self.is_alive(host, pid)
+        return alive is False or (alive is None and stale)

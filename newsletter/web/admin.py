@@ -33,14 +33,14 @@ from flask import (
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from werkzeug.wrappers import Response as BaseResponse
 
-from .. import jobs
+from ..content.render import render_web
 from ..db.models import SubscriberStatus
+from ..delivery.sending import erase_outbox_copies, send, send_test_copy
 from ..errors import NewsletterError
 from ..operators import password_matches, rehash_if_needed
-from ..render import render_web
 from ..reports import DELIVERY_COLUMNS, complaint_warning
 from ..schedule import schedule_summary
-from ..subscribers import EXPORT_FIELDS, import_csv, normalise_email, write_csv
+from ..subscribers.rules import EXPORT_FIELDS, import_csv, normalise_email, write_csv
 from . import services
 from .limits import LOGIN_FAILURES, LOGIN_WINDOW_SECONDS
 
@@ -276,7 +276,7 @@ def send_test(issue_id: int) -> BaseResponse:
     found = _issue_or_404(issue_id)
     try:
         address = normalise_email(request.form.get("email") or "")
-        jobs.send_test_copy(svc.settings, svc.store, found, address)
+        send_test_copy(svc.settings, svc.store, found, address)
         flash(f"A [Test] copy of issue {issue_id} went to {address}.")
     except NewsletterError as exc:
         flash(f"No test copy sent: {exc}", "error")
@@ -299,7 +299,7 @@ def _send_in_background(issue_id: int) -> str:
         try:
             found = svc.store.get_issue(issue_id)
             if found is not None:
-                report = jobs.send(svc.settings, svc.store, found, should_stop=should_stop)
+                report = send(svc.settings, svc.store, found, should_stop=should_stop)
                 log.info("console send of issue %s: %s", issue_id, report.counts)
         except NewsletterError as exc:
             log.warning("console send of issue %s stopped: %s", issue_id, exc)
@@ -415,7 +415,7 @@ def erase(subscriber_id: int) -> BaseResponse:
     address = svc.store.erase_subscriber(subscriber_id, now=svc.now())
     if address is None:
         abort(404)
-    removed = jobs.erase_outbox_copies(svc.settings, subscriber_id, address)
+    removed = erase_outbox_copies(svc.settings, subscriber_id, address)
     # the log names the row, never the address
     log.info("admin %s erased subscriber %s (%d outbox copies)", current_user.name, subscriber_id, removed)
     flash(f"Subscriber #{subscriber_id} is erased: address, name and IP are gone; the counts stay.")

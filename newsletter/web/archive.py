@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, jsonify, make_response, render_template
 
-from ..render import render_web
+from ..content.render import render_web
 from . import services
 
 bp = Blueprint("archive", __name__)

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, jsonify, make_response, render_template, 
 
 from ..delivery.tokens import BadToken
 from ..errors import NewsletterError
-from ..subscribers import check_name, normalise_email
+from ..subscribers.rules import check_name, normalise_email
 from . import services
 
 bp = Blueprint("signup", __name__)

@@ -21,9 +21,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import feedparser
 import httpx
 
-from . import __version__
-from .config import SourceSettings
-from .errors import FeedError
+from .. import __version__
+from ..config import SourceSettings
+from ..errors import FeedError
+from .records import FetchedStory
 from .sanitize import clean_html, cut_words, is_pixel, is_safe_url
 
 __all__ = [
@@ -38,22 +39,6 @@ __all__ = [
 
 DEFAULT_SECTION = "Top stories"
 USER_AGENT = f"newsletter/{__version__} (+daily digest; feed reader)"
-
-
-@dataclass(frozen=True)
-class FetchedStory:
-    """A story as a feed gave it, before it is stored (sources never touch the database; `store` keeps it)."""
-
-    identity: str
-    source: str
-    title: str
-    link: str
-    summary: str
-    bullets: tuple[str, ...]
-    author: str | None
-    image: str | None
-    section: str
-    published_at: datetime | None
 
 
 @dataclass(frozen=True)

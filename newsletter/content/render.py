@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from .config import Settings
+from ..config import Settings
 from .digest import Digest, DigestStory
 
 __all__ = [

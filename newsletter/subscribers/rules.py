@@ -11,9 +11,10 @@ from typing import IO
 
 from email_validator import EmailNotValidError, validate_email
 
-from .db.models import Subscriber
-from .errors import NewsletterError
-from .store import NewSubscriber, Store
+from ..db.models import Subscriber
+from ..errors import NewsletterError
+from .records import NewSubscriber
+from .repository import SubscriberRepository
 
 __all__ = [
     "InvalidSubscriber",
@@ -70,7 +71,9 @@ class ImportReport:
     bad: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
 
 
-def import_csv(path: Path, store: Store, *, now: datetime, batch_size: int = IMPORT_BATCH) -> ImportReport:
+def import_csv(
+    path: Path, store: SubscriberRepository, *, now: datetime, batch_size: int = IMPORT_BATCH
+) -> ImportReport:
     """Header row with `email` and optional `name`. Bad rows are reported by line and skipped;
     good rows are kept, one transaction per batch; an address twice in the file is taken once."""
     report = ImportReport()
@@ -110,7 +113,9 @@ def import_csv(path: Path, store: Store, *, now: datetime, batch_size: int = IMP
     return report
 
 
-def _flush(store: Store, pending: list[NewSubscriber], report: ImportReport, now: datetime) -> None:
+def _flush(
+    store: SubscriberRepository, pending: list[NewSubscriber], report: ImportReport, now: datetime
+) -> None:
     added, existing = store.import_subscribers(pending, now=now)
     report.added += added
     report.existing += existing

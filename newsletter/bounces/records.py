@@ -1,0 +1,24 @@
+"""What a bounce mail was found to say, and what recording it changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FoundEvent", "MailOutcome"]
+
+
+@dataclass(frozen=True)
+class FoundEvent:
+    """A bounce or complaint found in a mail: for a subscriber known by token, or by address."""
+
+    kind: str  # hard, soft, complaint
+    address: str
+    subscriber_id: int | None
+    issue_id: int | None
+    status: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class MailOutcome:
+    lines: list[str]  # what changed, one line per event

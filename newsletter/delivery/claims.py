@@ -1,0 +1,218 @@
+"""The delivery rows of a send: made once per issue, claimed by the senders enrolled for it,
+recorded by the ledger, counted at the end. DeliveryRepository is the engine's DeliveryStore."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    and_,
+    case,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
+
+from ..db.engine import Database
+from ..db.models import (
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
+    Sender,
+    Subscriber,
+    SubscriberStatus,
+)
+from ..db.tallies import ACCEPTED, count_deliveries
+from ..errors import SendBusyError
+from .ledger import DeliveryLedger
+from .records import Enrolment
+
+__all__ = ["DeliveryRepository"]
+
+
+class DeliveryRepository(Database):
+    """What the send loop asks of the database (delivery.engine.DeliveryStore)."""
+
+    def start_send(self, issue_id: int) -> int:
+        """The issue's audience, fixed once: when its send first begins (the issue leaves `built`),
+        one delivery row per subscriber active at that moment. Any later call adds nobody, so a
+        re-run, a resume or a resend never reaches a reader who joined after the issue went out.
+        Returns the rows made."""
+        stmt = self._insert(Delivery).from_select(
+            ["issue_id", "subscriber_id", "status", "attempts"],
+            select(
+                literal(issue_id),
+                Subscriber.id,
+                literal(DeliveryStatus.PENDING.value),
+                literal(0),
+            ).where(Subscriber.status == SubscriberStatus.ACTIVE),
+        )
+        with self.write() as s:
+            # the first caller moves the issue on and makes the rows; a concurrent one waits on this
+            # row lock (PostgreSQL) or the write lock (SQLite), then finds it moved and adds nothing
+            began = s.execute(
+                update(Issue)
+                .where(Issue.id == issue_id, Issue.status == IssueStatus.BUILT)
+                .values(status=IssueStatus.SENDING, counts=None)
+            )
+            if not began.rowcount:  # type: ignore[attr-defined]
+                return 0
+            s.execute(stmt)
+            # INSERT's rowcount is not reported on every driver: the issue's tally says how many
+            added = sum(count_deliveries(s, [issue_id])[0][issue_id].values())
+        if added and not self.is_sqlite:  # fresh statistics, so the claims' plans use the indexes
+            with self.engine.connect() as conn:
+                conn.execute(text("ANALYZE deliveries"))
+                conn.commit()
+        return added
+
+    def register_sender(self, enrolment: Enrolment) -> int:
+        """Enrol a sender for an issue; returns how many rows of dead senders became `unknown`.
+
+        Which senders are dead the enrolment judges (Enrolment.finds_dead); here their heartbeats
+        are compared on the right clock. A dead sender's `sending` rows were in flight: their fate
+        is unknown. Its other claims are released. With `exclusive` (SQLite), a live sender of the
+        same issue refuses this one."""
+        issue_id, sender_id, host, pid, now, exclusive, stale_after, _ = enrolment
+        with self.write() as s:
+            others = list(s.scalars(select(Sender).where(Sender.issue_id == issue_id)))
+            if self.is_sqlite:  # one host: its clock
+                stale = {o.id for o in others if o.heartbeat_at < now - stale_after}
+            else:  # senders on several hosts: only the database's clock compares their heartbeats
+                since = func.now() - stale_after
+                old = select(Sender.id).where(Sender.issue_id == issue_id, Sender.heartbeat_at < since)
+                stale = set(s.scalars(old))
+            dead: list[Sender] = []
+            live: list[Sender] = []
+            for o in others:
+                (dead if enrolment.finds_dead(o.host, o.pid, stale=o.id in stale) else live).append(o)
+            if exclusive and live:
+                o = live[0]
+                raise SendBusyError(
+                    f"issue {issue_id} is being sent by another process (pid {o.pid} on {o.host}); "
+                    f"wait for it with 'send --wait'"
+                )
+            # The dead leave first: on PostgreSQL the DELETE waits for any transaction a "dead" one
+            # still has open (each holds a key-share lock on its row), so what it marked in flight
+            # is committed, and seen below, before its rows are judged; after it, it can commit nothing.
+            for o in dead:
+                s.delete(o)
+            s.flush()
+            live_ids = [o.id for o in live]
+            orphaned = and_(
+                Delivery.issue_id == issue_id,
+                Delivery.status == DeliveryStatus.SENDING,
+                or_(Delivery.claimed_by.is_(None), Delivery.claimed_by.not_in(live_ids or [""])),
+            )
+            unknown = s.execute(
+                update(Delivery)
+                .where(orphaned)
+                .values(
+                    status=DeliveryStatus.UNKNOWN,
+                    last_reply="in flight when its sender stopped",
+                    claimed_by=None,
+                    claimed_until=None,
+                )
+            )
+            if dead:
+                s.execute(
+                    update(Delivery)
+                    .where(Delivery.issue_id == issue_id, Delivery.claimed_by.in_([o.id for o in dead]))
+                    .values(claimed_by=None, claimed_until=None)
+                )
+            beat: Any = now if self.is_sqlite else func.now()
+            s.add(
+                Sender(id=sender_id, issue_id=issue_id, host=host, pid=pid, started_at=now, heartbeat_at=beat)
+            )
+            return int(unknown.rowcount or 0)  # type: ignore[attr-defined]
+
+    def deregister_sender(self, sender_id: str) -> None:
+        """A sender's clean exit: its remaining claims released, its row gone."""
+        with self.write() as s:
+            issue_id = s.scalar(select(Sender.issue_id).where(Sender.id == sender_id))
+            s.execute(
+                update(Delivery)
+                .where(
+                    Delivery.issue_id == issue_id,
+                    Delivery.claimed_by == sender_id,
+                    Delivery.status != DeliveryStatus.SENDING,
+                )
+                .values(claimed_by=None, claimed_until=None)
+            )
+            s.execute(delete(Sender).where(Sender.id == sender_id))
+
+    def live_senders(self, issue_id: int) -> list[Sender]:
+        with self.read() as s:
+            return list(s.scalars(select(Sender).where(Sender.issue_id == issue_id)))
+
+    def requeue_unknown(self, issue_id: int) -> int:
+        with self.write() as s:
+            result = s.execute(
+                update(Delivery)
+                .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.UNKNOWN)
+                .values(status=DeliveryStatus.PENDING, claimed_by=None, claimed_until=None)
+            )
+            s.execute(update(Issue).where(Issue.id == issue_id).values(counts=None))
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def release(self, issue_id: int, sender_id: str, subscriber_ids: Sequence[int]) -> None:
+        """Give back claimed rows that were never handed to the wire."""
+        if not subscriber_ids:
+            return
+        with self.write() as s:
+            s.execute(
+                update(Delivery)
+                .where(
+                    Delivery.issue_id == issue_id,
+                    Delivery.claimed_by == sender_id,
+                    Delivery.subscriber_id.in_(subscriber_ids),
+                    Delivery.status != DeliveryStatus.SENDING,
+                )
+                .values(claimed_by=None, claimed_until=None)
+            )
+
+    def ledger(self, issue_id: int, sender_id: str) -> DeliveryLedger:
+        return DeliveryLedger(self, issue_id, sender_id)
+
+    def next_deferred_at(self, issue_id: int) -> datetime | None:
+        with self.read() as s:
+            return s.scalar(
+                select(func.min(Delivery.next_attempt_at)).where(
+                    Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.DEFERRED
+                )
+            )
+
+    def is_paused(self, issue_id: int) -> bool:
+        with self.read() as s:
+            return bool(s.scalar(select(Issue.paused).where(Issue.id == issue_id)))
+
+    def finish_issue_if_done(self, issue_id: int, *, now: datetime) -> bool:
+        """The issue is `sent` once no row is waiting or in flight; its counts are then frozen."""
+        open_states = (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING)
+        with self.write() as s:
+            by_status, accepted = count_deliveries(s, [issue_id])
+            if any(by_status[issue_id].get(st, 0) for st in open_states):
+                return False
+            s.execute(
+                update(Issue)
+                .where(Issue.id == issue_id)
+                .values(
+                    status=IssueStatus.SENT,
+                    sent_at=case((Issue.sent_at.is_(None), now), else_=Issue.sent_at),
+                    counts={**by_status[issue_id], ACCEPTED: accepted[issue_id]},
+                )
+            )
+            return True
+
+
+if TYPE_CHECKING:  # the engine declares what it needs; this repository is it
+    from .engine import DeliveryStore
+
+    _IS_THE_ENGINES_STORE: type[DeliveryStore] = DeliveryRepository

@@ -1,0 +1,147 @@
+"""Gathering the feeds and building the day's issue: one rule for the command line, the scheduler
+and the console."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import TYPE_CHECKING
+
+from ..config import Settings
+from ..content.digest import DigestStory, choose, issue_window
+from ..content.render import render_issue
+from ..db.models import Issue, Story
+
+if TYPE_CHECKING:  # sources (httpx, feedparser) is imported by gather alone: every command starts a process
+    from ..content.sources import FeedResult, Limits
+    from ..store import Store
+
+__all__ = ["BuildOutcome", "GatherReport", "build", "gather", "gather_and_build", "today"]
+
+
+def today(settings: Settings, now: datetime) -> date:
+    return now.astimezone(settings.newsletter.tz).date()
+
+
+@dataclass(frozen=True)
+class GatherReport:
+    results: list[FeedResult]
+    new_stories: int
+
+    @property
+    def failed(self) -> list[FeedResult]:
+        return [r for r in self.results if not r.ok]
+
+
+def gather(
+    settings: Settings,
+    store: Store,
+    *,
+    now: datetime,
+    limits: Limits | None = None,
+    on_done: Callable[[FeedResult], None] | None = None,
+) -> GatherReport:
+    """Fetch every source and store the stories not seen before; failures are reported, not raised."""
+    from ..content.sources import DEFAULT_LIMITS, Conditional, fetch_all
+
+    conditionals = {}
+    for src in settings.sources:
+        state = store.feed_state(src.url) if src.is_remote else None
+        if state is not None:
+            conditionals[src.url] = Conditional(state.etag, state.last_modified)
+    results = fetch_all(
+        settings.sources,
+        base_dir=settings.config_dir,
+        conditionals=conditionals,
+        now=now,
+        limits=limits or DEFAULT_LIMITS,
+        on_done=on_done,
+    )
+    new = 0
+    for result in results:
+        new += store.add_stories(result.stories, now=now)
+        if result.source.is_remote:
+            store.save_feed_state(
+                result.source.url,
+                etag=result.etag,
+                last_modified=result.last_modified,
+                error=result.error,
+                now=now,
+            )
+    return GatherReport(results=results, new_stories=new)
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    issue: Issue | None
+    created: bool
+    reason: str  # why there is no issue, or how it came to be
+
+
+def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) -> BuildOutcome:
+    """The issue for a date: the one already built, a new one, or none (too few new stories)."""
+    existing = store.issue_for_date(issue_date)
+    if existing is not None:
+        return BuildOutcome(existing, False, f"issue {existing.id} for {issue_date} was already built")
+    d = settings.digest
+    since, until = issue_window(issue_date, now=now, tz=settings.newsletter.tz, window_hours=d.window_hours)
+    candidates = [_item(s) for s in store.unused_stories(since=since, until=until)]
+    digest = choose(
+        candidates,
+        issue_date=issue_date,
+        max_stories=d.max_stories,
+        min_stories=d.min_stories,
+        section_order=[s.section or "" for s in settings.sources],
+    )
+    if digest is None:
+        return BuildOutcome(
+            None,
+            False,
+            f"no issue for {issue_date}: {len(candidates)} new "
+            f"{'story' if len(candidates) == 1 else 'stories'} in the last "
+            f"{d.window_hours} hours, {d.min_stories} needed",
+        )
+
+    rendered = render_issue(digest, settings, issue_id=None)  # the slow part, before any lock is taken
+    story_ids = [s.id for s in digest.stories]
+    issue = store.create_issue(issue_date, story_ids=story_ids, render=rendered.for_issue, now=now)
+    if issue is None:  # another builder stored this date's issue first
+        issue = store.issue_for_date(issue_date)
+        return BuildOutcome(issue, False, f"issue for {issue_date} was built by another process")
+    return BuildOutcome(
+        issue, True, f"built issue {issue.id} for {issue_date} with {issue.story_count} stories"
+    )
+
+
+def gather_and_build(
+    settings: Settings,
+    store: Store,
+    *,
+    issue_date: date,
+    now: datetime,
+    on_done: Callable[[FeedResult], None] | None = None,
+) -> tuple[GatherReport | None, BuildOutcome]:
+    """The one rule for `build`, `run` and the scheduler: the feeds are gathered only when the
+    date has no issue yet (a built issue never changes), then the issue is built from what is
+    stored, even when no feed could be read (yesterday's unused stories may be enough)."""
+    report = None
+    if store.issue_for_date(issue_date) is None:
+        report = gather(settings, store, now=now, on_done=on_done)
+    return report, build(settings, store, issue_date=issue_date, now=now)
+
+
+def _item(s: Story) -> DigestStory:
+    return DigestStory(
+        id=s.id,
+        title=s.title,
+        link=s.link,
+        source=s.source,
+        section=s.section,
+        summary=s.summary,
+        bullets=tuple(s.bullets or ()),
+        author=s.author,
+        image=s.image,
+        published_at=s.published_at,
+        fetched_at=s.fetched_at,
+    )

@@ -1,0 +1,36 @@
+"""An issue with its deliveries counted, as the reports show it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from ..db.models import DeliveryStatus
+
+__all__ = ["IssueCounts"]
+
+
+@dataclass(frozen=True)
+class IssueCounts:
+    issue_id: int
+    issue_date: date
+    subject: str
+    status: str
+    story_count: int
+    created_at: datetime
+    sent_at: datetime | None
+    deliveries: dict[str, int]
+    accepted: int = 0  # taken by the receiving server (later bounces included)
+    paused: bool = False
+    soft_bounced: int = 0
+    complained: int = 0
+    unsubscribed: int = 0
+
+    @property
+    def hard_bounced(self) -> int:
+        return self.deliveries.get(DeliveryStatus.BOUNCED.value, 0)
+
+    def rate(self, count: int, *, of_reached: bool = False) -> float:
+        """count as a share of the messages accepted (or, for bounces, of those that got a reply)."""
+        base = self.deliveries.get("sent", 0) + self.hard_bounced if of_reached else self.accepted
+        return count / base if base else 0.0

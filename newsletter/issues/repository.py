@@ -1,0 +1,259 @@
+"""Issues: stored once per date with their stories, read for the archive and the reports, paused
+and resumed; and the schedule's runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    and_,
+    func,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from ..db.engine import Database
+from ..db.models import (
+    BounceEvent,
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
+    ScheduledRun,
+    Story,
+    Subscriber,
+)
+from ..db.tallies import ACCEPTED, count_deliveries
+from ..errors import NewsletterError
+from .records import IssueCounts
+
+if TYPE_CHECKING:
+    pass
+
+
+__all__ = ["IssueRepository", "ScheduledRunRepository"]
+
+# Readers may see an issue on the web once it is on its way to them, and not while it is held back.
+_IN_ARCHIVE = and_(Issue.status.in_([IssueStatus.SENDING, IssueStatus.SENT]), Issue.paused.is_(False))
+
+
+class IssueRepository(Database):
+    """Issues and what the reports count of them."""
+
+    def create_issue(
+        self,
+        issue_date: date,
+        *,
+        story_ids: Sequence[int],
+        render: Any,
+        now: datetime,
+    ) -> Issue | None:
+        """Store an issue for a date and mark its stories used, in one transaction.
+
+        `render(issue_id)` returns (subject, preheader, html, text): it is called while the write
+        lock is held, so it must be quick (RenderedIssue.for_issue fills in an id). None when the
+        date already has an issue (another builder won)."""
+        try:
+            with self.write() as s:
+                if s.scalar(select(Issue.id).where(Issue.issue_date == issue_date)) is not None:
+                    return None
+                issue = Issue(
+                    issue_date=issue_date,
+                    subject="",
+                    html="",
+                    text="",
+                    story_count=len(story_ids),
+                    status=IssueStatus.BUILT,
+                    created_at=now,
+                )
+                s.add(issue)
+                s.flush()
+                issue.subject, issue.preheader, issue.html, issue.text = render(issue.id)
+                taken = s.execute(
+                    update(Story)
+                    .where(Story.id.in_(story_ids), Story.issue_id.is_(None))
+                    .values(issue_id=issue.id)
+                )
+                if taken.rowcount != len(story_ids):  # type: ignore[attr-defined]
+                    raise NewsletterError("a story of this issue was taken by another issue meanwhile")
+                return issue
+        except IntegrityError:
+            return None
+
+    def get_issue(self, issue_id: int) -> Issue | None:
+        with self.read() as s:
+            return s.get(Issue, issue_id)
+
+    def issue_for_date(self, issue_date: date) -> Issue | None:
+        with self.read() as s:
+            return s.scalar(select(Issue).where(Issue.issue_date == issue_date))
+
+    def list_issues(self, *, limit: int = 100) -> list[Issue]:
+        with self.read() as s:
+            return list(s.scalars(select(Issue).order_by(Issue.issue_date.desc()).limit(limit)))
+
+    def archived_issues(self, *, limit: int = 365) -> list[Issue]:
+        """The public archive: issues whose send has begun and is not paused, newest first."""
+        with self.read() as s:
+            q = select(Issue).where(_IN_ARCHIVE).order_by(Issue.issue_date.desc()).limit(limit)
+            return list(s.scalars(q))
+
+    def archived_issue(self, issue_id: int) -> Issue | None:
+        with self.read() as s:
+            return s.scalar(select(Issue).where(Issue.id == issue_id, _IN_ARCHIVE))
+
+    def latest_issue(self) -> Issue | None:
+        with self.read() as s:
+            return s.scalar(select(Issue).order_by(Issue.issue_date.desc()).limit(1))
+
+    def issue_counts(self, issue_id: int | None = None, *, limit: int = 30) -> list[IssueCounts]:
+        """Issues, newest first, with their deliveries counted by state (one aggregate query)."""
+        with self.read() as s:
+            q = select(Issue).order_by(Issue.issue_date.desc()).limit(limit)
+            if issue_id is not None:
+                q = select(Issue).where(Issue.id == issue_id)
+            issues = list(s.scalars(q))
+            ids = [i.id for i in issues]
+            counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+            accepted: dict[int, int] = dict.fromkeys(ids, 0)
+            events: dict[tuple[int, str], int] = {}
+            unsubscribed: dict[int, int] = {}
+            if ids:
+                frozen = {i.id: i.counts for i in issues if i.counts is not None}
+                for iid, c in frozen.items():
+                    accepted[iid] = c.get(ACCEPTED, 0)
+                    counts[iid] = {k: v for k, v in c.items() if k != ACCEPTED}
+                live = [i for i in ids if i not in frozen]
+                if live:
+                    live_counts, live_accepted = count_deliveries(s, live)
+                    counts |= live_counts
+                    accepted |= live_accepted
+                for eid, kind, n in s.execute(
+                    select(
+                        BounceEvent.issue_id,
+                        BounceEvent.kind,
+                        func.count(func.distinct(BounceEvent.subscriber_id)),
+                    )
+                    .where(BounceEvent.issue_id.in_(ids), BounceEvent.kind.in_(["soft", "complaint"]))
+                    .group_by(BounceEvent.issue_id, BounceEvent.kind)
+                ):
+                    if eid is not None:
+                        events[(eid, kind)] = n
+                unsubscribed = {
+                    iid: n
+                    for iid, n in s.execute(
+                        select(Subscriber.unsubscribed_issue_id, func.count())
+                        .where(Subscriber.unsubscribed_issue_id.in_(ids))
+                        .group_by(Subscriber.unsubscribed_issue_id)
+                    )
+                    if iid is not None
+                }
+        return [
+            IssueCounts(
+                issue_id=i.id,
+                issue_date=i.issue_date,
+                subject=i.subject,
+                status=i.status,
+                story_count=i.story_count,
+                created_at=i.created_at,
+                sent_at=i.sent_at,
+                deliveries={st.value: counts[i.id].get(st.value, 0) for st in DeliveryStatus},
+                accepted=accepted[i.id],
+                soft_bounced=events.get((i.id, "soft"), 0),
+                complained=events.get((i.id, "complaint"), 0),
+                unsubscribed=unsubscribed.get(i.id, 0),
+                paused=i.paused,
+            )
+            for i in issues
+        ]
+
+    def problem_deliveries(
+        self, issue_id: int, *, after: int = 0, limit: int = 50
+    ) -> list[tuple[int, str, str, int, str | None]]:
+        """Failed, bounced and unknown deliveries of an issue with the server's replies, a page in
+        subscriber order: (subscriber id, email, status, attempts, reply)."""
+        # one index range per state, each read no further than a page: a single IN over the states
+        # would walk the issue's whole primary key in subscriber order (a million rows mid-send)
+        states = [DeliveryStatus.FAILED, DeliveryStatus.BOUNCED, DeliveryStatus.UNKNOWN]
+        pages = [
+            select(Delivery.subscriber_id, Delivery.status, Delivery.attempts, Delivery.last_reply)
+            .where(Delivery.issue_id == issue_id, Delivery.status == state, Delivery.subscriber_id > after)
+            .order_by(Delivery.subscriber_id)
+            .limit(limit)
+            .subquery()
+            for state in states
+        ]
+        page = union_all(*(select(p) for p in pages)).subquery()
+        with self.read() as s:
+            rows = s.execute(
+                select(page.c.subscriber_id, Subscriber.email, *page.c["status", "attempts", "last_reply"])
+                .join(Subscriber, Subscriber.id == page.c.subscriber_id)
+                .order_by(page.c.subscriber_id)
+                .limit(limit)
+            )
+            return [tuple(r) for r in rows]
+
+    def unfinished_issues(self, *, since: date) -> list[Issue]:
+        """Issues of recent dates whose send has begun but not ended (a crash, a stop, retries due)."""
+        with self.read() as s:
+            q = select(Issue).where(
+                Issue.status == IssueStatus.SENDING, Issue.issue_date >= since, Issue.paused.is_(False)
+            )
+            return list(s.scalars(q.order_by(Issue.issue_date)))
+
+    def set_paused(self, issue_id: int, paused: bool) -> bool:
+        """Pause or resume an issue's send; True if that changed anything."""
+        with self.write() as s:
+            result = s.execute(
+                update(Issue).where(Issue.id == issue_id, Issue.paused != paused).values(paused=paused)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+class ScheduledRunRepository(Database):
+    """One row per fire time of the schedule: which scheduler ran it, and how it ended."""
+
+    def claim_scheduled_run(self, scheduled_for: datetime, *, host: str, pid: int, now: datetime) -> bool:
+        """True for the one scheduler that gets to run this fire time."""
+        try:
+            with self.write() as s:
+                if s.get(ScheduledRun, scheduled_for) is not None:
+                    return False
+                s.add(ScheduledRun(scheduled_for=scheduled_for, started_at=now, host=host, pid=pid))
+                return True
+        except IntegrityError:
+            return False
+
+    def finish_scheduled_run(
+        self, scheduled_for: datetime, *, issue_id: int | None, outcome: str, now: datetime
+    ) -> None:
+        with self.write() as s:
+            run = s.get(ScheduledRun, scheduled_for)
+            if run is not None:
+                run.finished_at, run.issue_id, run.outcome = now, issue_id, outcome[:2000]
+
+    def attach_scheduled_issue(self, scheduled_for: datetime, issue_id: int) -> None:
+        """Note the issue a run is sending, so a resume after a crash can close the run."""
+        with self.write() as s:
+            s.execute(
+                update(ScheduledRun)
+                .where(ScheduledRun.scheduled_for == scheduled_for)
+                .values(issue_id=issue_id)
+            )
+
+    def finish_scheduled_runs_of_issue(self, issue_id: int, *, outcome: str, now: datetime) -> None:
+        """Close the runs cut short while sending this issue (a crash), now that a resume ended it."""
+        with self.write() as s:
+            s.execute(
+                update(ScheduledRun)
+                .where(ScheduledRun.issue_id == issue_id, ScheduledRun.finished_at.is_(None))
+                .values(finished_at=now, outcome=outcome[:2000])
+            )
+
+    def last_scheduled_run(self) -> ScheduledRun | None:
+        with self.read() as s:
+            return s.scalar(select(ScheduledRun).order_by(ScheduledRun.scheduled_for.desc()).limit(1))

@@ -1,0 +1,1 @@
+"""Subscribers: the table (repository) and the rules of adding them (rules: validation, CSV)."""

@@ -1,0 +1,275 @@
+"""The subscriber table: signups, confirmations, unsubscribes, imports, searches and erasure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from datetime import date, datetime, time, timedelta, tzinfo
+
+from sqlalchemy import (
+    and_,
+    func,
+    or_,
+    select,
+    update,
+)
+
+from ..db.engine import Database
+from ..db.models import (
+    CLOSED_STATUSES,
+    LIVE_STATUSES,
+    BounceEvent,
+    Delivery,
+    Issue,
+    Subscriber,
+    SubscriberStatus,
+)
+from ..db.tallies import subscriber_tally
+from .records import ERASED_DOMAIN, NewSubscriber
+
+__all__ = ["SubscriberRepository"]
+
+
+class SubscriberRepository(Database):
+    """Subscribers: every change of status happens here, in one transaction each."""
+
+    def add_subscriber(
+        self,
+        email: str,
+        name: str | None,
+        *,
+        now: datetime,
+        status: SubscriberStatus = SubscriberStatus.ACTIVE,
+        source: str = "cli",
+        consent_ip: str | None = None,
+    ) -> tuple[Subscriber, bool]:
+        """Add a subscriber, or reactivate one who left; returns (subscriber, created)."""
+        with self.write() as s:
+            existing = s.scalar(select(Subscriber).where(Subscriber.email == email))
+            if existing is not None:
+                if status == SubscriberStatus.ACTIVE and existing.status != SubscriberStatus.ACTIVE:
+                    existing.status = SubscriberStatus.ACTIVE
+                    existing.confirmed_at = now
+                    existing.unsubscribed_at = None
+                if name and not existing.name:
+                    existing.name = name
+                return existing, False
+            sub = Subscriber(
+                email=email,
+                name=name,
+                status=status,
+                source=source,
+                consent_ip=consent_ip,
+                bounce_count=0,
+                created_at=now,
+                confirmed_at=now if status == SubscriberStatus.ACTIVE else None,
+            )
+            s.add(sub)
+            s.flush()
+            return sub, True
+
+    def import_subscribers(self, rows: Sequence[NewSubscriber], *, now: datetime) -> tuple[int, int]:
+        """Insert a batch in one transaction; addresses already present are left as they are.
+
+        Returns (added, already present)."""
+        if not rows:
+            return 0, 0
+        values = [
+            {
+                "email": r.email,
+                "name": r.name,
+                "status": SubscriberStatus.ACTIVE.value,
+                "source": "import",
+                "bounce_count": 0,
+                "created_at": now,
+                "confirmed_at": now,
+            }
+            for r in rows
+        ]
+        stmt = self._insert(Subscriber).on_conflict_do_nothing(index_elements=["email"])
+        with self.write() as s:
+            before = sum(subscriber_tally(s, lock=True).values())  # no signup slips in between on PostgreSQL
+            s.execute(stmt, values)
+            added = sum(subscriber_tally(s).values()) - before
+        return added, len(rows) - added
+
+    def get_subscriber(self, email: str) -> Subscriber | None:
+        with self.read() as s:
+            return s.scalar(select(Subscriber).where(Subscriber.email == email))
+
+    def get_subscriber_by_id(self, subscriber_id: int) -> Subscriber | None:
+        with self.read() as s:
+            return s.get(Subscriber, subscriber_id)
+
+    def unsubscribe(self, subscriber_id: int, *, now: datetime) -> bool:
+        """Unsubscribe at once an active or pending subscriber; True if the status changed (idempotent)."""
+        with self.write() as s:
+            recent = select(Issue.id).order_by(Issue.id.desc()).limit(30).scalar_subquery()
+            last_issue = s.scalar(  # primary-key lookups, one per recent issue
+                select(Delivery.issue_id)
+                .where(
+                    Delivery.subscriber_id == subscriber_id,
+                    Delivery.issue_id.in_(recent),
+                    Delivery.sent_at.is_not(None),
+                )
+                .order_by(Delivery.issue_id.desc())
+                .limit(1)
+            )
+            result = s.execute(
+                update(Subscriber)
+                # complained and bounced stay what they are: they say more than "unsubscribed"
+                .where(Subscriber.id == subscriber_id, Subscriber.status.in_(LIVE_STATUSES))
+                .values(
+                    status=SubscriberStatus.UNSUBSCRIBED,
+                    unsubscribed_at=now,
+                    unsubscribed_issue_id=last_issue,
+                )
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def request_subscription(
+        self, email: str, name: str | None, *, ip: str | None, now: datetime, resend_after: timedelta
+    ) -> tuple[Subscriber, bool]:
+        """A signup from the form: a new or unsubscribed address becomes `pending`; an active one is
+        left alone, and so is one that complained or hard-bounced (it is never mailed again, and no
+        stranger can reopen it). Returns (subscriber, whether a confirmation mail is due): not when
+        one was sent within `resend_after`, so a form cannot be used to flood one inbox. Nothing
+        records a mail as sent here: `confirmation_sent` does, once the server has taken it."""
+        with self.write() as s:
+            sub = s.scalar(select(Subscriber).where(Subscriber.email == email))
+            if sub is None:
+                sub = Subscriber(
+                    email=email,
+                    name=name,
+                    status=SubscriberStatus.PENDING,
+                    source="form",
+                    consent_ip=ip,
+                    bounce_count=0,
+                    created_at=now,
+                )
+                s.add(sub)
+                s.flush()
+                return sub, True
+            if sub.status in CLOSED_STATUSES or sub.status == SubscriberStatus.ACTIVE:
+                return sub, False
+            if sub.status == SubscriberStatus.UNSUBSCRIBED:
+                sub.status, sub.consent_ip = SubscriberStatus.PENDING, ip
+                sub.name = name or sub.name
+            due = sub.confirm_sent_at is None or sub.confirm_sent_at <= now - resend_after
+            return sub, due
+
+    def confirmation_sent(self, subscriber_id: int, *, now: datetime) -> None:
+        """The confirmation mail was taken by the server: no other for `resend_after`."""
+        with self.write() as s:
+            s.execute(update(Subscriber).where(Subscriber.id == subscriber_id).values(confirm_sent_at=now))
+
+    def confirm_subscriber(self, subscriber_id: int, *, now: datetime) -> Subscriber | None:
+        """Double opt-in done: `pending` becomes `active` (idempotent for an active one)."""
+        with self.write() as s:
+            sub = s.get(Subscriber, subscriber_id)
+            if sub is None:
+                return None
+            if sub.status == SubscriberStatus.PENDING:
+                sub.status, sub.confirmed_at, sub.unsubscribed_at = SubscriberStatus.ACTIVE, now, None
+            return sub
+
+    def iter_subscribers(self, *, status: str | None = None, batch: int = 1000) -> Iterator[Subscriber]:
+        """Every subscriber in id order, read in keyset batches (never the whole table at once)."""
+        last = 0
+        while True:
+            with self.read() as s:
+                q = select(Subscriber).where(Subscriber.id > last)
+                if status:
+                    q = q.where(Subscriber.status == status)
+                page = list(s.scalars(q.order_by(Subscriber.id).limit(batch)))
+            if not page:
+                return
+            yield from page
+            last = page[-1].id
+
+    def subscriber_counts(self) -> dict[str, int]:
+        """Subscribers by status, from the tally the triggers keep: no count over the table."""
+        with self.read() as s:
+            return subscriber_tally(s)
+
+    def search_subscribers(
+        self, *, query: str = "", status: str | None = None, after: int = 0, limit: int = 50
+    ) -> list[Subscriber]:
+        """A page of subscribers in id order after `after` (keyset: as fast on page 20,000 as on
+        page 1). `query` matches the start of an address (an index range) or part of a name."""
+        with self.read() as s:
+            q = select(Subscriber).where(Subscriber.id > after)
+            if status:
+                q = q.where(Subscriber.status == status)
+            if query:
+                needle = query.strip().lower()
+                q = q.where(
+                    or_(
+                        and_(Subscriber.email >= needle, Subscriber.email < needle + "\uffff"),
+                        func.lower(Subscriber.name).contains(needle, autoescape=True),
+                    )
+                )
+            return list(s.scalars(q.order_by(Subscriber.id).limit(limit)))
+
+    def subscriber_growth(self, *, days: Sequence[date], tz: tzinfo) -> dict[date, dict[str, int]]:
+        """Per day (midnight to midnight in `tz`): subscribers new, confirmed, unsubscribed and
+        bounced. One statement of index range counts: no date function over each row, no sort."""
+        columns = {
+            "new": Subscriber.created_at,
+            "confirmed": Subscriber.confirmed_at,
+            "unsubscribed": Subscriber.unsubscribed_at,
+            "bounced": Subscriber.bounced_at,
+        }
+        counts = [
+            select(func.count())
+            .where(
+                column >= datetime.combine(d, time(), tz),
+                column < datetime.combine(d + timedelta(days=1), time(), tz),
+            )
+            .scalar_subquery()
+            for d in days
+            for column in columns.values()
+        ]
+        if not counts:
+            return {}
+        with self.read() as s:
+            row = iter(s.execute(select(*counts)).one())
+        return {d: {name: next(row) for name in columns} for d in days}
+
+    def erase_subscriber(self, subscriber_id: int, *, now: datetime) -> str | None:
+        """GDPR erasure: the address, name and consent IP are removed, and the address is scrubbed
+        from the server replies kept on deliveries and bounce records; the rows (so every count)
+        stay. Returns the address that was erased, or None if there was no such subscriber."""
+        with self.write() as s:
+            sub = s.get(Subscriber, subscriber_id)
+            if sub is None:
+                return None
+            address = sub.email
+            if address.endswith(ERASED_DOMAIN):
+                return address
+            sub.email = f"erased-{sub.id}{ERASED_DOMAIN}"
+            sub.name, sub.consent_ip = None, None
+            if sub.status in (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING):
+                sub.status, sub.unsubscribed_at = SubscriberStatus.UNSUBSCRIBED, now
+            # servers quote an address in any case: found and scrubbed case-insensitively
+            in_any_case = re.compile(re.escape(address), re.I)
+            needle = f"%{address}%"
+            for row in s.scalars(
+                select(Delivery).where(
+                    Delivery.subscriber_id == sub.id, func.lower(Delivery.last_reply).like(needle)
+                )
+            ):
+                row.last_reply = in_any_case.sub("[erased]", row.last_reply or "")
+            for event in s.scalars(
+                select(BounceEvent).where(
+                    or_(
+                        BounceEvent.subscriber_id == sub.id,
+                        func.lower(BounceEvent.address) == address,  # a report kept for review
+                        func.lower(BounceEvent.detail).like(needle),
+                    )
+                )
+            ):
+                if event.subscriber_id == sub.id or event.address.lower() == address:
+                    event.address = ""
+                event.detail = in_any_case.sub("[erased]", event.detail)
+            return address
