@@ -24,8 +24,10 @@ demo: $(STAMP)
 	@echo "Preview:  $(CURDIR)/outbox/preview.html (open it in a browser)"
 	@echo "Web app:  $(BIN)/newsletter --config config.toml serve   (then open http://127.0.0.1:8000/)"
 
+# One pytest worker per core (pytest-xdist): the tests start real commands, servers and sends, and
+# each worker has its own temporary folders and PostgreSQL schema.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check newsletter tests benchmarks

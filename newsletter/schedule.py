@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from .bounces.processing import process_bounces
@@ -213,7 +213,7 @@ class Scheduler:
         self.tz = settings.newsletter.tz
         self.when = when or trigger(settings.schedule.cron, self.tz)
         self.lock = threading.Lock()  # one main job at a time in this process
-        self.scheduler = BlockingScheduler(timezone=self.tz)
+        self.scheduler = BackgroundScheduler(timezone=self.tz)
 
     def run_once(self, fire_time: datetime) -> None:
         with self.lock:
@@ -330,7 +330,14 @@ class Scheduler:
             f"scheduled {s.cron!r} in {self.settings.newsletter.timezone}; next run {upcoming}",
             {"event": "scheduled", "cron": s.cron, "next_run": upcoming.isoformat() if upcoming else None},
         )
+        # The jobs run in APScheduler's threads; this one waits for a stop. A stop that comes at any
+        # moment, even before the scheduler has started, ends the wait: none is lost in between.
         self.scheduler.start()
+        try:
+            while not self.stopping.wait(1):
+                pass
+        finally:  # a running send has seen `stopping`: it records what is in flight, then returns
+            self.scheduler.shutdown(wait=True)
 
     def _tick(self) -> None:
         # the fire time this tick stands for: the latest one at or before now
@@ -345,8 +352,6 @@ class Scheduler:
     def stop(self, *_: Any) -> None:
         """SIGTERM/SIGINT: stop scheduling; a running send stops claiming and records what is in flight."""
         self.stopping.set()
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
 
     def install_signals(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):

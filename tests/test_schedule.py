@@ -468,3 +468,27 @@ def test_every_log_line_goes_to_the_configured_log_apschedulers_included(tmp_pat
         "something from the engine",
     ]
     assert records[0]["logger"] == "apscheduler.scheduler" and records[1]["event"] == "run"
+
+
+def test_a_stop_while_the_scheduler_starts_is_not_lost(tmp_path: Path, env: None) -> None:
+    """SIGTERM can land after the start-up work and before APScheduler's loop runs (reproduced
+    under load: the process then never exited). A stop at that moment still ends `start`."""
+    from newsletter.schedule import Scheduler
+
+    settings = load_settings(write_config(tmp_path))
+    store = Store(settings.database_url)
+    store.migrate()
+    lines: list[str] = []
+
+    def emit(line: str, _fields: dict[str, object]) -> None:
+        lines.append(line)
+        if line.startswith("scheduled "):  # the last word before the loop starts
+            scheduler.stop()
+
+    scheduler = Scheduler(settings, store, emit=emit)
+    thread = threading.Thread(target=scheduler.start, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), lines
+    assert not scheduler.scheduler.running
+    store.close()

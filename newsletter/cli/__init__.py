@@ -29,7 +29,6 @@ from rich.progress import (
 
 from ..config import Settings, find_config_path, load_settings
 from ..db.models import DeliveryStatus, Issue, SubscriberStatus
-from ..delivery.sending import send, send_options
 from ..errors import ConfigError, NewsletterError, NotFoundError
 from ..issues.build import BuildOutcome, GatherReport, gather, gather_and_build, today
 from ..store import Store
@@ -243,6 +242,8 @@ def _say_gathered(report: GatherReport, *, quiet: bool) -> None:
 
 def _send(app: App, issue: Issue, *, resend_unknown: bool, as_json: bool, wait: bool = False) -> None:
     active = app.store.subscriber_counts().get(SubscriberStatus.ACTIVE.value, 0)
+    from ..delivery.sending import send, send_options  # compose, DKIM, the engine: for sends alone
+
     options = send_options(app.settings, wait_for_sender=wait)
     with _progress(f"sending issue {issue.id}", total=active, quiet=as_json) as tick, _stop_signals() as stop:
         report = send(

@@ -8,8 +8,6 @@ from typing import Any
 import click
 
 from ..config import ensure_secret_key
-from ..content.render import render_web
-from ..delivery.sending import send_test_copy
 from ..errors import NewsletterError
 from ..private import open_private, private_folder
 from . import (
@@ -141,11 +139,15 @@ def preview(app: App, issue_id: int | None, out_file: Path | None, to_address: s
     issue = _issue(app, issue_id, build_today=True)
     if to_address:
         address, _ = _checked(to_address, None)
+        from ..delivery.sending import send_test_copy
+
         send_test_copy(app.settings, app.store, issue, address)
         out.print(f"sent a test copy of issue {issue.id} to {address}", markup=False)
         return
     path = out_file or Path("preview.html")
     private_folder(path.parent)
+    from ..content.render import render_web
+
     html = render_web(issue.html, app.settings)
     with open_private(path, "w", encoding="utf-8") as f:
         f.write(html)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -83,7 +83,11 @@ class Database:
             return MigrationContext.configure(conn).get_current_revision() or ""
 
     def _insert(self, model: Any) -> Any:
-        return (sqlite.insert if self.is_sqlite else postgresql.insert)(model)
+        if self.is_sqlite:
+            return sqlite.insert(model)
+        from sqlalchemy.dialects import postgresql  # 30 ms at import: not for a SQLite file
+
+        return postgresql.insert(model)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 
 from ..config import Settings
 from ..content.digest import DigestStory, choose, issue_window
-from ..content.render import render_issue
 from ..db.models import Issue, Story
 
-if TYPE_CHECKING:  # sources (httpx, feedparser) is imported by gather alone: every command starts a process
+# sources (httpx, feedparser) and render (jinja2, premailer) are imported where they are used: every
+# command starts a process, and most gather and render nothing
+if TYPE_CHECKING:
     from ..content.sources import FeedResult, Limits
     from ..store import Store
 
@@ -102,6 +103,8 @@ def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) 
             f"{'story' if len(candidates) == 1 else 'stories'} in the last "
             f"{d.window_hours} hours, {d.min_stories} needed",
         )
+
+    from ..content.render import render_issue
 
     rendered = render_issue(digest, settings, issue_id=None)  # the slow part, before any lock is taken
     story_ids = [s.id for s in digest.stories]
