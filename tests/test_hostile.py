@@ -57,7 +57,7 @@ def _issue_with_hostile_fields(store: Store, now: datetime) -> int:
     issue = store.create_issue(
         now.date(),
         story_ids=[],
-        render=lambda _id: (f"Today: {PAYLOAD}", PAYLOAD, "<p>fine</p>", f"Top story: {PAYLOAD}\n"),
+        content=lambda _id: (f"Today: {PAYLOAD}", PAYLOAD, "<p>fine</p>", f"Top story: {PAYLOAD}\n"),
         now=now,
     )
     assert issue is not None

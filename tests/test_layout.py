@@ -107,9 +107,7 @@ def test_no_module_imports_from_a_layer_above_it() -> None:
         for line, target in _imports(path, module):
             theirs = _layer(target)
             if theirs > mine:
-                wrong.append(
-                    f"{module}:{line} ({LAYERS[mine][0]}) imports {target} ({LAYERS[theirs][0]})"
-                )
+                wrong.append(f"{module}:{line} ({LAYERS[mine][0]}) imports {target} ({LAYERS[theirs][0]})")
     assert wrong == []
 
 

@@ -106,7 +106,7 @@ def test_growth_counts_each_day_in_the_newsletters_time_zone(store: Store) -> No
 
 
 def _issue(store: Store, day: date = date(2026, 11, 25)) -> int:
-    issue = store.create_issue(day, story_ids=[], render=lambda i: ("S", "P", "<p>h</p>", "t"), now=NOW)
+    issue = store.create_issue(day, story_ids=[], content=lambda i: ("S", "P", "<p>h</p>", "t"), now=NOW)
     assert issue is not None
     return issue.id
 
@@ -114,7 +114,7 @@ def _issue(store: Store, day: date = date(2026, 11, 25)) -> int:
 def test_one_issue_per_date(store: Store) -> None:
     _issue(store)
     assert (
-        store.create_issue(date(2026, 11, 25), story_ids=[], render=lambda i: ("", "", "", ""), now=NOW)
+        store.create_issue(date(2026, 11, 25), story_ids=[], content=lambda i: ("", "", "", ""), now=NOW)
         is None
     )
 

@@ -191,7 +191,7 @@ def test_archive_and_health(app: Flask, client: FlaskClient) -> None:
     issue = store.create_issue(
         date(2026, 11, 25),
         story_ids=[],
-        render=lambda i: (
+        content=lambda i: (
             "25 Nov 2026: Big news",
             "",
             "<p>__NL_GREETING__</p><a href='__NL_UNSUBSCRIBE_URL__'>u</a>",
@@ -201,10 +201,10 @@ def test_archive_and_health(app: Flask, client: FlaskClient) -> None:
     )
     assert issue is not None
     unsent = store.create_issue(
-        date(2026, 11, 26), story_ids=[], render=lambda i: ("Tomorrow's scoop", "", "<p>x</p>", "t"), now=NOW
+        date(2026, 11, 26), story_ids=[], content=lambda i: ("Tomorrow's scoop", "", "<p>x</p>", "t"), now=NOW
     )
     paused = store.create_issue(
-        date(2026, 11, 24), story_ids=[], render=lambda i: ("Pulled story", "", "<p>x</p>", "t"), now=NOW
+        date(2026, 11, 24), story_ids=[], content=lambda i: ("Pulled story", "", "<p>x</p>", "t"), now=NOW
     )
     assert unsent is not None and paused is not None
     assert "Big news" not in client.get("/archive").get_data(as_text=True)  # built, not sent
@@ -371,15 +371,46 @@ def test_no_proxy_is_trusted_by_default(client: FlaskClient, app: Flask) -> None
 def test_a_confirmation_bounces_to_the_bounce_mailbox_like_every_other_mail(
     tmp_path: Path, smtp_sink: SmtpSink, env: None
 ) -> None:
-    """With [bounces] the envelope sender of every mail is the return path (an issue's deliveries
-    add their VERP token to it): a confirmation sent to a dead address bounces to the mailbox the
-    operator reads, not to the From address's inbox."""
+    """With [bounces] the envelope sender of every mail is the return path with a VERP token, a
+    confirmation's as an issue's: sent to a dead address, it bounces to the mailbox the operator
+    reads, names the pending subscriber, and closes the address, so no stranger can have the form
+    mail it again."""
+    from newsletter.bounces.classify import classify
+    from newsletter.bounces.policy import BouncePolicy
+    from newsletter.delivery.sending import NO_ISSUE
+    from newsletter.delivery.tokens import verp_token
+
+    from . import bounce_mails
+
     app, store = smtp_app(
         tmp_path, smtp_sink, '[bounces]\nreturn_path = "bounces@example.com"\n', lambda: NOW
     )
-    assert app.test_client().post("/subscribe", data={"email": "new@example.org"}).status_code == 200
+    client = app.test_client()
+    assert client.post("/subscribe", data={"email": "new@example.org"}).status_code == 200
     assert app.extensions["newsletter"].confirmations.wait_idle()
     (received,) = smtp_sink.messages
-    assert received.mail_from == "bounces@example.com"
     assert received.rcpt_tos == ["new@example.org"]
+    token = verp_token(received.mail_from, "bounces@example.com")
+    pending = store.get_subscriber("new@example.org")
+    assert token is not None and pending is not None and pending.status == "pending"
+    assert Tokens(SECRET).read_bounce(token) == (NO_ISSUE, pending.id)
+
+    dsn = bounce_mails.postfix_dsn(
+        verp=received.mail_from, final_recipient="new@example.org", original="Subject: Confirm\r\n"
+    )
+    found = classify(dsn, tokens=Tokens(SECRET), return_path="bounces@example.com")
+    outcome = store.record_bounce_mail(
+        digest="confirmation-bounce",
+        source="test",
+        kind=found.kind,
+        note=found.note,
+        events=found.events,
+        now=NOW,
+        policy=BouncePolicy(3, timedelta(days=30)),
+    )
+    assert outcome is not None and outcome.lines == ["hard 5.1.1 new@example.org: now bounced"]
+    assert store.get_subscriber("new@example.org").status == "bounced"  # type: ignore[union-attr]
+    assert client.post("/subscribe", data={"email": "new@example.org"}).status_code == 200
+    assert app.extensions["newsletter"].confirmations.wait_idle()
+    assert len(smtp_sink.messages) == 1  # the form mails a bounced address no more
     store.close()

@@ -44,7 +44,7 @@ class RenderedIssue:
 
     def for_issue(self, issue_id: int) -> tuple[str, str, str, str]:
         """(subject, preheader, html, text) with the issue's id in place: a string replace, so
-        the store can call it while it holds the write lock, after the slow render is done."""
+        the issue repository calls it while it holds the write lock, after the slow render is done."""
         return (
             self.subject,
             self.preheader,

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..store import Store
 
 __all__ = [
+    "NO_ISSUE",
     "envelope_sender",
     "erase_outbox_copies",
     "issue_template",
@@ -49,9 +50,13 @@ def issue_template(settings: Settings, issue: Issue, *, subject_prefix: str = ""
     )
 
 
-def envelope_sender(settings: Settings, tokens: Tokens, issue_id: int) -> Callable[[int], str]:
-    """Per subscriber: with `[bounces]`, a VERP address naming issue and subscriber (signed), so a
-    bounce names its delivery whatever the remote server writes in it; else the plain sender."""
+NO_ISSUE = 0  # in a VERP token: a mail of no issue (a signup's confirmation)
+
+
+def envelope_sender(settings: Settings, tokens: Tokens, issue_id: int = NO_ISSUE) -> Callable[[int], str]:
+    """The envelope sender of every mail to a subscriber, per subscriber: with `[bounces]`, a VERP
+    address naming issue (or NO_ISSUE) and subscriber, signed, so a bounce names its subscriber
+    whatever the remote server writes in it; else the plain sender."""
     return_path = settings.return_path
     if settings.bounces is None:
         return lambda _subscriber_id: return_path

@@ -3,9 +3,8 @@ and resumed; and the schedule's runs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     and_,
@@ -31,10 +30,6 @@ from ..db.tallies import ACCEPTED, count_deliveries
 from ..errors import NewsletterError
 from .records import IssueCounts
 
-if TYPE_CHECKING:
-    pass
-
-
 __all__ = ["IssueRepository", "ScheduledRunRepository"]
 
 # Readers may see an issue on the web once it is on its way to them, and not while it is held back.
@@ -49,13 +44,14 @@ class IssueRepository(Database):
         issue_date: date,
         *,
         story_ids: Sequence[int],
-        render: Any,
+        content: Callable[[int], tuple[str, str, str, str]],
         now: datetime,
     ) -> Issue | None:
         """Store an issue for a date and mark its stories used, in one transaction.
 
-        `render(issue_id)` returns (subject, preheader, html, text): it is called while the write
-        lock is held, so it must be quick (RenderedIssue.for_issue fills in an id). None when the
+        `content(issue_id)` gives (subject, preheader, html, text) once the row has its id. It runs
+        while the write lock is held, so it renders nothing: RenderedIssue.for_issue puts the id
+        into an issue rendered before. None when the
         date already has an issue (another builder won)."""
         try:
             with self.write() as s:
@@ -72,7 +68,7 @@ class IssueRepository(Database):
                 )
                 s.add(issue)
                 s.flush()
-                issue.subject, issue.preheader, issue.html, issue.text = render(issue.id)
+                issue.subject, issue.preheader, issue.html, issue.text = content(issue.id)
                 taken = s.execute(
                     update(Story)
                     .where(Story.id.in_(story_ids), Story.issue_id.is_(None))

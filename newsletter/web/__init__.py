@@ -13,6 +13,7 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.routing import IntegerConverter
 
 from ..config import Settings, read_secret_key
+from ..delivery.sending import envelope_sender
 from ..delivery.signing import DkimSigner, signer_for
 from ..delivery.tokens import Tokens
 from ..delivery.transport import Envelope, SendResult, open_transport
@@ -110,7 +111,7 @@ def create_app(
             mail,
             now=clock,
             signer=signer,
-            mail_from=settings.return_path,
+            mail_from=envelope_sender(settings, tokens),  # a bounce closes the address
         ),
         signer=signer,
     )

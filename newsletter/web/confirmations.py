@@ -46,7 +46,7 @@ class ConfirmationMailer:
         *,
         now: Callable[[], datetime],
         signer: DkimSigner | None,
-        mail_from: str,
+        mail_from: Callable[[int], str],
     ) -> None:
         self.settings, self.store, self.tokens = settings, store, tokens
         self.send_mail, self.now, self.signer, self.mail_from = send_mail, now, signer, mail_from
@@ -105,7 +105,7 @@ class ConfirmationMailer:
         )
         sent_at = self.now()
         key = f"confirm/{due.subscriber_id}-{int(sent_at.timestamp())}"
-        result = self.send_mail(Envelope(self.mail_from, due.email, key), message)
+        result = self.send_mail(Envelope(self.mail_from(due.subscriber_id), due.email, key), message)
         if result.status != DeliveryStatus.SENT:
             return False, result.reply
         self.store.confirmation_sent(due.subscriber_id, now=sent_at)
