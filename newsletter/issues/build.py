@@ -3,6 +3,7 @@ and the console."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -135,16 +136,6 @@ def gather_and_build(
 
 
 def _item(s: Story) -> DigestStory:
-    return DigestStory(
-        id=s.id,
-        title=s.title,
-        link=s.link,
-        source=s.source,
-        section=s.section,
-        summary=s.summary,
-        bullets=tuple(s.bullets or ()),
-        author=s.author,
-        image=s.image,
-        published_at=s.published_at,
-        fetched_at=s.fetched_at,
-    )
+    """A stored story as the digest reads it: the same fields, the bullets as a tuple."""
+    same = {f.name: getattr(s, f.name) for f in dataclasses.fields(DigestStory)}
+    return DigestStory(**same | {"bullets": tuple(s.bullets or ())})
