@@ -72,7 +72,7 @@ def build(folder: Path, subscribers: int, issues: int, old_issue_readers: int) -
         issue = store.create_issue(
             datetime.fromordinal(day).date(),
             story_ids=[],
-            render=lambda i: (f"Issue {i}", "", "<p>__NL_GREETING__</p>", "__NL_GREETING__"),
+            content=lambda i: (f"Issue {i}", "", "<p>__NL_GREETING__</p>", "__NL_GREETING__"),
             now=now,
         )
         assert issue is not None

@@ -183,7 +183,7 @@ class Bench:
             store.import_subscribers(rows, now=NOW)
         r = self.rendered
         store.create_issue(
-            NOW.date(), story_ids=[], render=lambda _i: (r.subject, r.preheader, r.html, r.text), now=NOW
+            NOW.date(), story_ids=[], content=lambda _i: (r.subject, r.preheader, r.html, r.text), now=NOW
         )
         store.close()
         return folder, env
@@ -448,12 +448,12 @@ def main() -> None:
 
         # the naive method over the wire: render + premailer + MIME per subscriber, smtplib
         count = 100 if args.quick else 300
-        s = smtplib.SMTP("127.0.0.1", port)
+        client = smtplib.SMTP("127.0.0.1", port)
         start = time.perf_counter()
         for i in range(count):
-            s.sendmail(n.sender_address, [f"reader{i}@example.com"], naive(i))
+            client.sendmail(n.sender_address, [f"reader{i}@example.com"], naive(i))
         naive_rate = count / (time.perf_counter() - start)
-        s.quit()
+        client.quit()
         best = rates.get(("SQLite", cores, False), 0.0)
         rows.append(
             (

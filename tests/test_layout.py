@@ -88,8 +88,8 @@ def _imports(path: Path, module: str) -> list[tuple[int, str]]:
                 target = ".".join([*base, node.module] if node.module else base)
             else:
                 target = node.module or ""
-            names = [f"{target}.{a.name}" for a in node.names] if not node.module or node.level else [target]
-            found += [(node.lineno, n) for n in names if n.startswith("newsletter")]
+            if target.startswith("newsletter"):
+                found += [(node.lineno, f"{target}.{a.name}") for a in node.names]
         elif isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names if a.name.startswith("newsletter")]
     return found

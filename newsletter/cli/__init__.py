@@ -241,9 +241,9 @@ def _say_gathered(report: GatherReport, *, quiet: bool) -> None:
 
 
 def _send(app: App, issue: Issue, *, resend_unknown: bool, as_json: bool, wait: bool = False) -> None:
-    active = app.store.subscriber_counts().get(SubscriberStatus.ACTIVE.value, 0)
     from ..delivery.sending import send, send_options  # compose, DKIM, the engine: for sends alone
 
+    active = app.store.subscriber_counts().get(SubscriberStatus.ACTIVE.value, 0)
     options = send_options(app.settings, wait_for_sender=wait)
     with _progress(f"sending issue {issue.id}", total=active, quiet=as_json) as tick, _stop_signals() as stop:
         report = send(
