@@ -3,20 +3,24 @@ bounced or complained, nothing else changes, a second run changes nothing, garba
 
 from __future__ import annotations
 
+import email.iterators
 import json
 import mailbox
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from email.message import Message
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
+from newsletter.bounces import classify as classify_module
 from newsletter.bounces import processing
 from newsletter.bounces.classify import Classified, classify
 from newsletter.bounces.policy import BouncePolicy, Verdict
 from newsletter.bounces.processing import process_bounces
 from newsletter.config import load_settings
-from newsletter.db.models import BounceEvent, BounceMail, SubscriberStatus
+from newsletter.db.models import BounceEvent, BounceMail, Delivery, SubscriberStatus
 from newsletter.delivery.tokens import Tokens, verp_address
 from newsletter.operators import hash_password
 from newsletter.store import Store
@@ -24,15 +28,27 @@ from newsletter.subscribers.records import NewSubscriber
 from newsletter.web import create_app
 
 from . import bounce_mails as m
-from .conftest import PASSWORD, SECRET, assert_tally_counts, log_in, run_cli, write_config
+from .conftest import (
+    PASSWORD,
+    SECRET,
+    SmtpSink,
+    assert_tally_counts,
+    log_in,
+    run_cli,
+    wait_for,
+    write_config,
+)
 from .imap_server import ImapServer
+from .postfix_server import PrivatePostfix
+from .test_web import confirm_link
 
 TOKENS = Tokens(SECRET)
 RETURN_PATH = "bounces@example.com"
 
 
 class Newsletter:
-    """A config with [bounces], ten active subscribers and one issue sent to them (outbox)."""
+    """A config with [bounces], ten (or `readers`) active subscribers and one issue sent to them
+    (to the outbox, or to an SMTP server on 127.0.0.1)."""
 
     def __init__(
         self,
@@ -40,18 +56,22 @@ class Newsletter:
         mailbox_spec: str = "maildir:bounces",
         soft_limit: int = 2,
         database_url: str | None = None,
+        readers: int = 10,
+        smtp_port: int | None = None,  # sent to this SMTP server on 127.0.0.1, not to the outbox
     ) -> None:
         self.folder = folder
+        smtp = f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_port}\nsecurity = "none"\n' if smtp_port else ""
         self.config = write_config(
             folder,
             database_url=database_url,
             extra=f'[bounces]\nreturn_path = "{RETURN_PATH}"\nmailbox = "{mailbox_spec}"\n'
-            f"soft_bounce_limit = {soft_limit}\nsoft_bounce_window_days = 30\n",
+            f"soft_bounce_limit = {soft_limit}\nsoft_bounce_window_days = 30\n{smtp}",
+            **({"delivery": 'transport = "smtp"'} if smtp_port else {}),
         )
         run_cli(self.config, "init")
         self.store = Store(database_url or f"sqlite:///{folder / 'subscribers.db'}")
         self.store.import_subscribers(
-            [NewSubscriber(f"r{i}@example.org", None) for i in range(10)], now=datetime.now(UTC)
+            [NewSubscriber(f"r{i}@example.org", None) for i in range(readers)], now=datetime.now(UTC)
         )
         run_cli(self.config, "run")
         self.issue_id = self.store.list_issues()[0].id
@@ -71,14 +91,19 @@ class Newsletter:
     def statuses(self) -> dict[str, str]:
         return {s.email: s.status for s in self.store.iter_subscribers()}
 
-    def soft_bounce(self, n: int, when: str) -> bytes:
+    def dsn(self, n: int, status: str, diagnostic: str, *, verp: str | None = None) -> bytes:
+        """A Gmail-style DSN for reader n, to their VERP address unless `verp` says another."""
         return m.gmail_dsn(
-            verp=self.verp(n),
+            verp=verp or self.verp(n),
             recipient=f"r{n}@example.org",
-            status="4.2.2",
-            diagnostic=f"452-4.2.2 The recipient's inbox is out of storage space ({when}).",
+            status=status,
+            diagnostic=diagnostic,
             original=self.original(n),
         )
+
+    def soft_bounce(self, n: int, when: str, *, verp: str | None = None) -> bytes:
+        full = f"452-4.2.2 The recipient's inbox is out of storage space ({when})."
+        return self.dsn(n, "4.2.2", full, verp=verp)
 
     def mails(self) -> list[bytes]:
         return [
@@ -86,7 +111,8 @@ class Newsletter:
             m.postfix_dsn(
                 verp=self.verp(1), final_recipient="r1.old@forward.example", original=self.original(1)
             ),
-            # r2: a server that returns to the plain address: found by the failed address
+            # r2: a server that returns to the plain address: only the signed unsubscribe link in the
+            # copy names r2, a link a reader may pass on: it may at most unsubscribe r2
             m.exim_bounce(to=RETURN_PATH, failed="r2@example.org", original=self.original(2)),
             m.gmail_dsn(
                 verp=self.verp(3),
@@ -95,8 +121,12 @@ class Newsletter:
                 diagnostic="550-5.1.1 The email account that you tried to reach does not exist.",
                 original=self.original(3),
             ),
-            # r4: a complaint whose report hides the recipient: found by the signed unsubscribe link
-            m.arf_report(fbl_to="abuse@example.com", original=self.original(4, to="redacted@redacted")),
+            # r4: a complaint whose report hides the recipient: found by the VERP address it names
+            m.arf_report(
+                fbl_to="abuse@example.com",
+                original=self.original(4, to="redacted@redacted"),
+                original_mail_from=self.verp(4),
+            ),
             m.vacation_reply(sender="R Five <r5@example.org>", verp=self.verp(5)),
             self.soft_bounce(6, "first"),
             m.delay_warning(verp=self.verp(7), recipient="r7@example.org"),
@@ -133,7 +163,7 @@ def test_classify_each_kind() -> None:
     )
     assert hard.kind == "bounce" and len(hard.events) == 1
     e = hard.events[0]
-    assert (e.kind, e.issue_id, e.subscriber_id, e.status) == ("hard", 5, 17, "5.1.1")
+    assert (e.kind, e.issue_id, e.subscriber_id, e.status, e.signed_by) == ("hard", 5, 17, "5.1.1", "verp")
     assert "User unknown" in e.detail
     # no VERP, and an unsubscribe link we did not sign: kept for review, whatever it names
     assert kind(m.exim_bounce(to=RETURN_PATH, failed="x@example.org", original=original)) == "review"
@@ -145,7 +175,13 @@ def test_classify_each_kind() -> None:
         tokens=TOKENS,
         return_path=RETURN_PATH,
     )
-    assert exim.kind == "bounce" and (exim.events[0].subscriber_id, exim.events[0].issue_id) == (17, 5)
+    # the link names the reader, never an issue: the copy's Feedback-ID is not signed
+    assert exim.kind == "bounce"
+    assert (exim.events[0].subscriber_id, exim.events[0].issue_id, exim.events[0].signed_by) == (
+        17,
+        None,
+        "link",
+    )
     assert kind(m.delay_warning(verp=verp, recipient="x@example.org")) == "delayed"
     assert kind(m.vacation_reply(sender="x@example.org", verp=verp)) == "auto_reply"
     assert kind(m.arf_report(fbl_to="abuse@example.com", original=original)) == "review"
@@ -176,7 +212,7 @@ def test_a_maildir_run_marks_the_right_subscribers_and_a_second_run_changes_noth
     assert after == {
         "r0@example.org": "active",
         "r1@example.org": "bounced",
-        "r2@example.org": "bounced",
+        "r2@example.org": "unsubscribed",  # named only by an unsubscribe link
         "r3@example.org": "bounced",
         "r4@example.org": "complained",
         "r5@example.org": "active",  # a vacation reply
@@ -187,21 +223,22 @@ def test_a_maildir_run_marks_the_right_subscribers_and_a_second_run_changes_noth
     }, first.stdout
     assert "read 9 new mails" in first.stdout
     assert "r1@example.org: now bounced" in first.stdout and "r4@example.org: now complained" in first.stdout
+    assert "r2@example.org: named only by an unsubscribe link: now unsubscribed" in first.stdout
     assert "soft 4.2.2 r6@example.org: soft bounce 1 of 2" in first.stdout
     assert "not understood, left in the mailbox" in first.stderr and first.stderr.count("maildir:") == 1
     # the issue's deliveries say so too; the mailbox keeps every mail
     deliveries = nl.store.issue_counts(nl.issue_id)[0].deliveries
-    assert deliveries["bounced"] == 3 and deliveries["sent"] == 7
-    assert assert_tally_counts(nl.store, nl.issue_id) == {"bounced": 3, "sent": 7}
+    assert deliveries["bounced"] == 2 and deliveries["sent"] == 8
+    assert assert_tally_counts(nl.store, nl.issue_id) == {"bounced": 2, "sent": 8}
     assert len(box) == 9
 
     run_cli(nl.config, "subscribers", "remove", "r8@example.org")  # counts against the issue it last had
     status = run_cli(nl.config, "status")
     assert "warning: issue" in status.stderr and "complaints from 10.00%" in status.stderr
     engagement = json.loads(run_cli(nl.config, "status", "--json").stdout)["issues"][0]["engagement"]
-    assert engagement["accepted"] == 10 and engagement["hard_bounced"] == 3
+    assert engagement["accepted"] == 10 and engagement["hard_bounced"] == 2
     assert (
-        engagement["soft_bounced"] == 1 and engagement["complained"] == 1 and engagement["unsubscribed"] == 1
+        engagement["soft_bounced"] == 1 and engagement["complained"] == 1 and engagement["unsubscribed"] == 2
     )
     assert engagement["rates"]["complained"] == 0.1 and engagement["complaint_warning"] is True
     # the console's issue page gives the same warning, from the same rule (newsletter.reports)
@@ -265,7 +302,12 @@ def test_an_imap_mailbox_over_tls(tmp_path: Path, imap: ImapServer, certificate:
         first = run_cli(nl.config, "bounces", extra_env=env)
         assert "read 9 new mails" in first.stdout
         statuses = nl.statuses()
-        assert [statuses[f"r{i}@example.org"] for i in range(1, 5)] == ["bounced"] * 3 + ["complained"]
+        assert [statuses[f"r{i}@example.org"] for i in range(1, 5)] == [
+            "bounced",
+            "unsubscribed",  # named only by an unsubscribe link
+            "bounced",
+            "complained",
+        ]
         assert list(statuses.values()).count("active") == 6
         # read-only: examined, peeked, never stored a flag, copied or expunged
         assert any(c.startswith("EXAMINE") for c in imap.commands)
@@ -376,7 +418,7 @@ def test_a_mail_that_breaks_never_stops_the_others(
     first = process_bounces(settings, nl.store, now=datetime.now(UTC))
     statuses = nl.statuses()
     assert [statuses[f"r{i}@example.org"] for i in (1, 2, 3, 4)] == [
-        "bounced",
+        "unsubscribed",  # named only by its unsubscribe link
         "bounced",
         "active",
         "bounced",
@@ -396,9 +438,14 @@ def test_the_bounce_policy_alone() -> None:
     """One rule, judged without a database: what each kind of report does to each subscriber."""
     policy = BouncePolicy(soft_limit=2, soft_window=timedelta(days=30))
 
-    def judge(kind: str, current: SubscriberStatus | None, soft: int = 0, named: bool = True) -> Verdict:
+    def judge(kind: str, current: SubscriberStatus | None, soft: int = 0, signed_by: str = "verp") -> Verdict:
         return policy.judge(
-            kind=kind, code="5.1.1", address="a@example.org", named=named, current=current, soft_count=soft
+            kind=kind,
+            code="5.1.1",
+            address="a@example.org",
+            signed_by=signed_by,
+            current=current,
+            soft_count=soft,
         )
 
     active, gone = SubscriberStatus.ACTIVE, SubscriberStatus.UNSUBSCRIBED
@@ -409,6 +456,183 @@ def test_the_bounce_policy_alone() -> None:
     assert judge("soft", active, soft=1)[:3] == (None, False, False)
     assert judge("soft", active, soft=2)[:3] == (SubscriberStatus.BOUNCED, True, False)
     assert judge("soft", gone, soft=5)[0] is None
-    nobody = judge("hard", None, named=False)
+    nobody = judge("hard", None, signed_by="")
     assert nobody[:3] == (None, False, False) and "kept for review; nothing changed" in nobody.line
     assert "no such subscriber" in judge("hard", None).line
+
+
+@pytest.fixture
+def postfix() -> Iterator[PrivatePostfix]:
+    """Debian's Postfix as a private instance on 127.0.0.1: readers' addresses behind aliases, one
+    domain that refuses (5.1.1), one that defers (4.3.0) and is given up at the first try."""
+    server = PrivatePostfix(
+        domain="example.org",
+        aliases={
+            "r0@example.org": ["r0.old@gone.example"],
+            "r1@example.org": ["r1.home@full.example"],
+            "r2@example.org": ["r2.a@full.example", "r2.b@full.example", "r2.c@full.example"],
+            "r3@example.org": ["r3@kept.example"],
+        },
+        transports={
+            "gone.example": "error:5.1.1 mailbox unknown",
+            "full.example": "retry:4.3.0 mailbox temporarily unavailable",
+            "kept.example": "discard:delivered",
+        },
+        bounce_address=RETURN_PATH,
+    )
+    yield server
+    server.close()
+
+
+def test_a_real_postfix_dsn_gives_one_event_per_reader_with_its_own_status(
+    tmp_path: Path, postfix: PrivatePostfix
+) -> None:
+    """The DSNs a real Postfix writes after an alias (Original-Recipient is the reader's address,
+    Final-Recipient the rewritten one): a 5.1.1 is one hard event and its text stays on the
+    delivery; a 4.3.0 given up is one soft bounce, never also a hard one; a reader the DSN lists
+    three times (an alias to three mailboxes) counts once."""
+    nl = Newsletter(
+        tmp_path,
+        mailbox_spec=f"maildir:{postfix.bounce_maildir}",
+        soft_limit=3,
+        readers=4,
+        smtp_port=postfix.port,
+    )
+    assert wait_for(lambda: len(postfix.returned()) == 3, timeout=30), postfix.log_text()
+    dsns = [path.read_bytes() for path in postfix.returned()]
+    assert all(b"Original-Recipient: rfc822;r" in d and b"Final-Recipient: rfc822; r" in d for d in dsns)
+    assert sorted(d.count(b"Final-Recipient:") for d in dsns) == [1, 1, 3]
+    report = json.loads(run_cli(nl.config, "bounces", "--json").stdout)
+    assert nl.statuses() == {
+        "r0@example.org": "bounced",
+        "r1@example.org": "active",
+        "r2@example.org": "active",
+        "r3@example.org": "active",
+    }, report
+    assert sorted(report["changes"]) == [
+        "hard 5.1.1 r0@example.org: now bounced",
+        "soft 4.3.0 r1@example.org: soft bounce 1 of 3 within 30 days",
+        "soft 4.3.0 r2@example.org: soft bounce 1 of 3 within 30 days",
+    ]
+    with nl.store.read() as s:
+        events = sorted((e.subscriber_id, e.kind, e.status) for e in s.scalars(select(BounceEvent)))
+        bounced = s.scalars(select(Delivery).where(Delivery.status == "bounced")).one()
+    assert events == [(nl.id(0), "hard", "5.1.1"), (nl.id(1), "soft", "4.3.0"), (nl.id(2), "soft", "4.3.0")]
+    assert bounced.subscriber_id == nl.id(0)
+    assert bounced.last_reply == "bounced later: 5.1.1 mailbox unknown"
+    assert nl.store.get_subscriber("r0@example.org").bounce_count == 1  # type: ignore[union-attr]
+
+    # the same DSN without our VERP address: the copy's unsubscribe link names r2, once
+    (listed_thrice,) = [d for d in dsns if d.count(b"Final-Recipient:") == 3]
+    unsigned = classify(
+        listed_thrice.replace(nl.verp(2).encode(), RETURN_PATH.encode()),
+        tokens=TOKENS,
+        return_path=RETURN_PATH,
+    )
+    assert [(e.subscriber_id, e.kind, e.signed_by) for e in unsigned.events] == [(nl.id(2), "soft", "link")]
+    nl.store.close()
+
+
+def test_a_leaked_unsubscribe_link_at_most_unsubscribes_and_a_signup_brings_the_reader_back(
+    tmp_path: Path, smtp_sink: SmtpSink, env: None
+) -> None:
+    """A forged ARF report and a forged 5.1.1 DSN that carry a reader's unsubscribe link (it is in
+    every copy a reader passes on, and a leaked one was read by a feed's image server) but not our
+    VERP address: the reader is unsubscribed, never complained or bounced, no issue is charged (the
+    copy's Feedback-ID names one, unsigned), soft bounces so named are not counted, and a signup
+    brings the reader back. The same reports through our VERP address close the address."""
+    nl = Newsletter(tmp_path, smtp_port=smtp_sink.port)
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    box.add(m.arf_report(fbl_to="abuse@example.com", original=nl.original(1)))
+    hard = "550-5.1.1 The email account that you tried to reach does not exist."
+    box.add(nl.dsn(2, "5.1.1", hard, verp=RETURN_PATH))
+    for n in range(3):
+        box.add(nl.soft_bounce(3, str(n), verp=RETURN_PATH))
+    box.add(m.arf_report(fbl_to="abuse@example.com", original=nl.original(4), original_mail_from=nl.verp(4)))
+    box.add(nl.dsn(5, "5.1.1", hard))
+    settings = load_settings(nl.config)
+    report = process_bounces(settings, nl.store, now=datetime.now(UTC)).as_json()
+    statuses = nl.statuses()
+    assert [statuses[f"r{n}@example.org"] for n in range(1, 6)] == [
+        "unsubscribed",
+        "unsubscribed",
+        "active",
+        "complained",
+        "bounced",
+    ], report
+    assert (
+        "complaint r1@example.org: named only by an unsubscribe link: now unsubscribed" in report["changes"]
+    )
+    assert (
+        report["changes"].count("soft 4.2.2 r3@example.org: named only by an unsubscribe link, not counted")
+        == 3
+    )
+    with nl.store.read() as s:
+        issues = {(e.address, e.kind): e.issue_id for e in s.scalars(select(BounceEvent))}
+        replies = dict(s.execute(select(Delivery.subscriber_id, Delivery.status)).all())
+    assert issues == {
+        ("r1@example.org", "complaint"): None,
+        ("r2@example.org", "hard"): None,
+        ("r3@example.org", "soft"): None,
+        ("r4@example.org", "complaint"): nl.issue_id,
+        ("r5@example.org", "hard"): nl.issue_id,
+    }
+    assert replies[nl.id(2)] == "sent" and replies[nl.id(5)] == "bounced"
+    assert nl.store.get_subscriber("r2@example.org").bounce_count == 0  # type: ignore[union-attr]
+    engagement = json.loads(run_cli(nl.config, "status", "--json").stdout)["issues"][0]["engagement"]
+    assert (engagement["complained"], engagement["hard_bounced"], engagement["unsubscribed"]) == (1, 1, 2)
+    box.add(nl.soft_bounce(3, "through our VERP address"))  # the link-named ones were not counted
+    assert (
+        "soft 4.2.2 r3@example.org: soft bounce 1 of 2 within 30 days" in run_cli(nl.config, "bounces").stdout
+    )
+
+    # the web signup: an unsubscribed reader may come back; a complained or bounced one is not mailed
+    app = create_app(settings, store=nl.store)
+    client = app.test_client()
+    smtp_sink.messages.clear()
+    for n in (1, 2, 4, 5):
+        assert client.post("/subscribe", data={"email": f"r{n}@example.org"}).status_code == 200
+    assert app.extensions["newsletter"].confirmations.wait_idle()
+    statuses = nl.statuses()
+    assert [statuses[f"r{n}@example.org"] for n in (1, 2, 4, 5)] == [
+        "pending",
+        "pending",
+        "complained",
+        "bounced",
+    ]
+    assert sorted(smtp_sink.by_recipient()) == ["r1@example.org", "r2@example.org"]
+    assert client.post(confirm_link(smtp_sink, "r1@example.org")).status_code == 200
+    assert nl.statuses()["r1@example.org"] == "active"
+    nl.store.close()
+
+
+def test_a_huge_bounce_mail_is_read_from_its_first_part_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """flufl.bounce's heuristics cost about 150 µs a line (a MB of blank lines: 10 s and more). A
+    5 MB bounce is read from its headers and first parts, which say all a report says: a DSN's
+    recipient blocks, a non-standard bounce's failed address, the returned copy's headers."""
+    verp = verp_address(RETURN_PATH, TOKENS.bounce(5, 17))
+    original = m.original_headers(to="x@example.org", unsubscribe_url="https://n/unsubscribe/t", issue_id=5)
+    padding = b"\r\n" * (5 * 1024 * 1024 // 2)  # the cheapest lines to send, the dearest to scan
+    exim = m.exim_bounce(to=verp, failed="x@example.org", original=original) + padding
+    dsn = m.postfix_dsn(verp=verp, final_recipient="x@example.org", original=original)
+    dsn = dsn.replace(
+        b"\r\n--7C2F1B20A4.1764054072/mx1.mail.example.net--",
+        padding + b"--7C2F1B20A4.1764054072/mx1.mail.example.net--",
+    )
+    scanned: list[int] = []
+    real = classify_module.all_failures
+
+    def counting(msg: Message) -> tuple[set[bytes], set[bytes]]:
+        scanned.append(sum(1 for _ in email.iterators.body_line_iterator(msg)))
+        return real(msg)
+
+    monkeypatch.setattr(classify_module, "all_failures", counting)
+    for data in (exim, dsn):
+        assert len(data) > 5 * 1024 * 1024
+        found = classify(data, tokens=TOKENS, return_path=RETURN_PATH)
+        assert found.kind == "bounce", found
+        assert [(e.kind, e.subscriber_id, e.issue_id, e.status) for e in found.events] == [
+            ("hard", 17, 5, "5.1.1")
+        ]
+        assert f"of {len(data):,} bytes" in found.note
+    assert scanned and max(scanned) <= classify_module.BOUNCE_READ_LINES  # the Exim bounce's text, cut

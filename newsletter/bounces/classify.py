@@ -8,8 +8,13 @@ messages) change nothing.
 Anybody can mail the bounce address, so a mail changes a subscriber only when something the
 newsletter signed names them: the VERP token of the address the mail came back to (it names issue
 and subscriber, whatever the remote server wrote), else the unsubscribe token in the returned
-original's List-Unsubscribe. A report that only names an address is kept for the operator to
-review (the console lists it) and changes nobody."""
+original's List-Unsubscribe. That link is in every copy a reader can pass on, so a report it alone
+attributes names no issue and may at most unsubscribe the reader (policy). A report that only
+names an address is kept for the operator to review (the console lists it) and changes nobody.
+
+One report gives at most one event per reader: a DSN's recipient blocks (RFC 3464) say who failed
+and how, an alias's Original-Recipient and Final-Recipient being one recipient; a report that a
+signed token attributes is about that one reader, however many addresses it lists."""
 
 from __future__ import annotations
 
@@ -26,7 +31,13 @@ from flufl.bounce import all_failures
 from ..delivery.tokens import BadToken, Tokens, verp_token
 from .records import FoundEvent
 
-__all__ = ["Classified", "classify", "printable"]
+__all__ = ["BOUNCE_READ_LIMIT", "BOUNCE_READ_LINES", "Classified", "classify", "printable"]
+
+# What of a mail is read: a DSN or ARF needs its first parts and the returned headers (a whole
+# returned digest is about 40 KB in 600 lines); flufl.bounce's heuristics cost about 150 µs a line
+# (50 patterns each), up to 10 s for a MB of short lines.
+BOUNCE_READ_LIMIT = 128 * 1024
+BOUNCE_READ_LINES = 2000
 
 # Where a mail says which address it came back to: the VERP address, when the server keeps it.
 _RECIPIENT_HEADERS = ("to", "delivered-to", "x-original-to", "envelope-to", "x-envelope-to", "x-rcpt-to")
@@ -42,17 +53,45 @@ _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 @dataclass(frozen=True)
 class Classified:
-    kind: str  # bounce, complaint, review, delayed, auto_reply, unrecognised
+    kind: str  # bounce, complaint, review, delayed, delivered, auto_reply, unrecognised
     events: tuple[FoundEvent, ...] = ()
     note: str = ""
 
 
+@dataclass(frozen=True)
+class _Reader:
+    """Whom a signed token in the mail names, and which token: "verp" or "link"."""
+
+    issue_id: int | None
+    subscriber_id: int
+    signed_by: str
+
+
+@dataclass(frozen=True)
+class _Failure:
+    address: str  # the address the mail was sent to, where the report says it
+    status: str
+    detail: str
+
+    @property
+    def kind(self) -> str:
+        return "soft" if self.status.startswith("4") else "hard"
+
+
 def classify(data: bytes, *, tokens: Tokens, return_path: str | None, base_url: str = "") -> Classified:
+    head = data[:BOUNCE_READ_LIMIT]
+    beyond = head.split(b"\n", BOUNCE_READ_LINES)[BOUNCE_READ_LINES:]  # what follows the last line read
+    head = head[: len(head) - len(beyond[0])] if beyond else head
+    cut = ""
+    if len(head) < len(data):  # the headers and the report's first parts; what follows is the returned copy
+        cut = f"read the first {len(head):,} of {len(data):,} bytes"
+        data = head
     try:
         msg = email.message_from_bytes(data)
-        return _classify(msg, tokens=tokens, return_path=return_path, base_url=base_url)
+        found = _classify(msg, tokens=tokens, return_path=return_path, base_url=base_url)
     except Exception as exc:  # noqa: BLE001 - a mail that breaks a parser is reported, not fatal
-        return Classified("unrecognised", note=f"unreadable: {type(exc).__name__}: {exc}")
+        found = Classified("unrecognised", note=f"unreadable: {type(exc).__name__}: {exc}")
+    return dataclasses.replace(found, note="; ".join(filter(None, (found.note, cut)))) if cut else found
 
 
 def _classify(msg: Message, *, tokens: Tokens, return_path: str | None, base_url: str) -> Classified:
@@ -60,33 +99,39 @@ def _classify(msg: Message, *, tokens: Tokens, return_path: str | None, base_url
         return Classified("unrecognised", note="not a mail message (no From, Subject or Content-Type)")
     originals = _embedded_originals(msg)
     # what we signed says whose mail this is; an address alone could be anybody's forgery
-    ids = _verp(msg, originals, tokens, return_path) or _from_unsubscribe_link(originals, tokens, base_url)
+    reader = _verp(msg, originals, tokens, return_path) or _from_unsubscribe_link(originals, tokens, base_url)
     if _is_feedback_report(msg):
-        return _attributed(_complaint(msg, originals, ids))
+        return _attributed(_complaint(msg, originals, reader))
     report = msg.get_content_type() == "multipart/report"
     if not report and not _bounce_sender(msg) and _auto_reply(msg):
         return Classified("auto_reply", note=_subject(msg))
-    details = _dsn_details(msg)
-    temporary, permanent = all_failures(msg)
-    addresses = {a.decode("ascii", "replace").lower() for a in (*permanent, *temporary)}
-    addresses |= set(details)
-    if not addresses:
+    failures, others = _dsn_failures(msg)
+    if not failures and not others:  # no DSN: flufl.bounce's detectors read the text
+        temporary, permanent = all_failures(msg)
+        others = [a.decode("ascii", "replace").lower() for a in temporary - permanent]
+        failures = [_Failure(a.decode("ascii", "replace").lower(), "", "") for a in sorted(permanent)]
+    if any(not f.status for f in failures):  # the report's text may say what its blocks do not
+        said = _status_in(_first_line(msg))
+        failures = [f if f.status else dataclasses.replace(f, status=said) for f in failures]
+    if not failures and not others:
         if _auto_reply(msg):
             return Classified("auto_reply", note=_subject(msg))
-        if ids is not None and _bounce_sender(msg):
+        if reader is not None and _bounce_sender(msg):
             # from a mail server to one delivery's own address, in a shape no detector knows
-            return Classified("bounce", (_event("soft", "", ids, "", _first_line(msg)),), "unparsed bounce")
+            return Classified(
+                "bounce", (_event("soft", "", reader, "", _first_line(msg)),), "unparsed bounce"
+            )
         return Classified("unrecognised", note=f"neither a bounce nor a report: {_subject(msg)!r}")
-    events = []
-    for address in sorted(addresses):
-        action, status, diagnostic = details.get(address, ("", "", ""))
-        if action.startswith("delayed") or (not action and address.encode() in temporary - permanent):
-            continue  # a warning: the server is still trying
-        status = status or _status_in(diagnostic) or _status_in(_first_line(msg))
-        kind = "soft" if status.startswith("4") else "hard"
-        events.append(_event(kind, address, ids, status, diagnostic))
-    if not events:
-        return Classified("delayed", note=_subject(msg))
+    if not failures:  # a warning (the server is still trying), or a notice that it delivered
+        return Classified("delayed" if others else "delivered", note=_subject(msg))
+    if reader is not None:  # one reader, one event: the worst of what the report says
+        worst = min(failures, key=lambda f: f.kind != "hard")
+        return Classified("bounce", (_event(worst.kind, worst.address, reader, worst.status, worst.detail),))
+    by_address: dict[str, _Failure] = {}
+    for f in failures:  # a reader listed twice is one event, the worst
+        if f.address not in by_address or (f.kind == "hard" and by_address[f.address].kind == "soft"):
+            by_address[f.address] = f
+    events = (_event(f.kind, a, None, f.status, f.detail) for a, f in sorted(by_address.items()))
     return _attributed(Classified("bounce", tuple(events)))
 
 
@@ -99,7 +144,7 @@ def _attributed(found: Classified) -> Classified:
     )
 
 
-def _complaint(msg: Message, originals: list[Message], ids: tuple[int | None, int] | None) -> Classified:
+def _complaint(msg: Message, originals: list[Message], reader: _Reader | None) -> Classified:
     fields = _feedback_fields(msg)
     address = ""
     for name in ("original-rcpt-to", "removal-recipient"):
@@ -112,21 +157,19 @@ def _complaint(msg: Message, originals: list[Message], ids: tuple[int | None, in
             if found and found[0][1]:
                 address = found[0][1].lower()
                 break
-    event = _event("complaint", address, ids, "", fields.get("feedback-type", "abuse"))
+    event = _event("complaint", address, reader, "", fields.get("feedback-type", "abuse"))
     return Classified("complaint", (event,), f"feedback report from {fields.get('reporting-mta', '?')}")
 
 
-def _event(
-    kind: str, address: str, ids: tuple[int | None, int] | None, status: str, detail: str
-) -> FoundEvent:
-    issue_id, subscriber_id = ids if ids else (None, None)
+def _event(kind: str, address: str, reader: _Reader | None, status: str, detail: str) -> FoundEvent:
     return FoundEvent(
         kind=kind,
         address=printable(address)[:320],
-        subscriber_id=subscriber_id,
-        issue_id=issue_id,
+        subscriber_id=reader.subscriber_id if reader else None,
+        issue_id=reader.issue_id if reader else None,
         status=status,
         detail=" ".join(printable(detail).split())[:500],
+        signed_by=reader.signed_by if reader else "",
     )
 
 
@@ -135,9 +178,7 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else " " for c in text)
 
 
-def _verp(
-    msg: Message, originals: list[Message], tokens: Tokens, return_path: str | None
-) -> tuple[int, int] | None:
+def _verp(msg: Message, originals: list[Message], tokens: Tokens, return_path: str | None) -> _Reader | None:
     if not return_path:
         return None
     values = [str(v) for h in _RECIPIENT_HEADERS for v in msg.get_all(h, [])]
@@ -147,16 +188,15 @@ def _verp(
         token = verp_token(address, return_path)
         if token:
             try:
-                return tokens.read_bounce(token)
+                return _Reader(*tokens.read_bounce(token), signed_by="verp")
             except BadToken:
                 continue  # forged or garbled: the mail is judged by what else it says
     return None
 
 
-def _from_unsubscribe_link(
-    originals: list[Message], tokens: Tokens, base_url: str
-) -> tuple[int | None, int] | None:
-    """(issue, subscriber) from the original's signed List-Unsubscribe link and its Feedback-ID."""
+def _from_unsubscribe_link(originals: list[Message], tokens: Tokens, base_url: str) -> _Reader | None:
+    """The subscriber of the original's signed List-Unsubscribe link. It names no issue: the copy's
+    Feedback-ID is not signed, and the link is in every copy a reader forwards."""
     for original in originals:
         for url in re.findall(r"<([^>]+)>", str(original.get("list-unsubscribe", ""))):
             parts = urlsplit(url)
@@ -168,14 +208,8 @@ def _from_unsubscribe_link(
                 subscriber_id = tokens.read_unsubscribe(unquote(parts.path.rsplit("/", 1)[1]))
             except BadToken:
                 continue
-            return _campaign(str(original.get("feedback-id", ""))), subscriber_id
+            return _Reader(None, subscriber_id, signed_by="link")
     return None
-
-
-def _campaign(feedback_id: str) -> int | None:
-    """The issue named by a Feedback-ID ("ISSUE:list:type:sender"), if it looks like one of ours."""
-    campaign = feedback_id.split(":", 1)[0].strip()
-    return int(campaign) if campaign.isdigit() and len(campaign) <= 12 else None
 
 
 def _text_of(msg: Message) -> str:
@@ -236,25 +270,35 @@ def _feedback_fields(msg: Message) -> dict[str, str]:
     return {}
 
 
-def _dsn_details(msg: Message) -> dict[str, tuple[str, str, str]]:
-    """address -> (action, status, diagnostic) from the message/delivery-status parts."""
-    found: dict[str, tuple[str, str, str]] = {}
+def _dsn_failures(msg: Message) -> tuple[list[_Failure], list[str]]:
+    """From the message/delivery-status parts: the recipients that failed, and the addresses of
+    those that did not (delayed: still being tried; delivered, relayed or expanded). One block is
+    one recipient: its Original-Recipient (the address we sent to, before an alias or a forward
+    rewrote it), else its Final-Recipient."""
+    failures: list[_Failure] = []
+    others: list[str] = []
     for part in msg.walk():
         if part.get_content_type() != "message/delivery-status" or not part.is_multipart():
             continue
         for block in part.get_payload():
             assert isinstance(block, Message)
-            recipient = str(block.get("final-recipient") or block.get("original-recipient") or "")
-            address = recipient.partition(";")[2].strip().strip("<>").lower() if ";" in recipient else ""
+            address = _recipient(block, "original-recipient") or _recipient(block, "final-recipient")
             if not address:
                 continue
-            found[address] = (
-                str(block.get("action", "")).strip().lower(),
-                _status_in(str(block.get("status", ""))),
-                str(block.get("diagnostic-code", "")).partition(";")[2].strip()
-                or str(block.get("diagnostic-code", "")),
-            )
-    return found
+            action = str(block.get("action", "")).strip().lower()
+            if action and not action.startswith("failed"):
+                others.append(address)
+                continue
+            code = str(block.get("diagnostic-code", ""))
+            detail = code.partition(";")[2].strip() or code
+            status = _status_in(str(block.get("status", ""))) or _status_in(detail)
+            failures.append(_Failure(address, status, detail))
+    return failures, others
+
+
+def _recipient(block: Message, field: str) -> str:
+    value = str(block.get(field) or "")
+    return value.partition(";")[2].strip().strip("<>").lower() if ";" in value else ""
 
 
 def _status_in(text: str) -> str:

@@ -29,7 +29,9 @@ class BouncePolicy:
     """The one bounce policy: a complaint closes the address at once; a hard bounce is counted and
     closes an address in BOUNCE_CLOSES (as a 5xx at send time does: the ledger's SQL is spelled
     from it); soft bounces close it at `soft_limit` within `soft_window`. An address already
-    closed or gone stays what it is."""
+    closed or gone stays what it is. Only our signed envelope address (VERP) closes an address: a
+    report that only the unsubscribe link of a returned copy attributes (a link a reader may have
+    passed on) at most unsubscribes them, which a signup undoes, and its soft bounce is not counted."""
 
     soft_limit: int
     soft_window: timedelta
@@ -40,17 +42,25 @@ class BouncePolicy:
         kind: str,
         code: str,
         address: str,
-        named: bool,
+        signed_by: str,
         current: SubscriberStatus | None,
         soft_count: int,
     ) -> Verdict:
-        """`current` is None when no subscriber is named (or none by that id); `soft_count` counts
-        this soft bounce and those before it within the window."""
+        """`signed_by` is what named the subscriber: "verp", "link" or "" (nothing signed);
+        `current` is None when nobody is named (or none by that id); `soft_count` counts this soft
+        bounce and those before it within the window."""
         who = f"{kind} {code + ' ' if code else ''}{address or '(no address)'}"
         if current is None:
-            why = "no such subscriber" if named else "no signed token names anyone, kept for review"
+            why = "no such subscriber" if signed_by else "no signed token names anyone, kept for review"
             return Verdict(None, False, False, f"{who}: {why}; nothing changed")
         live = current in BOUNCE_CLOSES
+        if signed_by != "verp":
+            only = f"{who}: named only by an unsubscribe link"
+            if kind == "soft":
+                return Verdict(None, False, False, f"{only}, not counted")
+            if not live:
+                return Verdict(None, False, False, f"{only}, already {current}")
+            return Verdict(SubscriberStatus.UNSUBSCRIBED, False, False, f"{only}: now unsubscribed")
         if kind == "complaint":
             if current == SubscriberStatus.COMPLAINED:
                 return Verdict(None, False, False, f"{who}: already complained")

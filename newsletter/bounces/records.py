@@ -17,6 +17,9 @@ class FoundEvent:
     issue_id: int | None
     status: str
     detail: str
+    # what named the subscriber: "verp" (our signed envelope address), "link" (only the signed
+    # unsubscribe link of a returned copy), "" (nothing signed)
+    signed_by: str = ""
 
 
 @dataclass(frozen=True)

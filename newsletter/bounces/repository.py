@@ -25,6 +25,7 @@ from ..db.models import (
     SubscriberStatus,
 )
 from ..db.tallies import move_frozen_count
+from ..subscribers.repository import unsubscribe_in
 from .records import FoundEvent, MailOutcome
 
 if TYPE_CHECKING:
@@ -90,11 +91,12 @@ class BounceRepository(Database):
                 address=(sub.email if sub else e.address)[:320],
                 status=e.status[:16],
                 detail=e.detail,
+                signed_by=e.signed_by if sub else "",
                 created_at=now,
             )
         )
         soft = 0
-        if sub is not None and e.kind == "soft":
+        if sub is not None and e.kind == "soft" and e.signed_by == "verp":
             s.flush()
             soft = (
                 s.scalar(
@@ -103,6 +105,7 @@ class BounceRepository(Database):
                     .where(
                         BounceEvent.subscriber_id == sub.id,
                         BounceEvent.kind == "soft",
+                        BounceEvent.signed_by == "verp",  # a soft bounce named only by a link is not counted
                         BounceEvent.created_at >= now - policy.soft_window,
                     )
                 )
@@ -112,7 +115,7 @@ class BounceRepository(Database):
             kind=e.kind,
             code=e.status,
             address=sub.email if sub else e.address,
-            named=e.subscriber_id is not None,
+            signed_by=e.signed_by if e.subscriber_id is not None else "",
             current=sub.status if sub else None,
             soft_count=soft,
         )
@@ -134,7 +137,11 @@ class BounceRepository(Database):
             )
             if changed.rowcount:  # type: ignore[attr-defined]
                 move_frozen_count(s, issue_id, DeliveryStatus.SENT, DeliveryStatus.BOUNCED)
-        if verdict.status is not None:
+        if verdict.status == SubscriberStatus.UNSUBSCRIBED:
+            s.flush()
+            unsubscribe_in(s, sub.id, now=now)  # as the reader's own unsubscribe, which a signup undoes
+            s.refresh(sub)
+        elif verdict.status is not None:
             sub.status = verdict.status
             if verdict.status == SubscriberStatus.BOUNCED:
                 sub.bounced_at = now

@@ -312,6 +312,9 @@ class BounceEvent(Base):
     address: Mapped[str] = mapped_column(String(320), default="")
     status: Mapped[str] = mapped_column(String(16), default="")  # the DSN status code, 5.1.1
     detail: Mapped[str] = mapped_column(Text, default="")
+    # what named the subscriber: verp (our signed envelope address; only it closes an address),
+    # link (only an unsubscribe link in the returned copy), or "" (nothing signed)
+    signed_by: Mapped[str] = mapped_column(String(8), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (

@@ -13,6 +13,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.orm import Session
 
 from ..db.engine import Database
 from ..db.models import (
@@ -27,7 +28,7 @@ from ..db.models import (
 from ..db.tallies import subscriber_tally
 from .records import ERASED_DOMAIN, NewSubscriber
 
-__all__ = ["SubscriberRepository"]
+__all__ = ["SubscriberRepository", "unsubscribe_in"]
 
 
 class SubscriberRepository(Database):
@@ -104,28 +105,7 @@ class SubscriberRepository(Database):
     def unsubscribe(self, subscriber_id: int, *, now: datetime) -> bool:
         """Unsubscribe at once an active or pending subscriber; True if the status changed (idempotent)."""
         with self.write() as s:
-            recent = select(Issue.id).order_by(Issue.id.desc()).limit(30).scalar_subquery()
-            last_issue = s.scalar(  # primary-key lookups, one per recent issue
-                select(Delivery.issue_id)
-                .where(
-                    Delivery.subscriber_id == subscriber_id,
-                    Delivery.issue_id.in_(recent),
-                    Delivery.sent_at.is_not(None),
-                )
-                .order_by(Delivery.issue_id.desc())
-                .limit(1)
-            )
-            result = s.execute(
-                update(Subscriber)
-                # complained and bounced stay what they are: they say more than "unsubscribed"
-                .where(Subscriber.id == subscriber_id, Subscriber.status.in_(LIVE_STATUSES))
-                .values(
-                    status=SubscriberStatus.UNSUBSCRIBED,
-                    unsubscribed_at=now,
-                    unsubscribed_issue_id=last_issue,
-                )
-            )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return unsubscribe_in(s, subscriber_id, now=now)
 
     def request_subscription(
         self, email: str, name: str | None, *, ip: str | None, now: datetime, resend_after: timedelta
@@ -273,3 +253,26 @@ class SubscriberRepository(Database):
                     event.address = ""
                 event.detail = in_any_case.sub("[erased]", event.detail)
             return address
+
+
+def unsubscribe_in(s: Session, subscriber_id: int, *, now: datetime) -> bool:
+    """In the session `s`: an active or pending subscriber becomes `unsubscribed`, counted against
+    the last issue that reached them; True if the status changed."""
+    recent = select(Issue.id).order_by(Issue.id.desc()).limit(30).scalar_subquery()
+    last_issue = s.scalar(  # primary-key lookups, one per recent issue
+        select(Delivery.issue_id)
+        .where(
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.issue_id.in_(recent),
+            Delivery.sent_at.is_not(None),
+        )
+        .order_by(Delivery.issue_id.desc())
+        .limit(1)
+    )
+    result = s.execute(
+        update(Subscriber)
+        # complained and bounced stay what they are: they say more than "unsubscribed"
+        .where(Subscriber.id == subscriber_id, Subscriber.status.in_(LIVE_STATUSES))
+        .values(status=SubscriberStatus.UNSUBSCRIBED, unsubscribed_at=now, unsubscribed_issue_id=last_issue)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
