@@ -183,6 +183,10 @@ def test_classify_each_kind() -> None:
         "link",
     )
     assert kind(m.delay_warning(verp=verp, recipient="x@example.org")) == "delayed"
+    delivered = m.delay_warning(verp=verp, recipient="x@example.org").replace(
+        b"Action: delayed", b"Action: relayed"
+    )
+    assert kind(delivered.replace(b"Status: 4.4.1", b"Status: 2.0.0")) == "delivered"  # a notice, no bounce
     assert kind(m.vacation_reply(sender="x@example.org", verp=verp)) == "auto_reply"
     assert kind(m.arf_report(fbl_to="abuse@example.com", original=original)) == "review"
     assert kind(m.arf_report(fbl_to="abuse@example.com", original=signed)) == "complaint"
@@ -456,6 +460,12 @@ def test_the_bounce_policy_alone() -> None:
     assert judge("soft", active, soft=1)[:3] == (None, False, False)
     assert judge("soft", active, soft=2)[:3] == (SubscriberStatus.BOUNCED, True, False)
     assert judge("soft", gone, soft=5)[0] is None
+    # named only by an unsubscribe link (in every copy a reader passes on): at most unsubscribed
+    for kind in ("hard", "complaint"):
+        assert judge(kind, active, signed_by="link")[:3] == (SubscriberStatus.UNSUBSCRIBED, False, False)
+        assert judge(kind, SubscriberStatus.PENDING, signed_by="link")[0] == SubscriberStatus.UNSUBSCRIBED
+        assert judge(kind, gone, signed_by="link")[:3] == (None, False, False)
+    assert judge("soft", active, soft=9, signed_by="link")[:3] == (None, False, False)
     nobody = judge("hard", None, signed_by="")
     assert nobody[:3] == (None, False, False) and "kept for review; nothing changed" in nobody.line
     assert "no such subscriber" in judge("hard", None).line

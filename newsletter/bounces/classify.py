@@ -105,15 +105,15 @@ def _classify(msg: Message, *, tokens: Tokens, return_path: str | None, base_url
     report = msg.get_content_type() == "multipart/report"
     if not report and not _bounce_sender(msg) and _auto_reply(msg):
         return Classified("auto_reply", note=_subject(msg))
-    failures, others = _dsn_failures(msg)
-    if not failures and not others:  # no DSN: flufl.bounce's detectors read the text
+    failures, other_actions = _dsn_failures(msg)
+    if not failures and not other_actions:  # no DSN: flufl.bounce's detectors read the text
         temporary, permanent = all_failures(msg)
-        others = [a.decode("ascii", "replace").lower() for a in temporary - permanent]
+        other_actions = ["delayed" for _ in temporary - permanent]
         failures = [_Failure(a.decode("ascii", "replace").lower(), "", "") for a in sorted(permanent)]
     if any(not f.status for f in failures):  # the report's text may say what its blocks do not
         said = _status_in(_first_line(msg))
         failures = [f if f.status else dataclasses.replace(f, status=said) for f in failures]
-    if not failures and not others:
+    if not failures and not other_actions:
         if _auto_reply(msg):
             return Classified("auto_reply", note=_subject(msg))
         if reader is not None and _bounce_sender(msg):
@@ -123,7 +123,7 @@ def _classify(msg: Message, *, tokens: Tokens, return_path: str | None, base_url
             )
         return Classified("unrecognised", note=f"neither a bounce nor a report: {_subject(msg)!r}")
     if not failures:  # a warning (the server is still trying), or a notice that it delivered
-        return Classified("delayed" if others else "delivered", note=_subject(msg))
+        return Classified("delayed" if "delayed" in other_actions else "delivered", note=_subject(msg))
     if reader is not None:  # one reader, one event: the worst of what the report says
         worst = min(failures, key=lambda f: f.kind != "hard")
         return Classified("bounce", (_event(worst.kind, worst.address, reader, worst.status, worst.detail),))
@@ -271,12 +271,12 @@ def _feedback_fields(msg: Message) -> dict[str, str]:
 
 
 def _dsn_failures(msg: Message) -> tuple[list[_Failure], list[str]]:
-    """From the message/delivery-status parts: the recipients that failed, and the addresses of
+    """From the message/delivery-status parts: the recipients that failed, and the actions of
     those that did not (delayed: still being tried; delivered, relayed or expanded). One block is
     one recipient: its Original-Recipient (the address we sent to, before an alias or a forward
     rewrote it), else its Final-Recipient."""
     failures: list[_Failure] = []
-    others: list[str] = []
+    other_actions: list[str] = []
     for part in msg.walk():
         if part.get_content_type() != "message/delivery-status" or not part.is_multipart():
             continue
@@ -287,13 +287,13 @@ def _dsn_failures(msg: Message) -> tuple[list[_Failure], list[str]]:
                 continue
             action = str(block.get("action", "")).strip().lower()
             if action and not action.startswith("failed"):
-                others.append(address)
+                other_actions.append(action.split()[0])
                 continue
             code = str(block.get("diagnostic-code", ""))
             detail = code.partition(";")[2].strip() or code
             status = _status_in(str(block.get("status", ""))) or _status_in(detail)
             failures.append(_Failure(address, status, detail))
-    return failures, others
+    return failures, other_actions
 
 
 def _recipient(block: Message, field: str) -> str:
