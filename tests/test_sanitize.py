@@ -71,6 +71,15 @@ def test_nothing_shaped_like_a_placeholder_comes_out_of_a_feed() -> None:
     assert story.bullets == ("kept",)
     assert story.image == "https://i.example/.jpg"
     assert story.author == "Ann" and story.section == "Tech"
+    hidden = "_&#1;_NL_GREETING__ _\x02_nl_unsubscribe_url__"  # a control that storage may drop
+    (story,) = parse_feed(
+        rss(
+            [{"title": f"A {hidden} b", "link": "https://x.example/h", "author": hidden, "category": hidden}]
+        ),
+        SourceSettings(name="F", url="https://f.example/"),
+        now=datetime.now(UTC),
+    )
+    assert (story.title, story.author, story.section) == ("A b", None, "Top stories")
     only_planted = rss([{"title": planted, "link": "https://x.example/c", "category": "__NL_GREETING__"}])
     assert (
         parse_feed(only_planted, SourceSettings(name="F", url="https://f.example/"), now=datetime.now(UTC))
