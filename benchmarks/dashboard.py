@@ -73,6 +73,7 @@ def build(folder: Path, subscribers: int, issues: int, old_issue_readers: int) -
             datetime.fromordinal(day).date(),
             story_ids=[],
             content=lambda i: (f"Issue {i}", "", "<p>__NL_GREETING__</p>", "__NL_GREETING__"),
+            placeholder_key=None,  # the fixed names
             now=now,
         )
         assert issue is not None

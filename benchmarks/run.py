@@ -183,7 +183,11 @@ class Bench:
             store.import_subscribers(rows, now=NOW)
         r = self.rendered
         store.create_issue(
-            NOW.date(), story_ids=[], content=lambda _i: (r.subject, r.preheader, r.html, r.text), now=NOW
+            NOW.date(),
+            story_ids=[],
+            content=lambda _i: (r.subject, r.preheader, r.html, r.text),
+            placeholder_key=r.placeholders.key,
+            now=NOW,
         )
         store.close()
         return folder, env
@@ -346,15 +350,17 @@ def main() -> None:
     )
 
     def naive(i: int) -> bytes:
-        html = inline_css(render_issue(digest, settings, issue_id=1).html)
+        fresh = render_issue(digest, settings, issue_id=1)
+        html, names = inline_css(fresh.html), fresh.placeholders
         url = f"{n.base_url}/unsubscribe/{tokens.unsubscribe(i)}"
         msg = EmailMessage()
         msg["From"], msg["To"], msg["Subject"] = n.sender, f"reader{i}@example.com", rendered.subject
         msg.set_content(
-            fill(rendered.text, greeting=greeting_for("Reader"), unsubscribe_url=url, for_html=False)
+            fill(fresh.text, names, greeting=greeting_for("Reader"), unsubscribe_url=url, for_html=False)
         )
         msg.add_alternative(
-            fill(html, greeting=greeting_for("Reader"), unsubscribe_url=url, for_html=True), subtype="html"
+            fill(html, names, greeting=greeting_for("Reader"), unsubscribe_url=url, for_html=True),
+            subtype="html",
         )
         return msg.as_bytes(policy=SMTP)
 

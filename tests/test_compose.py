@@ -8,28 +8,38 @@ from email.message import EmailMessage
 import pytest
 
 from newsletter.config import Settings, mailbox
-from newsletter.content.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, fill, greeting_for
+from newsletter.content.render import (
+    FIXED_PLACEHOLDERS,
+    Placeholders,
+    RenderedIssue,
+    fill,
+    greeting_for,
+)
 from newsletter.delivery.compose import MessageTemplate, Recipient, qp_encode
 
+NAMES = Placeholders.new()
 HTML = (
-    f'<html><body><p style="color:#333">{GREETING} Caf\u00e9 news = good</p>\n'
+    f'<html><body><p style="color:#333">{NAMES.greeting} Caf\u00e9 news = good</p>\n'
     + "<p>"
     + "long line " * 40
-    + f'</p><a href="{UNSUBSCRIBE_URL}">Unsubscribe</a>\n'
+    + f'</p><a href="{NAMES.unsubscribe_url}">Unsubscribe</a>\n'
     "<p>.dot at start</p>\n</body></html>"
 )
-TEXT = f"{GREETING} Here are today's headlines.\n\nTrailing space \nUnsubscribe: {UNSUBSCRIBE_URL}\n"
+TEXT = (
+    f"{NAMES.greeting} Here are today's headlines.\n\nTrailing space \nUnsubscribe: {NAMES.unsubscribe_url}\n"
+)
 ISSUE = RenderedIssue(
     subject="25 Nov 2026: Zo\u00eb's r\u00e9sum\u00e9 of the long, long week in tech news",
     preheader="p",
     html=HTML,
     text=TEXT,
+    placeholders=NAMES,
 )
 
 
-def template() -> MessageTemplate:
+def template(issue: RenderedIssue = ISSUE) -> MessageTemplate:
     return MessageTemplate(
-        ISSUE,
+        issue,
         issue_id=3,
         newsletter_name="Test Digest",
         sender=mailbox("Test Digest", "digest@example.com"),
@@ -52,8 +62,10 @@ def slow(recipient: Recipient) -> EmailMessage:
     msg["List-Unsubscribe"] = f"<{url}>"
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg["List-Id"] = "Test Digest <test-digest.news.example.com>"
-    msg.set_content(fill(TEXT, greeting=greeting, unsubscribe_url=url, for_html=False))
-    msg.add_alternative(fill(HTML, greeting=greeting, unsubscribe_url=url, for_html=True), subtype="html")
+    msg.set_content(fill(TEXT, NAMES, greeting=greeting, unsubscribe_url=url, for_html=False))
+    msg.add_alternative(
+        fill(HTML, NAMES, greeting=greeting, unsubscribe_url=url, for_html=True), subtype="html"
+    )
     return msg
 
 
@@ -85,6 +97,43 @@ def test_spliced_message_equals_the_slow_one(name: str | None) -> None:
     assert fast["Message-ID"].endswith("@example.com>") and fast["Date"]
     assert fast["Auto-Submitted"] == "auto-generated"
     assert fast.get_body(("plain",))["Content-Type"].params["charset"] == "utf-8"
+
+
+def test_only_the_issues_own_placeholders_are_filled() -> None:
+    """Text that looks like a placeholder (the fixed names, a guessed key) stays text in an issue
+    with its own key: a reader's link and name go only where the issue's own names are."""
+    lookalikes = " ".join(
+        (*(getattr(FIXED_PLACEHOLDERS, n) for n in ("greeting", "unsubscribe_url", "issue_id")),)
+        + (Placeholders.of("0" * 32).unsubscribe_url, Placeholders.of(NAMES.key + "0").greeting)
+    )
+    issue = RenderedIssue(
+        "s", "p", html=f"<p>{lookalikes}</p>{HTML}", text=f"{lookalikes}\n{TEXT}", placeholders=NAMES
+    )
+    fast = email.message_from_bytes(
+        template(issue).compose(Recipient(42, "ada@example.com", "Ada Lovelace", "TOKEN.abc-_")),
+        policy=policy.default,
+    )
+    for kind in ("plain", "html"):
+        part = body(fast, kind)
+        assert lookalikes in part and NAMES.greeting not in part and NAMES.unsubscribe_url not in part
+        assert part.count("TOKEN.abc-_") == 1 and part.count("Ada") == 1
+
+
+def test_an_issue_stored_before_its_key_fills_the_fixed_names() -> None:
+    fixed = FIXED_PLACEHOLDERS
+    issue = RenderedIssue(
+        "s",
+        "p",
+        html=f'<p>{fixed.greeting}</p><a href="{fixed.unsubscribe_url}">u</a>',
+        text=f"{fixed.greeting}\n{fixed.unsubscribe_url}\n",
+    )
+    assert issue.placeholders == fixed and fixed.key is None
+    fast = email.message_from_bytes(
+        template(issue).compose(Recipient(42, "ada@example.com", "Ada Lovelace", "TOKEN.abc-_")),
+        policy=policy.default,
+    )
+    assert body(fast, "plain") == "Good morning, Ada.\nhttps://news.example.com/unsubscribe/TOKEN.abc-_\n"
+    assert 'href="https://news.example.com/unsubscribe/TOKEN.abc-_"' in body(fast, "html")
 
 
 def test_message_ids_are_unique_and_lines_short() -> None:

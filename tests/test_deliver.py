@@ -39,7 +39,11 @@ FAST_RETRIES = {"retry_base_seconds": 0.05, "throttle_retry_seconds": 0.05, "thr
 def setup(store: Store, n: int, domain: str = "example.com") -> int:
     store.import_subscribers([NewSubscriber(f"user{i}@{domain}", f"User {i}") for i in range(n)], now=NOW)
     issue = store.create_issue(
-        date(2026, 11, 25), story_ids=[], content=lambda i: ("Today", "", "", ""), now=NOW
+        date(2026, 11, 25),
+        story_ids=[],
+        content=lambda i: ("Today", "", "", ""),
+        placeholder_key=None,
+        now=NOW,
     )
     assert issue is not None
     return issue.id

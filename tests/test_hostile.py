@@ -4,18 +4,36 @@ line), through Flask's test client on a real SQLite file, with mail over real SM
 
 from __future__ import annotations
 
+import email
 import io
+import re
 from datetime import UTC, datetime, timedelta
+from email import policy
 from html.parser import HTMLParser
+from pathlib import Path
 
 from newsletter.bounces.classify import classify
 from newsletter.bounces.policy import BouncePolicy
+from newsletter.config import Settings
 from newsletter.db.models import Delivery, DeliveryStatus
 from newsletter.delivery.tokens import Tokens
 from newsletter.store import Store
 
 from . import bounce_mails as m
-from .conftest import SECRET, Console, log_in, token
+from .conftest import (
+    PASSWORD,
+    SECRET,
+    Console,
+    FeedServer,
+    Route,
+    SmtpSink,
+    log_in,
+    recent,
+    rss,
+    run_cli,
+    token,
+    write_config,
+)
 
 # Markup a stranger might send: a custom element with an event handler, a script, a broken attribute.
 PAYLOAD = '"><x-evil onerror=alert(1)>pwned</x-evil><script>alert(1)</script><img src=x onerror=alert(2)>'
@@ -58,6 +76,7 @@ def _issue_with_hostile_fields(store: Store, now: datetime) -> int:
         now.date(),
         story_ids=[],
         content=lambda _id: (f"Today: {PAYLOAD}", PAYLOAD, "<p>fine</p>", f"Top story: {PAYLOAD}\n"),
+        placeholder_key=None,
         now=now,
     )
     assert issue is not None
@@ -180,3 +199,212 @@ def test_the_login_limit_is_counted_before_the_check_by_address_and_by_name(cons
     other_name = console.app.test_client()
     other_name.environ_base["REMOTE_ADDR"] = "198.51.100.78"
     assert log_in(other_name, name="nobody") == 200  # a wrong name from a fresh address is checked
+
+
+# The per-reader placeholders as a feed might plant them: the fixed names of issues built before
+# each issue had its own, other cases (the text part upper-cases a section's name), a guessed key,
+# and spellings the pipeline decodes into them (a character reference, a percent-encoded query).
+_FIXED = ("__NL_UNSUBSCRIBE_URL__", "__NL_GREETING__", "__NL_ISSUE_ID__")
+_PLANTED = " ".join(
+    (*_FIXED, "__nl_unsubscribe_url__", "__Nl_Greeting__", "__NL_UNSUBSCRIBE_URL_0123456789abcdef__")
+)
+_CHARREF = "&amp;#95;&amp;#95;NL_UNSUBSCRIBE_URL&amp;#95;&amp;#95;"  # &#95; once the XML is read
+_PERCENT = "%5F%5FNL_UNSUBSCRIBE_URL%5F%5F"  # "_" once the link is made canonical
+_READERS = {
+    "quintessa@example.org": "Quintessa Marlowe",
+    "bartholomew@example.org": "Bartholomew Okonkwo",
+    "xiomara@example.org": "Xiomara Lindqvist",
+}
+
+
+def _planted_feed() -> bytes:
+    image_query = "u=__NL_UNSUBSCRIBE_URL__&amp;g=__NL_GREETING__&amp;i=__NL_ISSUE_ID__"
+    items: list[dict[str, object]] = [
+        {
+            "title": f"Grid {_PLANTED} record",
+            "link": "https://planted.example/1?next=__NL_UNSUBSCRIBE_URL__&amp;who=__NL_GREETING__",
+            "description": f"<p>Hello {_PLANTED}.</p><ul><li>{_PLANTED}</li></ul>"
+            f'<img src="https://img.planted.example/inline.jpg?{image_query}" width="600">',
+            "image": f"https://img.planted.example/lead.jpg?{image_query}",
+            "author": _PLANTED,
+            "category": "__nl_unsubscribe_url__",
+            "date": recent(1),
+        },
+        {
+            "title": f"Council {_CHARREF} votes",
+            "link": f"https://planted.example/2?u={_PERCENT}",
+            "description": f"<p>Words {_CHARREF} and {_PLANTED}.</p>",
+            "image": "https://img.planted.example/2/__NL_UNSUBSCRIBE_URL_0123456789abcdef__.jpg",
+            "author": "__nl_greeting__",
+            "category": f"Local {_PLANTED}",
+            "date": recent(2),
+        },
+        {
+            "title": "A plain story",
+            "link": "https://planted.example/3",
+            "description": "<p>Nothing planted here.</p>",
+            "image": "https://img.planted.example/__NL_GREETING__/__NL_UNSUBSCRIBE_URL__.jpg",
+            "category": "__NL_GREETING__",
+            "date": recent(3),
+        },
+    ]
+    return rss(items)
+
+
+def _without_own_link(body: str, url: str, *, html: bool) -> str:
+    """A message part without the product's own unsubscribe link (and nothing else removed)."""
+    if html:
+        own = re.compile(f'<a href="{re.escape(url)}"[^>]*>Unsubscribe</a>')
+    else:
+        own = re.compile(f"^Unsubscribe with one click: {re.escape(url)}$", re.M)
+    found = own.findall(body)
+    assert len(found) == 1, (url, body)
+    return own.sub("", body)
+
+
+def _found(needles: list[str], places: dict[str, str]) -> list[tuple[str, str]]:
+    """(place, needle) for each needle a place contains."""
+    return [(where, needle) for needle in needles for where, seen in places.items() if needle in seen]
+
+
+def _parts(data: bytes) -> tuple[email.message.EmailMessage, str, str]:
+    msg = email.message_from_bytes(data, policy=policy.default)
+    assert isinstance(msg, email.message.EmailMessage)
+    text, html = msg.get_body(("plain",)), msg.get_body(("html",))
+    assert text is not None and html is not None
+    return msg, text.get_content().replace("\r\n", "\n"), html.get_content().replace("\r\n", "\n")
+
+
+def test_no_text_from_a_feed_becomes_a_readers_unsubscribe_link_or_name(
+    tmp_path: Path, feed_server: FeedServer, smtp_sink: SmtpSink, env: None
+) -> None:
+    """A feed that plants the per-reader placeholders in a story's title, link, summary, bullets,
+    image, author and section: each reader's unsubscribe token is only in the product's own link
+    and List-Unsubscribe header of their own message, and their name only in To and the greeting;
+    the archive, the previews and a test copy carry no reader's token."""
+    from newsletter.config import load_settings
+    from newsletter.delivery.sending import send, send_test_copy
+    from newsletter.issues.build import gather_and_build
+    from newsletter.operators import hash_password
+    from newsletter.web import create_app
+
+    feed_server.routes["/planted"] = Route(_planted_feed())
+    config = write_config(
+        tmp_path,
+        sources=[("Planted", feed_server.url("/planted"))],
+        delivery='transport = "smtp"\nrate_per_second = 400\nprocesses = 1',
+        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_sink.port}\nsecurity = "none"\nconnections = 1\n',
+    )
+    settings = load_settings(config)
+    store = Store(settings.database_url)
+    try:
+        store.migrate()
+        now = datetime.now(UTC)
+        tokens = Tokens(SECRET)
+        readers = {}
+        for address, name in _READERS.items():
+            sub, _ = store.add_subscriber(address, name, now=now)
+            readers[address] = (name, tokens.unsubscribe(sub.id))
+        own_and_others = [tok for _, tok in readers.values()]
+        first_names = [n.split()[0] for n, _ in readers.values()]
+        everyones = own_and_others + first_names
+
+        report, outcome = gather_and_build(settings, store, issue_date=now.date(), now=now)
+        assert report is not None and not report.failed and report.new_stories == 3
+        issue = outcome.issue
+        assert issue is not None and issue.story_count == 3, outcome.reason
+        sent = send(settings, store, issue)
+        assert sent.counts.get("sent") == len(readers), sent
+        base = "https://news.example.com"
+        mails = smtp_sink.by_recipient()
+        assert sorted(mails) == sorted(readers)
+        for address, (name, own_token) in readers.items():
+            (received,) = mails[address]
+            msg, text, html = _parts(received.data)
+            url = f"{base}/unsubscribe/{own_token}"
+            assert msg["List-Unsubscribe"] == f"<{url}>"
+            first = name.split()[0]
+            assert address in str(msg["To"]) and name in str(msg["To"])
+            headers = "".join(f"{k}: {v}\n" for k, v in msg.items() if k not in ("List-Unsubscribe", "To"))
+            rest_text = _without_own_link(text, url, html=False)
+            rest_html = _without_own_link(html, url, html=True)
+            places = {"headers": headers, "text": rest_text, "html": rest_html}
+            assert _found(own_and_others, places) == [], address
+            greeting = f"Good morning, {first}."
+            assert rest_text.count(greeting) == 1 and rest_html.count(greeting) == 1, address
+            rest_text, rest_html = rest_text.replace(greeting, ""), rest_html.replace(greeting, "")
+            places |= {"text": rest_text, "html": rest_html}
+            assert _found(first_names, places) == [], address
+            for seen in (rest_text, rest_html):
+                assert "/unsubscribe/" not in seen and "__nl_" not in seen.lower()
+            assert "Grid" in text and "Council" in html  # the planted stories are there, as words
+
+        # the web archive, the console's previews and a test copy: nobody's token, nobody's name
+        app = create_app(settings, store=store)
+        public, operator = app.test_client(), app.test_client()
+        store.save_operator("ed", hash_password(PASSWORD), now=now)
+        assert log_in(operator) == 302
+        pages = {
+            "archive": public.get(f"/archive/{issue.id}"),
+            "console preview": operator.get(f"/admin/issues/{issue.id}/html"),
+            "console issue page": operator.get(f"/admin/issues/{issue.id}"),
+        }
+        assert {where: page.status_code for where, page in pages.items()} == dict.fromkeys(pages, 200)
+        places = {where: page.get_data(as_text=True) for where, page in pages.items()}
+        preview = tmp_path / "preview.html"
+        run_cli(config, "preview", "--out", str(preview))
+        places["preview file"] = preview.read_text(encoding="utf-8")
+        before = len(smtp_sink.messages)
+        send_test_copy(settings, store, issue, "editor@example.net")
+        _, places["test copy text"], places["test copy html"] = _parts(smtp_sink.messages[before].data)
+        assert _found(everyones, places) == []
+        assert _found(["__nl_"], {where: seen.lower() for where, seen in places.items()}) == []
+        assert "Grid" in places["preview file"] and "/unsubscribe/" not in places["preview file"]
+        assert app.extensions["newsletter"].confirmations.wait_idle()
+    finally:
+        store.close()
+
+
+def test_an_issue_stored_before_placeholder_keys_still_sends_and_shows(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """An issue built at revision 0008 keeps the fixed names after the upgrade: each reader's copy
+    gets their link and greeting, the archive the site's."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from newsletter.content.render import GREETING, UNSUBSCRIBE_URL, render_web
+    from newsletter.db import engine
+    from newsletter.delivery.compose import Recipient
+    from newsletter.delivery.sending import issue_template
+
+    store = Store(f"sqlite:///{tmp_path / 'before.db'}")
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(engine.__file__).parent / "migrations"))
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0008")
+            conn.execute(
+                text(
+                    "INSERT INTO issues (issue_date, subject, preheader, html, text, story_count, status,"
+                    " created_at, paused) VALUES ('2026-11-25', 'Old', '', :html, :text, 0, 'sent',"
+                    " '2026-11-25 07:00:00', 0)"
+                ),
+                {
+                    "html": f'<p>{GREETING}</p><a href="{UNSUBSCRIBE_URL}">Unsubscribe</a>',
+                    "text": f"{GREETING}\nUnsubscribe: {UNSUBSCRIBE_URL}\n",
+                },
+            )
+        store.migrate()
+        (issue,) = store.list_issues()
+        assert issue.placeholder_key is None
+        message = issue_template(settings, issue).compose(Recipient(7, "ada@example.org", "Ada Byron", "TOK"))
+        _, plain, html = _parts(message)
+        assert plain == "Good morning, Ada.\nUnsubscribe: https://news.example.com/unsubscribe/TOK\n"
+        assert '<a href="https://news.example.com/unsubscribe/TOK">Unsubscribe</a>' in html
+        web = render_web(issue.html, issue.placeholder_key, settings)
+        assert web == '<p>Good morning.</p><a href="https://news.example.com/">Unsubscribe</a>'
+    finally:
+        store.close()

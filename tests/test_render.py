@@ -3,7 +3,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from newsletter.config import Settings
 from newsletter.content.digest import Digest, DigestStory, Section
-from newsletter.content.render import GREETING, UNSUBSCRIBE_URL, fill, inline_css, render_issue
+from newsletter.content.render import FIXED_PLACEHOLDERS, Placeholders, fill, inline_css, render_issue
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 
@@ -36,6 +36,8 @@ def digest() -> Digest:
 
 
 def test_placeholders_survive_premailer() -> None:
+    names = Placeholders.new()
+    GREETING, UNSUBSCRIBE_URL = names.greeting, names.unsubscribe_url  # noqa: N806
     raw = (
         f"<html><head><style>a {{ color: red }}</style></head><body><p>{GREETING}</p>"
         f'<a href="{UNSUBSCRIBE_URL}">u</a></body></html>'
@@ -43,7 +45,9 @@ def test_placeholders_survive_premailer() -> None:
     inlined = inline_css(raw)
     assert GREETING in inlined and f'href="{UNSUBSCRIBE_URL}"' in inlined
     assert 'style="color:red"' in inlined.replace(" ", "")
-    filled = fill(inlined, greeting="Hi <Bob> & co", unsubscribe_url="https://n.example/u/a&b", for_html=True)
+    filled = fill(
+        inlined, names, greeting="Hi <Bob> & co", unsubscribe_url="https://n.example/u/a&b", for_html=True
+    )
     assert "Hi &lt;Bob&gt; &amp; co" in filled and 'href="https://n.example/u/a&amp;b"' in filled
 
 
@@ -60,12 +64,33 @@ def test_issue_html_is_inlined_with_only_media_queries_left(settings: Settings) 
         assert f'href="https://x.example/{i}"' in r.html
         assert f"https://x.example/{i}" in r.text
     assert "https://news.example.com/archive/7" in r.html and "1 Test Street" in r.html
-    assert GREETING in r.html and UNSUBSCRIBE_URL in r.html and UNSUBSCRIBE_URL in r.text
+    names = r.placeholders
+    assert names.key and names.greeting in r.html and names.unsubscribe_url in r.html
+    assert names.greeting in r.text and names.unsubscribe_url in r.text
     assert "<li>Point one.</li>" in r.html.replace("\n", "") or "Point one." in r.html
     assert r.subject == "25 Nov 2026: Headline 1 & more"
     early = render_issue(digest(), settings, issue_id=None)  # rendered before the issue has its id
     subject, _, html, text = early.for_issue(7)
-    assert html == r.html and text == r.text and subject == r.subject
+    assert early.placeholders.key != names.key  # each rendering its own: nobody can know it before
+    for late, mine in ((html, r.html), (text, r.text)):
+        assert fill(late, early.placeholders, greeting="G", unsubscribe_url="U", for_html=False) == fill(
+            mine, names, greeting="G", unsubscribe_url="U", for_html=False
+        )
+    assert subject == r.subject and early.placeholders.issue_id not in html + text
+
+
+def test_a_story_that_spells_placeholders_renders_them_as_text(settings: Settings) -> None:
+    """A story stored before feeds were cleaned of them: the fixed names, and names of the same
+    shape with another key, stay words in the rendered issue; only its own names are filled."""
+    fixed = FIXED_PLACEHOLDERS
+    planted = [fixed.greeting, fixed.unsubscribe_url, fixed.issue_id, Placeholders.new().unsubscribe_url]
+    lead = story(1, title=" ".join(planted), image=f"https://i.example/{planted[1]}.jpg", author=planted[0])
+    r = render_issue(Digest(date(2026, 11, 25), lead=lead, sections=()), settings, issue_id=None)
+    _, _, html, text = r.for_issue(7)
+    for part in (html, text):
+        filled = fill(part, r.placeholders, greeting="[hello]", unsubscribe_url="[link]", for_html=False)
+        assert all(name in filled for name in planted)
+        assert filled.count("[hello]") == 1 and filled.count("[link]") == 1 and "/archive/7" in filled
 
 
 def test_text_part_is_its_own_template(settings: Settings) -> None:

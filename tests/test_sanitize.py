@@ -44,6 +44,49 @@ def test_a_hostile_feed_yields_no_markup_in_the_story() -> None:
     assert "<" not in story.summary and "alert" not in story.summary
 
 
+def test_nothing_shaped_like_a_placeholder_comes_out_of_a_feed() -> None:
+    """Every field a feed gives, in any case and in the spellings the parse decodes (a character
+    reference, a %5F in a query, a name split by a tag); the story's own words stay."""
+    planted = " ".join(
+        ("__NL_UNSUBSCRIBE_URL__", "__nl_greeting__", "__Nl_Issue_Id__", "__NL_GREETING_0123abcd__")
+        + ("__NL__NL_X__GREETING__",)
+    )
+    body = rss(
+        [
+            {
+                "title": f"Budget {planted} &amp;#95;&amp;#95;NL_GREETING&amp;#95;&amp;#95; vote",
+                "link": "https://x.example/b?u=%5F%5FNL_UNSUBSCRIBE_URL%5F%5F&amp;keep=1",
+                "description": f"<p>Words __NL_<b></b>GREETING__ {planted}.</p>"
+                f"<ul><li>{planted} kept</li></ul>"
+                f'<img src="https://i.example/{planted.split()[0]}.jpg" width="600">',
+                "author": f"Ann {planted}",
+                "category": f"{planted} Tech",
+            }
+        ]
+    )
+    (story,) = parse_feed(body, SourceSettings(name="F", url="https://f.example/"), now=datetime.now(UTC))
+    assert story.title == "Budget vote"
+    assert story.link == "https://x.example/b?u=&keep=1"
+    assert story.summary == "Words ."
+    assert story.bullets == ("kept",)
+    assert story.image == "https://i.example/.jpg"
+    assert story.author == "Ann" and story.section == "Tech"
+    hidden = "_&#1;_NL_GREETING__ _\x02_nl_unsubscribe_url__"  # a control that storage may drop
+    (story,) = parse_feed(
+        rss(
+            [{"title": f"A {hidden} b", "link": "https://x.example/h", "author": hidden, "category": hidden}]
+        ),
+        SourceSettings(name="F", url="https://f.example/"),
+        now=datetime.now(UTC),
+    )
+    assert (story.title, story.author, story.section) == ("A b", None, "Top stories")
+    only_planted = rss([{"title": planted, "link": "https://x.example/c", "category": "__NL_GREETING__"}])
+    assert (
+        parse_feed(only_planted, SourceSettings(name="F", url="https://f.example/"), now=datetime.now(UTC))
+        == []
+    )
+
+
 def test_summaries_are_cut_on_a_word_boundary() -> None:
     words = " ".join(f"word{i}" for i in range(100))
     cut = cut_words(words, 60)

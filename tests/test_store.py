@@ -106,7 +106,9 @@ def test_growth_counts_each_day_in_the_newsletters_time_zone(store: Store) -> No
 
 
 def _issue(store: Store, day: date = date(2026, 11, 25)) -> int:
-    issue = store.create_issue(day, story_ids=[], content=lambda i: ("S", "P", "<p>h</p>", "t"), now=NOW)
+    issue = store.create_issue(
+        day, story_ids=[], content=lambda i: ("S", "P", "<p>h</p>", "t"), placeholder_key=None, now=NOW
+    )
     assert issue is not None
     return issue.id
 
@@ -114,7 +116,13 @@ def _issue(store: Store, day: date = date(2026, 11, 25)) -> int:
 def test_one_issue_per_date(store: Store) -> None:
     _issue(store)
     assert (
-        store.create_issue(date(2026, 11, 25), story_ids=[], content=lambda i: ("", "", "", ""), now=NOW)
+        store.create_issue(
+            date(2026, 11, 25),
+            story_ids=[],
+            content=lambda i: ("", "", "", ""),
+            placeholder_key=None,
+            now=NOW,
+        )
         is None
     )
 

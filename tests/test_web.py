@@ -197,14 +197,23 @@ def test_archive_and_health(app: Flask, client: FlaskClient) -> None:
             "<p>__NL_GREETING__</p><a href='__NL_UNSUBSCRIBE_URL__'>u</a>",
             "t",
         ),
+        placeholder_key=None,  # an issue stored before each had its own key: the fixed names
         now=NOW,
     )
     assert issue is not None
     unsent = store.create_issue(
-        date(2026, 11, 26), story_ids=[], content=lambda i: ("Tomorrow's scoop", "", "<p>x</p>", "t"), now=NOW
+        date(2026, 11, 26),
+        story_ids=[],
+        content=lambda i: ("Tomorrow's scoop", "", "<p>x</p>", "t"),
+        placeholder_key=None,
+        now=NOW,
     )
     paused = store.create_issue(
-        date(2026, 11, 24), story_ids=[], content=lambda i: ("Pulled story", "", "<p>x</p>", "t"), now=NOW
+        date(2026, 11, 24),
+        story_ids=[],
+        content=lambda i: ("Pulled story", "", "<p>x</p>", "t"),
+        placeholder_key=None,
+        now=NOW,
     )
     assert unsent is not None and paused is not None
     assert "Big news" not in client.get("/archive").get_data(as_text=True)  # built, not sent

@@ -148,7 +148,7 @@ def preview(app: App, issue_id: int | None, out_file: Path | None, to_address: s
     private_folder(path.parent)
     from ..content.render import render_web
 
-    html = render_web(issue.html, app.settings)
+    html = render_web(issue.html, issue.placeholder_key, app.settings)
     with open_private(path, "w", encoding="utf-8") as f:
         f.write(html)
     out.print(f"wrote the preview of issue {issue.id} to {path.resolve()}", markup=False)

@@ -1,12 +1,15 @@
 """The Jinja2 environment; renders an issue and inlines its CSS once.
 
 What differs per subscriber (greeting, unsubscribe link) is left as placeholders in the
-inlined HTML and the text; `fill` puts the values in, escaped for each part."""
+inlined HTML and the text; `fill` puts the values in, escaped for each part. Each issue's
+placeholders carry a random key chosen when it is rendered, after its feeds' text was read,
+so no feed can spell them."""
 
 from __future__ import annotations
 
 import html as htmlmod
 import logging
+import secrets
 from dataclasses import dataclass
 from datetime import date
 from functools import cache
@@ -17,10 +20,13 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from ..config import Settings
 from .digest import Digest, DigestStory
+from .sanitize import PLACEHOLDER_PREFIX
 
 __all__ = [
+    "FIXED_PLACEHOLDERS",
     "GREETING",
     "UNSUBSCRIBE_URL",
+    "Placeholders",
     "RenderedIssue",
     "environment",
     "fill",
@@ -29,10 +35,36 @@ __all__ = [
     "render_issue",
 ]
 
-# Placeholders: plain word characters, so premailer, lxml and quoted-printable leave them whole.
-GREETING = "__NL_GREETING__"
-UNSUBSCRIBE_URL = "__NL_UNSUBSCRIBE_URL__"
-ISSUE_ID = "__NL_ISSUE_ID__"  # an issue rendered before it has its id (render_issue(issue_id=None))
+
+@dataclass(frozen=True)
+class Placeholders:
+    """An issue's placeholder names: plain word characters, so premailer, lxml and quoted-printable
+    leave them whole. `key` is the issue's random key (issues.placeholder_key); None gives the fixed
+    names of the issues stored before each had its own."""
+
+    key: str | None
+    greeting: str
+    unsubscribe_url: str
+    issue_id: str  # an issue rendered before it has its id (render_issue(issue_id=None))
+
+    @classmethod
+    def of(cls, key: str | None) -> Placeholders:
+        end = f"_{key}__" if key else "__"
+        return cls(
+            key,
+            greeting=f"{PLACEHOLDER_PREFIX}GREETING{end}",
+            unsubscribe_url=f"{PLACEHOLDER_PREFIX}UNSUBSCRIBE_URL{end}",
+            issue_id=f"{PLACEHOLDER_PREFIX}ISSUE_ID{end}",
+        )
+
+    @classmethod
+    def new(cls) -> Placeholders:
+        return cls.of(secrets.token_hex(16))  # 128 bits: nobody guesses them
+
+
+FIXED_PLACEHOLDERS = Placeholders.of(None)
+GREETING = FIXED_PLACEHOLDERS.greeting
+UNSUBSCRIBE_URL = FIXED_PLACEHOLDERS.unsubscribe_url
 
 
 @dataclass(frozen=True)
@@ -41,15 +73,17 @@ class RenderedIssue:
     preheader: str
     html: str  # inlined, with placeholders
     text: str  # with placeholders
+    placeholders: Placeholders = FIXED_PLACEHOLDERS
 
     def for_issue(self, issue_id: int) -> tuple[str, str, str, str]:
         """(subject, preheader, html, text) with the issue's id in place: a string replace, so
         the issue repository calls it while it holds the write lock, after the slow render is done."""
+        name = self.placeholders.issue_id
         return (
             self.subject,
             self.preheader,
-            self.html.replace(ISSUE_ID, str(issue_id)),
-            self.text.replace(ISSUE_ID, str(issue_id)),
+            self.html.replace(name, str(issue_id)),
+            self.text.replace(name, str(issue_id)),
         )
 
 
@@ -68,8 +102,10 @@ def environment() -> jinja2.Environment:
 
 
 def render_issue(digest: Digest, settings: Settings, *, issue_id: int | None) -> RenderedIssue:
-    """The issue's HTML (CSS inlined) and text; `issue_id` None leaves ISSUE_ID in its place."""
+    """The issue's HTML (CSS inlined) and text with new placeholders; `issue_id` None leaves its
+    placeholder in its place."""
     n = settings.newsletter
+    names = Placeholders.new()
     tz = n.tz
     subject = render_subject(settings.digest.subject, digest)
     preheader = _preheader(digest)
@@ -89,15 +125,15 @@ def render_issue(digest: Digest, settings: Settings, *, issue_id: int | None) ->
         "sections": digest.sections,
         "story_count": len(digest.stories),
         "when": when,
-        "archive_url": f"{n.base_url.rstrip('/')}/archive/{ISSUE_ID if issue_id is None else issue_id}",
+        "archive_url": f"{n.base_url.rstrip('/')}/archive/{names.issue_id if issue_id is None else issue_id}",
         "signup_url": n.base_url.rstrip("/") + "/",
-        "greeting": GREETING,
-        "unsubscribe_url": UNSUBSCRIBE_URL,
+        "greeting": names.greeting,
+        "unsubscribe_url": names.unsubscribe_url,
     }
     env = environment()
     html = env.get_template("email/digest.html.j2").render(context)
     text = env.get_template("email/digest.txt.j2").render(context)
-    return RenderedIssue(subject=subject, preheader=preheader, html=inline_css(html), text=text)
+    return RenderedIssue(subject, preheader, html=inline_css(html), text=text, placeholders=names)
 
 
 def render_subject(expression: str, digest: Digest) -> str:
@@ -131,11 +167,11 @@ def inline_css(html: str) -> str:
     )
 
 
-def fill(template: str, *, greeting: str, unsubscribe_url: str, for_html: bool) -> str:
+def fill(template: str, names: Placeholders, *, greeting: str, unsubscribe_url: str, for_html: bool) -> str:
     """Put one subscriber's values into rendered HTML or text, escaped for that part."""
     if for_html:
         greeting, unsubscribe_url = htmlmod.escape(greeting), htmlmod.escape(unsubscribe_url)
-    return template.replace(GREETING, greeting).replace(UNSUBSCRIBE_URL, unsubscribe_url)
+    return template.replace(names.greeting, greeting).replace(names.unsubscribe_url, unsubscribe_url)
 
 
 def greeting_for(name: str | None) -> str:
@@ -171,14 +207,23 @@ def _wrap(text: str, width: int = 72, indent: str = "") -> str:
 
 
 def render_web(
-    body: str, settings: Settings, *, for_html: bool = True, unsubscribe_url: str | None = None
+    body: str,
+    placeholder_key: str | None,
+    settings: Settings,
+    *,
+    for_html: bool = True,
+    unsubscribe_url: str | None = None,
 ) -> str:
     """An issue's HTML (or text) as nobody in particular reads it, in the archive, a preview or
     the console: the greeting without a name, and the unsubscribe link pointing at the site
-    (or at `unsubscribe_url`), never a subscriber's token."""
+    (or at `unsubscribe_url`), never a subscriber's token. `placeholder_key` is the issue's."""
     base = settings.newsletter.base_url.rstrip("/")
     return fill(
-        body, greeting=greeting_for(None), unsubscribe_url=unsubscribe_url or base + "/", for_html=for_html
+        body,
+        Placeholders.of(placeholder_key),
+        greeting=greeting_for(None),
+        unsubscribe_url=unsubscribe_url or base + "/",
+        for_html=for_html,
     )
 
 

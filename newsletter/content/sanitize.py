@@ -12,7 +12,15 @@ from html.parser import HTMLParser
 
 import nh3
 
-__all__ = ["CleanContent", "clean_html", "cut_words", "is_pixel", "is_safe_url"]
+__all__ = [
+    "PLACEHOLDER_PREFIX",
+    "CleanContent",
+    "clean_html",
+    "cut_words",
+    "is_pixel",
+    "is_safe_url",
+    "without_placeholders",
+]
 
 SUMMARY_WORDS = 60
 MAX_BULLETS = 5
@@ -59,6 +67,13 @@ _DROP_WITH_CONTENT = {
 }
 _BLOCKS = {"p", "br", "div", "li", "h1", "h2", "h3", "h4", "blockquote", "figure", "ul", "ol"}
 _LABELS = {"tldr", "tl;dr", "tl,dr", "key points", "in brief", "summary"}
+# Every per-reader placeholder of a rendered issue starts so (render.Placeholders); feed text
+# shaped like one, in any case, is cut out: defence in depth behind each issue's secret names.
+PLACEHOLDER_PREFIX = "__NL_"
+_PLACEHOLDER_SHAPE = re.compile(re.escape(PLACEHOLDER_PREFIX) + r"\w*", re.I)
+# Characters nothing shows, which storage may drop later (C0 controls but tab, LF and CR; U+FFFE,
+# U+FFFF): they go before the cut, else "_\x01_NL_..." would become a name once stored.
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 PIXEL_MAX = 3  # an image this many pixels wide or high, or fewer, is a tracker, not a picture
 _HIDDEN_STYLE = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*hidden|opacity\s*:\s*0*(?:\.0*)?\s*(?:;|$)"
@@ -80,7 +95,8 @@ def is_safe_url(url: str | None) -> bool:
 
 
 def clean_html(html: str) -> CleanContent:
-    """The words, bullets and real (non-pixel) images of a piece of feed HTML."""
+    """The words, bullets and real (non-pixel) images of a piece of feed HTML, with nothing shaped
+    like a placeholder."""
     safe = nh3.clean(
         html,
         tags=_TAGS,
@@ -96,6 +112,12 @@ def clean_html(html: str) -> CleanContent:
     text = " ".join(" ".join(paragraphs).split())
     bullets = [cut_words(b, BULLET_WORDS) for b in reader.bullets if b][:MAX_BULLETS]
     return CleanContent(text=text, bullets=bullets, images=reader.images)
+
+
+def without_placeholders(text: str) -> str:
+    """Feed text with nothing shaped like a placeholder left in it. One pass is enough: a cut ends
+    before a character that cannot be part of a name, so the text around it never joins into one."""
+    return _PLACEHOLDER_SHAPE.sub("", _INVISIBLE.sub("", text))
 
 
 def cut_words(text: str, limit: int = SUMMARY_WORDS) -> str:
@@ -129,8 +151,9 @@ class _Reader(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "img":
             values = {k: v or "" for k, v in attrs}
-            if not is_pixel(values) and is_safe_url(values.get("src")):
-                self.images.append(values["src"].strip())
+            src = without_placeholders(values.get("src") or "").strip()
+            if not is_pixel(values) and is_safe_url(src):
+                self.images.append(src)
             return
         if tag in _BLOCKS:
             self._flush()
@@ -151,7 +174,7 @@ class _Reader(HTMLParser):
         self._flush()
 
     def _flush(self) -> None:
-        words = " ".join("".join(self._current).split())
+        words = " ".join(without_placeholders("".join(self._current)).split())
         self._current = []
         if not words:
             return

@@ -25,7 +25,7 @@ from .. import __version__
 from ..config import SourceSettings
 from ..errors import FeedError
 from .records import FetchedStory
-from .sanitize import clean_html, cut_words, is_pixel, is_safe_url
+from .sanitize import clean_html, cut_words, is_pixel, is_safe_url, without_placeholders
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -295,7 +295,8 @@ def parse_feed(body: bytes, source: SourceSettings, *, now: datetime) -> list[Fe
 def _story(
     entry: Any, link: str, source: SourceSettings, *, repeated_link: bool, now: datetime
 ) -> FetchedStory | None:
-    title = " ".join(clean_html(entry.get("title") or "").text.split())
+    title = clean_html(entry.get("title") or "").text
+    link = without_placeholders(link)  # after canonical_link, which decodes a %5F into "_"
     if not title or not is_safe_url(link):
         return None
     html = ""
@@ -308,7 +309,8 @@ def _story(
         content.text = short.text or content.text
         content.bullets = short.bullets or content.bullets
     categories = [t.get("term") for t in entry.get("tags") or [] if t.get("term")]
-    section = source.section or (categories[0].strip() if categories else DEFAULT_SECTION)
+    category = _words(categories[0]) if categories else ""
+    section = source.section or category or DEFAULT_SECTION
     return FetchedStory(
         identity=_identity(entry, link, title, source, repeated_link=repeated_link),
         source=source.name,
@@ -316,7 +318,7 @@ def _story(
         link=link,
         summary=cut_words(content.text),
         bullets=tuple(content.bullets),
-        author=(" ".join((entry.get("author") or "").split()) or None),
+        author=_words(entry.get("author") or "") or None,
         image=_image(entry, content.images),
         section=section[:200],
         published_at=_published(entry, now=now),
@@ -359,7 +361,12 @@ def _image(entry: Any, inline_images: list[str]) -> str | None:
         if link.get("rel") == "enclosure" and (link.get("type") or "").startswith("image/"):
             candidates.append(link.get("href") or "")
     candidates += inline_images
-    return next((c.strip() for c in candidates if is_safe_url(c)), None)
+    return next((c for c in (without_placeholders(c).strip() for c in candidates) if is_safe_url(c)), None)
+
+
+def _words(text: str) -> str:
+    """A feed's plain text (an author, a category) on one line, with no placeholder in it."""
+    return " ".join(without_placeholders(text).split())
 
 
 _TRACKING_PARAMS = ("utm_", "mc_", "fbclid", "gclid")

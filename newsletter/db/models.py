@@ -186,6 +186,9 @@ class Issue(Base):
     # Deliveries counted by state once the send ended (and after a later bounce): the dashboard
     # reads these instead of counting a million rows per issue.
     counts: Mapped[dict[str, int] | None] = mapped_column(JSON)
+    # The random key in this issue's placeholder names (content.render.Placeholders), so no feed's
+    # text can spell them; None for an issue stored before: the fixed names.
+    placeholder_key: Mapped[str | None] = mapped_column(String(64))
 
 
 class Story(Base):

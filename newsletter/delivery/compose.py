@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import dkim
 
 from ..config import Settings, mailbox
-from ..content.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue, greeting_for, render_confirmation
+from ..content.render import RenderedIssue, greeting_for, render_confirmation
 from .signing import DkimSigner, relaxed_chunk
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
 CRLF = b"\r\n"
 SOFT_BREAK = b"=\r\n"
 _QP_LINE = 75  # 76 with the soft break's "="
-_PLACEHOLDER = re.compile(f"({GREETING}|{UNSUBSCRIBE_URL})")
 # One token per byte: printable ASCII stays, "=" and everything else becomes =XX.
 _QP_BYTE = [chr(b) if 33 <= b <= 126 and b != 61 or b in (9, 32) else f"={b:02X}" for b in range(256)]
 
@@ -103,11 +102,11 @@ class _Part:
     Every join is a soft line break, so each piece starts a line: a piece's DKIM-canonical form
     (relaxed, line by line) is computed once here, and a message's body hash needs only its values'."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, placeholder: re.Pattern[str]) -> None:
         self.pieces: list[bytes | str] = []
         if not source.endswith("\n"):
             source += "\n"  # a part ends with a line break, as the standard library writes it
-        for i, chunk in enumerate(_PLACEHOLDER.split(source)):
+        for i, chunk in enumerate(placeholder.split(source)):
             if i % 2:
                 self.pieces.append(chunk)  # a placeholder name
             elif chunk:
@@ -178,8 +177,12 @@ class MessageTemplate:
         self._html_head = delimiter + part_head.format("html").encode("ascii")
         self._tail = f"\r\n--{self.boundary}--\r\n".encode("ascii")
         self._canonical_heads = [relaxed_chunk(x) for x in (self._text_head, self._html_head, self._tail)]
-        self._text = _Part(issue.text)
-        self._html = _Part(issue.html)
+        # only this issue's own placeholder names: text that merely looks like one stays text
+        names = issue.placeholders
+        self._greeting, self._unsubscribe_url = names.greeting, names.unsubscribe_url
+        placeholder = re.compile(f"({re.escape(names.greeting)}|{re.escape(names.unsubscribe_url)})")
+        self._text = _Part(issue.text, placeholder)
+        self._html = _Part(issue.html, placeholder)
         self._id_prefix = secrets.token_hex(4)  # with the counter: unique without urandom per message
         self._counter = itertools.count(1)
         self._date_second = -1
@@ -193,8 +196,9 @@ class MessageTemplate:
         greeting = greeting_for(_one_line(recipient.name))
         encoded_url = _qp_value(url)
         html_url = encoded_url if "&" not in url else _qp_value(htmlmod.escape(url))
-        text_values = {GREETING: _qp_value(greeting), UNSUBSCRIBE_URL: encoded_url}
-        html_values = {GREETING: _qp_value(htmlmod.escape(greeting)), UNSUBSCRIBE_URL: html_url}
+        greeting_name, url_name = self._greeting, self._unsubscribe_url
+        text_values = {greeting_name: _qp_value(greeting), url_name: encoded_url}
+        html_values = {greeting_name: _qp_value(htmlmod.escape(greeting)), url_name: html_url}
         unique = f"{self._id_prefix}{next(self._counter)}"
         message_id = f"<{self.issue_id}.{recipient.subscriber_id}.{unique}@{self.domain}>"
         head = (

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings, read_secret_key
-from ..content.render import RenderedIssue
+from ..content.render import Placeholders, RenderedIssue
 from ..db.models import DeliveryStatus, Issue
 from ..errors import NewsletterError
 from .compose import MessageTemplate, Recipient
@@ -36,7 +36,11 @@ def issue_template(settings: Settings, issue: Issue, *, subject_prefix: str = ""
     """The issue encoded once, signed per message when `[dkim]` is set (the key read here, once)."""
     n = settings.newsletter
     rendered = RenderedIssue(
-        subject=issue.subject, preheader=issue.preheader, html=issue.html, text=issue.text
+        issue.subject,
+        issue.preheader,
+        html=issue.html,
+        text=issue.text,
+        placeholders=Placeholders.of(issue.placeholder_key),
     )
     return MessageTemplate(
         rendered,

@@ -109,7 +109,13 @@ def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) 
 
     rendered = render_issue(digest, settings, issue_id=None)  # the slow part, before any lock is taken
     story_ids = [s.id for s in digest.stories]
-    issue = store.create_issue(issue_date, story_ids=story_ids, content=rendered.for_issue, now=now)
+    issue = store.create_issue(
+        issue_date,
+        story_ids=story_ids,
+        content=rendered.for_issue,
+        placeholder_key=rendered.placeholders.key,
+        now=now,
+    )
     if issue is None:  # another builder stored this date's issue first
         issue = store.issue_for_date(issue_date)
         return BuildOutcome(issue, False, f"issue for {issue_date} was built by another process")

@@ -45,14 +45,15 @@ class IssueRepository(Database):
         *,
         story_ids: Sequence[int],
         content: Callable[[int], tuple[str, str, str, str]],
+        placeholder_key: str | None,
         now: datetime,
     ) -> Issue | None:
         """Store an issue for a date and mark its stories used, in one transaction.
 
         `content(issue_id)` gives (subject, preheader, html, text) once the row has its id. It runs
         while the write lock is held, so it renders nothing: RenderedIssue.for_issue puts the id
-        into an issue rendered before. None when the
-        date already has an issue (another builder won)."""
+        into an issue rendered before. `placeholder_key` is the key in its placeholders' names
+        (RenderedIssue.placeholders). None when the date already has an issue (another builder won)."""
         try:
             with self.write() as s:
                 if s.scalar(select(Issue.id).where(Issue.issue_date == issue_date)) is not None:
@@ -65,6 +66,7 @@ class IssueRepository(Database):
                     story_count=len(story_ids),
                     status=IssueStatus.BUILT,
                     created_at=now,
+                    placeholder_key=placeholder_key,
                 )
                 s.add(issue)
                 s.flush()

@@ -209,6 +209,7 @@ def issue(issue_id: int) -> str:
     base = svc.settings.newsletter.base_url.rstrip("/")
     text = render_web(
         found.text,
+        found.placeholder_key,
         svc.settings,
         for_html=False,
         unsubscribe_url=f"{base}/unsubscribe/(each reader's own link)",
@@ -233,7 +234,7 @@ def issue_html(issue_id: int) -> Response:
     found = svc.store.get_issue(issue_id)
     if found is None:
         abort(404)
-    return Response(render_web(found.html, svc.settings), mimetype="text/html")
+    return Response(render_web(found.html, found.placeholder_key, svc.settings), mimetype="text/html")
 
 
 @bp.post("/issues/<int:issue_id>/pause")

@@ -22,7 +22,7 @@ def issue(issue_id: int) -> Response:
     found = svc.store.archived_issue(issue_id)
     if found is None:
         abort(404)
-    return make_response(render_web(found.html, svc.settings))
+    return make_response(render_web(found.html, found.placeholder_key, svc.settings))
 
 
 @bp.get("/healthz")
