@@ -1,16 +1,16 @@
 """An issue's placeholder key: the random word in the names of its per-reader placeholders, so
 no feed's text can spell them. Issues stored before keep NULL, and with it the fixed names.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-07
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
