@@ -20,6 +20,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import ConfigError
+from .private import private_folder
 
 __all__ = [
     "Settings",
@@ -384,7 +385,7 @@ def ensure_secret_key(settings: Settings) -> bool:
     path = settings.secret_key_path
     if os.environ.get("NEWSLETTER_SECRET_KEY") or path.exists():
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(secrets.token_urlsafe(48) + "\n")

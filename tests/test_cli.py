@@ -245,3 +245,31 @@ def test_files_with_readers_addresses_are_the_owners_alone(tmp_path: Path) -> No
     assert len(files) >= 3 and {p.name: mode(p) for p in files} == {p.name: 0o600 for p in files}
     folders = [tmp_path / "outbox", *(p for p in (tmp_path / "outbox").rglob("*") if p.is_dir())]
     assert {p.name: mode(p) for p in folders} == {p.name: 0o700 for p in folders}
+
+
+def test_the_folders_made_for_the_secret_key_and_the_dkim_key_are_0700_under_umask_000(
+    tmp_path: Path,
+) -> None:
+    import os
+    import stat
+
+    config = write_config(tmp_path)
+    text = config.read_text().replace(
+        'timezone = "UTC"\n', 'timezone = "UTC"\nsecret_key_file = "keys/secret/key"\n'
+    )
+    dkim = '[dkim]\ndomain = "example.com"\nselector = "news"\nprivate_key_file = "dkim/k/news.pem"\n'
+    config.write_text(text + "\n" + dkim)
+    old = os.umask(0)
+    try:
+        run_cli(config, "init", extra_env={"NEWSLETTER_SECRET_KEY": ""})  # so the key file is written
+        run_cli(config, "dkim-keygen", "--bits", "1024")
+    finally:
+        os.umask(old)
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    folders = [tmp_path / "keys", tmp_path / "keys/secret", tmp_path / "dkim", tmp_path / "dkim/k"]
+    assert {str(p): mode(p) for p in folders} == {str(p): 0o700 for p in folders}
+    keys = [tmp_path / "keys/secret/key", tmp_path / "dkim/k/news.pem"]
+    assert {str(p): mode(p) for p in keys} == {str(p): 0o600 for p in keys}

@@ -143,13 +143,12 @@ class _JsonFormatter(logging.Formatter):
 @pass_app
 def serve(app: App, host: str | None, port: int | None) -> None:
     """The web app: signup, confirm, one-click unsubscribe, archive (waitress)."""
-    import waitress
-
     from ..web import create_app
+    from ..web.server import create_server
 
     web = create_app(app.settings, store=app.store)
     host, port = host or app.settings.web.host, port or app.settings.web.port
-    server = waitress.create_server(web, host=host, port=port, threads=8, ident="newsletter")
+    server = create_server(web, host, port)
 
     class Stopped(Exception):
         pass

@@ -22,7 +22,7 @@ from dkim.canonicalization import CanonicalizationPolicy, compress_whitespace, s
 
 from ..config import Settings
 from ..errors import ConfigError, NewsletterError
-from ..private import open_private
+from ..private import open_private, private_folder
 
 __all__ = [
     "DkimSigner",
@@ -159,7 +159,7 @@ def write_key(path: Path, *, bits: int, replace: bool) -> str:
     if path.exists() and not replace:
         raise NewsletterError(f"{path} already exists; keep it, or replace it with 'dkim-keygen --force'")
     pem, public = generate_key(bits)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent)
     with open_private(path, "wb") as f:
         f.write(pem)
     return public

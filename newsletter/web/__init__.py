@@ -3,13 +3,14 @@ the archive and a health check. Flask app factory, one blueprint per concern."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Flask, Response, abort, current_app, request
 from flask_wtf.csrf import CSRFProtect
+from itsdangerous import BadData
 from werkzeug.routing import IntegerConverter
 
 from ..config import Settings, read_secret_key
@@ -23,10 +24,11 @@ from .confirmations import ConfirmationMailer
 from .limits import SlidingWindow, login_window
 from .proxies import TrustedProxies
 
-__all__ = ["Services", "create_app", "services", "PUBLIC_BODY_LIMIT"]
+__all__ = ["Services", "create_app", "services", "body_limit", "PUBLIC_BODY_LIMIT", "IMPORT_BODY_LIMIT"]
 
-PUBLIC_BODY_LIMIT = 64 * 1024  # a signup or an unsubscribe is a few hundred bytes
-ADMIN_BODY_LIMIT = 50 * 1024 * 1024  # a subscriber CSV upload
+PUBLIC_BODY_LIMIT = 64 * 1024  # a signup, an unsubscribe or a console form is a few hundred bytes
+IMPORT_BODY_LIMIT = 50 * 1024 * 1024  # a subscriber CSV uploaded to the console: about a million lines
+IMPORT_PATH = "/admin/subscribers/import"
 
 
 @dataclass
@@ -89,7 +91,7 @@ def create_app(
         SESSION_COOKIE_SECURE=settings.newsletter.base_url.startswith("https://"),
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
-        MAX_CONTENT_LENGTH=ADMIN_BODY_LIMIT,
+        MAX_CONTENT_LENGTH=IMPORT_BODY_LIMIT,
     )
     app.url_map.converters["int"] = _Id
     clock = now or (lambda: datetime.now(UTC))
@@ -130,10 +132,29 @@ def create_app(
     return app
 
 
+def body_limit(app: Flask, path: str, cookies: Mapping[str, str]) -> int:
+    """The largest body a request may send: a form's, or a subscriber CSV's to the import with an
+    operator's session cookie (signed by this app). `newsletter serve` asks before it reads a body."""
+    if path == IMPORT_PATH and _operator_cookie(app, cookies.get(app.config["SESSION_COOKIE_NAME"])):
+        return IMPORT_BODY_LIMIT
+    return PUBLIC_BODY_LIMIT
+
+
+def _operator_cookie(app: Flask, cookie: str | None) -> bool:
+    serializer = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
+    if not cookie or serializer is None:
+        return False
+    try:  # the checks Flask makes when it opens the session; the login itself is checked by the view
+        session = serializer.loads(cookie, max_age=int(app.permanent_session_lifetime.total_seconds()))
+    except BadData:
+        return False
+    return isinstance(session, dict) and "_user_id" in session
+
+
 def _limit_body() -> None:
-    """Public routes take small bodies only: a larger one is refused before anything reads it."""
-    if request.path.startswith("/admin/"):
-        return
+    """A body over its route's limit is refused before anything reads it."""
+    if body_limit(current_app, request.path, request.cookies) > PUBLIC_BODY_LIMIT:
+        return  # the import's: MAX_CONTENT_LENGTH
     if (request.content_length or 0) > PUBLIC_BODY_LIMIT:
         abort(413)
     # a chunked body has no length: read one byte past the limit (kept for the form parser) to tell

@@ -135,10 +135,17 @@ def login() -> str | BaseResponse | tuple[str, int] | tuple[str, int, dict[str, 
     session.clear()  # a new session at login: nothing from before carries over (fixation)
     login_user(OperatorUser(op.id, op.name, op.session_version))
     log.info("admin login: %s from %s", op.name, client)
-    target = request.args.get("next", "")
-    return redirect(
-        target if target.startswith("/admin") and not target.startswith("//") else url_for(".dashboard")
-    )
+    return redirect(_console_path(request.args.get("next", "")) or url_for(".dashboard"))
+
+
+def _console_path(target: str) -> str | None:
+    """`next=` after a login, if it is a path in the console: printable ASCII only (no CR/LF to
+    split the Location header, no backslash or tab a browser reads as another host)."""
+    if not all("!" <= c <= "~" and c != "\\" for c in target):
+        return None
+    if target != "/admin" and not target.startswith("/admin/"):
+        return None
+    return target
 
 
 TOO_MANY = "Too many failed logins from your address or for this name; try again in 15 minutes."

@@ -42,7 +42,7 @@ def _answer(
             message=message,
             error=error,
             form=form or {},
-            embed_action=request.url_root.rstrip("/") + "/subscribe",
+            embed_action=_embed_action(),
         )
         response = make_response(page)
     response.status_code = status
@@ -58,8 +58,13 @@ def form() -> str:
         message=None,
         error=False,
         form={},
-        embed_action=request.url_root.rstrip("/") + "/subscribe",
+        embed_action=_embed_action(),
     )
+
+
+def _embed_action() -> str:
+    """The snippet's form posts to the configured site, never to whatever Host the request named."""
+    return services().settings.newsletter.base_url.rstrip("/") + "/subscribe"
 
 
 @bp.post("/subscribe")
@@ -109,9 +114,18 @@ def _fields() -> dict[str, str] | None:
     found = request.get_json(silent=True)
     if not isinstance(found, dict):
         return None
-    if not all(isinstance(v, str) or v is None for v in found.values()):
+    if not all(_is_text(k) and (v is None or isinstance(v, str) and _is_text(v)) for k, v in found.items()):
         return None
     return {str(k): v or "" for k, v in found.items()}
+
+
+def _is_text(value: str) -> bool:
+    """False for a lone surrogate (JSON's "\\ud800"): no page, header or database can hold it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @bp.get("/confirm/<token>")
