@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import heapq
 import socket
 import threading
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -272,24 +274,38 @@ def _read_local(base_dir: Path, url: str, limits: Limits) -> bytes:
 
 
 def parse_feed(body: bytes, source: SourceSettings, *, now: datetime) -> list[FetchedStory]:
-    """Stories of one feed document (RSS 0.9x/1.0/2.0, Atom), newest first as the feed gave them."""
-    parsed: Any = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False)
+    """Stories of one feed document (RSS 0.9x/1.0/2.0, Atom): at most `source.max_items`, the
+    newest, in the order the feed gave them."""
+    try:
+        parsed: Any = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False)
+    except (ValueError, OverflowError) as exc:  # feedparser's loose parser on a reference like &#xD800;
+        raise FeedError(f"it is not a readable feed ({type(exc).__name__}: {str(exc)[:200]})") from None
     entries = parsed.get("entries") or []
     if parsed.get("bozo") and not entries:
         reason = parsed.get("bozo_exception")
         raise FeedError(f"it is not a readable feed ({reason})" if reason else "it is not a readable feed")
     if not parsed.get("version") and not entries:
         raise FeedError("it is not an RSS or Atom feed")
-    if source.max_items:
-        entries = entries[: source.max_items]
+    entries = _newest(entries, source.max_items, now=now)  # the cap before any entry is cleaned
     links = [canonical_link(e.get("link") or "") for e in entries]
-    repeated = {link for link in links if link and links.count(link) > 1}
+    repeated = {link for link, n in Counter(links).items() if link and n > 1}
     stories = []
     for entry, link in zip(entries, links, strict=True):
         story = _story(entry, link, source, repeated_link=link in repeated, now=now)
         if story is not None:
             stories.append(story)
     return stories
+
+
+def _newest(entries: list[Any], cap: int, *, now: datetime) -> list[Any]:
+    """At most `cap` entries, the newest by their date (an undated one is stored as fetched now, so
+    it counts as new), in the feed's order: a feed that lists its oldest first still gives today's."""
+    if len(entries) <= cap:
+        return entries
+    def age(i: int) -> tuple[datetime, int]:
+        return _published(entries[i], now=now) or now, -i
+
+    return [entries[i] for i in sorted(heapq.nlargest(cap, range(len(entries)), key=age))]
 
 
 def _story(
@@ -343,7 +359,10 @@ def _published(entry: Any, *, now: datetime) -> datetime | None:
     for key in ("published_parsed", "updated_parsed", "created_parsed"):
         struct = entry.get(key)
         if struct:
-            when = datetime.fromtimestamp(calendar.timegm(struct), tz=UTC)
+            try:
+                when = datetime.fromtimestamp(calendar.timegm(struct), tz=UTC)
+            except (ValueError, OverflowError, OSError):  # "0000-00-00": a date no calendar has
+                return None
             return min(when, now)  # a date in the future is a feed's mistake, not a promise
     return None
 
