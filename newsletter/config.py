@@ -346,6 +346,9 @@ def _check(s: Settings) -> None:
     need(len(s.sources) > 0, "sources", "must name at least one feed ([[sources]])")
     for i, src in enumerate(s.sources):
         need(bool(src.url.strip()), f"sources[{i}].url", "must not be empty")
+        # the lengths its stories and its state are stored in
+        need(len(src.name) <= 200, f"sources[{i}].name", "must be at most 200 characters")
+        need(len(src.url) <= 1000, f"sources[{i}].url", "must be at most 1000 characters")
         need(src.max_items > 0, f"sources[{i}].max_items", "must be positive")
     need(s.delivery.rate_per_second >= 0, "delivery.rate_per_second", "must not be negative")
     need(s.delivery.max_attempts >= 1, "delivery.max_attempts", "must be at least 1")

@@ -3,17 +3,19 @@ linearly and capped by default to its newest entries."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from newsletter.config import DEFAULT_MAX_ITEMS, SourceSettings
+from newsletter.config import DEFAULT_MAX_ITEMS, SourceSettings, load_settings
 from newsletter.content import sources
 from newsletter.content.sources import fetch_all, parse_feed
+from newsletter.errors import ConfigError
 from newsletter.store import Store
 
-from .conftest import ROOT, FeedServer, Route, rss
+from .conftest import ROOT, FeedServer, Route, rss, write_config
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
@@ -87,3 +89,16 @@ def test_parsing_compares_each_link_a_bounded_number_of_times(monkeypatch: pytes
     assert len(stories) == n
     assert len({st.identity for st in stories}) == n  # the reused links still give distinct stories
     assert compared <= 4 * n  # it was n * n: 1,000,000
+
+
+def test_a_long_author_is_cut_to_what_is_stored_and_a_long_name_or_url_refused(
+    store: Store, tmp_path: Path, env: None
+) -> None:
+    """Once a 201-character author failed the feed's store on PostgreSQL (VARCHAR(200))."""
+    body = rss([{"title": "Long", "link": "https://x.example/l", "author": "A" * 300}])
+    stories = parse_feed(body, SourceSettings("F", "https://f.example/rss"), now=NOW)
+    assert store.add_stories(stories, now=NOW) == 1
+    assert store.unused_stories(since=NOW - timedelta(days=1), until=NOW)[0].author == "A" * 200
+    for sources_, key in ([("N" * 201, "f.xml")], "sources[0].name"), ([("F", "f" * 1001)], "sources[0].url"):
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            load_settings(write_config(tmp_path, sources=sources_))

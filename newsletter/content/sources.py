@@ -302,6 +302,7 @@ def _newest(entries: list[Any], cap: int, *, now: datetime) -> list[Any]:
     it counts as new), in the feed's order: a feed that lists its oldest first still gives today's."""
     if len(entries) <= cap:
         return entries
+
     def age(i: int) -> tuple[datetime, int]:
         return _published(entries[i], now=now) or now, -i
 
@@ -332,7 +333,7 @@ def _story(
         link=link,
         summary=cut_words(content.text),
         bullets=tuple(content.bullets),
-        author=(" ".join((entry.get("author") or "").split()) or None),
+        author=(" ".join((entry.get("author") or "").split())[:200] or None),  # the column's length
         image=_image(entry, content.images),
         section=section[:200],
         published_at=_published(entry, now=now),
