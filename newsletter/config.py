@@ -84,12 +84,17 @@ class DigestSettings:
     subject: str = "{{ date }}: {{ lead.title }}"
 
 
+# Entries read from one feed when its table does not say: a day's news many times over, and a
+# feed of 90,000 entries is not 90,000 stories.
+DEFAULT_MAX_ITEMS = 200
+
+
 @dataclass(frozen=True)
 class SourceSettings:
     name: str
     url: str
     section: str | None = None
-    max_items: int | None = None
+    max_items: int = DEFAULT_MAX_ITEMS
 
     @property
     def is_remote(self) -> bool:
@@ -342,7 +347,10 @@ def _check(s: Settings) -> None:
     need(len(s.sources) > 0, "sources", "must name at least one feed ([[sources]])")
     for i, src in enumerate(s.sources):
         need(bool(src.url.strip()), f"sources[{i}].url", "must not be empty")
-        need(src.max_items is None or src.max_items > 0, f"sources[{i}].max_items", "must be positive")
+        # the lengths its stories and its state are stored in
+        need(len(src.name) <= 200, f"sources[{i}].name", "must be at most 200 characters")
+        need(len(src.url) <= 1000, f"sources[{i}].url", "must be at most 1000 characters")
+        need(src.max_items > 0, f"sources[{i}].max_items", "must be positive")
     need(s.delivery.rate_per_second >= 0, "delivery.rate_per_second", "must not be negative")
     need(s.delivery.max_attempts >= 1, "delivery.max_attempts", "must be at least 1")
     need(0 <= s.delivery.processes <= 64, "delivery.processes", "must be 0 (one per core) to 64")

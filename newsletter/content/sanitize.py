@@ -12,6 +12,8 @@ from html.parser import HTMLParser
 
 import nh3
 
+from ..db.models import storable
+
 __all__ = [
     "PLACEHOLDER_PREFIX",
     "CleanContent",
@@ -71,9 +73,6 @@ _LABELS = {"tldr", "tl;dr", "tl,dr", "key points", "in brief", "summary"}
 # shaped like one, in any case, is cut out: defence in depth behind each issue's secret names.
 PLACEHOLDER_PREFIX = "__NL_"
 _PLACEHOLDER_SHAPE = re.compile(re.escape(PLACEHOLDER_PREFIX) + r"\w*", re.I)
-# Characters nothing shows, which storage may drop later (C0 controls but tab, LF and CR; U+FFFE,
-# U+FFFF): they go before the cut, else "_\x01_NL_..." would become a name once stored.
-_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 PIXEL_MAX = 3  # an image this many pixels wide or high, or fewer, is a tracker, not a picture
 _HIDDEN_STYLE = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*hidden|opacity\s*:\s*0*(?:\.0*)?\s*(?:;|$)"
@@ -116,8 +115,9 @@ def clean_html(html: str) -> CleanContent:
 
 def without_placeholders(text: str) -> str:
     """Feed text with nothing shaped like a placeholder left in it. One pass is enough: a cut ends
-    before a character that cannot be part of a name, so the text around it never joins into one."""
-    return _PLACEHOLDER_SHAPE.sub("", _INVISIBLE.sub("", text))
+    before a character that cannot be part of a name, so the text around it never joins into one.
+    The storage rule comes first: what it would drop later ("_\x01_NL_...") cannot make a name."""
+    return _PLACEHOLDER_SHAPE.sub("", storable(text))
 
 
 def cut_words(text: str, limit: int = SUMMARY_WORDS) -> str:

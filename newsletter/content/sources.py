@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import heapq
+import logging
 import socket
 import threading
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +39,8 @@ __all__ = [
     "fetch_all",
     "parse_feed",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SECTION = "Top stories"
 USER_AGENT = f"newsletter/{__version__} (+daily digest; feed reader)"
@@ -101,6 +106,9 @@ def fetch_all(
             result.stories = parse_feed(body, src, now=now)
         except FeedError as exc:
             result.error = str(exc)
+        except Exception as exc:  # a feed no rule foresaw is one broken feed, never the whole gather
+            log.exception("feed %s: unexpected failure", src.url)
+            result.error = f"{src.name}: the feed could not be read ({type(exc).__name__})"
         return result
 
     def reported(src: SourceSettings) -> FeedResult:
@@ -272,24 +280,39 @@ def _read_local(base_dir: Path, url: str, limits: Limits) -> bytes:
 
 
 def parse_feed(body: bytes, source: SourceSettings, *, now: datetime) -> list[FetchedStory]:
-    """Stories of one feed document (RSS 0.9x/1.0/2.0, Atom), newest first as the feed gave them."""
-    parsed: Any = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False)
+    """Stories of one feed document (RSS 0.9x/1.0/2.0, Atom): at most `source.max_items`, the
+    newest, in the order the feed gave them."""
+    try:
+        parsed: Any = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False)
+    except (ValueError, OverflowError) as exc:  # feedparser's loose parser on a reference like &#xD800;
+        raise FeedError(f"it is not a readable feed ({type(exc).__name__}: {str(exc)[:200]})") from None
     entries = parsed.get("entries") or []
     if parsed.get("bozo") and not entries:
         reason = parsed.get("bozo_exception")
         raise FeedError(f"it is not a readable feed ({reason})" if reason else "it is not a readable feed")
     if not parsed.get("version") and not entries:
         raise FeedError("it is not an RSS or Atom feed")
-    if source.max_items:
-        entries = entries[: source.max_items]
+    entries = _newest(entries, source.max_items, now=now)  # the cap before any entry is cleaned
     links = [canonical_link(e.get("link") or "") for e in entries]
-    repeated = {link for link in links if link and links.count(link) > 1}
+    repeated = {link for link, n in Counter(links).items() if link and n > 1}
     stories = []
     for entry, link in zip(entries, links, strict=True):
         story = _story(entry, link, source, repeated_link=link in repeated, now=now)
         if story is not None:
             stories.append(story)
     return stories
+
+
+def _newest(entries: list[Any], cap: int, *, now: datetime) -> list[Any]:
+    """At most `cap` entries, the newest by their date (an undated one is stored as fetched now, so
+    it counts as new), in the feed's order: a feed that lists its oldest first still gives today's."""
+    if len(entries) <= cap:
+        return entries
+
+    def age(i: int) -> tuple[datetime, int]:
+        return _published(entries[i], now=now) or now, -i
+
+    return [entries[i] for i in sorted(heapq.nlargest(cap, range(len(entries)), key=age))]
 
 
 def _story(
@@ -318,7 +341,7 @@ def _story(
         link=link,
         summary=cut_words(content.text),
         bullets=tuple(content.bullets),
-        author=_words(entry.get("author") or "") or None,
+        author=(_words(entry.get("author") or "")[:200] or None),  # the column's length
         image=_image(entry, content.images),
         section=section[:200],
         published_at=_published(entry, now=now),
@@ -345,7 +368,10 @@ def _published(entry: Any, *, now: datetime) -> datetime | None:
     for key in ("published_parsed", "updated_parsed", "created_parsed"):
         struct = entry.get(key)
         if struct:
-            when = datetime.fromtimestamp(calendar.timegm(struct), tz=UTC)
+            try:
+                when = datetime.fromtimestamp(calendar.timegm(struct), tz=UTC)
+            except (ValueError, OverflowError, OSError):  # "0000-00-00": a date no calendar has
+                return None
             return min(when, now)  # a date in the future is a feed's mistake, not a promise
     return None
 

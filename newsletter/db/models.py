@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -40,8 +41,61 @@ __all__ = [
     "SubscriberStatus",
     "SubscriberTally",
     "StateColumn",
+    "StoredJSON",
+    "StoredString",
+    "StoredText",
     "UTCDateTime",
+    "storable",
 ]
+
+# What PostgreSQL's text (NUL) or an XML page (the issue goes through lxml) cannot hold: the C0
+# controls but tab, LF and CR, and the non-characters U+FFFE and U+FFFF, dropped; a lone surrogate
+# (no UTF-8 can carry it) becomes U+FFFD, as the code's other bad bytes do.
+_UNSTORABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]|([\ud800-\udfff])")
+
+
+def storable(text: str) -> str:
+    """The one cleaning rule for every text the newsletter stores (the column types below apply
+    it, and the send ledger's plain SQL calls it): a server's reply, a feed's field, a bounce's
+    diagnostic are kept as far as they can be, never refused by the database."""
+    return _UNSTORABLE.sub(lambda m: "\ufffd" if m.group(1) else "", text)
+
+
+class StoredText(TypeDecorator[str]):
+    """TEXT whose every value goes through `storable` on its way in."""
+
+    impl: type[String] = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return storable(value) if isinstance(value, str) else value
+
+
+class StoredString(StoredText):
+    """VARCHAR(n) whose every value goes through `storable` on its way in."""
+
+    impl = String
+    cache_ok = True
+
+
+class StoredJSON(TypeDecorator[Any]):
+    """JSON whose every string, in lists and tables at any depth, goes through `storable`."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return _stored(value)
+
+
+def _stored(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, list | tuple):
+        return [_stored(v) for v in value]
+    if isinstance(value, dict):
+        return {_stored(k): _stored(v) for k, v in value.items()}
+    return value
 
 
 class StateColumn(TypeDecorator[Any]):
@@ -124,13 +178,13 @@ class Subscriber(Base):
     __tablename__ = "subscribers"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    email: Mapped[str] = mapped_column(String(320), unique=True)
-    name: Mapped[str | None] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(StoredString(320), unique=True)
+    name: Mapped[str | None] = mapped_column(StoredString(200))
     status: Mapped[SubscriberStatus] = mapped_column(
         StateColumn(SubscriberStatus), default=SubscriberStatus.PENDING
     )
-    source: Mapped[str] = mapped_column(String(16), default="cli")
-    consent_ip: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(StoredString(16), default="cli")
+    consent_ip: Mapped[str | None] = mapped_column(StoredString(64))
     bounce_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -173,10 +227,10 @@ class Issue(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     issue_date: Mapped[date] = mapped_column(Date, unique=True)
-    subject: Mapped[str] = mapped_column(Text)
-    preheader: Mapped[str] = mapped_column(Text, default="")
-    html: Mapped[str] = mapped_column(Text)
-    text: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(StoredText())
+    preheader: Mapped[str] = mapped_column(StoredText(), default="")
+    html: Mapped[str] = mapped_column(StoredText())
+    text: Mapped[str] = mapped_column(StoredText())
     story_count: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[IssueStatus] = mapped_column(StateColumn(IssueStatus), default=IssueStatus.BUILT)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -185,25 +239,25 @@ class Issue(Base):
     paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Deliveries counted by state once the send ended (and after a later bounce): the dashboard
     # reads these instead of counting a million rows per issue.
-    counts: Mapped[dict[str, int] | None] = mapped_column(JSON)
+    counts: Mapped[dict[str, int] | None] = mapped_column(StoredJSON())
     # The random key in this issue's placeholder names (content.render.Placeholders), so no feed's
     # text can spell them; None for an issue stored before: the fixed names.
-    placeholder_key: Mapped[str | None] = mapped_column(String(64))
+    placeholder_key: Mapped[str | None] = mapped_column(StoredString(64))
 
 
 class Story(Base):
     __tablename__ = "stories"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    identity: Mapped[str] = mapped_column(String(512), unique=True)
-    source: Mapped[str] = mapped_column(String(200))
-    title: Mapped[str] = mapped_column(Text)
-    link: Mapped[str] = mapped_column(Text)
-    summary: Mapped[str] = mapped_column(Text, default="")
-    bullets: Mapped[list[str]] = mapped_column(JSON, default=list)
-    author: Mapped[str | None] = mapped_column(String(200))
-    image: Mapped[str | None] = mapped_column(Text)
-    section: Mapped[str] = mapped_column(String(200))
+    identity: Mapped[str] = mapped_column(StoredString(512), unique=True)
+    source: Mapped[str] = mapped_column(StoredString(200))
+    title: Mapped[str] = mapped_column(StoredText())
+    link: Mapped[str] = mapped_column(StoredText())
+    summary: Mapped[str] = mapped_column(StoredText(), default="")
+    bullets: Mapped[list[str]] = mapped_column(StoredJSON(), default=list)
+    author: Mapped[str | None] = mapped_column(StoredString(200))
+    image: Mapped[str | None] = mapped_column(StoredText())
+    section: Mapped[str] = mapped_column(StoredString(200))
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     fetched_at: Mapped[datetime] = mapped_column(UTCDateTime())
     issue_id: Mapped[int | None] = mapped_column(ForeignKey("issues.id"))
@@ -221,10 +275,10 @@ class Delivery(Base):
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    last_reply: Mapped[str | None] = mapped_column(Text)
+    last_reply: Mapped[str | None] = mapped_column(StoredText())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The sender that holds the row; a claim is a lease, never a sign that the message is in flight.
-    claimed_by: Mapped[str | None] = mapped_column(String(36))
+    claimed_by: Mapped[str | None] = mapped_column(StoredString(36))
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (Index("ix_deliveries_issue_status", "issue_id", "status", "subscriber_id"),)
@@ -237,7 +291,7 @@ class DeliveryTally(Base):
     __tablename__ = "delivery_tally"
 
     issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id"), primary_key=True)
-    shard: Mapped[str] = mapped_column(String(36), primary_key=True)
+    shard: Mapped[str] = mapped_column(StoredString(36), primary_key=True)
     pending: Mapped[int] = mapped_column(Integer, default=0)
     sending: Mapped[int] = mapped_column(Integer, default=0)
     sent: Mapped[int] = mapped_column(Integer, default=0)
@@ -253,9 +307,9 @@ class Sender(Base):
 
     __tablename__ = "senders"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    id: Mapped[str] = mapped_column(StoredString(36), primary_key=True)
     issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id"))
-    host: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(StoredString(255))
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -266,11 +320,11 @@ class FeedState(Base):
 
     __tablename__ = "feed_states"
 
-    url: Mapped[str] = mapped_column(String(1000), primary_key=True)
-    etag: Mapped[str | None] = mapped_column(Text)
-    last_modified: Mapped[str | None] = mapped_column(Text)
+    url: Mapped[str] = mapped_column(StoredString(1000), primary_key=True)
+    etag: Mapped[str | None] = mapped_column(StoredText())
+    last_modified: Mapped[str | None] = mapped_column(StoredText())
     checked_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(StoredText())
 
 
 class ScheduledRun(Base):
@@ -281,10 +335,10 @@ class ScheduledRun(Base):
     scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    host: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(StoredString(255))
     pid: Mapped[int] = mapped_column(Integer)
     issue_id: Mapped[int | None] = mapped_column(Integer)
-    outcome: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str | None] = mapped_column(StoredText())
 
 
 class BounceMail(Base):
@@ -293,10 +347,10 @@ class BounceMail(Base):
     __tablename__ = "bounce_mails"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    digest: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the mail's bytes
-    source: Mapped[str] = mapped_column(String(500))  # where it was: maildir key, imap uid, ...
-    kind: Mapped[str] = mapped_column(String(16))  # bounce, complaint, auto_reply, unrecognised
-    note: Mapped[str] = mapped_column(Text, default="")
+    digest: Mapped[str] = mapped_column(StoredString(64), unique=True)  # sha256 of the mail's bytes
+    source: Mapped[str] = mapped_column(StoredString(500))  # where it was: maildir key, imap uid, ...
+    kind: Mapped[str] = mapped_column(StoredString(16))  # bounce, complaint, auto_reply, unrecognised
+    note: Mapped[str] = mapped_column(StoredText(), default="")
     read_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (Index("ix_bounce_mails_source", "source"),)
@@ -311,13 +365,13 @@ class BounceEvent(Base):
     mail_id: Mapped[int] = mapped_column(ForeignKey("bounce_mails.id"))
     subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id"))
     issue_id: Mapped[int | None] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(16))  # hard, soft, complaint
-    address: Mapped[str] = mapped_column(String(320), default="")
-    status: Mapped[str] = mapped_column(String(16), default="")  # the DSN status code, 5.1.1
-    detail: Mapped[str] = mapped_column(Text, default="")
+    kind: Mapped[str] = mapped_column(StoredString(16))  # hard, soft, complaint
+    address: Mapped[str] = mapped_column(StoredString(320), default="")
+    status: Mapped[str] = mapped_column(StoredString(16), default="")  # the DSN status code, 5.1.1
+    detail: Mapped[str] = mapped_column(StoredText(), default="")
     # what named the subscriber: verp (our signed envelope address; only it closes an address),
     # link (only an unsubscribe link in the returned copy), or "" (nothing signed)
-    signed_by: Mapped[str] = mapped_column(String(8), default="")
+    signed_by: Mapped[str] = mapped_column(StoredString(8), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (
@@ -332,8 +386,8 @@ class Operator(Base):
     __tablename__ = "operators"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
-    password_hash: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(StoredString(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(StoredString(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Carried by every console session; raised at logout and at a new password, ending them all.

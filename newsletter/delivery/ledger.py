@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 from ..bounces.policy import BOUNCE_CLOSES
 from ..db.engine import Database
-from ..db.models import DeliveryStatus, SubscriberStatus
+from ..db.models import DeliveryStatus, SubscriberStatus, storable
 from ..errors import SenderFenced
 from .records import DeliveryTarget, Group, LedgerResult, MarkResult
 
@@ -68,7 +68,7 @@ class DeliveryLedger:
         records = [
             (
                 f.status.value,
-                f.reply[:1000],
+                storable(f.reply[:1000]),  # plain SQL: the column type's rule, called by hand
                 f.attempts,
                 self._time(f.next_attempt_at),
                 self._time(now) if f.status == DeliveryStatus.SENT else None,
@@ -85,7 +85,7 @@ class DeliveryLedger:
             for f in fates
             if f.status == DeliveryStatus.BOUNCED
         ]
-        puts = [(reply, issue, sid, me) for sid, reply in unmarks]
+        puts = [(storable(reply), issue, sid, me) for sid, reply in unmarks]
         claim_args = {
             "sender": me,
             "until": self._time(now + lease),

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from ..config import Settings
 from ..content.digest import DigestStory, choose, issue_window
 from ..db.models import Issue, Story
@@ -60,10 +62,21 @@ def gather(
         limits=limits or DEFAULT_LIMITS,
         on_done=on_done,
     )
-    new = 0
-    for result in results:
-        new += store.add_stories(result.stories, now=now)
-        if result.source.is_remote:
+    new = sum(_keep(store, result, now=now) for result in results)
+    return GatherReport(results=results, new_stories=new)
+
+
+def _keep(store: Store, result: FeedResult, *, now: datetime) -> int:
+    """Store one feed's new stories, then its state; returns how many were new. A store that fails
+    is that feed's error, reported like a broken feed, never the others': the feed's ETag is then
+    not kept, so the next gather fetches it whole again."""
+    added = 0
+    try:
+        added = store.add_stories(result.stories, now=now)
+    except SQLAlchemyError as exc:
+        result.error = f"its stories could not be stored ({_first_line(exc)})"
+    if result.source.is_remote:
+        try:
             store.save_feed_state(
                 result.source.url,
                 etag=result.etag,
@@ -71,7 +84,15 @@ def gather(
                 error=result.error,
                 now=now,
             )
-    return GatherReport(results=results, new_stories=new)
+        except SQLAlchemyError as exc:
+            result.error = result.error or f"its state could not be stored ({_first_line(exc)})"
+    return added
+
+
+def _first_line(exc: SQLAlchemyError) -> str:
+    """What the database said, without SQLAlchemy's statement and parameters."""
+    said = str(getattr(exc, "orig", None) or exc).strip()
+    return (said.splitlines() or [type(exc).__name__])[0][:300]
 
 
 @dataclass(frozen=True)
