@@ -183,9 +183,12 @@ class SubscriberRepository(Database):
                 q = q.where(Subscriber.status == status)
             if query:
                 needle = query.strip().lower()
+                # the addresses that start with the needle: from it to the next prefix of its length
+                # (not needle + U+FFFF: the storage rule drops that non-character from every value)
+                beyond = needle[:-1] + chr(min(ord(needle[-1]) + 1, 0x10FFFF)) if needle else ""
                 q = q.where(
                     or_(
-                        and_(Subscriber.email >= needle, Subscriber.email < needle + "\uffff"),
+                        and_(Subscriber.email >= needle, Subscriber.email < beyond),
                         func.lower(Subscriber.name).contains(needle, autoescape=True),
                     )
                 )
