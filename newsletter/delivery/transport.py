@@ -41,6 +41,14 @@ class SendResult:
     status: DeliveryStatus  # SENT, DEFERRED, BOUNCED, FAILED, or UNKNOWN (no reply after the final dot)
     reply: str
     throttled: bool = False  # the server asked us to slow down
+    stage: str = ""  # the command whose reply decided (MAIL, RCPT, DATA); "" when none did
+    code: int = 0  # that reply's code
+
+    @property
+    def recipient_refused(self) -> bool:
+        """The server refused this recipient and would take others: any RCPT failure but 421 (the
+        server closes the session). Its words are not read: they may echo the address."""
+        return self.stage == "RCPT" and self.code >= 400 and self.code != 421
 
 
 class Transport(Protocol):
@@ -61,13 +69,13 @@ def classify_reply(code: int, text: str, *, stage: str) -> SendResult:
     one recipient."""
     reply = f"{code} {text}".strip()
     if 200 <= code < 300:
-        return SendResult(DeliveryStatus.SENT, reply)
+        return SendResult(DeliveryStatus.SENT, reply, stage=stage, code=code)
     throttled = code == 421 or (400 <= code < 500 and bool(_THROTTLE.search(text)))
     if 400 <= code < 500:
-        return SendResult(DeliveryStatus.DEFERRED, reply, throttled=throttled)
+        return SendResult(DeliveryStatus.DEFERRED, reply, throttled=throttled, stage=stage, code=code)
     if stage == "RCPT":
-        return SendResult(DeliveryStatus.BOUNCED, reply)
-    return SendResult(DeliveryStatus.FAILED, reply)
+        return SendResult(DeliveryStatus.BOUNCED, reply, stage=stage, code=code)
+    return SendResult(DeliveryStatus.FAILED, reply, stage=stage, code=code)
 
 
 class OutboxTransport:
