@@ -468,6 +468,19 @@ def run_cli(
     return proc
 
 
+def start_cli(config: Path, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A command as a user starts it, left running; its output and errors in one pipe."""
+    environment = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET, **(extra_env or {})}
+    environment.pop("NEWSLETTER_DATABASE_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter.cli", "--config", str(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=environment,
+        cwd=config.parent,
+    )
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
