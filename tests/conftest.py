@@ -190,13 +190,15 @@ class Received:
 
 
 class SmtpSink:
-    """An aiosmtpd server on loopback that keeps every message; `rcpt_hook` may refuse recipients."""
+    """An aiosmtpd server on loopback that keeps every message; `mail_hook` may refuse senders,
+    `rcpt_hook` recipients."""
 
     def __init__(self) -> None:
         self.messages: list[Received] = []
         self.lock = threading.Lock()
         # each returns a reply, or "drop" to close the connection instead of answering; the data
         # hook also "keep-drop": take the message, then close without a word (a lost 250)
+        self.mail_hook: Callable[[str], str | None] | None = None
         self.rcpt_hook: Callable[[str], str | None] | None = None
         self.data_hook: Callable[[list[str]], str | None] | None = None
         self.connections = 0
@@ -215,6 +217,20 @@ class SmtpSink:
                     sink.connections += 1
                 session.host_name = hostname
                 return responses
+
+            async def handle_MAIL(  # noqa: N802 - aiosmtpd's hook name
+                self,
+                server: SMTPServer,
+                session: SMTPSession,
+                envelope: SMTPEnvelope,
+                address: str,
+                mail_options: list[str],
+            ) -> str:
+                if sink.mail_hook and (reply := sink.mail_hook(address)):
+                    return reply
+                envelope.mail_from = address
+                envelope.mail_options.extend(mail_options)
+                return "250 OK"
 
             async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
                 self,
@@ -450,6 +466,19 @@ def run_cli(
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def start_cli(config: Path, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A command as a user starts it, left running; its output and errors in one pipe."""
+    environment = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET, **(extra_env or {})}
+    environment.pop("NEWSLETTER_DATABASE_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter.cli", "--config", str(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=environment,
+        cwd=config.parent,
+    )
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> bool:

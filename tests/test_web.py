@@ -21,7 +21,7 @@ from newsletter.store import Store
 from newsletter.web import create_app
 from newsletter.web.confirmations import ConfirmationMailer
 
-from .conftest import SECRET, SmtpSink, write_config
+from .conftest import SECRET, SmtpSink, free_port, write_config
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 
@@ -32,12 +32,15 @@ def clock() -> list[datetime]:
     return [NOW]
 
 
-def smtp_app(tmp_path: Path, sink: SmtpSink, extra: str, now: Callable[[], datetime]) -> tuple[Flask, Store]:
-    """The web app on a fresh SQLite file, mailing over SMTP to `sink`, with `extra` config."""
+def smtp_app(
+    tmp_path: Path, sink: SmtpSink | int, extra: str, now: Callable[[], datetime]
+) -> tuple[Flask, Store]:
+    """The web app on a fresh SQLite file, mailing over SMTP to `sink` (or a port), with `extra` config."""
+    port = sink if isinstance(sink, int) else sink.port
     config = write_config(
         tmp_path,
         delivery='transport = "smtp"',
-        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\n' + extra,
+        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n' + extra,
     )
     settings = load_settings(config)
     store = Store(settings.database_url)
@@ -298,6 +301,54 @@ def test_a_signup_while_the_relay_is_down_records_nothing_and_says_try_again(
     assert again.status_code == 200 and mailer.wait_idle()
     assert len(smtp_sink.by_recipient()["early@example.com"]) == 1
     assert store.get_subscriber("early@example.com").confirm_sent_at == clock[0]  # type: ignore[union-attr]
+
+
+def test_a_refused_recipient_is_that_signups_own_failure_and_the_form_stays_open(
+    app: Flask, client: FlaskClient, smtp_sink: SmtpSink
+) -> None:
+    """Addresses the relay refuses at RCPT (a 5xx, or a 4xx like greylisting, even one that echoes
+    an address saying "rate"), one from each of three visitors, close the form for nobody: the next
+    reader's mail goes out."""
+    refusals = {
+        "nobody@example.com": "550 5.1.1 No such user",
+        "blocked@example.com": "554 5.7.1 Recipient address rejected",
+        "rate@example.com": "450 4.2.0 <rate@example.com>: Recipient address rejected: Greylisted",
+    }
+    smtp_sink.rcpt_hook = refusals.get
+    mailer = mailer_of(app)
+    for i, address in enumerate(refusals):
+        visitor = {"REMOTE_ADDR": f"203.0.113.{i + 1}"}
+        answer = client.post("/subscribe", data={"email": address}, environ_base=visitor)
+        assert answer.status_code == 200 and mailer.wait_idle()
+        assert mailer.relay_down() is None
+        sub = store_of(app).get_subscriber(address)  # pending, mailed again if they sign up again
+        assert sub is not None and sub.status == "pending" and sub.confirm_sent_at is None
+    good = client.post(
+        "/subscribe", data={"email": "good@example.com"}, environ_base={"REMOTE_ADDR": "198.51.100.9"}
+    )
+    assert good.status_code == 200 and mailer.wait_idle()
+    assert confirm_link(smtp_sink, "good@example.com").startswith("/confirm/")
+    assert list(smtp_sink.by_recipient()) == ["good@example.com"]
+
+
+@pytest.mark.parametrize("relay", ["refuses MAIL FROM", "refuses the message", "is not listening"])
+def test_a_relay_that_no_address_could_pass_still_closes_the_form(
+    tmp_path: Path, smtp_sink: SmtpSink, env: None, relay: str
+) -> None:
+    """As a 421 to RCPT does (the relay closes the session): see the relay-down test above."""
+    refused = {"refuses MAIL FROM": "550 5.7.1 Sender rejected", "refuses the message": "554 5.6.0 Rejected"}
+    smtp_sink.mail_hook = lambda _sender: refused.get(relay) if "MAIL" in relay else None
+    smtp_sink.data_hook = lambda _to: refused.get(relay) if "message" in relay else None
+    app, store = smtp_app(
+        tmp_path, free_port() if relay == "is not listening" else smtp_sink, "", lambda: NOW
+    )
+    client = app.test_client()
+    assert client.post("/subscribe", data={"email": "first@example.com"}).status_code == 200
+    assert mailer_of(app).wait_idle()
+    down = client.post("/subscribe", data={"email": "second@example.com"})
+    assert down.status_code == 503 and int(down.headers["Retry-After"]) > 0
+    assert store.get_subscriber("second@example.com") is None and smtp_sink.messages == []
+    store.close()
 
 
 def test_odd_requests_are_400_404_or_413_never_500(app: Flask, client: FlaskClient) -> None:

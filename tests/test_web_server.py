@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import ROOT, SECRET, SmtpSink, free_port, run_cli, wait_for, write_config
+from .conftest import ROOT, SmtpSink, free_port, run_cli, start_cli, wait_for, write_config
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -67,15 +66,7 @@ def server(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Server]:
 
 def start_server(config: Path, port: int) -> subprocess.Popen[bytes]:
     """`newsletter serve` as a user starts it, on a loopback port."""
-    env = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET}
-    env.pop("NEWSLETTER_DATABASE_URL", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter.cli", "--config", str(config), "serve", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=config.parent,
-    )
+    return start_cli(config, "serve", "--port", str(port))
 
 
 def link_in_mail(sink: SmtpSink, address: str, pattern: str, *, index: int = -1) -> str:

@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -27,7 +28,17 @@ __all__ = [
     "SmtpTransport",
     "open_transport",
     "classify_reply",
+    "REPLY_BYTES",
+    "REPLY_LINES",
+    "REPLY_LINE_OCTETS",
 ]
+
+
+# What one reply may hold, so a hostile or broken server cannot grow our memory: RFC 5321 allows
+# 512 octets a line; lenient servers overrun it, so four times that, and lines and bytes in all.
+REPLY_LINE_OCTETS = 2048
+REPLY_LINES = 100
+REPLY_BYTES = 64 * 1024
 
 
 class Envelope(NamedTuple):
@@ -41,6 +52,14 @@ class SendResult:
     status: DeliveryStatus  # SENT, DEFERRED, BOUNCED, FAILED, or UNKNOWN (no reply after the final dot)
     reply: str
     throttled: bool = False  # the server asked us to slow down
+    stage: str = ""  # the command whose reply decided (MAIL, RCPT, DATA); "" when none did
+    code: int = 0  # that reply's code
+
+    @property
+    def recipient_refused(self) -> bool:
+        """The server refused this recipient and would take others: any RCPT failure but 421 (the
+        server closes the session). Its words are not read: they may echo the address."""
+        return self.stage == "RCPT" and self.code >= 400 and self.code != 421
 
 
 class Transport(Protocol):
@@ -61,13 +80,13 @@ def classify_reply(code: int, text: str, *, stage: str) -> SendResult:
     one recipient."""
     reply = f"{code} {text}".strip()
     if 200 <= code < 300:
-        return SendResult(DeliveryStatus.SENT, reply)
+        return SendResult(DeliveryStatus.SENT, reply, stage=stage, code=code)
     throttled = code == 421 or (400 <= code < 500 and bool(_THROTTLE.search(text)))
     if 400 <= code < 500:
-        return SendResult(DeliveryStatus.DEFERRED, reply, throttled=throttled)
+        return SendResult(DeliveryStatus.DEFERRED, reply, throttled=throttled, stage=stage, code=code)
     if stage == "RCPT":
-        return SendResult(DeliveryStatus.BOUNCED, reply)
-    return SendResult(DeliveryStatus.FAILED, reply)
+        return SendResult(DeliveryStatus.BOUNCED, reply, stage=stage, code=code)
+    return SendResult(DeliveryStatus.FAILED, reply, stage=stage, code=code)
 
 
 class OutboxTransport:
@@ -94,21 +113,47 @@ class _ConnectionLost(Exception):
 
 
 class _SocketReader(io.RawIOBase):
-    """The socket as a raw stream whose expired receive timeout is a TimeoutError: a socket file
-    would report a kernel timeout (EAGAIN) as the end of the stream, "the server closed it"."""
+    """The socket as a raw stream that keeps one deadline for a whole reply, however slowly it
+    drips, and whose expired receive timeout is a TimeoutError: a socket file would report a
+    kernel timeout (EAGAIN) as the end of the stream, "the server closed it"."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
         super().__init__()
         self._sock = sock
+        self._timeout = timeout
+        self._kernel = sock.gettimeout() is None  # SO_RCVTIMEO keeps the timeout (plain TCP)
+        self._armed = timeout  # what SO_RCVTIMEO is set to
+        self.deadline = time.monotonic() + timeout
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no reply in time")
+        if not self._kernel:
+            self._sock.settimeout(left)
+            try:
+                return self._sock.recv_into(buffer)
+            finally:
+                self._sock.settimeout(self._timeout)  # sends keep the whole timeout
+        if abs(self._armed - left) > _DEADLINE_SLACK:  # not on the hot path: a reply in one read
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(left))
+            self._armed = left
         try:
             return self._sock.recv_into(buffer)
         except BlockingIOError:  # SO_RCVTIMEO ran out on a blocking socket
             raise TimeoutError("no reply in time") from None
+
+
+_DEADLINE_SLACK = 0.05  # seconds a read may run past the deadline rather than re-arm the socket
+
+
+def _timeval(seconds: float) -> bytes:
+    seconds = max(seconds, 0.001)  # a zero timeval would mean "wait for ever"
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
 
 
 def _kernel_timeouts(sock: socket.socket, seconds: float) -> None:
@@ -116,8 +161,7 @@ def _kernel_timeouts(sock: socket.socket, seconds: float) -> None:
     timeout mode would poll() before every send and receive of the hot path. Plain TCP only: the
     ssl module retries a blocking socket's EAGAIN for ever, so TLS keeps Python's timeout."""
     sock.settimeout(None)
-    whole = int(seconds)
-    value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    value = _timeval(seconds)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
@@ -147,6 +191,7 @@ class SmtpTransport:
         self.helo_name = helo_name or socket.getfqdn() or "localhost"
         self.extensions: dict[str, str] = {}
         self._sock: socket.socket | None = None
+        self._raw: _SocketReader | None = None
         self._reader: Any = None
 
     # -- the session --------------------------------------------------------------------------
@@ -183,14 +228,16 @@ class SmtpTransport:
             raise
         except (OSError, _ConnectionLost) as exc:
             self._drop()
-            raise TransportError(f"cannot connect to the SMTP server {where}: {exc}") from None
+            raise TransportError(f"cannot connect to the SMTP server {where}: {self._lost(exc)}") from None
 
     def _context(self) -> ssl.SSLContext:
         return self.tls_context or ssl.create_default_context()
 
     def _attach(self, sock: socket.socket) -> None:
+        """Read replies from `sock`; the first (a greeting) is due within the timeout from now."""
         self._sock = sock
-        self._reader = io.BufferedReader(_SocketReader(sock), 65536)
+        self._raw = _SocketReader(sock, self.timeout)
+        self._reader = io.BufferedReader(self._raw, 65536)
 
     def _ehlo(self) -> None:
         code, text = self._command(b"EHLO " + self.helo_name.encode("ascii", "replace"))
@@ -216,22 +263,40 @@ class SmtpTransport:
             raise TransportError(f"the SMTP server {self.host}:{self.port} refused the login: {code} {text}")
 
     def _reply(self) -> tuple[int, str]:
-        """One reply, multi-line ones joined with newlines."""
+        """One reply, multi-line ones joined with newlines, within the caps and by the deadline
+        that `_put` set (any over is a _ConnectionLost or a TimeoutError: the session is over)."""
         lines = []
+        size = 0
         while True:
-            line = self._reader.readline(8192)
+            line = self._reader.readline(REPLY_LINE_OCTETS + 1)
             if not line:
                 raise _ConnectionLost("the server closed the connection")
+            if len(line) > REPLY_LINE_OCTETS:
+                raise _ConnectionLost(f"the server sent a reply line longer than {REPLY_LINE_OCTETS} octets")
+            size += len(line)
             lines.append(line[4:].rstrip(b"\r\n").decode("utf-8", "replace"))
             if line[3:4] != b"-":
                 try:
                     return int(line[:3]), "\n".join(lines)
                 except ValueError:
                     raise _ConnectionLost(f"not an SMTP reply: {line[:40]!r}") from None
+            if len(lines) >= REPLY_LINES:
+                raise _ConnectionLost(f"the server sent a reply of more than {REPLY_LINES} lines")
+            if size > REPLY_BYTES:
+                raise _ConnectionLost(f"the server sent a reply of more than {REPLY_BYTES // 1024} KB")
+
+    def _put(self, data: bytes) -> None:
+        """Commands on the wire: each of their replies is due within the timeout from now."""
+        assert self._sock is not None
+        self._due()
+        self._sock.sendall(data)
+
+    def _due(self) -> None:
+        assert self._raw is not None
+        self._raw.deadline = time.monotonic() + self.timeout
 
     def _command(self, line: bytes) -> tuple[int, str]:
-        assert self._sock is not None
-        self._sock.sendall(line + b"\r\n")
+        self._put(line + b"\r\n")
         return self._reply()
 
     # -- one message --------------------------------------------------------------------------
@@ -251,7 +316,7 @@ class SmtpTransport:
         after_dot = False
         try:
             if "PIPELINING" in self.extensions:
-                self._sock.sendall(mail + rcpt + b"DATA\r\n")
+                self._put(mail + rcpt + b"DATA\r\n")
                 replies = [self._reply(), self._reply(), self._reply()]
             else:
                 replies = [self._command(mail[:-2])]
@@ -264,6 +329,7 @@ class SmtpTransport:
                 return failed
             self._send_body(message)
             after_dot = True
+            self._due()
             code, text = self._reply()
             return self._after(classify_reply(code, text, stage="DATA"), code)
         except (OSError, _ConnectionLost) as exc:
@@ -305,8 +371,7 @@ class SmtpTransport:
             if not ok:
                 if len(replies) == 3 and replies[2][0] == 354:
                     # the server is waiting for a message we will not send: end it empty and reset
-                    assert self._sock is not None
-                    self._sock.sendall(b".\r\n")
+                    self._put(b".\r\n")
                     self._reply()
                 result = classify_reply(code, text, stage=stage)
                 if code != 421:
@@ -330,6 +395,7 @@ class SmtpTransport:
             with contextlib.suppress(OSError):
                 self._sock.close()
         self._sock = None
+        self._raw = None
         self._reader = None
 
     @property

@@ -3,8 +3,10 @@
 So a signup is answered in the same time whether the address was new, pending or active (nobody
 learns who subscribed by timing the form), and a slow relay never holds a web worker. A mail is
 recorded as sent only once the server has taken it; when it fails, nothing is recorded, so the
-reader's next signup sends it again, and while the relay is failing every signup is answered
-503 "try again later" instead of a promise of mail that will not come."""
+reader's next signup sends it again. While the relay is failing (no session, or MAIL or DATA
+refused: no address could get through) every signup is answered 503 "try again later" instead of
+a promise of mail that will not come; a recipient the relay refuses is that signup's own failure
+(it stays pending), so nobody can close the form by signing up addresses that bounce."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from ..store import Store
 __all__ = ["ConfirmationMailer", "RELAY_RETRY"]
 
 log = logging.getLogger("newsletter.web")
-RELAY_RETRY = timedelta(seconds=60)  # after a failed mail, signups wait this long before one is tried
+RELAY_RETRY = timedelta(seconds=60)  # after the relay failed, signups wait this long before one is tried
 
 
 @dataclass(frozen=True)
@@ -84,17 +86,20 @@ class ConfirmationMailer:
         while True:
             due = self._queue.get()
             try:
-                ok, reply = self._send(due)
+                result = self._send(due)
             except Exception as exc:  # noqa: BLE001 - one reader's mail never stops the others'
-                ok, reply = False, f"{type(exc).__name__}: {exc}"
+                result = SendResult(DeliveryStatus.FAILED, f"{type(exc).__name__}: {exc}")
+            relay_failed = result.status != DeliveryStatus.SENT and not result.recipient_refused
             with self._idle:
-                self._failed_at = None if ok else self.now()
+                self._failed_at = self.now() if relay_failed else None
                 self._waiting.discard(due.subscriber_id)
                 self._idle.notify_all()
-            if not ok:
-                log.warning("confirmation mail to subscriber %s not accepted: %s", due.subscriber_id, reply)
+            if result.status != DeliveryStatus.SENT:
+                log.warning(
+                    "confirmation mail to subscriber %s not accepted: %s", due.subscriber_id, result.reply
+                )
 
-    def _send(self, due: _Due) -> tuple[bool, str]:
+    def _send(self, due: _Due) -> SendResult:
         base = self.settings.newsletter.base_url.rstrip("/")
         message = confirmation_message(
             self.settings,
@@ -106,7 +111,6 @@ class ConfirmationMailer:
         sent_at = self.now()
         key = f"confirm/{due.subscriber_id}-{int(sent_at.timestamp())}"
         result = self.send_mail(Envelope(self.mail_from(due.subscriber_id), due.email, key), message)
-        if result.status != DeliveryStatus.SENT:
-            return False, result.reply
-        self.store.confirmation_sent(due.subscriber_id, now=sent_at)
-        return True, result.reply
+        if result.status == DeliveryStatus.SENT:
+            self.store.confirmation_sent(due.subscriber_id, now=sent_at)
+        return result
