@@ -159,7 +159,11 @@ def send_setup(tmp_path: Path, port: int, security: str, *, processes: int) -> t
     now = datetime.now(UTC)
     store.import_subscribers([NewSubscriber("reader@example.com", "Reader")], now=now)
     issue = store.create_issue(
-        now.date(), story_ids=[], content=lambda i: ("Today", "", "<p>hi</p>", "hi\n"), now=now
+        now.date(),
+        story_ids=[],
+        content=lambda i: ("Today", "", "<p>hi</p>", "hi\n"),
+        placeholder_key=None,
+        now=now,
     )
     assert issue is not None
     return config, store, issue.id
