@@ -410,7 +410,7 @@ def test_a_confirmation_bounces_to_the_bounce_mailbox_like_every_other_mail(
     """With [bounces] the envelope sender of every mail is the return path with a VERP token, a
     confirmation's as an issue's: sent to a dead address, it bounces to the mailbox the operator
     reads, names the pending subscriber, and closes the address, so no stranger can have the form
-    mail it again."""
+    mail it again within 30 days."""
     from newsletter.bounces.classify import classify
     from newsletter.bounces.policy import BouncePolicy
     from newsletter.delivery.sending import NO_ISSUE
@@ -448,5 +448,5 @@ def test_a_confirmation_bounces_to_the_bounce_mailbox_like_every_other_mail(
     assert store.get_subscriber("new@example.org").status == "bounced"  # type: ignore[union-attr]
     assert client.post("/subscribe", data={"email": "new@example.org"}).status_code == 200
     assert app.extensions["newsletter"].confirmations.wait_idle()
-    assert len(smtp_sink.messages) == 1  # the form mails a bounced address no more
+    assert len(smtp_sink.messages) == 1  # the form mails a bounced address no more this month
     store.close()
