@@ -477,6 +477,15 @@ def test_the_bounce_policy_alone() -> None:
     nobody = judge("hard", None, signed_by="")
     assert nobody[:3] == (None, False, False) and "kept for review; nothing changed" in nobody.line
     assert "no such subscriber" in judge("hard", None).line
+    # a VERP address is believed within its window after its mail went out, and not without one
+    days = timedelta(days=1)
+    for kind, window in (("hard", 10 * days), ("soft", 10 * days), ("complaint", 30 * days)):
+        assert not judge(kind, active, soft=9, sent_ago=window).refused
+        for ago in (window + timedelta(seconds=1), None):
+            refused = judge(kind, active, soft=9, sent_ago=ago)
+            assert (
+                refused[:3] == (None, False, False) and refused.refused and "kept for review" in refused.line
+            )
 
 
 @pytest.fixture
