@@ -19,9 +19,15 @@ MB = 1024 * 1024
 
 def _mails(tokens: Tokens) -> dict[str, bytes]:
     verp = verp_address(RETURN_PATH, tokens.bounce(5, 17)).encode()
-    head = b"From: MAILER-DAEMON@mx.example\r\nSubject: Undelivered Mail\r\nTo: " + verp + b"\r\n\r\n"
+    delivered = b"Delivered-To: " + verp + b"\r\n"  # as the bounce mailbox's server writes it
+    head = (
+        delivered
+        + b"From: MAILER-DAEMON@mx.example\r\nSubject: Undelivered Mail\r\nTo: "
+        + verp
+        + b"\r\n\r\n"
+    )
     dsn = (
-        b"From: MAILER-DAEMON@mx.example\r\nTo: " + verp + b"\r\nSubject: Undelivered Mail\r\n"
+        delivered + b"From: MAILER-DAEMON@mx.example\r\nTo: " + verp + b"\r\nSubject: Undelivered Mail\r\n"
         b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
         b"--b\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
         b"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n"

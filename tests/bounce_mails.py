@@ -270,3 +270,48 @@ For anything urgent, please ring the front desk.
 
 
 GARBAGE = b"\x00\x01\x02 this is not a mail message \xff\xfe\r\n\x00binary junk from a broken relay\r\n"
+
+
+def delivered_copy(sent: bytes, *, verp: str, reader: str) -> bytes:
+    """A reader's copy as their mailbox keeps it: the receiving server wrote the envelope sender,
+    our VERP address, into its Return-Path, and the envelope recipient above the message."""
+    return f"Return-Path: <{verp}>\r\nDelivered-To: {reader}\r\n".encode() + sent
+
+
+def wrapped_in_report(kind: str, copy: bytes, *, failed: str, headers: str = "") -> bytes:
+    """What anybody holding a delivered copy (a reader forwarded it as an attachment) can send to
+    the bounce address: the copy wrapped in an ARF report ("arf") or a 5.1.1 DSN ("dsn") from an
+    unrelated sender, with `headers` of its own choosing on top (a To: or Delivered-To: it writes)."""
+    b = "BOUNDARY42"
+    if kind == "arf":
+        top = "From: abuse@attacker.example\nSubject: FW: complaint\n"
+        ctype, part = (
+            "feedback-report",
+            "message/feedback-report\n\nFeedback-Type: abuse\nUser-Agent: x/1\nVersion: 1\n",
+        )
+    else:
+        top = "From: MAILER-DAEMON@attacker.example\nSubject: Undelivered Mail Returned to Sender\n"
+        ctype = "delivery-status"
+        part = (
+            "message/delivery-status\n\nReporting-MTA: dns; attacker.example\n\n"
+            f"Final-Recipient: rfc822; {failed}\nAction: failed\nStatus: 5.1.1\n"
+            "Diagnostic-Code: smtp; 550 5.1.1 no such user\n"
+        )
+    head = _crlf(f"""
+{headers}{top}To: bounces@example.com
+Date: Wed, 25 Nov 2026 10:00:00 +0000
+Message-ID: <{kind}.forwarded@attacker.example>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type={ctype}; boundary="{b}"
+
+--{b}
+Content-Type: text/plain
+
+This is a report.
+--{b}
+Content-Type: {part}
+--{b}
+Content-Type: message/rfc822
+
+""")
+    return head + copy + f"\r\n--{b}--\r\n".encode()

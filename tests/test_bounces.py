@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.iterators
 import json
 import mailbox
+import smtplib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import Message
@@ -442,7 +443,13 @@ def test_the_bounce_policy_alone() -> None:
     """One rule, judged without a database: what each kind of report does to each subscriber."""
     policy = BouncePolicy(soft_limit=2, soft_window=timedelta(days=30))
 
-    def judge(kind: str, current: SubscriberStatus | None, soft: int = 0, signed_by: str = "verp") -> Verdict:
+    def judge(
+        kind: str,
+        current: SubscriberStatus | None,
+        soft: int = 0,
+        signed_by: str = "verp",
+        sent_ago: timedelta | None = timedelta(days=1),
+    ) -> Verdict:
         return policy.judge(
             kind=kind,
             code="5.1.1",
@@ -450,6 +457,7 @@ def test_the_bounce_policy_alone() -> None:
             signed_by=signed_by,
             current=current,
             soft_count=soft,
+            sent_ago=sent_ago,
         )
 
     active, gone = SubscriberStatus.ACTIVE, SubscriberStatus.UNSUBSCRIBED
@@ -469,6 +477,15 @@ def test_the_bounce_policy_alone() -> None:
     nobody = judge("hard", None, signed_by="")
     assert nobody[:3] == (None, False, False) and "kept for review; nothing changed" in nobody.line
     assert "no such subscriber" in judge("hard", None).line
+    # a VERP address is believed within its window after its mail went out, and not without one
+    days = timedelta(days=1)
+    for kind, window in (("hard", 10 * days), ("soft", 10 * days), ("complaint", 30 * days)):
+        assert not judge(kind, active, soft=9, sent_ago=window).refused
+        for ago in (window + timedelta(seconds=1), None):
+            refused = judge(kind, active, soft=9, sent_ago=ago)
+            assert (
+                refused[:3] == (None, False, False) and refused.refused and "kept for review" in refused.line
+            )
 
 
 @pytest.fixture
@@ -494,6 +511,19 @@ def postfix() -> Iterator[PrivatePostfix]:
     server.close()
 
 
+def sent_through(postfix: PrivatePostfix, folder: Path) -> tuple[Newsletter, list[bytes]]:
+    """An issue sent to r0-r3 through the private Postfix, and the three DSNs it returned."""
+    nl = Newsletter(
+        folder,
+        mailbox_spec=f"maildir:{postfix.bounce_maildir}",
+        soft_limit=3,
+        readers=4,
+        smtp_port=postfix.port,
+    )
+    assert wait_for(lambda: len(postfix.returned()) == 3, timeout=30), postfix.log_text()
+    return nl, [path.read_bytes() for path in postfix.returned()]
+
+
 def test_a_real_postfix_dsn_gives_one_event_per_reader_with_its_own_status(
     tmp_path: Path, postfix: PrivatePostfix
 ) -> None:
@@ -501,15 +531,7 @@ def test_a_real_postfix_dsn_gives_one_event_per_reader_with_its_own_status(
     Final-Recipient the rewritten one): a 5.1.1 is one hard event and its text stays on the
     delivery; a 4.3.0 given up is one soft bounce, never also a hard one; a reader the DSN lists
     three times (an alias to three mailboxes) counts once."""
-    nl = Newsletter(
-        tmp_path,
-        mailbox_spec=f"maildir:{postfix.bounce_maildir}",
-        soft_limit=3,
-        readers=4,
-        smtp_port=postfix.port,
-    )
-    assert wait_for(lambda: len(postfix.returned()) == 3, timeout=30), postfix.log_text()
-    dsns = [path.read_bytes() for path in postfix.returned()]
+    nl, dsns = sent_through(postfix, tmp_path)
     assert all(b"Original-Recipient: rfc822;r" in d and b"Final-Recipient: rfc822; r" in d for d in dsns)
     assert sorted(d.count(b"Final-Recipient:") for d in dsns) == [1, 1, 3]
     report = json.loads(run_cli(nl.config, "bounces", "--json").stdout)
@@ -596,7 +618,8 @@ def test_a_leaked_unsubscribe_link_at_most_unsubscribes_and_a_signup_brings_the_
         "soft 4.2.2 r3@example.org: soft bounce 1 of 2 within 30 days" in run_cli(nl.config, "bounces").stdout
     )
 
-    # the web signup: an unsubscribed reader may come back; a complained or bounced one is not mailed
+    # the web signup: an unsubscribed reader may come back; a complained or bounced one is mailed a
+    # confirmation too, and stays closed until it is confirmed
     app = create_app(settings, store=nl.store)
     client = app.test_client()
     smtp_sink.messages.clear()
@@ -610,7 +633,7 @@ def test_a_leaked_unsubscribe_link_at_most_unsubscribes_and_a_signup_brings_the_
         "complained",
         "bounced",
     ]
-    assert sorted(smtp_sink.by_recipient()) == ["r1@example.org", "r2@example.org"]
+    assert sorted(smtp_sink.by_recipient()) == [f"r{n}@example.org" for n in (1, 2, 4, 5)]
     assert client.post(confirm_link(smtp_sink, "r1@example.org")).status_code == 200
     assert nl.statuses()["r1@example.org"] == "active"
     nl.store.close()
@@ -646,3 +669,161 @@ def test_a_huge_bounce_mail_is_read_from_its_first_part_only(monkeypatch: pytest
         ]
         assert f"of {len(data):,} bytes" in found.note
     assert scanned and max(scanned) <= classify_module.BOUNCE_READ_LINES  # the Exim bounce's text, cut
+
+
+def test_a_delivered_copy_wrapped_in_a_forged_report_closes_nobody_for_good(
+    tmp_path: Path, smtp_sink: SmtpSink, env: None
+) -> None:
+    """A reader's delivered copy carries our VERP address in the Return-Path their server wrote
+    (reproduced from an outside report: a copy forwarded as an attachment). Wrapped in a forged
+    DSN, with the VERP address also in a To: and a Delivered-To: the forger wrote below the
+    delivery headers of our own mailbox, it changes nobody and is listed on the console's Bounce
+    mail page: a bounce comes back to the VERP address of the mail that failed, and a delivered
+    copy never failed. Wrapped in a forged ARF report it reads as a feedback loop's report does
+    (they quote the reported copy so), so the reader is `complained`; their signup sends them one
+    confirmation, and confirming it makes them active again."""
+    nl = Newsletter(tmp_path, smtp_port=smtp_sink.port)
+    copies = {
+        n: m.delivered_copy(
+            smtp_sink.by_recipient()[f"r{n}@example.org"][0].data, verp=nl.verp(n), reader=f"r{n}@example.org"
+        )
+        for n in (1, 2)
+    }
+    ours = "Delivered-To: bounces@example.com\nReceived: from attacker.example by mx.example.com\n"
+    forged_top = f"To: {nl.verp(1)}\nDelivered-To: {nl.verp(1)}\n"
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+    box.add(m.wrapped_in_report("dsn", copies[1], failed="r1@example.org"))  # as the outside report's
+    box.add(m.wrapped_in_report("dsn", copies[1], failed="r1@example.org", headers=ours + forged_top))
+    box.add(m.wrapped_in_report("arf", copies[2], failed="r2@example.org"))
+    report = process_bounces(load_settings(nl.config), nl.store, now=datetime.now(UTC)).as_json()
+    statuses = nl.statuses()
+    assert (statuses["r1@example.org"], statuses["r2@example.org"]) == ("active", "complained"), report
+    assert report["kinds"] == {"review": 2, "complaint": 1}
+    with nl.store.read() as s:
+        r1 = s.scalars(select(Delivery).where(Delivery.subscriber_id == nl.id(1))).one()
+        named = set(s.scalars(select(BounceEvent.subscriber_id)))
+    assert r1.status == "sent" and named == {None, nl.id(2)}
+    review = nl.store.bounce_mails_for_review(limit=10)
+    assert len(review) == 2
+    assert all(
+        f"subscriber {nl.id(1)}'s delivered copy of issue {nl.issue_id}" in mail.note for mail, _ in review
+    )
+    nl.store.save_operator("ed", hash_password(PASSWORD), now=datetime.now(UTC))
+    web = create_app(load_settings(nl.config), store=nl.store).test_client()
+    assert log_in(web) == 302
+    page = web.get("/admin/bounces").get_data(as_text=True)
+    assert page.count("the bounce did not come back to that address") == 2 and "r1@example.org" in page
+
+    app = create_app(load_settings(nl.config), store=nl.store)
+    smtp_sink.messages.clear()
+    assert app.test_client().post("/subscribe", data={"email": "r2@example.org"}).status_code == 200
+    assert app.extensions["newsletter"].confirmations.wait_idle()
+    assert nl.statuses()["r2@example.org"] == "complained"  # until its owner confirms
+    assert app.test_client().post(confirm_link(smtp_sink, "r2@example.org")).status_code == 200
+    assert nl.statuses()["r2@example.org"] == "active"
+    nl.store.close()
+
+
+def test_a_verp_address_is_believed_only_within_its_window_after_the_send(tmp_path: Path, env: None) -> None:
+    """The tokens never expire and every delivered copy shows one, so a report through a VERP
+    address is believed for BOUNCE_WINDOW (10 days: a real bounce comes within the sender's
+    5-day queue lifetime) or COMPLAINT_WINDOW (30 days) after its mail went out, a confirmation's
+    as an issue's. An older one changes nobody, counts nowhere and is listed for review."""
+    from newsletter.bounces.policy import BOUNCE_WINDOW, COMPLAINT_WINDOW
+    from newsletter.delivery.records import NO_ISSUE
+
+    nl = Newsletter(tmp_path)
+    settings = load_settings(nl.config)
+    with nl.store.read() as s:
+        sent = s.scalars(select(Delivery.sent_at).where(Delivery.subscriber_id == nl.id(1))).one()
+    assert sent is not None
+    hard = "550-5.1.1 The email account that you tried to reach does not exist."
+    box = mailbox.Maildir(tmp_path / "bounces", create=True)
+
+    def arrives(data: bytes, after: timedelta) -> dict[str, object]:
+        box.add(data)
+        return process_bounces(settings, nl.store, now=sent + after).as_json()
+
+    def complaint(n: int) -> bytes:
+        return m.arf_report(
+            fbl_to="abuse@example.com", original=nl.original(n), original_mail_from=nl.verp(n)
+        )
+
+    late = arrives(nl.dsn(1, "5.1.1", hard), BOUNCE_WINDOW + timedelta(hours=1))
+    assert late["kinds"] == {"review": 1} and "went out 10 days ago" in str(late["changes"])
+    assert arrives(nl.soft_bounce(2, "late"), BOUNCE_WINDOW + timedelta(hours=1))["kinds"] == {"review": 1}
+    assert arrives(complaint(3), COMPLAINT_WINDOW + timedelta(hours=1))["kinds"] == {"review": 1}
+    # the same reports within their windows
+    assert arrives(nl.dsn(4, "5.1.1", hard), BOUNCE_WINDOW - timedelta(hours=1))["kinds"] == {"bounce": 1}
+    assert arrives(complaint(5), COMPLAINT_WINDOW - timedelta(hours=1))["kinds"] == {"complaint": 1}
+    # a confirmation's bounce: from the time it was sent
+    pending, _ = nl.store.request_subscription(
+        "new@example.org",
+        None,
+        ip=None,
+        now=sent,
+        resend_after=timedelta(0),
+        closed_resend_after=timedelta(0),
+    )
+    nl.store.confirmation_sent(pending.id, now=sent)
+    to_confirmation = verp_address(RETURN_PATH, TOKENS.bounce(NO_ISSUE, pending.id))
+    assert arrives(nl.dsn(6, "5.1.1", hard, verp=to_confirmation), BOUNCE_WINDOW * 2)["kinds"] == {
+        "review": 1
+    }
+    statuses = nl.statuses()
+    assert [statuses[f"r{n}@example.org"] for n in range(1, 6)] == [
+        "active",
+        "active",
+        "active",
+        "bounced",
+        "complained",
+    ]
+    assert statuses["new@example.org"] == "pending"
+    with nl.store.read() as s:
+        named = sorted(
+            s.scalars(select(BounceEvent.subscriber_id).where(BounceEvent.subscriber_id.is_not(None)))
+        )
+        delivery = dict(s.execute(select(Delivery.subscriber_id, Delivery.status)).all())
+    assert named == [nl.id(4), nl.id(5)] and delivery[nl.id(1)] == "sent"
+    assert nl.store.get_subscriber("r1@example.org").bounce_count == 0  # type: ignore[union-attr]
+    assert len(nl.store.bounce_mails_for_review(limit=10)) == 4
+    nl.store.close()
+
+
+def test_a_real_postfix_delivers_the_bounce_to_the_verp_address_and_only_that_closes(
+    tmp_path: Path, postfix: PrivatePostfix
+) -> None:
+    """Through a real Postfix: its own DSN for r0 (a 5.1.1 after an alias) comes back to r0's VERP
+    address, which Postfix records in X-Original-To and Delivered-To above everything, and closes
+    r0. A forged DSN sent through the same Postfix to the plain bounce address, wrapping r3's
+    delivered copy and writing r3's VERP address into its own To: and Delivered-To:, lands below
+    Postfix's headers naming the plain address: it changes nobody and is listed for review."""
+    nl, genuine = sent_through(postfix, tmp_path)
+    assert any(
+        d.startswith(f"Return-Path: <>\nX-Original-To: {nl.verp(0)}\nDelivered-To: {nl.verp(0)}\n".encode())
+        for d in genuine
+    )
+    copy = m.delivered_copy(
+        m.original_headers(
+            to="r3@example.org",
+            unsubscribe_url=f"https://news.example.com/unsubscribe/{TOKENS.unsubscribe(nl.id(3))}",
+            issue_id=nl.issue_id,
+        ).encode(),
+        verp=nl.verp(3),
+        reader="r3@example.org",
+    )
+    forged = m.wrapped_in_report(
+        "dsn", copy, failed="r3@example.org", headers=f"Delivered-To: {nl.verp(3)}\nTo: {nl.verp(3)}\n"
+    )
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=10) as smtp:
+        smtp.sendmail("mailer-daemon@attacker.example", [RETURN_PATH], forged)
+    assert wait_for(lambda: len(postfix.returned()) == 4, timeout=30), postfix.log_text()
+    (delivered,) = [p.read_bytes() for p in postfix.returned() if b"attacker.example" in p.read_bytes()]
+    assert delivered.index(f"Delivered-To: {RETURN_PATH}".encode()) < delivered.index(nl.verp(3).encode())
+    report = json.loads(run_cli(nl.config, "bounces", "--json").stdout)
+    statuses = nl.statuses()
+    assert (statuses["r0@example.org"], statuses["r3@example.org"]) == ("bounced", "active"), report
+    assert report["kinds"] == {"bounce": 3, "review": 1}
+    (refused,) = nl.store.bounce_mails_for_review(limit=10)
+    assert f"subscriber {nl.id(3)}'s delivered copy" in refused[0].note
+    nl.store.close()

@@ -67,10 +67,14 @@ def test_the_subscriber_tally_follows_every_change_of_status(store: Store) -> No
     store.import_subscribers([NewSubscriber(f"r{i}@example.com", None) for i in range(40, 60)], now=NOW)
     assert store.subscriber_counts() == {"active": 60} == _counted(store)
     never = timedelta(0)
-    pending, _ = store.request_subscription("p@example.com", None, ip=None, now=NOW, resend_after=never)
+    pending, _ = store.request_subscription(
+        "p@example.com", None, ip=None, now=NOW, resend_after=never, closed_resend_after=never
+    )
     gone = store.get_subscriber("r1@example.com")
     assert gone is not None and store.unsubscribe(gone.id, now=NOW)
-    store.request_subscription("r1@example.com", None, ip=None, now=NOW, resend_after=never)
+    store.request_subscription(
+        "r1@example.com", None, ip=None, now=NOW, resend_after=never, closed_resend_after=never
+    )
     store.confirm_subscriber(pending.id, now=NOW)
     store.erase_subscriber(store.get_subscriber("r2@example.com").id, now=NOW)  # type: ignore[union-attr]
     with store.write() as s:  # the statuses the send loop and the bounce reader set, as bulk updates

@@ -39,3 +39,17 @@ def test_confirm_tokens_expire_and_are_not_unsubscribe_tokens(monkeypatch: pytes
     monkeypatch.setattr(time, "time", lambda: real() + 8 * 24 * 3600)  # eight days on, no sleeping
     with pytest.raises(BadToken, match="expired"):
         tokens.read_confirm(confirm)
+
+
+def test_a_bounce_token_with_an_id_too_long_or_not_ascii_is_refused_not_an_error() -> None:
+    """A VERP address is read from a stranger's mail: an id of 5,000 digits (Python's int() refuses
+    4,300) or of non-ASCII digits is a BadToken, so the mail is judged by what else it says."""
+    tokens = Tokens("a-secret-key-of-some-length")
+    assert tokens.read_bounce(tokens.bounce(7, 42)) == (7, 42)
+    for bad in (
+        "9" * 5000 + "-1-abc",
+        "1-" + "9" * 19 + "-abc",
+        "\u0661-42-abc".encode().decode("unicode_escape"),
+    ):
+        with pytest.raises(BadToken):
+            tokens.read_bounce(bad)

@@ -240,29 +240,56 @@ def test_archive_and_health(app: Flask, client: FlaskClient) -> None:
     assert client.get("/healthz").status_code == 503
 
 
-def test_complained_and_bounced_addresses_stay_closed(
-    app: Flask, client: FlaskClient, smtp_sink: SmtpSink
+def test_a_bounced_or_complained_address_comes_back_only_by_its_owners_confirmation_once_a_month(
+    app: Flask, client: FlaskClient, smtp_sink: SmtpSink, clock: list[datetime]
 ) -> None:
-    """The form never reopens an address that complained or hard-bounced: same answer, no mail."""
+    """A report that closed an address may be forged (every delivered copy shows its VERP
+    address), so its owner can undo it: a signup for a closed address gets the same answer as any
+    other and one confirmation mail (though the last went out within 30 days, before the closing),
+    then none within 30 days, whatever process asks (the time is in the database); the address
+    stays closed, with its own name, until that confirmation is confirmed. A confirmation link
+    sent before the closing reopens nothing."""
+    from newsletter.web.signup import CLOSED_RESEND_AFTER
+
     store = store_of(app)
-    for address, status in (("angry@example.com", "complained"), ("gone@example.com", "bounced")):
-        sub, _ = store.add_subscriber(address, "Original", now=NOW)
-        with store.write() as s:
-            s.get(Subscriber, sub.id).status = status  # type: ignore[union-attr]
-    left, _ = store.add_subscriber("left@example.com", None, now=NOW)
-    store.unsubscribe(left.id, now=NOW)
+    closed = {"angry@example.com": "complained", "gone@example.com": "bounced"}
+    for address, status in closed.items():
+        sub, _ = store.add_subscriber(address, "Original", now=NOW - timedelta(days=60))
+        with store.write() as s:  # confirmed 3 days ago, closed by a report yesterday
+            row = s.get(Subscriber, sub.id)
+            assert row is not None
+            row.status, row.confirm_sent_at = status, NOW - timedelta(days=3)
+            setattr(row, f"{status}_at", NOW - timedelta(days=1))
+    old_link = f"/confirm/{Tokens(SECRET).confirm(store.get_subscriber('angry@example.com').id)}"  # type: ignore[union-attr]
+    assert client.post(old_link).status_code == 400  # sent before the closing
     fresh = client.post("/subscribe", data={"email": "fresh@example.com", "name": "New"})
-    answers = [
-        client.post("/subscribe", data={"email": a, "name": "Forger"})
-        for a in ("angry@example.com", "gone@example.com", "left@example.com")
-    ]
-    assert all(a.status_code == 200 and a.get_data() == fresh.get_data() for a in answers)
     assert mailer_of(app).wait_idle()
-    for address, status in (("angry@example.com", "complained"), ("gone@example.com", "bounced")):
+
+    def sign_up() -> list[str]:
+        smtp_sink.messages.clear()
+        answers = [client.post("/subscribe", data={"email": a, "name": "Forger"}) for a in closed]
+        assert all(a.status_code == 200 and a.get_data() == fresh.get_data() for a in answers)
+        assert mailer_of(app).wait_idle()
+        return sorted(smtp_sink.by_recipient())
+
+    assert sign_up() == sorted(closed)
+    assert {a: (s.status, s.name) for a in closed if (s := store.get_subscriber(a))} == {
+        a: (status, "Original") for a, status in closed.items()
+    }
+    assert sign_up() == []
+    other = create_app(
+        app.extensions["newsletter"].settings, store=store, now=lambda: clock[0]
+    )  # another process
+    assert other.test_client().post("/subscribe", data={"email": "angry@example.com"}).status_code == 200
+    assert other.extensions["newsletter"].confirmations.wait_idle() and smtp_sink.messages == []
+    clock[0] = NOW + CLOSED_RESEND_AFTER - timedelta(minutes=1)
+    assert sign_up() == []
+    clock[0] = NOW + CLOSED_RESEND_AFTER
+    assert sign_up() == sorted(closed)
+    for address in closed:
+        assert client.post(confirm_link(smtp_sink, address)).status_code == 200
         sub = store.get_subscriber(address)
-        assert sub is not None and (sub.status, sub.name, sub.confirm_sent_at) == (status, "Original", None)
-    assert store.get_subscriber("left@example.com").status == "pending"  # type: ignore[union-attr]  # may rejoin
-    assert sorted(smtp_sink.by_recipient()) == ["fresh@example.com", "left@example.com"]
+        assert sub is not None and (sub.status, sub.confirmed_at) == ("active", clock[0])
 
 
 def test_a_link_scanner_fetching_the_confirm_link_confirms_nothing(
@@ -434,7 +461,7 @@ def test_a_confirmation_bounces_to_the_bounce_mailbox_like_every_other_mail(
     """With [bounces] the envelope sender of every mail is the return path with a VERP token, a
     confirmation's as an issue's: sent to a dead address, it bounces to the mailbox the operator
     reads, names the pending subscriber, and closes the address, so no stranger can have the form
-    mail it again."""
+    mail it again within 30 days."""
     from newsletter.bounces.classify import classify
     from newsletter.bounces.policy import BouncePolicy
     from newsletter.delivery.sending import NO_ISSUE
@@ -472,5 +499,5 @@ def test_a_confirmation_bounces_to_the_bounce_mailbox_like_every_other_mail(
     assert store.get_subscriber("new@example.org").status == "bounced"  # type: ignore[union-attr]
     assert client.post("/subscribe", data={"email": "new@example.org"}).status_code == 200
     assert app.extensions["newsletter"].confirmations.wait_idle()
-    assert len(smtp_sink.messages) == 1  # the form mails a bounced address no more
+    assert len(smtp_sink.messages) == 1  # the form mails a bounced address no more this month
     store.close()

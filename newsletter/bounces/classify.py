@@ -6,11 +6,20 @@ delivery given up); a delay warning and an auto-reply (RFC 3834 Auto-Submitted, 
 messages) change nothing.
 
 Anybody can mail the bounce address, so a mail changes a subscriber only when something the
-newsletter signed names them: the VERP token of the address the mail came back to (it names issue
-and subscriber, whatever the remote server wrote), else the unsubscribe token in the returned
-original's List-Unsubscribe. That link is in every copy a reader can pass on, so a report it alone
-attributes names no issue and may at most unsubscribe the reader (policy). A report that only
-names an address is kept for the operator to review (the console lists it) and changes nobody.
+newsletter signed names them. A bounce is a failed delivery, so it comes back to the VERP address
+of the mail that failed: it is attributed only by the address it was delivered to, as the
+receiving side records it at the top of the mail (Delivered-To, X-Original-To, Envelope-To), never
+by a To: its sender wrote nor by a VERP address in the returned copy. A copy carries that address
+in its Return-Path only once it was delivered, and a reader may pass such a copy on, so a bounce
+that wraps one without coming back to its address is kept for review. A feedback loop sends its
+complaints to one fixed address, with the reported copy inside, so a complaint may also be
+attributed by the VERP address in the copy (its Return-Path, the report's Original-Mail-From).
+Whether that address is recent enough to be believed is the policy's (bounces.policy).
+
+Else the unsubscribe token in the returned original's List-Unsubscribe names the reader. That
+link is in every copy a reader can pass on, so a report it alone attributes names no issue and
+may at most unsubscribe the reader (policy). A report that only names an address is kept for the
+operator to review (the console lists it) and changes nobody.
 
 One report gives at most one event per reader: a DSN's recipient blocks (RFC 3464) say who failed
 and how, an alias's Original-Recipient and Final-Recipient being one recipient; a report that a
@@ -39,8 +48,11 @@ __all__ = ["BOUNCE_READ_LIMIT", "BOUNCE_READ_LINES", "Classified", "classify", "
 BOUNCE_READ_LIMIT = 128 * 1024
 BOUNCE_READ_LINES = 2000
 
-# Where a mail says which address it came back to: the VERP address, when the server keeps it.
-_RECIPIENT_HEADERS = ("to", "delivered-to", "x-original-to", "envelope-to", "x-envelope-to", "x-rcpt-to")
+# Where the receiving side records the envelope address a mail was delivered to (Postfix writes
+# X-Original-To and Delivered-To, Dovecot and Gmail Delivered-To, Exim Envelope-to), and the other
+# headers it writes with them; they head the mail, above every header its sender wrote.
+_DELIVERY_HEADERS = ("delivered-to", "x-original-to", "envelope-to", "x-envelope-to", "x-rcpt-to")
+_DELIVERY_TRACE = (*_DELIVERY_HEADERS, "return-path", "delivery-date")
 _AUTO_SUBJECT = re.compile(
     r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|vacation|away from|"
     r"abwesenheit|r[eé]ponse automatique|absence)",
@@ -99,9 +111,15 @@ def _classify(msg: Message, *, tokens: Tokens, return_path: str | None, base_url
         return Classified("unrecognised", note="not a mail message (no From, Subject or Content-Type)")
     originals = _embedded_originals(msg)
     # what we signed says whose mail this is; an address alone could be anybody's forgery
-    reader = _verp(msg, originals, tokens, return_path) or _from_unsubscribe_link(originals, tokens, base_url)
-    if _is_feedback_report(msg):
-        return _attributed(_complaint(msg, originals, reader))
+    delivered_to = _read_verp(_delivered_to(msg), tokens, return_path)
+    in_copy = _read_verp(_copy_verps(msg, originals), tokens, return_path)
+    link = _from_unsubscribe_link(originals, tokens, base_url)
+    if _is_feedback_report(msg):  # a feedback loop's fixed address, with the reported copy inside
+        return _attributed(_complaint(msg, originals, delivered_to or in_copy or link))
+    # a bounce comes back to the address of the mail that failed; a delivered copy's Return-Path
+    # in a bounce that did not says only that somebody holds that copy
+    forwarded = in_copy if delivered_to is None else None
+    reader = delivered_to or (link if forwarded is None else None)
     report = msg.get_content_type() == "multipart/report"
     if not report and not _bounce_sender(msg) and _auto_reply(msg):
         return Classified("auto_reply", note=_subject(msg))
@@ -132,7 +150,16 @@ def _classify(msg: Message, *, tokens: Tokens, return_path: str | None, base_url
         if f.address not in by_address or (f.kind == "hard" and by_address[f.address].kind == "soft"):
             by_address[f.address] = f
     events = (_event(f.kind, a, None, f.status, f.detail) for a, f in sorted(by_address.items()))
-    return _attributed(Classified("bounce", tuple(events)))
+    found = Classified("bounce", tuple(events))
+    if forwarded is not None:
+        return dataclasses.replace(
+            found,
+            kind="review",
+            note=f"the returned copy is subscriber {forwarded.subscriber_id}'s delivered copy of issue "
+            f"{forwarded.issue_id} (its Return-Path is their VERP address), but the bounce did not come "
+            "back to that address: a copy anybody holding it can wrap in a report",
+        )
+    return _attributed(found)
 
 
 def _attributed(found: Classified) -> Classified:
@@ -178,12 +205,30 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else " " for c in text)
 
 
-def _verp(msg: Message, originals: list[Message], tokens: Tokens, return_path: str | None) -> _Reader | None:
+def _delivered_to(msg: Message) -> list[str]:
+    """The envelope addresses the receiving side recorded when it delivered the mail: the delivery
+    headers among those that head it, above the first header of any other kind (the first
+    Received: or the sender's own), where no sender can write."""
+    found: list[str] = []
+    for name, value in msg.items():
+        if name.lower() not in _DELIVERY_TRACE:
+            break
+        if name.lower() in _DELIVERY_HEADERS:
+            found.append(str(value))
+    return found
+
+
+def _copy_verps(msg: Message, originals: list[Message]) -> list[str]:
+    """The envelope sender a report says the reported mail had: the copy's Return-Path (written
+    where it was delivered) and an ARF report's Original-Mail-From."""
+    values = [str(v) for o in originals for v in o.get_all("return-path", [])]
+    return [*values, _feedback_fields(msg).get("original-mail-from", "")]
+
+
+def _read_verp(values: list[str], tokens: Tokens, return_path: str | None) -> _Reader | None:
+    """The reader whose signed VERP address is among `values`, if any."""
     if not return_path:
         return None
-    values = [str(v) for h in _RECIPIENT_HEADERS for v in msg.get_all(h, [])]
-    values += [str(v) for o in originals for v in o.get_all("return-path", [])]
-    values.append(_feedback_fields(msg).get("original-mail-from", ""))  # an ARF report names it
     for _, address in getaddresses(values):
         token = verp_token(address, return_path)
         if token:

@@ -8,11 +8,16 @@ from typing import NamedTuple
 
 from ..db.models import LIVE_STATUSES, SubscriberStatus
 
-__all__ = ["BOUNCE_CLOSES", "BouncePolicy", "Verdict"]
+__all__ = ["BOUNCE_CLOSES", "BOUNCE_WINDOW", "COMPLAINT_WINDOW", "BouncePolicy", "Verdict"]
 
 # The statuses a bounce closes (to `bounced`); any other stays what it is. The ledger's SQL for a
 # 5xx at send time spells its rule from this too.
 BOUNCE_CLOSES = LIVE_STATUSES
+# How long after its mail went out a VERP address is believed: the token never expires and every
+# delivered copy shows it. A real bounce comes within the sender's queue lifetime (5 days for
+# Postfix, Exim and sendmail), so 10 days; a feedback loop reports a complaint for weeks, so 30.
+BOUNCE_WINDOW = timedelta(days=10)
+COMPLAINT_WINDOW = timedelta(days=30)
 
 
 class Verdict(NamedTuple):
@@ -22,6 +27,7 @@ class Verdict(NamedTuple):
     count_bounce: bool  # one more bounce on their record
     delivery_bounced: bool  # the issue's delivery, `sent`, becomes `bounced`
     line: str
+    refused: bool = False  # a signed report not believed: nobody changed, the mail is kept for review
 
 
 @dataclass(frozen=True)
@@ -29,9 +35,12 @@ class BouncePolicy:
     """The one bounce policy: a complaint closes the address at once; a hard bounce is counted and
     closes an address in BOUNCE_CLOSES (as a 5xx at send time does: the ledger's SQL is spelled
     from it); soft bounces close it at `soft_limit` within `soft_window`. An address already
-    closed or gone stays what it is. Only our signed envelope address (VERP) closes an address: a
-    report that only the unsubscribe link of a returned copy attributes (a link a reader may have
-    passed on) at most unsubscribes them, which a signup undoes, and its soft bounce is not counted."""
+    closed or gone stays what it is. Only our signed envelope address (VERP) closes an address, and
+    only within BOUNCE_WINDOW (COMPLAINT_WINDOW for a complaint) after its mail went out; an older
+    one changes nobody and is kept for review. A report that only the unsubscribe link of a
+    returned copy attributes (a link a reader may have passed on) at most unsubscribes them, which
+    a signup undoes, and its soft bounce is not counted. A closed address is reopened by its owner
+    through the signup form's confirmation (subscribers.repository), so no report is for good."""
 
     soft_limit: int
     soft_window: timedelta
@@ -45,10 +54,12 @@ class BouncePolicy:
         signed_by: str,
         current: SubscriberStatus | None,
         soft_count: int,
+        sent_ago: timedelta | None,
     ) -> Verdict:
         """`signed_by` is what named the subscriber: "verp", "link" or "" (nothing signed);
         `current` is None when nobody is named (or none by that id); `soft_count` counts this soft
-        bounce and those before it within the window."""
+        bounce and those before it within the window; `sent_ago` is how long ago the mail that the
+        VERP address names went out (None: no such send on record)."""
         who = f"{kind} {code + ' ' if code else ''}{address or '(no address)'}"
         if current is None:
             why = "no such subscriber" if signed_by else "no signed token names anyone, kept for review"
@@ -61,12 +72,20 @@ class BouncePolicy:
             if not live:
                 return Verdict(None, False, False, f"{only}, already {current}")
             return Verdict(SubscriberStatus.UNSUBSCRIBED, False, False, f"{only}: now unsubscribed")
+        window = COMPLAINT_WINDOW if kind == "complaint" else BOUNCE_WINDOW
+        if sent_ago is None or sent_ago > window:
+            why = (
+                "no mail of ours to them is on record for its VERP address"
+                if sent_ago is None
+                else f"its VERP address's mail went out {sent_ago.days} days ago, and a {kind} "
+                f"is believed for {window.days} days"
+            )
+            line = f"{who}: {why}; kept for review, nothing changed"
+            return Verdict(None, False, False, line, refused=True)
         if kind == "complaint":
             if current == SubscriberStatus.COMPLAINED:
                 return Verdict(None, False, False, f"{who}: already complained")
-            return Verdict(
-                SubscriberStatus.COMPLAINED, False, False, f"{who}: now complained, never mailed again"
-            )
+            return Verdict(SubscriberStatus.COMPLAINED, False, False, f"{who}: now complained")
         if kind == "hard":
             if not live:
                 return Verdict(None, True, True, f"{who}: hard bounce counted, already {current}")

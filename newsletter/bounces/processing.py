@@ -84,7 +84,7 @@ def process_bounces(settings: Settings, store: Store, *, now: datetime) -> Bounc
         if outcome is None:  # another run recorded it first
             report.already_read += 1
             return
-        report.count(verdict.kind)
+        report.count(outcome.kind)
         report.changes += outcome.lines
         if verdict.kind == "unrecognised":
             report.unrecognised.append(f"{item.source}: {verdict.note}")

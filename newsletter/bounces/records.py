@@ -25,3 +25,4 @@ class FoundEvent:
 @dataclass(frozen=True)
 class MailOutcome:
     lines: list[str]  # what changed, one line per event
+    kind: str  # as recorded: the classified kind, or "review" when the policy believed none of it

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import (
@@ -25,11 +25,12 @@ from ..db.models import (
     SubscriberStatus,
 )
 from ..db.tallies import move_frozen_count
+from ..delivery.records import NO_ISSUE
 from ..subscribers.repository import unsubscribe_in
 from .records import FoundEvent, MailOutcome
 
 if TYPE_CHECKING:
-    from .policy import BouncePolicy
+    from .policy import BouncePolicy, Verdict
 
 
 __all__ = ["REVIEW_KINDS", "BounceRepository"]
@@ -70,35 +71,25 @@ class BounceRepository(Database):
                 )
                 s.add(mail)
                 s.flush()
-                lines = [self._apply_event(s, mail.id, e, now, policy) for e in events]
-                return MailOutcome(lines)
+                verdicts = [self._apply_event(s, mail.id, e, now, policy) for e in events]
+                if any(v.refused for v in verdicts):  # listed on the console with the others to review
+                    refused = "; ".join(v.line for v in verdicts if v.refused)
+                    mail.kind, mail.note = "review", "; ".join(filter(None, (note, refused)))[:2000]
+                return MailOutcome([v.line for v in verdicts], mail.kind)
         except IntegrityError:
             return None
 
     def _apply_event(
         self, s: Session, mail_id: int, e: FoundEvent, now: datetime, policy: BouncePolicy
-    ) -> str:
+    ) -> Verdict:
         # only a signed token names a subscriber: an address alone is kept for the operator's review
         sub = s.get(Subscriber, e.subscriber_id) if e.subscriber_id else None
         known = e.issue_id is not None and s.get(Issue, e.issue_id) is not None
         issue_id = e.issue_id if known else None
-        s.add(
-            BounceEvent(
-                mail_id=mail_id,
-                subscriber_id=sub.id if sub else None,
-                issue_id=issue_id,
-                kind=e.kind,
-                address=(sub.email if sub else e.address)[:320],
-                status=e.status[:16],
-                detail=e.detail,
-                signed_by=e.signed_by if sub else "",
-                created_at=now,
-            )
-        )
+        verp = sub is not None and e.signed_by == "verp"
         soft = 0
-        if sub is not None and e.kind == "soft" and e.signed_by == "verp":
-            s.flush()
-            soft = (
+        if sub is not None and e.signed_by == "verp" and e.kind == "soft":
+            soft = 1 + (  # this one and those before it within the window
                 s.scalar(
                     select(func.count())
                     .select_from(BounceEvent)
@@ -118,17 +109,32 @@ class BounceRepository(Database):
             signed_by=e.signed_by if e.subscriber_id is not None else "",
             current=sub.status if sub else None,
             soft_count=soft,
+            sent_ago=_sent_ago(s, e, sub, now) if sub is not None and verp else None,
         )
-        if sub is None:
-            return verdict.line
+        named = sub if sub is not None and not verdict.refused else None  # a refused one counts nowhere
+        s.add(
+            BounceEvent(
+                mail_id=mail_id,
+                subscriber_id=named.id if named else None,
+                issue_id=issue_id if named else None,
+                kind=e.kind,
+                address=(sub.email if sub else e.address)[:320],
+                status=e.status[:16],
+                detail=e.detail,
+                signed_by=e.signed_by if named else "",
+                created_at=now,
+            )
+        )
+        if named is None:
+            return verdict
         if verdict.count_bounce:
-            sub.bounce_count += 1
+            named.bounce_count += 1
         if verdict.delivery_bounced and issue_id is not None:
             changed = s.execute(
                 update(Delivery)
                 .where(
                     Delivery.issue_id == issue_id,
-                    Delivery.subscriber_id == sub.id,
+                    Delivery.subscriber_id == named.id,
                     Delivery.status == DeliveryStatus.SENT,
                 )
                 .values(
@@ -139,13 +145,15 @@ class BounceRepository(Database):
                 move_frozen_count(s, issue_id, DeliveryStatus.SENT, DeliveryStatus.BOUNCED)
         if verdict.status == SubscriberStatus.UNSUBSCRIBED:
             s.flush()
-            unsubscribe_in(s, sub.id, now=now)  # as the reader's own unsubscribe, which a signup undoes
-            s.refresh(sub)
+            unsubscribe_in(s, named.id, now=now)  # as the reader's own unsubscribe, which a signup undoes
+            s.refresh(named)
         elif verdict.status is not None:
-            sub.status = verdict.status
+            named.status = verdict.status
             if verdict.status == SubscriberStatus.BOUNCED:
-                sub.bounced_at = now
-        return verdict.line
+                named.bounced_at = now
+            elif verdict.status == SubscriberStatus.COMPLAINED:
+                named.complained_at = now  # a confirmation sent after it may reopen the address
+        return verdict
 
     def bounce_mails_for_review(
         self, *, before: int | None = None, limit: int = 50
@@ -164,3 +172,18 @@ class BounceRepository(Database):
                 ):
                     events[e.mail_id].append(e)
         return [(m, events[m.id]) for m in mails]
+
+
+def _sent_ago(s: Session, e: FoundEvent, sub: Subscriber, now: datetime) -> timedelta | None:
+    """How long ago the mail that a VERP token names went out to `sub`: their delivery of the
+    issue (else the issue, built before it went out), or their last confirmation mail (NO_ISSUE);
+    None when no such mail is on record."""
+    sent: datetime | None = None
+    if e.issue_id == NO_ISSUE:
+        sent = sub.confirm_sent_at
+    elif e.issue_id is not None:
+        delivery = s.get(Delivery, (e.issue_id, sub.id))
+        sent = delivery.sent_at if delivery is not None else None
+        if sent is None and (issue := s.get(Issue, e.issue_id)) is not None:
+            sent = issue.created_at
+    return None if sent is None else max(now - sent, timedelta(0))

@@ -193,6 +193,8 @@ class Subscriber(Base):
     # The last issue that reached them before they unsubscribed: the issue it counts against.
     unsubscribed_issue_id: Mapped[int | None] = mapped_column(Integer)
     bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # when a complaint closed the address: a confirmation sent after it may reopen it (the form's)
+    complained_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index("ix_subscribers_status_id", "status", "id"),

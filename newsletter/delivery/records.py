@@ -10,7 +10,9 @@ from typing import NamedTuple
 
 from ..db.models import DeliveryStatus
 
-__all__ = ["DeliveryTarget", "Enrolment", "Fate", "Group", "LedgerResult", "MarkResult"]
+__all__ = ["NO_ISSUE", "DeliveryTarget", "Enrolment", "Fate", "Group", "LedgerResult", "MarkResult"]
+
+NO_ISSUE = 0  # in a VERP token: a mail of no issue (a signup's confirmation)
 
 
 class DeliveryTarget(NamedTuple):

@@ -14,6 +14,7 @@ from ..db.models import DeliveryStatus, Issue
 from ..errors import NewsletterError
 from .compose import MessageTemplate, Recipient
 from .engine import SendOptions, SendReport, send_issue
+from .records import NO_ISSUE
 from .signing import signer_for
 from .tokens import Tokens, verp_address
 from .transport import Envelope, open_transport
@@ -52,9 +53,6 @@ def issue_template(settings: Settings, issue: Issue, *, subject_prefix: str = ""
         subject_prefix=subject_prefix,
         signer=signer_for(settings),
     )
-
-
-NO_ISSUE = 0  # in a VERP token: a mail of no issue (a signup's confirmation)
 
 
 def envelope_sender(settings: Settings, tokens: Tokens, issue_id: int = NO_ISSUE) -> Callable[[int], str]:

@@ -69,7 +69,8 @@ class Tokens:
     def read_bounce(self, token: str) -> tuple[int, int]:
         """(issue id, subscriber id) of a VERP token; BadToken when forged or garbled."""
         parts = token.lower().split("-")
-        if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        # ids of up to 18 digits: a longer one is no id of ours, and Python refuses 4,300 and more
+        if len(parts) != 3 or not all(p.isascii() and p.isdigit() and len(p) <= 18 for p in parts[:2]):
             raise BadToken("not a bounce token")
         issue_id, subscriber_id = int(parts[0]), int(parts[1])
         if not hmac.compare_digest(parts[2], self._bounce_mac(issue_id, subscriber_id)):

@@ -108,13 +108,23 @@ class SubscriberRepository(Database):
             return unsubscribe_in(s, subscriber_id, now=now)
 
     def request_subscription(
-        self, email: str, name: str | None, *, ip: str | None, now: datetime, resend_after: timedelta
+        self,
+        email: str,
+        name: str | None,
+        *,
+        ip: str | None,
+        now: datetime,
+        resend_after: timedelta,
+        closed_resend_after: timedelta,
     ) -> tuple[Subscriber, bool]:
         """A signup from the form: a new or unsubscribed address becomes `pending`; an active one is
-        left alone, and so is one that complained or hard-bounced (it is never mailed again, and no
-        stranger can reopen it). Returns (subscriber, whether a confirmation mail is due): not when
-        one was sent within `resend_after`, so a form cannot be used to flood one inbox. Nothing
-        records a mail as sent here: `confirmation_sent` does, once the server has taken it."""
+        left alone. One that complained or bounced stays closed (no issue goes to it) until the
+        confirmation is confirmed: the report that closed it may be forged, and the confirmation
+        reaches only the mailbox's owner (a dead mailbox none). Returns (subscriber, whether a
+        confirmation mail is due): not when one was sent within `resend_after`, so a form cannot be
+        used to flood one inbox; to a closed address the first after its closing, then none within
+        `closed_resend_after`, so the form cannot mail a complainer again and again. Nothing records
+        a mail as sent here: `confirmation_sent` does, once the server has taken it."""
         with self.write() as s:
             sub = s.scalar(select(Subscriber).where(Subscriber.email == email))
             if sub is None:
@@ -130,13 +140,18 @@ class SubscriberRepository(Database):
                 s.add(sub)
                 s.flush()
                 return sub, True
-            if sub.status in CLOSED_STATUSES or sub.status == SubscriberStatus.ACTIVE:
+            if sub.status == SubscriberStatus.ACTIVE:
                 return sub, False
+            last = sub.confirm_sent_at
+            if sub.status in CLOSED_STATUSES:
+                closed_at = _closed_at(sub)
+                if last is None or (closed_at is not None and last < closed_at):
+                    return sub, True  # the first since it was closed
+                return sub, last <= now - closed_resend_after
             if sub.status == SubscriberStatus.UNSUBSCRIBED:
                 sub.status, sub.consent_ip = SubscriberStatus.PENDING, ip
                 sub.name = name or sub.name
-            due = sub.confirm_sent_at is None or sub.confirm_sent_at <= now - resend_after
-            return sub, due
+            return sub, last is None or last <= now - resend_after
 
     def confirmation_sent(self, subscriber_id: int, *, now: datetime) -> None:
         """The confirmation mail was taken by the server: no other for `resend_after`."""
@@ -144,12 +159,20 @@ class SubscriberRepository(Database):
             s.execute(update(Subscriber).where(Subscriber.id == subscriber_id).values(confirm_sent_at=now))
 
     def confirm_subscriber(self, subscriber_id: int, *, now: datetime) -> Subscriber | None:
-        """Double opt-in done: `pending` becomes `active` (idempotent for an active one)."""
+        """Double opt-in done: `pending` becomes `active` (idempotent for an active one), and so
+        does a closed address (complained, bounced) that was sent a confirmation after its closing,
+        which only its owner can have confirmed."""
         with self.write() as s:
             sub = s.get(Subscriber, subscriber_id)
             if sub is None:
                 return None
-            if sub.status == SubscriberStatus.PENDING:
+            closed_at = _closed_at(sub)
+            reopened = (
+                sub.status in CLOSED_STATUSES
+                and sub.confirm_sent_at is not None
+                and (closed_at is None or sub.confirm_sent_at > closed_at)
+            )
+            if sub.status == SubscriberStatus.PENDING or reopened:
                 sub.status, sub.confirmed_at, sub.unsubscribed_at = SubscriberStatus.ACTIVE, now, None
             return sub
 
@@ -256,6 +279,14 @@ class SubscriberRepository(Database):
                     event.address = ""
                 event.detail = in_any_case.sub("[erased]", event.detail)
             return address
+
+
+def _closed_at(sub: Subscriber) -> datetime | None:
+    """When the address was closed: the bounce or the complaint that closed it (None: not closed,
+    or closed before the time was kept)."""
+    if sub.status == SubscriberStatus.BOUNCED:
+        return sub.bounced_at
+    return sub.complained_at if sub.status == SubscriberStatus.COMPLAINED else None
 
 
 def unsubscribe_in(s: Session, subscriber_id: int, *, now: datetime) -> bool:

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from flask import Blueprint, Response, jsonify, make_response, render_template, request
 
+from ..db.models import SubscriberStatus
 from ..delivery.tokens import BadToken
 from ..errors import NewsletterError
 from ..subscribers.rules import check_name, normalise_email
@@ -16,6 +17,9 @@ from . import services
 bp = Blueprint("signup", __name__)
 
 RESEND_AFTER = timedelta(hours=1)
+# A bounced or complained address: one confirmation after its closing, then one in 30 days at most,
+# so the form cannot mail a complainer again and again, nor a dead mailbox more than monthly.
+CLOSED_RESEND_AFTER = timedelta(days=30)
 CHECK_INBOX = "Thanks! Check your inbox: we sent you a link to confirm your subscription."
 
 
@@ -98,7 +102,9 @@ def subscribe() -> Response:
             headers={"Retry-After": str(int(down) + 1)},
         )
     now = svc.now()
-    sub, due = svc.store.request_subscription(email, name, ip=client, now=now, resend_after=RESEND_AFTER)
+    sub, due = svc.store.request_subscription(
+        email, name, ip=client, now=now, resend_after=RESEND_AFTER, closed_resend_after=CLOSED_RESEND_AFTER
+    )
     if due:
         svc.confirmations.submit(sub.id, sub.email, sub.name)  # mailed after this answer
     # The same answer whether the address was new, pending or active: nobody learns who subscribed.
@@ -146,9 +152,11 @@ def confirm(token: str) -> tuple[str, int]:
     except BadToken as exc:
         return render_template("web/message.html.j2", title="Link not valid", message=str(exc)), 400
     sub = svc.store.confirm_subscriber(subscriber_id, now=svc.now())
-    if sub is None:
+    if sub is None or sub.status != SubscriberStatus.ACTIVE:  # gone since, or closed before it was sent
         return render_template(
-            "web/message.html.j2", title="Link not valid", message="This confirmation link is not valid."
+            "web/message.html.j2",
+            title="Link not valid",
+            message="This confirmation link is no longer valid: sign up again for a new one.",
         ), 400
     return render_template(
         "web/message.html.j2",
