@@ -447,6 +447,19 @@ def test_a_kept_alive_connection_is_closed_after_100_requests(running: Running) 
     assert [h.get("connection") for h in answers] == [None] * 99 + ["close"]
 
 
+def test_empty_lines_before_a_request_are_passed_over(running: Running) -> None:
+    """RFC 9112 section 2.2: a server ignores empty lines before a request line (they closed the
+    connection with an AttributeError logged, one line in serve's log per stranger's connection)."""
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as peer:
+        peer.sendall(b"\r\n\r\n")
+        time.sleep(0.3)  # a packet of its own
+        peer.sendall(HEALTHZ)
+        assert read_answer(peer)[0] == b"HTTP/1.1 200 OK"
+    running.proc.send_signal(signal.SIGTERM)
+    output = running.proc.communicate(timeout=30)[0].decode()
+    assert "uncaptured python exception" not in output, output
+
+
 def test_one_address_holds_at_most_50_connections_and_the_trusted_proxies_more(
     tmp_path: Path, smtp_sink: SmtpSink
 ) -> None:

@@ -107,7 +107,7 @@ def _connection_class(limit: BodyLimit, proxies: ProxyAddresses, limits: Limits)
 
         def received(self, data: bytes) -> int:
             consumed: int = super().received(data)
-            if self.headers_finished and self.error is None:
+            if self.headers_finished and not self.empty and self.error is None:  # empty: bare CRLFs
                 if self.allowed is None:
                     self.allowed = limit(self.path, parse_cookie(self.headers.get("COOKIE", "")))
                 length = len(self.body_rcv) if self.chunked and self.body_rcv else self.content_length
