@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = [
     "hash_password",
     "password_matches",
     "rehash_if_needed",
+    "session_id",
     "set_operator",
 ]
 
@@ -64,6 +66,12 @@ def set_operator(store: OperatorRepository, name: str, password: str, *, now: da
     return store.save_operator(name, hash_password(password), now=now)
 
 
+def session_id(operator: Operator) -> str:
+    """What a console session keeps: "id:version". A version the operator row no longer has (a
+    logout, a new password) ends that session, wherever its cookie was copied."""
+    return f"{operator.id}:{operator.session_version}"
+
+
 class OperatorRepository(Database):
     """The console's operators: their password hashes and session versions."""
 
@@ -82,6 +90,15 @@ class OperatorRepository(Database):
             if operator_id is not None:
                 return s.get(Operator, operator_id)
             return s.scalar(select(Operator).where(Operator.name == name))
+
+    def operator_in_session(self, session: str) -> Operator | None:
+        """The operator whose session this is (`session_id`), while that session is live."""
+        if not re.fullmatch(r"[0-9]{1,9}:[0-9]{1,18}", session):
+            return None
+        op = self.operator(operator_id=int(session.partition(":")[0]))
+        if op is None or session_id(op) != session:
+            return None
+        return op
 
     def end_operator_sessions(self, operator_id: int) -> None:
         """Logout: every session of this operator ends, wherever its cookie is."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import os
 import re
 import secrets
@@ -545,6 +546,15 @@ def token(client: FlaskClient, path: str = "/admin/login") -> str:
     found = re.search(r'name="csrf_token" value="([^"]+)"', page)
     assert found, page
     return found.group(1)
+
+
+def upload_csv(client: FlaskClient, data: bytes, filename: str = "list.csv") -> str:
+    """The console's import of `data` by a logged-in client: the page it answers with."""
+    return client.post(
+        "/admin/subscribers/import",
+        data={"file": (io.BytesIO(data), filename), "csrf_token": token(client, "/admin/subscribers")},
+        content_type="multipart/form-data",
+    ).get_data(as_text=True)
 
 
 def log_in(client: FlaskClient, password: str = PASSWORD, name: str = "ed") -> int:

@@ -23,7 +23,7 @@ from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 from newsletter.web import create_app
 
-from .conftest import PASSWORD, Console, SmtpSink, log_in, run_cli, token, wait_for, write_config
+from .conftest import PASSWORD, Console, SmtpSink, log_in, run_cli, token, upload_csv, wait_for, write_config
 
 
 @pytest.fixture
@@ -156,6 +156,12 @@ def test_dashboard_issue_and_subscriber_pages(
         f"/admin/subscribers/{sub.id}/unsubscribe", data={"csrf_token": token(client, "/admin/subscribers")}
     )
     assert console.store.get_subscriber_by_id(sub.id).status == "unsubscribed"  # type: ignore[union-attr]
+
+
+def test_the_console_import_skips_a_line_that_is_not_utf8_and_takes_the_rest(client: FlaskClient) -> None:
+    upload = b"email,name\nok12@example.com,good\nok13@example.com,Zo\xeb\nok14@example.com,fine\n"
+    imported = upload_csv(client, upload, "latin1.csv")
+    assert "2 added" in imported and "<td>3</td><td>not UTF-8 text (byte 0xeb" in imported
 
 
 def test_erase_removes_the_address_everywhere_and_keeps_the_counts(

@@ -32,6 +32,7 @@ from .conftest import (
     rss,
     run_cli,
     token,
+    upload_csv,
     write_config,
 )
 
@@ -408,3 +409,26 @@ def test_an_issue_stored_before_placeholder_keys_still_sends_and_shows(
         assert web == '<p>Good morning.</p><a href="https://news.example.com/">Unsubscribe</a>'
     finally:
         store.close()
+
+
+def test_a_name_with_a_bidi_control_is_refused_by_the_form_json_csv_and_cli(console: Console) -> None:
+    """U+202E and its kin reorder what follows wherever the name is shown: 400 with the reason from
+    the form and JSON, a bad line in a CSV import, an error from `subscribers add`; nothing stored."""
+    spoof = "Ann \u202egnp.exe"
+    public = console.app.test_client()
+    form = public.post("/subscribe", data={"email": "form@example.org", "name": spoof})
+    assert form.status_code == 400 and "text-direction control" in form.get_data(as_text=True)
+    answer = public.post(
+        "/subscribe",
+        json={"email": "json@example.org", "name": "\u2067x\u2069"},
+        headers={"Accept": "application/json"},
+    )
+    assert answer.status_code == 400 and "text-direction control" in answer.get_json()["error"]
+    operator = console.app.test_client()
+    assert log_in(operator) == 302
+    upload = f"email,name\ncsv@example.org,{spoof}\nplain@example.org,Ann\n".encode()
+    imported = upload_csv(operator, upload)
+    assert "1 added" in imported and "<td>2</td><td>the name contains a text-direction control" in imported
+    cli = run_cli(console.config, "subscribers", "add", "cli@example.org", "--name", spoof, check=False)
+    assert cli.returncode != 0 and "text-direction control" in cli.stderr
+    assert [s.email for s in console.store.iter_subscribers()] == ["plain@example.org"]

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from newsletter.errors import NewsletterError
 from newsletter.store import Store
 from newsletter.subscribers.rules import InvalidSubscriber, check_name, import_csv, normalise_email
 
@@ -14,6 +15,20 @@ def test_addresses_are_validated_and_normalised() -> None:
     for bad in ["", "no-at-sign", "a@b", "x@example.com\r\nBcc: evil@example.com", "a b@example.com"]:
         with pytest.raises(InvalidSubscriber):
             normalise_email(bad)
+
+
+def test_names_with_bidi_controls_are_refused_and_joiners_kept() -> None:
+    """An embedding, override or isolate reorders what follows it ("Ann\u202egnp.exe" shows as
+    "Annexe.png"); a zero-width joiner or a direction mark does not, and names need them."""
+    for control in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069":
+        with pytest.raises(InvalidSubscriber, match="text-direction control"):
+            check_name(f"Ann {control}gnp.exe")
+    for kept in [
+        "\U0001f469\u200d\U0001f4bb Ada",
+        "\u0645\u0631\u064a\u0645\u200f",
+        "\u0915\u094d\u200d\u0937",
+    ]:
+        assert check_name(kept) == kept
 
 
 def test_names_with_line_breaks_are_refused() -> None:
@@ -54,3 +69,43 @@ def test_import_of_100000_rows_in_batches(sqlite_store: Store, tmp_path: Path) -
     report = import_csv(csv, sqlite_store, now=NOW)
     assert report.added == 100_000 and report.bad == [(100_002, report.bad[0][1])]
     assert sqlite_store.subscriber_counts() == {"active": 100_000}
+
+
+def test_a_line_that_is_not_utf8_is_reported_by_its_number_and_the_others_are_imported(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    """One Latin-1 name (line 3), a Windows-1252 quote inside a quoted two-line row (lines 5-6),
+    a UTF-8 BOM, CRLF and lone-CR line ends: those two rows are skipped with their own line
+    numbers, every other row is taken."""
+    csv = tmp_path / "mixed.csv"
+    csv.write_bytes(
+        b"\xef\xbb\xbfemail,name\r\n"
+        b"ok1@example.com,Good\r\n"
+        b"zoe@example.com,Zo\xeb\r\n"
+        b"ok2@example.com,Zo\xc3\xab\r"
+        b'quote@example.com,"two\r\n'
+        b'lines \x93here\x94"\r\n'
+        b"ok3@example.com,\n"
+        b"ok4@example.com,last"
+    )
+    report = import_csv(csv, sqlite_store, now=NOW)
+    assert report.bad == [
+        (3, "not UTF-8 text (byte 0xeb at byte 19 of the line); save the file as UTF-8"),
+        (6, "not UTF-8 text (byte 0x93 at byte 7 of the line); save the file as UTF-8"),
+    ]
+    names = {s.email: s.name for s in sqlite_store.iter_subscribers()}
+    assert names == {
+        "ok1@example.com": "Good",
+        "ok2@example.com": "Zoë",
+        "ok3@example.com": None,
+        "ok4@example.com": "last",
+    }
+    assert report.added == 4
+
+
+def test_a_header_row_that_is_not_utf8_refuses_the_file(sqlite_store: Store, tmp_path: Path) -> None:
+    csv = tmp_path / "header.csv"
+    csv.write_bytes(b"email,nom d'abonn\xe9\nok@example.com,x\n")
+    with pytest.raises(NewsletterError, match=r"header row: not UTF-8 text \(byte 0xe9"):
+        import_csv(csv, sqlite_store, now=NOW)
+    assert sqlite_store.subscriber_counts() == {}

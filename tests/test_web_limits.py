@@ -8,6 +8,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import SmtpSink, run_cli, wait_for
+from .conftest import SECRET, SmtpSink, run_cli, wait_for
 from .test_web_server import _healthy, served_config, start_server
 
 
@@ -142,11 +143,14 @@ def test_slow_requests_are_dropped_at_the_deadline_and_healthz_is_answered_meanw
     """110 connections that each send one header line every 2 s (more than waitress's default
     100 connections), and 10 that send a small body as slowly: /healthz is still answered, and
     each slow one is closed by the deadline for a request (its head within 10 s, a 1 KB body in
-    no time more), not held while it keeps trickling."""
+    no time more), not held while it keeps trickling. They come from three addresses (one may
+    hold only 50), /healthz from a fourth."""
     slow: list[socket.socket] = []
     try:
         for i in range(120):
-            peer = socket.create_connection(("127.0.0.1", running.port))
+            peer = socket.create_connection(
+                ("127.0.0.1", running.port), source_address=(f"127.0.0.{2 + i % 3}", 0)
+            )
             if i < 110:
                 peer.sendall(b"GET /archive HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             else:
@@ -271,3 +275,278 @@ def test_the_embed_snippet_names_base_url_whatever_the_host_header(running: Runn
     )
     assert answered.status_code == 400 and f'action="{running.url}/subscribe"' in answered.text
     assert "evil.example" not in answered.text
+
+
+# -- issue 19, round two: what an outside attacker found in the limits above ----------------------
+
+
+def read_answer(peer: socket.socket) -> tuple[bytes, dict[str, str], bytes]:
+    """One HTTP answer from `peer`: (status line, headers by lower-case name, body); b"" if the
+    server closed (or reset) the connection before one came."""
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = peer.recv(65536)
+            if not chunk:
+                return b"", {}, b""
+            data += chunk
+        head_part, _, body = data.partition(b"\r\n\r\n")
+        status, *lines = head_part.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+        while len(body) < int(headers.get("content-length", "0")):
+            chunk = peer.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    except ConnectionResetError:
+        return b"", {}, b""
+    return status.encode(), headers, body
+
+
+def operator_session(running: Running) -> tuple[httpx.Client, str]:
+    """A logged-in httpx client of operator `ed`, and its session cookie (a copy of it)."""
+    client = httpx.Client(base_url=running.url, timeout=30)
+    assert log_in(client).status_code == 302
+    cookie = client.cookies.get("newsletter_session")
+    assert cookie
+    return client, cookie
+
+
+def import_allowed(running: Running, cookie: str) -> bool:
+    """Does serve take a 200 KB body to the console's import with this session cookie? (With the
+    allowance the app answers: the form has no CSRF token, 400; without it, serve's own 413.)"""
+    answer = httpx.post(
+        f"{running.url}/admin/subscribers/import",
+        content=b"x" * 200_000,
+        headers={"Content-Type": "text/csv"},
+        cookies={"newsletter_session": cookie},
+        timeout=30,
+    )
+    refused = answer.status_code == 413 and "this route takes 65536 bytes at most" in answer.text
+    assert refused or answer.status_code == 400, (answer.status_code, answer.text[:300])
+    return not refused
+
+
+def test_a_copied_operator_cookie_loses_the_import_allowance_at_logout_and_at_a_new_password(
+    running: Running,
+) -> None:
+    run_cli(running.config, "admin", "add-user", "ed", input="a long enough password\n")
+    client, copied = operator_session(running)
+    assert import_allowed(running, copied)  # the session is live: its copy may upload
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/admin/").text)
+    assert csrf is not None
+    assert client.post("/admin/logout", data={"csrf_token": csrf.group(1)}).status_code == 302
+    client.close()
+    assert httpx.get(f"{running.url}/admin/", cookies={"newsletter_session": copied}).status_code == 302
+    assert not import_allowed(running, copied)  # logged out: the copy is a stranger's cookie
+
+    client, copied = operator_session(running)
+    assert import_allowed(running, copied)
+    run_cli(running.config, "admin", "add-user", "ed", input="another long password\n")
+    assert client.get("/admin/").status_code == 302
+    client.close()
+    assert not import_allowed(running, copied)  # a new password ends it too
+
+
+def send_paced(peer: socket.socket, data: bytes, rate: int) -> tuple[int, bytes]:
+    """Send `data` at `rate` bytes a second (never faster), reading meanwhile: (bytes sent, what
+    the server answered before the end, if it did)."""
+    sent, answer, started = 0, b"", time.monotonic()
+    peer.setblocking(False)
+    try:
+        while sent < len(data):
+            readable, _, _ = select.select([peer], [], [], 0.05)
+            if readable:
+                chunk = peer.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+                continue
+            due = min(len(data), int((time.monotonic() - started) * rate))
+            if due > sent:
+                sent += peer.send(data[sent:due])
+    except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        peer.setblocking(True)
+    return sent, answer
+
+
+def test_a_request_over_its_deadline_is_answered_408_and_closed(running: Running) -> None:
+    """A 2 KB signup whose body trickles at 100 bytes a second: at its deadline (10 s, and no
+    more for so small a body) serve answers 408 with Connection: close, then closes."""
+    with socket.create_connection(("127.0.0.1", running.port), timeout=20) as peer:
+        peer.sendall(head("/subscribe", 2048))
+        started = time.monotonic()
+        sent, early = send_paced(peer, b"x" * 2048, 100)
+        peer.settimeout(10)
+        status, headers, body = read_answer(peer) if not early else (early.split(b"\r\n")[0], {}, early)
+        taken = time.monotonic() - started
+        rest = peer.recv(100) if early else b"?"
+    print(f"408 after {taken:.1f} s, {sent:,} of 2,048 body bytes sent: {status!r}")
+    assert status == b"HTTP/1.1 408 Request Timeout", (status, body[:200])
+    assert b"Connection: close" in early if early else headers.get("connection") == "close"
+    assert sent < 2048
+    assert early or rest in (b"", b"?")
+
+
+def test_an_operators_import_at_16_kb_a_second_is_taken(running: Running) -> None:
+    """A 240 KB CSV sent at 16 KB/s, the rate the README promises the console's import (15 s: a
+    public route's 64 KB/s would cut it off at 13.7 s)."""
+    run_cli(running.config, "admin", "add-user", "ed", input="a long enough password\n")
+    client, _ = operator_session(running)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/admin/subscribers").text)
+    assert csrf is not None
+    cookie = client.cookies.get("newsletter_session")  # now with the CSRF token's secret
+    agent = str(client.headers["user-agent"])  # the session is bound to its browser
+    client.close()
+    rows = "".join(f"uplink{i}@example.org,Slow Reader {i}\r\n" for i in range(6000))
+    body = (
+        f'--b\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n{csrf.group(1)}\r\n'
+        '--b\r\nContent-Disposition: form-data; name="file"; filename="r.csv"\r\n'
+        f"Content-Type: text/csv\r\n\r\nemail,name\r\n{rows}\r\n--b--\r\n"
+    ).encode()
+    assert 240_000 <= len(body) <= 250_000
+    with socket.create_connection(("127.0.0.1", running.port), timeout=60) as peer:
+        peer.sendall(
+            f"POST /admin/subscribers/import HTTP/1.1\r\nHost: 127.0.0.1:{running.port}\r\n"
+            f"Cookie: newsletter_session={cookie}\r\nUser-Agent: {agent}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        started = time.monotonic()
+        sent, early = send_paced(peer, body, 16 * 1024)
+        took = time.monotonic() - started
+        status, _, answer = read_answer(peer) if not early else (early[:40], {}, early)
+    print(f"{sent:,} bytes at 16 KB/s in {took:.1f} s: {status!r}")
+    assert sent == len(body) and not early, early[:300]
+    assert status == b"HTTP/1.1 200 OK", answer[:300]
+    assert b"6000 added" in answer
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+def test_a_kept_alive_connection_is_closed_after_100_requests(running: Running) -> None:
+    """One connection asking /healthz again and again (as the attacker's every 5 s) is not kept
+    for ever: the 100th answer says Connection: close, and the connection closes."""
+    answers: list[dict[str, str]] = []
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as peer:
+        for _ in range(101):
+            try:
+                peer.sendall(HEALTHZ)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            status, headers, _ = read_answer(peer)
+            if not status:
+                break
+            assert status == b"HTTP/1.1 200 OK"
+            answers.append(headers)
+        closed = read_answer(peer)[0] == b""
+    print(f"answers on one connection: {len(answers)}; the last says {answers[-1].get('connection')!r}")
+    assert len(answers) == 100 and closed
+    assert [h.get("connection") for h in answers] == [None] * 99 + ["close"]
+
+
+def test_empty_lines_before_a_request_are_passed_over(running: Running) -> None:
+    """RFC 9112 section 2.2: a server ignores empty lines before a request line (they closed the
+    connection with an AttributeError logged, one line in serve's log per stranger's connection)."""
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as peer:
+        peer.sendall(b"\r\n\r\n")
+        time.sleep(0.3)  # a packet of its own
+        peer.sendall(HEALTHZ)
+        assert read_answer(peer)[0] == b"HTTP/1.1 200 OK"
+    running.proc.send_signal(signal.SIGTERM)
+    output = running.proc.communicate(timeout=30)[0].decode()
+    assert "uncaptured python exception" not in output, output
+
+
+def test_one_address_holds_at_most_50_connections_and_the_trusted_proxies_more(
+    tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    """50 idle connections from 127.0.0.2: its 51st is closed unanswered, anybody else is served,
+    and the address gets one again when one of its 50 closes. 60 from a trusted proxy are served."""
+    port, url, config = served_config(tmp_path, smtp_sink, '\n[web]\ntrusted_proxies = ["127.0.0.3"]\n')
+    proc = start_server(config, port)
+    held: list[socket.socket] = []
+
+    def connect(source: str) -> socket.socket:
+        peer = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+        held.append(peer)
+        return peer
+
+    def served(peer: socket.socket) -> bool:
+        try:
+            peer.sendall(HEALTHZ)
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+        return read_answer(peer)[0] == b"HTTP/1.1 200 OK"
+
+    try:
+        assert wait_for(lambda: _healthy(url), timeout=30), "newsletter serve did not come up"
+        stranger = [connect("127.0.0.2") for _ in range(50)]
+        assert served(stranger[0])
+        assert not served(connect("127.0.0.2")), "a 51st connection from one address was served"
+        assert served(connect("127.0.0.1"))
+        stranger[1].close()
+        time.sleep(0.5)  # the server's loop sees the close
+        assert served(connect("127.0.0.2"))
+        proxied = [connect("127.0.0.3") for _ in range(60)]
+        assert all(served(peer) for peer in proxied)
+    finally:
+        for peer in held:
+            peer.close()
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+    assert output.count("refusing connections from 127.0.0.2: 50 open already") == 1, output
+
+
+LIVES_2_SECONDS = """
+import sys
+from pathlib import Path
+from newsletter.config import load_settings
+from newsletter.web import create_app
+from newsletter.web.server import Limits, create_server
+
+limits = Limits(connection_seconds=2, head_seconds=30)
+create_server(create_app(load_settings(Path(sys.argv[1]))), "127.0.0.1", int(sys.argv[2]), limits).run()
+"""
+
+
+def test_a_connection_ends_when_its_life_is_over(tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    """serve's own server with a 2 s life for a connection (and 30 s of idling allowed): the first
+    answer after 2 s says Connection: close; a connection idle at that time is closed then."""
+    port, url, config = served_config(tmp_path, smtp_sink)
+    env = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET}
+    env.pop("NEWSLETTER_DATABASE_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LIVES_2_SECONDS, str(config), str(port)], env=env, cwd=config.parent
+    )
+    try:
+        assert wait_for(lambda: _healthy(url), timeout=30), "the server did not come up"
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as busy,
+            socket.create_connection(("127.0.0.1", port), timeout=10) as idle,
+        ):
+            opened = time.monotonic()
+            idle.sendall(HEALTHZ)
+            assert read_answer(idle)[1].get("connection") is None
+            kept: list[str | None] = []
+            while True:
+                busy.sendall(HEALTHZ)
+                status, headers, _ = read_answer(busy)
+                assert status == b"HTTP/1.1 200 OK"
+                kept.append(headers.get("connection"))
+                if headers.get("connection") == "close" or time.monotonic() - opened > 8:
+                    break
+                time.sleep(0.25)
+            lived = time.monotonic() - opened
+            assert read_answer(busy)[0] == b""  # closed after its answer
+            assert read_answer(idle)[0] == b""  # closed at 2-3 s, long before its 30 s of idling
+            idle_lived = time.monotonic() - opened
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    print(f"{len(kept)} answers in {lived:.1f} s, the last with Connection: close")
+    print(f"the idle connection closed at {idle_lived:.1f} s")
+    assert kept[-1] == "close" and all(k is None for k in kept[:-1])
+    assert 2 <= lived and idle_lived < 8

@@ -150,7 +150,7 @@ def serve(app: App, host: str | None, port: int | None) -> None:
     host, port = host or app.settings.web.host, port or app.settings.web.port
     server = create_server(web, host, port)
 
-    class Stopped(Exception):
+    class Stopped(SystemExit):  # waitress's loop lets it through; an Exception in a handler it swallows
         pass
 
     def stop(_signum: int, _frame: object) -> None:

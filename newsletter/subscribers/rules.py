@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,9 @@ __all__ = [
 ]
 
 MAX_NAME = 100
+# Unicode's bidi embeddings, overrides and isolates (LRE RLE PDF LRO RLO, LRI RLI FSI PDI): they
+# reorder the text after them wherever the name is shown ("Ann\u202egnp.exe" reads "Annexe.png")
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 IMPORT_BATCH = 2000
 EXPORT_FIELDS = ("email", "name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at")
 
@@ -50,13 +54,16 @@ def normalise_email(raw: str) -> str:
 
 
 def check_name(raw: str | None) -> str | None:
-    """A display name: no line breaks or control characters (they could forge headers), bounded."""
+    """A display name: no line breaks or control characters (they could forge headers), no bidi
+    controls (they could disguise it), bounded."""
     if raw is None:
         return None
     if "\r" in raw or "\n" in raw:
         raise InvalidSubscriber("the name contains a line break")
     if any(ord(c) < 32 or ord(c) == 127 for c in raw):
         raise InvalidSubscriber("the name contains a control character")
+    if any(c in BIDI_CONTROLS for c in raw):
+        raise InvalidSubscriber("the name contains a text-direction control (it could disguise what follows)")
     name = " ".join(raw.split())
     if len(name) > MAX_NAME:
         raise InvalidSubscriber(f"the name is longer than {MAX_NAME} characters")
@@ -74,29 +81,36 @@ class ImportReport:
 def import_csv(
     path: Path, store: SubscriberRepository, *, now: datetime, batch_size: int = IMPORT_BATCH
 ) -> ImportReport:
-    """Header row with `email` and optional `name`. Bad rows are reported by line and skipped;
-    good rows are kept, one transaction per batch; an address twice in the file is taken once."""
+    """Header row with `email` and optional `name`. Bad rows (a line that is not UTF-8 included)
+    are reported by line and skipped; good rows are kept, one transaction per batch; an address
+    twice in the file is taken once."""
     report = ImportReport()
     try:
-        handle = path.open(newline="", encoding="utf-8-sig")
+        handle = path.open("rb")
     except OSError as exc:
         raise NewsletterError(f"cannot read {path}: {exc.strerror or exc}") from None
     with handle:
+        lines = _Lines(handle)
         try:
-            reader = csv.DictReader(handle)
+            reader = csv.DictReader(lines)
             header = {(h or "").strip().lower(): h for h in reader.fieldnames or []}
+            if lines.undecodable:
+                raise NewsletterError(f"{path} header row: {lines.undecodable[0][1]}")
             if "email" not in header:
                 raise NewsletterError(f"{path} has no 'email' column in its header row")
             email_key, name_key = header["email"], header.get("name")
             seen: set[str] = set()
             pending: list[NewSubscriber] = []
             for row in reader:
-                line = reader.line_num
+                if lines.undecodable:  # the row is one or more lines, one of them not text
+                    report.bad.extend(lines.undecodable)
+                    lines.undecodable.clear()
+                    continue
                 try:
                     email = normalise_email(row.get(email_key) or "")
                     name = check_name(row.get(name_key) if name_key else None)
                 except InvalidSubscriber as exc:
-                    report.bad.append((line, str(exc)))
+                    report.bad.append((lines.number, str(exc)))
                     continue
                 if email in seen:
                     report.duplicates += 1
@@ -105,12 +119,39 @@ def import_csv(
                 pending.append(NewSubscriber(email, name))
                 if len(pending) >= batch_size:
                     _flush(store, pending, report, now)
+            report.bad.extend(lines.undecodable)
             _flush(store, pending, report, now)
-        except UnicodeDecodeError:
-            raise NewsletterError(f"{path} is not UTF-8 text (after line {reader.line_num})") from None
         except csv.Error as exc:
-            raise NewsletterError(f"{path} line {reader.line_num}: {exc}") from None
+            raise NewsletterError(f"{path} line {lines.number}: {exc}") from None
     return report
+
+
+class _Lines:
+    """A CSV file's lines as text, one by one: a line that is not UTF-8 is noted with its number
+    (and given to the csv reader with U+FFFD for its bad bytes, so the rows around it stay whole)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.number = 0  # the lines read so far: after a row, that row's last line
+        self.undecodable: list[tuple[int, str]] = []  # not yet reported
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self.handle:  # up to each LF; a lone CR ends a line too, as in text mode
+            for raw in piece.splitlines(keepends=True):
+                self.number += 1
+                if self.number == 1:
+                    raw = raw.removeprefix(codecs.BOM_UTF8)
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    self.undecodable.append(
+                        (
+                            self.number,
+                            f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} "
+                            "of the line); save the file as UTF-8",
+                        )
+                    )
+                    yield raw.decode("utf-8", "replace")
 
 
 def _flush(

@@ -133,22 +133,25 @@ def create_app(
 
 
 def body_limit(app: Flask, path: str, cookies: Mapping[str, str]) -> int:
-    """The largest body a request may send: a form's, or a subscriber CSV's to the import with an
-    operator's session cookie (signed by this app). `newsletter serve` asks before it reads a body."""
+    """The largest body a request may send: a form's, or a subscriber CSV's to the import with a
+    live operator session's cookie. `newsletter serve` asks before it reads a body."""
     if path == IMPORT_PATH and _operator_cookie(app, cookies.get(app.config["SESSION_COOKIE_NAME"])):
         return IMPORT_BODY_LIMIT
     return PUBLIC_BODY_LIMIT
 
 
 def _operator_cookie(app: Flask, cookie: str | None) -> bool:
+    """Signed by this app, in date, and its session not ended (the console's own login rule)."""
     serializer = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
     if not cookie or serializer is None:
         return False
-    try:  # the checks Flask makes when it opens the session; the login itself is checked by the view
+    try:  # the checks Flask makes when it opens the session
         session = serializer.loads(cookie, max_age=int(app.permanent_session_lifetime.total_seconds()))
     except BadData:
         return False
-    return isinstance(session, dict) and "_user_id" in session
+    user = session.get("_user_id") if isinstance(session, dict) else None
+    store: Store = app.extensions["newsletter"].store
+    return isinstance(user, str) and store.operator_in_session(user) is not None
 
 
 def _limit_body() -> None:

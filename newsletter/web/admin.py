@@ -34,10 +34,10 @@ from flask_login import LoginManager, UserMixin, current_user, login_user, logou
 from werkzeug.wrappers import Response as BaseResponse
 
 from ..content.render import render_web
-from ..db.models import SubscriberStatus
+from ..db.models import Operator, SubscriberStatus
 from ..delivery.sending import erase_outbox_copies, send, send_test_copy
 from ..errors import NewsletterError
-from ..operators import password_matches, rehash_if_needed
+from ..operators import password_matches, rehash_if_needed, session_id
 from ..reports import DELIVERY_COLUMNS, complaint_warning
 from ..schedule import schedule_summary
 from ..subscribers.rules import EXPORT_FIELDS, import_csv, normalise_email, write_csv
@@ -61,12 +61,12 @@ def login_required(view: View) -> View:
 
 
 class OperatorUser(UserMixin):  # type: ignore[misc]  # flask_login is untyped
-    """A logged-in operator. The session keeps "id:version": a version the operator row no longer
-    has (a logout, a new password) ends that session, wherever its cookie was copied."""
+    """A logged-in operator; the session keeps `operators.session_id` (ended by a logout or a new
+    password, wherever its cookie was copied)."""
 
-    def __init__(self, operator_id: int, name: str, session_version: int) -> None:
-        self.operator_id, self.name, self.session_version = operator_id, name, session_version
-        self.id = f"{operator_id}:{session_version}"
+    def __init__(self, operator: Operator) -> None:
+        self.operator_id, self.name = operator.id, operator.name
+        self.id = session_id(operator)
 
 
 def init_login(app: Any) -> None:
@@ -75,14 +75,9 @@ def init_login(app: Any) -> None:
     manager.login_message = "Log in to see the console."
     manager.session_protection = "strong"
 
-    def load(session_id: str) -> OperatorUser | None:
-        operator_id, _, version = session_id.partition(":")
-        if not operator_id.isdigit() or not version.isdigit() or len(operator_id) > 9:
-            return None
-        op = services().store.operator(operator_id=int(operator_id))
-        if op is None or str(op.session_version) != version:
-            return None
-        return OperatorUser(op.id, op.name, op.session_version)
+    def load(session: str) -> OperatorUser | None:
+        op = services().store.operator_in_session(session)
+        return None if op is None else OperatorUser(op)
 
     manager.user_loader(load)
 
@@ -133,7 +128,7 @@ def login() -> str | BaseResponse | tuple[str, int] | tuple[str, int, dict[str, 
     rehash = rehash_if_needed(op.password_hash, password)
     svc.store.operator_logged_in(op.id, password_hash=rehash, now=svc.now())
     session.clear()  # a new session at login: nothing from before carries over (fixation)
-    login_user(OperatorUser(op.id, op.name, op.session_version))
+    login_user(OperatorUser(op))
     log.info("admin login: %s from %s", op.name, client)
     return redirect(_console_path(request.args.get("next", "")) or url_for(".dashboard"))
 

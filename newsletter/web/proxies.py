@@ -11,14 +11,14 @@ from typing import Any
 
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-__all__ = ["TrustedProxies"]
+__all__ = ["ProxyAddresses", "TrustedProxies"]
 
 
-class TrustedProxies:
-    def __init__(self, app: Any, proxies: Iterable[str]) -> None:
-        self.app = app
+class ProxyAddresses:
+    """The addresses and networks named in `[web] trusted_proxies`."""
+
+    def __init__(self, proxies: Iterable[str]) -> None:
         self.networks = [ipaddress.ip_network(p, strict=False) for p in proxies]
-        self.fixed = ProxyFix(app, x_for=1, x_proto=1, x_host=1)
 
     def trusts(self, peer: str | None) -> bool:
         try:
@@ -26,6 +26,13 @@ class TrustedProxies:
         except ValueError:
             return False
         return any(address in network for network in self.networks)
+
+
+class TrustedProxies(ProxyAddresses):
+    def __init__(self, app: Any, proxies: Iterable[str]) -> None:
+        super().__init__(proxies)
+        self.app = app
+        self.fixed = ProxyFix(app, x_for=1, x_proto=1, x_host=1)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if self.networks and self.trusts(environ.get("REMOTE_ADDR")):
