@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     func,
     select,
+    update,
 )
 
 from ..db.engine import Database
 from ..db.models import (
     FeedState,
     Story,
+    storable,
 )
+from .embed import EmbedError, blob_of, embed, story_text, vector_of
 from .records import FetchedStory
 
 __all__ = ["StoryRepository"]
+
+log = logging.getLogger(__name__)
+
+# identities asked about in one query (SQLite allows 32,766 parameters, PostgreSQL 65,535)
+_LOOKUP_CHUNK = 500
 
 
 class StoryRepository(Database):
@@ -40,8 +50,9 @@ class StoryRepository(Database):
             state.checked_at, state.last_error = now, error
 
     def add_stories(self, stories: Iterable[FetchedStory], *, now: datetime) -> int:
-        """Store stories not seen before (by identity); returns how many were new."""
-        values = [
+        """Store stories not seen before (by identity), each with its sentence vector; returns how
+        many were new."""
+        values: list[dict[str, Any]] = [
             {
                 "identity": st.identity,
                 "source": st.source,
@@ -59,12 +70,53 @@ class StoryRepository(Database):
         ]
         if not values:
             return 0
+        vectors = self._new_vectors(values)  # before the write: the model runs without the lock
+        for v in values:
+            v["embedding"] = vectors.get(storable(v["identity"]))
         stmt = self._insert(Story).on_conflict_do_nothing(index_elements=["identity"])
         with self.write() as s:
             before = s.scalar(select(func.count()).select_from(Story)) or 0
             s.execute(stmt, values)
             after = s.scalar(select(func.count()).select_from(Story)) or 0
         return after - before
+
+    def _new_vectors(self, values: list[dict[str, Any]]) -> dict[str, bytes]:
+        """{identity as stored: vector} for the stories not stored yet, embedded in one batch. A
+        model that cannot run stores them without one (fill_embeddings tries again), never drops them."""
+        new: dict[str, dict[str, Any]] = {}
+        for v in values:
+            new.setdefault(storable(v["identity"]), v)  # the first of two alike is the one stored
+        keys = list(new)
+        with self.read() as s:
+            for start in range(0, len(keys), _LOOKUP_CHUNK):
+                asked = keys[start : start + _LOOKUP_CHUNK]
+                for (stored,) in s.execute(select(Story.identity).where(Story.identity.in_(asked))):
+                    new.pop(stored, None)
+        if not new:
+            return {}
+        try:
+            vectors = embed([story_text(v["title"], v["summary"], v["bullets"]) for v in new.values()])
+        except EmbedError as exc:
+            log.warning("%d new stories stored without a sentence vector: %s", len(new), exc)
+            return {}
+        return {key: blob_of(vector) for key, vector in zip(new, vectors, strict=True)}
+
+    def fill_embeddings(self, stories: Sequence[Story]) -> int:
+        """Give each of these stories that has no sentence vector (stored before migration 0011, or
+        while the model could not run) its vector, stored and set on the object; returns how many.
+        Raises EmbedError when the model cannot run."""
+        lacking = [st for st in stories if vector_of(st.embedding) is None]
+        if not lacking:
+            return 0
+        vectors = embed([story_text(st.title, st.summary, st.bullets or ()) for st in lacking])
+        blobs = [blob_of(vector) for vector in vectors]
+        with self.write() as s:  # the ORM's bulk UPDATE by primary key: one statement, many rows
+            s.execute(
+                update(Story), [{"id": st.id, "embedding": b} for st, b in zip(lacking, blobs, strict=True)]
+            )
+        for st, b in zip(lacking, blobs, strict=True):
+            st.embedding = b
+        return len(lacking)
 
     def unused_stories(self, *, since: datetime, until: datetime) -> list[Story]:
         """Stories in no issue yet, published (or, undated, fetched) within [since, until]."""

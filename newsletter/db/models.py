@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -263,6 +264,9 @@ class Story(Base):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     fetched_at: Mapped[datetime] = mapped_column(UTCDateTime())
     issue_id: Mapped[int | None] = mapped_column(ForeignKey("issues.id"))
+    # Its sentence vector (content.embed): 384 float16, made once when it is stored; None for a
+    # story stored before migration 0011 (or while the model could not run) until it is filled.
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     __table_args__ = (Index("ix_stories_issue_fetched", "issue_id", "fetched_at"),)
 
