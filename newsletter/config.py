@@ -82,6 +82,9 @@ class DigestSettings:
     max_stories: int = 12
     min_stories: int = 1
     subject: str = "{{ date }}: {{ lead.title }}"
+    cluster: bool = True
+    # the best measured on tests/data/ (benchmarks/clustering.py); content/cluster.py says what it means
+    cluster_threshold: float = 0.3
 
 
 # Entries read from one feed when its table does not say: a day's news many times over, and a
@@ -287,6 +290,10 @@ def _convert(hint: Any, value: Any, dotted: str) -> Any:
         return tuple(_build(args[0], item, f"{dotted}[{i}]") for i, item in enumerate(value))
     if dataclasses.is_dataclass(hint):
         return _build(typing.cast(type[Any], hint), value, dotted)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"configuration key '{dotted}' must be true or false")
+        return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"configuration key '{dotted}' must be a number")
@@ -340,6 +347,7 @@ def _check(s: Settings) -> None:
     need(
         0 <= d.min_stories <= d.max_stories, "digest.min_stories", "must be between 0 and digest.max_stories"
     )
+    need(0 <= d.cluster_threshold <= 1, "digest.cluster_threshold", "must be a number from 0 to 1")
     try:
         SandboxedEnvironment().from_string(d.subject)
     except jinja2.TemplateSyntaxError as exc:

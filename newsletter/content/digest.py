@@ -1,12 +1,15 @@
-"""Pure: choose, de-duplicate, order and section the day's stories."""
+"""Pure: choose, cluster, order and section the day's stories."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
+
+from ..config import DigestSettings
+from .cluster import clusters
 
 __all__ = ["Digest", "Section", "DigestStory", "choose", "issue_window"]
 
@@ -28,6 +31,18 @@ class DigestStory:
     image: str | None
     published_at: datetime | None
     fetched_at: datetime
+    # the same event as told by other sources ("Also covered by"); empty for a story told once
+    also: tuple[DigestStory, ...] = field(default=(), compare=False)
+
+    @property
+    def coverage(self) -> int:
+        """How many sources told this story."""
+        return 1 + len(self.also)
+
+    @property
+    def complete(self) -> tuple[bool, bool]:
+        """What makes a story the best face of its cluster: a summary or bullets, then an image."""
+        return bool(self.summary or self.bullets), bool(self.image)
 
     @property
     def when(self) -> datetime:
@@ -52,11 +67,18 @@ class Digest:
     issue_date: date
     lead: DigestStory
     sections: tuple[Section, ...]
+    # stories left out as exact copies of a chosen one (same link or headline): used all the same
+    copies: tuple[int, ...] = ()
 
     @property
     def stories(self) -> tuple[DigestStory, ...]:
-        """Every story in reading order: the lead, then each section's."""
+        """Every item in reading order, each once: the lead, then each section's."""
         return (self.lead, *(s for sec in self.sections for s in sec.stories))
+
+    @property
+    def used(self) -> list[int]:
+        """The ids of every story this issue tells, the other sources of a cluster included."""
+        return [t.id for s in self.stories for t in (s, *s.also)] + list(self.copies)
 
 
 def issue_window(
@@ -75,32 +97,49 @@ def choose(
     max_stories: int,
     min_stories: int,
     section_order: Sequence[str] = (),
+    cluster: bool = True,
+    cluster_threshold: float = DigestSettings.cluster_threshold,
 ) -> Digest | None:
-    """The issue's stories: best first, at most `max_stories`, one lead; None when too few."""
-    ranked = sorted(candidates, key=lambda s: (s.score, s.id), reverse=True)
-    chosen = _unique(ranked)[:max_stories]
+    """The issue's items: the widest covered first, at most `max_stories` of them, one lead;
+    None when too few. An item is a cluster of stories of one event, told by its best story."""
+    unique, copies = _unique(sorted(candidates, key=lambda s: (s.score, s.id), reverse=True))
+    groups = clusters(unique, threshold=cluster_threshold) if cluster else [[i] for i in range(len(unique))]
+    items = [_item([unique[i] for i in g]) for g in groups]
+    chosen = sorted(items, key=lambda s: (s.coverage, s.score, s.id), reverse=True)[:max_stories]
     if not chosen or len(chosen) < min_stories:
         return None
-    with_image = [s for s in chosen if s.image]
-    lead = with_image[0] if with_image else chosen[0]
+    lead = max(chosen, key=lambda s: (s.coverage, s.score, bool(s.image), s.id))
     rest = [s for s in chosen if s is not lead]
     order = {name: i for i, name in enumerate(dict.fromkeys(section_order))}
     names = sorted({s.section for s in rest}, key=lambda n: (order.get(n, len(order)), n.lower()))
     sections = tuple(Section(n, tuple(s for s in rest if s.section == n)) for n in names)
-    return Digest(issue_date=issue_date, lead=lead, sections=sections)
+    told = {t.id for s in chosen for t in (s, *s.also)}
+    return Digest(issue_date, lead, sections, copies=tuple(c for c, of in copies if of in told))
 
 
-def _unique(ranked: Sequence[DigestStory]) -> list[DigestStory]:
-    """Drop a story whose link or headline already appears (the same news from two feeds)."""
-    seen: set[str] = set()
+def _item(stories: Sequence[DigestStory]) -> DigestStory:
+    """A cluster told by its most complete story (then the earliest), the others in `also`."""
+    face = max(stories, key=lambda s: (s.complete, -s.when.timestamp(), -s.id))
+    others = sorted((s for s in stories if s is not face), key=lambda s: (s.when, s.id))
+    return replace(face, also=tuple(others))
+
+
+def _unique(ranked: Sequence[DigestStory]) -> tuple[list[DigestStory], list[tuple[int, int]]]:
+    """The stories whose link and headline are each the first of their kind, and the others as
+    (copy, of) pairs: a feed that repeats an item, or two feeds of one publisher."""
+    first: dict[str, int] = {}
     kept = []
+    copies = []
     for story in ranked:
-        keys = {"link:" + story.link, "title:" + _title_key(story.title)}
-        if keys & seen:
+        keys = ("link:" + story.link, "title:" + _title_key(story.title))
+        seen = [first[k] for k in keys if k in first]
+        if seen:
+            copies.append((story.id, seen[0]))
             continue
-        seen |= keys
+        for k in keys:
+            first[k] = story.id
         kept.append(story)
-    return kept
+    return kept, copies
 
 
 def _title_key(title: str) -> str:

@@ -116,6 +116,8 @@ def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) 
         max_stories=d.max_stories,
         min_stories=d.min_stories,
         section_order=[s.section or "" for s in settings.sources],
+        cluster=d.cluster,
+        cluster_threshold=d.cluster_threshold,
     )
     if digest is None:
         return BuildOutcome(
@@ -129,10 +131,11 @@ def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) 
     from ..content.render import render_issue
 
     rendered = render_issue(digest, settings, issue_id=None)  # the slow part, before any lock is taken
-    story_ids = [s.id for s in digest.stories]
+    items = [[s.id, *(o.id for o in s.also)] for s in digest.stories]
     issue = store.create_issue(
         issue_date,
-        story_ids=story_ids,
+        story_ids=digest.used,
+        items=items,
         content=rendered.for_issue,
         placeholder_key=rendered.placeholders.key,
         now=now,
@@ -164,5 +167,5 @@ def gather_and_build(
 
 def _item(s: Story) -> DigestStory:
     """A stored story as the digest reads it: the same fields, the bullets as a tuple."""
-    same = {f.name: getattr(s, f.name) for f in dataclasses.fields(DigestStory)}
+    same = {f.name: getattr(s, f.name) for f in dataclasses.fields(DigestStory) if f.name != "also"}
     return DigestStory(**same | {"bullets": tuple(s.bullets or ())})
