@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..config import ensure_secret_key
+from ..db.models import Story
 from ..errors import NewsletterError
 from ..private import open_private, private_folder
 from . import (
@@ -87,13 +88,25 @@ def build(app: App, date_text: str | None, as_json: bool) -> None:
     if as_json:
         issue = outcome.issue
         shown: dict[str, Any] | None = None
+        items: list[dict[str, Any]] = []
         if issue is not None:
             shown = dict(id=issue.id, date=issue.issue_date, subject=issue.subject, stories=issue.story_count)
-        _print_json({"issue": shown, "created": outcome.created, "message": outcome.reason})
+            items = [_item_json(item) for item in app.store.issue_items(issue)]
+        _print_json({"issue": shown, "created": outcome.created, "message": outcome.reason, "items": items})
         return
     out.print(outcome.reason, markup=False)
     if outcome.issue is not None:
         out.print(f"issue {outcome.issue.id}: {outcome.issue.subject}", markup=False)
+
+
+def _item_json(item: list[Story]) -> dict[str, Any]:
+    """One item of an issue as `build --json` prints it: the story shown, and the others in `also`."""
+    face, *others = item
+
+    def story(s: Story) -> dict[str, Any]:
+        return {"id": s.id, "title": s.title, "link": s.link, "source": s.source}
+
+    return story(face) | {"section": face.section, "also": [story(o) for o in others]}
 
 
 @main.command()

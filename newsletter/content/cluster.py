@@ -1,10 +1,17 @@
 """Pure: which of the day's stories from different sources report the same event.
 
-Each story becomes a weighted bag of words (TF-IDF over the day's own stories, headline words
-counted twice); two stories are alike by the cosine of their bags. Stories are joined, most alike
-first, into clusters whose stories are on average at least `threshold` alike, never two from one
-source. The method and the default threshold were chosen by precision and recall on the labelled
-sets in tests/data/ (make bench prints them)."""
+Two stories are alike by a blend of two cosines: of their sentence embeddings (all-MiniLM-L6-v2,
+computed once per story when it is stored: it knows that "dies" and "passes away" say the same)
+and of their TF-IDF word bags over the day's own stories (it knows that two stories name the
+same rare place or person). Stories are joined, most alike first, into clusters:
+
+- a pair starts a join when it is at least `threshold` alike;
+- the two groups' stories must then be on average at least GROUP_SHARE x `threshold` alike;
+- a cluster never holds two stories of one source, nor stories published more than MAX_SPAN
+  apart (a follow-up with new facts, hours later, is a story of its own).
+
+The method, the weights and the default threshold were chosen by pairwise precision and recall
+on the labelled sets in tests/data/ (benchmarks/clustering.py prints them)."""
 
 from __future__ import annotations
 
@@ -13,10 +20,18 @@ import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Protocol
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["Clusterable", "clusters", "similarities", "words"]
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
+__all__ = ["EMBEDDING_WEIGHT", "GROUP_SHARE", "MAX_SPAN", "Clusterable", "clusters", "similarity", "words"]
+
+EMBEDDING_WEIGHT = 0.7  # the rest is the TF-IDF cosine
+GROUP_SHARE = 0.7
+MAX_SPAN = timedelta(hours=10)
 TITLE_WEIGHT = 2.0
 # A word in more than this share of the day's stories says nothing about which event a story is.
 _COMMON_SHARE = 0.2
@@ -43,6 +58,8 @@ class Clusterable(Protocol):
     def bullets(self) -> tuple[str, ...]: ...
     @property
     def source(self) -> str: ...
+    @property
+    def when(self) -> datetime: ...
 
 
 def words(text: str) -> list[str]:
@@ -75,8 +92,9 @@ def _stem(w: str) -> str:
     return w
 
 
-def _vectors(stories: Sequence[Clusterable]) -> list[dict[str, float]]:
-    """Unit-length TF-IDF vectors, the IDF taken over these stories."""
+def _bags(stories: Sequence[Clusterable]) -> list[dict[str, float]]:
+    """Unit-length TF-IDF vectors, the IDF taken over these stories; a word no other story has
+    is left out (it adds nothing to any pair)."""
     bags: list[dict[str, float]] = []
     for s in stories:
         bag: dict[str, float] = defaultdict(float)
@@ -91,55 +109,90 @@ def _vectors(stories: Sequence[Clusterable]) -> list[dict[str, float]]:
         for w in bag:
             df[w] += 1
     limit = max(2, int(n * _COMMON_SHARE))
-    vectors = []
+    out = []
     for bag in bags:
-        vec = {
-            w: (1 + math.log(tf)) * math.log((n + 1) / (df[w] + 0.5))
-            for w, tf in bag.items()
-            if df[w] <= limit
-        }
+        vec = {w: (1 + math.log(tf)) * math.log((n + 1) / (df[w] + 0.5)) for w, tf in bag.items() if df[w] <= limit}
         norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
-        vectors.append({w: v / norm for w, v in vec.items()})
-    return vectors
+        out.append({w: v / norm for w, v in vec.items() if df[w] > 1})
+    return out
 
 
-def similarities(stories: Sequence[Clusterable], *, floor: float = 0.05) -> dict[tuple[int, int], float]:
-    """Cosine of every pair (i < j) of stories from different sources that share a word, above `floor`."""
-    vectors = _vectors(stories)
-    postings: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for i, vec in enumerate(vectors):
-        for w, v in vec.items():
-            postings[w].append((i, v))
-    dots: dict[tuple[int, int], float] = defaultdict(float)
-    for posting in postings.values():
-        for a in range(len(posting)):
-            i, vi = posting[a]
-            for j, vj in posting[a + 1 :]:
-                dots[i, j] += vi * vj
-    sources = [s.source for s in stories]
-    return {pair: d for pair, d in dots.items() if d > floor and sources[pair[0]] != sources[pair[1]]}
+def _word_cosines(stories: Sequence[Clusterable]) -> NDArray[np.float64]:
+    """The TF-IDF cosine of every pair, as an n x n matrix, summed word by word over the stories
+    that share it (a day's words are mostly rare, so this is far less than n x vocabulary)."""
+    import numpy as np
+
+    n = len(stories)
+    postings: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+    for i, bag in enumerate(_bags(stories)):
+        for w, v in bag.items():
+            postings[w][0].append(i)
+            postings[w][1].append(v)
+    cells: list[NDArray[np.int64]] = []
+    values: list[NDArray[np.float64]] = []
+    for ids, vs in postings.values():
+        idx = np.asarray(ids, dtype=np.int64)
+        val = np.asarray(vs, dtype=np.float64)
+        cells.append((idx[:, None] * n + idx[None, :]).ravel())
+        values.append(np.outer(val, val).ravel())
+    if not cells:
+        return np.zeros((n, n))
+    total = np.bincount(np.concatenate(cells), weights=np.concatenate(values), minlength=n * n)
+    return total.reshape(n, n)
 
 
-def clusters(stories: Sequence[Clusterable], *, threshold: float) -> list[list[int]]:
-    """Groups of indexes into `stories`, each group one event, every story in exactly one group.
+def similarity(
+    stories: Sequence[Clusterable], embeddings: NDArray[np.float32] | None
+) -> NDArray[np.float64]:
+    """The blended likeness of every pair of stories (n x n); `embeddings` are unit rows, one a
+    story (a zero row for a story without one), or None to go by words alone."""
+    word = _word_cosines(stories)
+    if embeddings is None:
+        return word
+    meaning = (embeddings @ embeddings.T).astype("float64")
+    return EMBEDDING_WEIGHT * meaning + (1 - EMBEDDING_WEIGHT) * word
 
-    Average linkage: two groups join when their stories are on average at least `threshold`
-    alike and no source is in both; the most alike pairs are tried first."""
-    sim = similarities(stories)
-    group_of = list(range(len(stories)))
-    members: dict[int, list[int]] = {i: [i] for i in range(len(stories))}
-    sources: dict[int, set[str]] = {i: {s.source} for i, s in enumerate(stories)}
-    for (i, j), value in sorted(sim.items(), key=lambda kv: (-kv[1], kv[0])):
-        if value < threshold:
-            break
-        a, b = group_of[i], group_of[j]
+
+def clusters(
+    stories: Sequence[Clusterable],
+    embeddings: NDArray[np.float32] | None,
+    *,
+    threshold: float,
+    max_span: timedelta = MAX_SPAN,
+) -> list[list[int]]:
+    """Groups of indexes into `stories`, each group one event, every story in exactly one group,
+    groups in the order of their first story."""
+    import numpy as np
+
+    n = len(stories)
+    if n < 2:
+        return [[i] for i in range(n)]
+    sim = similarity(stories, embeddings)
+    source_ids = {name: k for k, name in enumerate(dict.fromkeys(s.source for s in stories))}
+    source = np.array([source_ids[s.source] for s in stories])
+    hours = np.array([s.when.timestamp() / 3600 for s in stories])
+    span = max_span.total_seconds() / 3600
+    i, j = np.triu_indices(n, 1)
+    alike = sim[i, j]
+    keep = (alike >= threshold) & (source[i] != source[j]) & (np.abs(hours[i] - hours[j]) <= span)
+    i, j, alike = i[keep], j[keep], alike[keep]
+    order = np.lexsort((j, i, -alike))  # most alike first; ties in index order, so runs repeat
+
+    group_of = list(range(n))
+    members: dict[int, list[int]] = {k: [k] for k in range(n)}
+    sources: dict[int, set[int]] = {k: {int(source[k])} for k in range(n)}
+    first, last = hours.copy(), hours.copy()
+    for k in order:
+        a, b = group_of[i[k]], group_of[j[k]]
         if a == b or sources[a] & sources[b]:
             continue
-        pairs = [(min(x, y), max(x, y)) for x in members[a] for y in members[b]]
-        if sum(sim.get(p, 0.0) for p in pairs) / len(pairs) < threshold:
+        if max(last[a], last[b]) - min(first[a], first[b]) > span:
+            continue
+        if sim[np.ix_(members[a], members[b])].mean() < GROUP_SHARE * threshold:
             continue
         for x in members[b]:
             group_of[x] = a
         members[a] += members.pop(b)
         sources[a] |= sources.pop(b)
+        first[a], last[a] = min(first[a], first[b]), max(last[a], last[b])
     return [sorted(m) for m in sorted(members.values(), key=min)]

@@ -6,10 +6,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from ..config import DigestSettings
 from .cluster import clusters
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 __all__ = ["Digest", "Section", "DigestStory", "choose", "issue_window"]
 
@@ -31,6 +36,8 @@ class DigestStory:
     image: str | None
     published_at: datetime | None
     fetched_at: datetime
+    # the story's sentence embedding as stored (content.embed), None when it has none
+    embedding: bytes | None = field(default=None, compare=False, repr=False)
     # the same event as told by other sources ("Also covered by"); empty for a story told once
     also: tuple[DigestStory, ...] = field(default=(), compare=False)
 
@@ -103,7 +110,10 @@ def choose(
     """The issue's items: the widest covered first, at most `max_stories` of them, one lead;
     None when too few. An item is a cluster of stories of one event, told by its best story."""
     unique, copies = _unique(sorted(candidates, key=lambda s: (s.score, s.id), reverse=True))
-    groups = clusters(unique, threshold=cluster_threshold) if cluster else [[i] for i in range(len(unique))]
+    if cluster:
+        groups = clusters(unique, _embeddings(unique), threshold=cluster_threshold)
+    else:
+        groups = [[i] for i in range(len(unique))]
     items = [_item([unique[i] for i in g]) for g in groups]
     chosen = sorted(items, key=lambda s: (s.coverage, s.score, s.id), reverse=True)[:max_stories]
     if not chosen or len(chosen) < min_stories:
@@ -115,6 +125,19 @@ def choose(
     sections = tuple(Section(n, tuple(s for s in rest if s.section == n)) for n in names)
     told = {t.id for s in chosen for t in (s, *s.also)}
     return Digest(issue_date, lead, sections, copies=tuple(c for c, of in copies if of in told))
+
+
+def _embeddings(stories: Sequence[DigestStory]) -> NDArray[np.float32] | None:
+    """The stories' embeddings as unit rows (a zero row for one without); None when none has one."""
+    import numpy as np
+
+    from .embed import DIMENSIONS, vector_of
+
+    rows = [vector_of(s.embedding) for s in stories]
+    if all(r is None for r in rows):
+        return None
+    zero = np.zeros(DIMENSIONS, dtype=np.float32)
+    return np.vstack([zero if r is None else r for r in rows])
 
 
 def _item(stories: Sequence[DigestStory]) -> DigestStory:

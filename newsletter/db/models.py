@@ -246,6 +246,9 @@ class Issue(Base):
     # The random key in this issue's placeholder names (content.render.Placeholders), so no feed's
     # text can spell them; None for an issue stored before: the fixed names.
     placeholder_key: Mapped[str | None] = mapped_column(StoredString(64))
+    # The issue's items in reading order, each a list of story ids: the story shown first, then the
+    # other sources that told the same event ("Also covered by"). None for an issue built before.
+    items: Mapped[list[list[int]] | None] = mapped_column(StoredJSON())
 
 
 class Story(Base):

@@ -44,6 +44,7 @@ class IssueRepository(Database):
         issue_date: date,
         *,
         story_ids: Sequence[int],
+        items: Sequence[Sequence[int]] | None = None,
         content: Callable[[int], tuple[str, str, str, str]],
         placeholder_key: str | None,
         now: datetime,
@@ -63,7 +64,8 @@ class IssueRepository(Database):
                     subject="",
                     html="",
                     text="",
-                    story_count=len(story_ids),
+                    story_count=len(items) if items is not None else len(story_ids),
+                    items=[list(i) for i in items] if items is not None else None,
                     status=IssueStatus.BUILT,
                     created_at=now,
                     placeholder_key=placeholder_key,
@@ -81,6 +83,18 @@ class IssueRepository(Database):
                 return issue
         except IntegrityError:
             return None
+
+    def issue_items(self, issue: Issue) -> list[list[Story]]:
+        """The issue's items in reading order, each its face story first, then the other sources'
+        stories of the same event. An issue built before items were kept: each story alone."""
+        with self.read() as s:
+            if issue.items is None:
+                stories = s.scalars(select(Story).where(Story.issue_id == issue.id).order_by(Story.id))
+                return [[story] for story in stories]
+            ids = [i for item in issue.items for i in item]
+            by_id = {story.id: story for story in s.scalars(select(Story).where(Story.id.in_(ids)))}
+            found = [[by_id[i] for i in item if i in by_id] for item in issue.items]
+            return [item for item in found if item]
 
     def get_issue(self, issue_id: int) -> Issue | None:
         with self.read() as s:

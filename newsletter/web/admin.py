@@ -219,6 +219,7 @@ def issue(issue_id: int) -> str:
     return render_template(
         "web/admin/issue.html.j2",
         issue=found,
+        items=svc.store.issue_items(found),
         text=text,
         counts=counts[0],
         complaints=complaint_warning(counts[0]),

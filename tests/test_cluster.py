@@ -1,0 +1,142 @@
+"""Clustering the day's stories: the rules of SPEC 7 on made-up stories and embeddings, and the
+quality floor on the labelled sets in tests/data/ with the real model."""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from newsletter.config import DigestSettings
+from newsletter.content.cluster import MAX_SPAN, clusters
+from newsletter.content.digest import DigestStory, choose
+
+NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+DATA = Path(__file__).parent / "data"
+THRESHOLD = DigestSettings.cluster_threshold
+
+
+@dataclass(frozen=True)
+class Told:
+    title: str
+    summary: str
+    source: str
+    when: datetime
+    bullets: tuple[str, ...] = ()
+
+
+def meaning(seed: int, *, near: int | None = None) -> np.ndarray:
+    """A unit vector; `near` gives one close to that seed's (another telling of the same event)."""
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=384)
+    if near is not None:
+        v = np.random.default_rng(near).normal(size=384) * 4 + v
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def blob(v: np.ndarray) -> bytes:
+    return v.astype(np.float16).tobytes()
+
+
+def test_the_same_event_from_three_sources_is_one_cluster_and_other_events_stay_apart() -> None:
+    stories = [
+        Told("Lava forces evacuation of Grindavik", "A fissure opened north of the town.", "Wire", NOW),
+        Told("Iceland volcano erupts near Blue Lagoon", "The spa closed as lava flowed.", "Post", NOW),
+        Told("RIVERS OF FIRE over Reykjanes", "", "Tabloid", NOW - timedelta(hours=2)),
+        Told("Chip maker raises its forecast", "Demand for servers rose.", "Post", NOW),
+        Told("Storm closes ports in the north", "Ferries stayed in harbour.", "Wire", NOW),
+    ]
+    vectors = np.vstack([meaning(1), meaning(2, near=1), meaning(3, near=1), meaning(7), meaning(8)])
+    assert clusters(stories, vectors, threshold=THRESHOLD) == [[0, 1, 2], [3], [4]]
+
+
+def test_two_stories_of_one_source_are_never_merged() -> None:
+    """A source does not cover its own story twice: its update is a story of its own."""
+    same = "Central bank holds rates at 4 percent"
+    stories = [Told(same, "", "Wire", NOW), Told(same + " again", "", "Wire", NOW), Told(same, "", "Post", NOW)]
+    vectors = np.vstack([meaning(1)] * 3)
+    groups = clusters(stories, vectors, threshold=THRESHOLD)
+    assert sorted(map(len, groups)) == [1, 2]
+    assert all(len({stories[i].source for i in g}) == len(g) for g in groups)
+
+
+def test_stories_published_further_apart_than_the_span_are_not_one_event() -> None:
+    """A follow-up hours later ("... restores access") tells new facts: a story of its own."""
+    stories = [
+        Told("Platform suspends access to its video tool", "", "Wire", NOW - MAX_SPAN - timedelta(hours=1)),
+        Told("Platform restores access to its video tool", "", "Post", NOW),
+    ]
+    vectors = np.vstack([meaning(1), meaning(2, near=1)])
+    assert clusters(stories, vectors, threshold=THRESHOLD) == [[0], [1]]
+
+
+def test_a_chain_of_pairs_does_not_join_groups_that_are_not_alike_on_average() -> None:
+    """a ~ b and b ~ c, but a and c unlike: average linkage keeps c out of {a, b}."""
+    a, c = meaning(1), meaning(2)
+    b = (a + c) / np.linalg.norm(a + c)
+    stories = [Told(t, "", s, NOW) for t, s in (("A", "One"), ("B", "Two"), ("C", "Three"))]
+    groups = clusters(stories, np.vstack([a, b, c]).astype(np.float32), threshold=0.4)
+    assert [0, 1, 2] not in groups and len(groups) == 2
+
+
+def story(i: int, source: str, *, v: np.ndarray, hours_ago: float = 1, image: bool = False,
+          summary: str = "") -> DigestStory:
+    return DigestStory(
+        id=i,
+        title=f"Headline {i}",
+        link=f"https://{source.lower()}.example/{i}",
+        source=source,
+        section="World",
+        summary=summary,
+        bullets=(),
+        author=None,
+        image=f"https://img.example/{i}.jpg" if image else None,
+        published_at=NOW - timedelta(hours=hours_ago),
+        fetched_at=NOW,
+        embedding=blob(v),
+    )
+
+
+def test_coverage_ranks_the_most_complete_story_is_the_face_and_every_story_is_used() -> None:
+    volcano = [
+        story(1, "Wire", v=meaning(1), hours_ago=3),  # bare: not the face
+        story(2, "Post", v=meaning(2, near=1), hours_ago=2, summary="Lava reached the wall.", image=True),
+        story(3, "Tabloid", v=meaning(3, near=1), hours_ago=1, summary="Stunning pictures."),
+    ]
+    fresh = [story(10 + k, "Blog", v=meaning(10 + k), hours_ago=0.1, image=True, summary="New.") for k in range(3)]
+    d = choose([*fresh, *volcano], issue_date=NOW.date(), max_stories=3, min_stories=1)
+    assert d is not None
+    assert d.lead.id == 2 and [s.id for s in d.lead.also] == [1, 3]  # the widest coverage leads
+    assert d.lead.coverage == 3
+    assert len(d.stories) == 3  # max_stories counts clusters: the lead and two others
+    assert sorted(d.used) == sorted([1, 2, 3, *(s.id for s in d.stories[1:])])
+
+
+def test_clustering_can_be_turned_off() -> None:
+    pair = [story(1, "Wire", v=meaning(1)), story(2, "Post", v=meaning(2, near=1))]
+    on = choose(pair, issue_date=NOW.date(), max_stories=5, min_stories=1)
+    off = choose(pair, issue_date=NOW.date(), max_stories=5, min_stories=1, cluster=False)
+    assert on is not None and off is not None
+    assert len(on.stories) == 1 and len(off.stories) == 2
+
+
+def labelled(name: str) -> list[Told]:
+    raw = json.loads((DATA / name).read_text())["stories"]
+    return [
+        Told(html.unescape(s["title"]), html.unescape(s.get("summary") or ""), s["source"],
+             datetime.fromisoformat(s["published"]))
+        for s in raw
+    ]
+
+
+def pairwise(events: list[str], groups: list[list[int]]) -> tuple[float, float]:
+    """Pairwise precision and recall of `groups` against the events' labels."""
+    truth = {(a, b) for a, b in combinations(range(len(events)), 2) if events[a] == events[b]}
+    found = {(a, b) for g in groups for a, b in combinations(sorted(g), 2)}
+    hit = len(truth & found)
+    return hit / len(found), hit / len(truth)
