@@ -1,16 +1,16 @@
 """An issue's items: its stories grouped by event (clusters) in reading order. Issues built before
 keep NULL: each of their stories is an item of its own.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-07
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
