@@ -4,6 +4,7 @@ and the console."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -20,6 +21,8 @@ from ..db.models import Issue, Story
 if TYPE_CHECKING:
     from ..content.sources import FeedResult, Limits
     from ..store import Store
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BuildOutcome", "GatherReport", "build", "gather", "gather_and_build", "today"]
 
@@ -109,7 +112,10 @@ def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) 
         return BuildOutcome(existing, False, f"issue {existing.id} for {issue_date} was already built")
     d = settings.digest
     since, until = issue_window(issue_date, now=now, tz=settings.newsletter.tz, window_hours=d.window_hours)
-    candidates = [_item(s) for s in store.unused_stories(since=since, until=until)]
+    stored = store.unused_stories(since=since, until=until)
+    if d.cluster:
+        _fill_embeddings(store, stored)
+    candidates = [_item(s) for s in stored]
     digest = choose(
         candidates,
         issue_date=issue_date,
@@ -163,6 +169,17 @@ def gather_and_build(
     if store.issue_for_date(issue_date) is None:
         report = gather(settings, store, now=now, on_done=on_done)
     return report, build(settings, store, issue_date=issue_date, now=now)
+
+
+def _fill_embeddings(store: Store, stories: list[Story]) -> None:
+    """Stories stored before they had vectors, or while the model could not run, get theirs now;
+    if the model still cannot run, the day is clustered by its words alone (and says so)."""
+    from ..content.embed import EmbedError
+
+    try:
+        store.fill_embeddings(stories)
+    except EmbedError as exc:
+        log.warning("clustering by words alone: %s", exc)
 
 
 def _item(s: Story) -> DigestStory:
