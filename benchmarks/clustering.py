@@ -71,14 +71,20 @@ def rows(compare: bool = False) -> list[tuple[str, str, str]]:
     sets = {name: load(name) for name in SETS}
     made = {name: vectors(stories) for name, stories in sets.items()}
     tries: list[tuple[str, Callable[[Sequence[Labelled], Any], list[list[int]]]]] = [
-        (f"blend, threshold {THRESHOLD:g} (the default)", lambda s, v: cluster.clusters(s, v, threshold=THRESHOLD))
+        (
+            f"blend, threshold {THRESHOLD:g} (the default)",
+            lambda s, v: cluster.clusters(s, v, threshold=THRESHOLD),
+        )
     ]
     if compare:
         for t in (0.3, 0.32, 0.36, 0.38):
             tries.append((f"blend, threshold {t:g}", lambda s, v, t=t: cluster.clusters(s, v, threshold=t)))
         tries += [
             ("words alone (TF-IDF), 0.2", lambda s, v: cluster.clusters(s, None, threshold=0.2)),
-            ("blend, no time span", lambda s, v: cluster.clusters(s, v, threshold=THRESHOLD, max_span=timedelta(days=9))),
+            (
+                "blend, no time span",
+                lambda s, v: cluster.clusters(s, v, threshold=THRESHOLD, max_span=timedelta(days=9)),
+            ),
         ]
     for label, method in tries:
         for name, stories in sets.items():
@@ -95,10 +101,18 @@ def rows(compare: bool = False) -> list[tuple[str, str, str]]:
     ][:2000]
     big_vectors = np.vstack([both] * reps)[:2000]
     best = min(_timed(lambda: cluster.clusters(big, big_vectors, threshold=THRESHOLD)) for _ in range(3))
-    out.append(("cluster 2,000 stories (vectors made at gather)", f"{best * 1000:.0f} ms", "best of 3; target < 1 s"))
+    out.append(
+        ("cluster 2,000 stories (vectors made at gather)", f"{best * 1000:.0f} ms", "best of 3; target < 1 s")
+    )
     start = time.perf_counter()
     vectors(stories[:200])
-    out.append(("embed 200 stories (a day's gather)", f"{(time.perf_counter() - start) * 1000:.0f} ms", "once a story"))
+    out.append(
+        (
+            "embed 200 stories (a day's gather)",
+            f"{(time.perf_counter() - start) * 1000:.0f} ms",
+            "once a story",
+        )
+    )
     return out
 
 

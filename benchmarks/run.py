@@ -34,7 +34,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import bounce_mail, dashboard, embedding  # noqa: E402
+from benchmarks import bounce_mail, clustering, dashboard, embedding  # noqa: E402
 from newsletter.config import SourceSettings, load_settings  # noqa: E402
 from newsletter.content.digest import Digest, DigestStory, Section  # noqa: E402
 from newsletter.content.render import RenderedIssue, fill, greeting_for, inline_css, render_issue  # noqa: E402
@@ -526,6 +526,7 @@ def main() -> None:
 
     rows += bounce_mail.measure()
     rows += embedding.measure()
+    rows += [(what, figure, "", note) for what, figure, note in clustering.rows()]
     console_rows = dashboard.measure(100_000 if args.quick else 1_000_000)
     rows += console_rows
     dashboard_ms = float(console_rows[0][1].split()[0])

@@ -65,7 +65,11 @@ def test_the_same_event_from_three_sources_is_one_cluster_and_other_events_stay_
 def test_two_stories_of_one_source_are_never_merged() -> None:
     """A source does not cover its own story twice: its update is a story of its own."""
     same = "Central bank holds rates at 4 percent"
-    stories = [Told(same, "", "Wire", NOW), Told(same + " again", "", "Wire", NOW), Told(same, "", "Post", NOW)]
+    stories = [
+        Told(same, "", "Wire", NOW),
+        Told(same + " again", "", "Wire", NOW),
+        Told(same, "", "Post", NOW),
+    ]
     vectors = np.vstack([meaning(1)] * 3)
     groups = clusters(stories, vectors, threshold=THRESHOLD)
     assert sorted(map(len, groups)) == [1, 2]
@@ -91,8 +95,9 @@ def test_a_chain_of_pairs_does_not_join_groups_that_are_not_alike_on_average() -
     assert [0, 1, 2] not in groups and len(groups) == 2
 
 
-def story(i: int, source: str, *, v: np.ndarray, hours_ago: float = 1, image: bool = False,
-          summary: str = "") -> DigestStory:
+def story(
+    i: int, source: str, *, v: np.ndarray, hours_ago: float = 1, image: bool = False, summary: str = ""
+) -> DigestStory:
     return DigestStory(
         id=i,
         title=f"Headline {i}",
@@ -115,7 +120,9 @@ def test_coverage_ranks_the_most_complete_story_is_the_face_and_every_story_is_u
         story(2, "Post", v=meaning(2, near=1), hours_ago=2, summary="Lava reached the wall.", image=True),
         story(3, "Tabloid", v=meaning(3, near=1), hours_ago=1, summary="Stunning pictures."),
     ]
-    fresh = [story(10 + k, "Blog", v=meaning(10 + k), hours_ago=0.1, image=True, summary="New.") for k in range(3)]
+    fresh = [
+        story(10 + k, "Blog", v=meaning(10 + k), hours_ago=0.1, image=True, summary="New.") for k in range(3)
+    ]
     d = choose([*fresh, *volcano], issue_date=NOW.date(), max_stories=3, min_stories=1)
     assert d is not None
     assert d.lead.id == 2 and [s.id for s in d.lead.also] == [1, 3]  # the widest coverage leads
@@ -135,8 +142,12 @@ def test_clustering_can_be_turned_off() -> None:
 def labelled(name: str) -> list[Told]:
     raw = json.loads((DATA / name).read_text())["stories"]
     return [
-        Told(html.unescape(s["title"]), html.unescape(s.get("summary") or ""), s["source"],
-             datetime.fromisoformat(s["published"]))
+        Told(
+            html.unescape(s["title"]),
+            html.unescape(s.get("summary") or ""),
+            s["source"],
+            datetime.fromisoformat(s["published"]),
+        )
         for s in raw
     ]
 
@@ -174,25 +185,41 @@ def test_one_event_from_three_feeds_is_one_item_in_the_issue_the_json_and_the_co
     when = recent(2)
     feeds = {
         "wire": [
-            {"title": "Volcano erupts on Iceland's Reykjanes peninsula, Grindavik evacuated",
-             "link": "https://wire.example/volcano", "date": when,
-             "description": "Lava fountains rose from a fissure north of the fishing town overnight."},
-            {"title": "Chip maker lifts its sales forecast on server demand",
-             "link": "https://wire.example/chips", "date": when,
-             "description": "Orders from data centres rose for a third quarter."},
+            {
+                "title": "Volcano erupts on Iceland's Reykjanes peninsula, Grindavik evacuated",
+                "link": "https://wire.example/volcano",
+                "date": when,
+                "description": "Lava fountains rose from a fissure north of the fishing town overnight.",
+            },
+            {
+                "title": "Chip maker lifts its sales forecast on server demand",
+                "link": "https://wire.example/chips",
+                "date": when,
+                "description": "Orders from data centres rose for a third quarter.",
+            },
         ],
         "post": [
-            {"title": "Iceland: new fissure opens near Blue Lagoon as lava flows toward Grindavik",
-             "link": "https://post.example/iceland", "date": when - timedelta(hours=1),
-             "image": "https://post.example/lava.jpg",
-             "description": "The eruption began after midnight; the town was evacuated and the spa closed."},
-            {"title": "City council approves a new tram line to the harbour",
-             "link": "https://post.example/tram", "date": when,
-             "description": "Construction is to start next spring."},
+            {
+                "title": "Iceland: new fissure opens near Blue Lagoon as lava flows toward Grindavik",
+                "link": "https://post.example/iceland",
+                "date": when - timedelta(hours=1),
+                "image": "https://post.example/lava.jpg",
+                "description": "The eruption began after midnight; the town was evacuated, the spa closed.",
+            },
+            {
+                "title": "City council approves a new tram line to the harbour",
+                "link": "https://post.example/tram",
+                "date": when,
+                "description": "Construction is to start next spring.",
+            },
         ],
         "daily": [
-            {"title": "Lava lights up the sky over Grindavik as residents flee the eruption",
-             "link": "https://daily.example/lava", "date": when - timedelta(hours=2), "description": ""},
+            {
+                "title": "Lava lights up the sky over Grindavik as residents flee the eruption",
+                "link": "https://daily.example/lava",
+                "date": when - timedelta(hours=2),
+                "description": "",
+            },
         ],
     }
     for name, items in feeds.items():
@@ -217,11 +244,19 @@ def test_one_event_from_three_feeds_is_one_item_in_the_issue_the_json_and_the_co
     issue = store.get_issue(built["issue"]["id"])
     assert issue is not None
     assert "Also covered by" in issue.html and 'href="https://wire.example/volcano"' in issue.html
-    assert "Also covered by:\n  Daily: https://daily.example/lava\n  Wire: https://wire.example/volcano" in issue.text
+    assert (
+        "Also covered by:\n  Daily: https://daily.example/lava\n  Wire: https://wire.example/volcano"
+        in issue.text
+    )
     with store.read() as s:
         used = {st.link for st in s.scalars(select(Story).where(Story.issue_id == issue.id))}
-    assert used == {"https://wire.example/volcano", "https://post.example/iceland", "https://daily.example/lava",
-                    "https://wire.example/chips", "https://post.example/tram"}
+    assert used == {
+        "https://wire.example/volcano",
+        "https://post.example/iceland",
+        "https://daily.example/lava",
+        "https://wire.example/chips",
+        "https://post.example/tram",
+    }
     tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
     nothing = json.loads(run_cli(config, "build", "--date", tomorrow, "--json").stdout)
     assert nothing["issue"] is None  # none of the cluster comes back the next day
@@ -232,3 +267,14 @@ def test_one_event_from_three_feeds_is_one_item_in_the_issue_the_json_and_the_co
     page = client.get(f"/admin/issues/{issue.id}").get_data(as_text=True)
     row = page[page.index('id="items"') :]
     assert ">Post</a>, <a" in row and ">Daily</a>" in row and ">Wire</a>" in row
+
+
+def test_the_labelled_sets_are_well_formed() -> None:
+    """Each id and link once, and no event told twice by one source (a source's own follow-up is
+    an event of its own): what the sets promise in tests/data/README.md."""
+    for name in ("clusters.json", "clusters_holdout.json"):
+        stories = json.loads((DATA / name).read_text())["stories"]
+        assert len({s["id"] for s in stories}) == len({s["link"] for s in stories}) == len(stories)
+        told = [(s["event"], s["source"]) for s in stories]
+        assert len(set(told)) == len(told), name
+        assert len({s["source"] for s in stories}) >= 8 and len(stories) >= 120

@@ -104,7 +104,10 @@ def test_text_part_is_its_own_template(settings: Settings) -> None:
 def test_a_cluster_names_every_other_source_linked_to_its_own_story(settings: Settings) -> None:
     """SPEC 7: 'Also covered by' under the story shown, each source linked, in both parts; a
     story told once has no such line."""
-    others = (story(5, source="Harbor <Wire>", link="https://h.example/a?x=1&y=2"), story(6, source="Daily Post"))
+    others = (
+        story(5, source="Harbor <Wire>", link="https://h.example/a?x=1&y=2"),
+        story(6, source="Daily Post"),
+    )
     d = Digest(
         issue_date=date(2026, 11, 25),
         lead=story(1, image="https://img.example/lead.jpg", also=others),
@@ -117,7 +120,9 @@ def test_a_cluster_names_every_other_source_linked_to_its_own_story(settings: Se
     assert '<a href="https://x.example/7"' in r.html and ">Valley Radio</a>" in r.html
     text = r.text
     assert text.count("Also covered by:") == 2
-    assert "  Harbor <Wire>: https://h.example/a?x=1&y=2" in text and "  Daily Post: https://x.example/6" in text
+    assert (
+        "  Harbor <Wire>: https://h.example/a?x=1&y=2" in text and "  Daily Post: https://x.example/6" in text
+    )
     assert "  Valley Radio: https://x.example/7" in text
     story_2 = text[text.index("Headline 2") : text.index("Headline 3")]
     assert "Also covered by" not in story_2

@@ -111,7 +111,11 @@ def _bags(stories: Sequence[Clusterable]) -> list[dict[str, float]]:
     limit = max(2, int(n * _COMMON_SHARE))
     out = []
     for bag in bags:
-        vec = {w: (1 + math.log(tf)) * math.log((n + 1) / (df[w] + 0.5)) for w, tf in bag.items() if df[w] <= limit}
+        vec = {
+            w: (1 + math.log(tf)) * math.log((n + 1) / (df[w] + 0.5))
+            for w, tf in bag.items()
+            if df[w] <= limit
+        }
         norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
         out.append({w: v / norm for w, v in vec.items() if df[w] > 1})
     return out
@@ -138,12 +142,10 @@ def _word_cosines(stories: Sequence[Clusterable]) -> NDArray[np.float64]:
     if not cells:
         return np.zeros((n, n))
     total = np.bincount(np.concatenate(cells), weights=np.concatenate(values), minlength=n * n)
-    return total.reshape(n, n)
+    return total.reshape(n, n).astype(np.float64)
 
 
-def similarity(
-    stories: Sequence[Clusterable], embeddings: NDArray[np.float32] | None
-) -> NDArray[np.float64]:
+def similarity(stories: Sequence[Clusterable], embeddings: NDArray[np.float32] | None) -> NDArray[np.float64]:
     """The blended likeness of every pair of stories (n x n); `embeddings` are unit rows, one a
     story (a zero row for a story without one), or None to go by words alone."""
     word = _word_cosines(stories)
