@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "newsletter.bounces.records",
             "newsletter.delivery.records",
             "newsletter.bounces.policy",
+            "newsletter.content.embed",  # the sentence model: pure but for loading it
         ),
     ),
     (
