@@ -25,7 +25,7 @@ from newsletter.content import cluster  # noqa: E402
 from newsletter.content.embed import embed, story_text  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
-SETS = ("clusters.json", "clusters_holdout.json")
+SETS = ("clusters.json", "clusters_holdout.json", "clusters_review.json")
 THRESHOLD = DigestSettings.cluster_threshold
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from itertools import combinations
 from pathlib import Path
@@ -278,3 +278,27 @@ def test_the_labelled_sets_are_well_formed() -> None:
         told = [(s["event"], s["source"]) for s in stories]
         assert len(set(told)) == len(told), name
         assert len({s["source"] for s in stories}) >= 8 and len(stories) >= 120
+
+
+def test_the_same_headline_from_another_source_is_named_not_dropped() -> None:
+    """An exact copy (same headline, or same link) from a second source is that source's telling
+    of the event: it counts for coverage and shows under "Also covered by"."""
+    first = story(1, "Alpha", v=meaning(1), summary="A dam gave way after a week of rain.")
+    second = replace(story(2, "Beta", v=meaning(9)), title=first.title)
+    d = choose([first, second], issue_date=NOW.date(), max_stories=5, min_stories=1)
+    assert d is not None and len(d.stories) == 1
+    assert d.lead.id == 1 and [s.source for s in d.lead.also] == ["Beta"] and d.lead.coverage == 2
+
+
+def test_stories_without_vectors_are_judged_by_their_words() -> None:
+    """Stored while the model could not run: such stories still cluster by their words, on the
+    blend's scale, instead of never (a zero vector would keep them apart for good)."""
+    told = "Dam gives way near Riverton after a week of rain; hundreds of homes flooded"
+    stories = [
+        Told(told, "Rescuers reached Riverton by boat.", "Wire", NOW),
+        Told(told, "Riverton homes flooded as the dam gave way.", "Post", NOW),
+        Told("Chip maker lifts forecast", "Server demand rose.", "Blog", NOW),
+    ]
+    vectors = np.vstack([meaning(1), np.zeros(384, np.float32), meaning(3)]).astype(np.float32)
+    assert clusters(stories, vectors, threshold=THRESHOLD)[0] == [0, 1]
+    assert clusters(stories, None, threshold=THRESHOLD)[0] == [0, 1]

@@ -114,7 +114,17 @@ def choose(
         groups = clusters(unique, _embeddings(unique), threshold=cluster_threshold)
     else:
         groups = [[i] for i in range(len(unique))]
-    items = [_item([unique[i] for i in g]) for g in groups]
+    members = [[unique[i] for i in g] for g in groups]
+    # a copy from another source (the same link or headline) is that source's telling: it joins
+    group_of = {unique[i].id: k for k, g in enumerate(groups) for i in g}
+    hidden = []
+    for copy, of in copies:
+        group = members[group_of[of]]
+        if cluster and copy.source not in {t.source for t in group}:
+            group.append(copy)
+        else:
+            hidden.append((copy.id, of))
+    items = [_item(m) for m in members]
     chosen = sorted(items, key=lambda s: (s.coverage, s.score, s.id), reverse=True)[:max_stories]
     if not chosen or len(chosen) < min_stories:
         return None
@@ -124,7 +134,7 @@ def choose(
     names = sorted({s.section for s in rest}, key=lambda n: (order.get(n, len(order)), n.lower()))
     sections = tuple(Section(n, tuple(s for s in rest if s.section == n)) for n in names)
     told = {t.id for s in chosen for t in (s, *s.also)}
-    return Digest(issue_date, lead, sections, copies=tuple(c for c, of in copies if of in told))
+    return Digest(issue_date, lead, sections, copies=tuple(c for c, of in hidden if of in told))
 
 
 def _embeddings(stories: Sequence[DigestStory]) -> NDArray[np.float32] | None:
@@ -147,9 +157,9 @@ def _item(stories: Sequence[DigestStory]) -> DigestStory:
     return replace(face, also=tuple(others))
 
 
-def _unique(ranked: Sequence[DigestStory]) -> tuple[list[DigestStory], list[tuple[int, int]]]:
+def _unique(ranked: Sequence[DigestStory]) -> tuple[list[DigestStory], list[tuple[DigestStory, int]]]:
     """The stories whose link and headline are each the first of their kind, and the others as
-    (copy, of) pairs: a feed that repeats an item, or two feeds of one publisher."""
+    (copy, id of the first) pairs: a feed that repeats an item, or two feeds with one headline."""
     first: dict[str, int] = {}
     kept = []
     copies = []
@@ -157,7 +167,7 @@ def _unique(ranked: Sequence[DigestStory]) -> tuple[list[DigestStory], list[tupl
         keys = ("link:" + story.link, "title:" + _title_key(story.title))
         seen = [first[k] for k in keys if k in first]
         if seen:
-            copies.append((story.id, seen[0]))
+            copies.append((story, seen[0]))
             continue
         for k in keys:
             first[k] = story.id

@@ -113,8 +113,7 @@ def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) 
     d = settings.digest
     since, until = issue_window(issue_date, now=now, tz=settings.newsletter.tz, window_hours=d.window_hours)
     stored = store.unused_stories(since=since, until=until)
-    if d.cluster:
-        _fill_embeddings(store, stored)
+    caveat = _fill_embeddings(store, stored) if d.cluster else ""
     candidates = [_item(s) for s in stored]
     digest = choose(
         candidates,
@@ -150,7 +149,7 @@ def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) 
         issue = store.issue_for_date(issue_date)
         return BuildOutcome(issue, False, f"issue for {issue_date} was built by another process")
     return BuildOutcome(
-        issue, True, f"built issue {issue.id} for {issue_date} with {issue.story_count} stories"
+        issue, True, f"built issue {issue.id} for {issue_date} with {issue.story_count} stories{caveat}"
     )
 
 
@@ -171,15 +170,18 @@ def gather_and_build(
     return report, build(settings, store, issue_date=issue_date, now=now)
 
 
-def _fill_embeddings(store: Store, stories: list[Story]) -> None:
+def _fill_embeddings(store: Store, stories: list[Story]) -> str:
     """Stories stored before they had vectors, or while the model could not run, get theirs now;
-    if the model still cannot run, the day is clustered by its words alone (and says so)."""
+    if the model still cannot run, the day is clustered by its words alone, and the outcome says
+    so (the text returned, "" when all went well)."""
     from ..content.embed import EmbedError
 
     try:
         store.fill_embeddings(stories)
     except EmbedError as exc:
         log.warning("clustering by words alone: %s", exc)
+        return f" (stories clustered by their words alone: {exc})"
+    return ""
 
 
 def _item(s: Story) -> DigestStory:
