@@ -300,10 +300,6 @@ class _Wire:
             self.sock.settimeout(seconds)
 
 
-def _accepted(stage: str, code: int) -> bool:
-    return code == 354 if stage == "DATA" else 200 <= code < 300
-
-
 class SmtpTransport:
     """One SMTP session, reused for every message and reopened after a drop.
 
@@ -480,7 +476,7 @@ class SmtpTransport:
         can get: 354 to DATA, 2xx to the others, or a 4xx or 5xx."""
         self._awaiting = stage
         code, text = self._reply()
-        if code < 400 and not (_accepted(stage, code) if not final else code < 300):
+        if code < 400 and (code != 354 if stage == "DATA" and not final else code >= 300):
             raise _ProtocolError(f"the server answered {stage} with {code} {text[:40]!r}")
         return code, text
 
@@ -512,11 +508,10 @@ class SmtpTransport:
                 for stage, command in zip(_STAGES, commands, strict=True):
                     self._put(command)
                     replies.append(self._answer(stage))
-                    if not _accepted(stage, replies[-1][0]):
+                    if replies[-1][0] >= 400:  # refused (a reply under 400 fits its command)
                         break
-            failed = self._first_failure(replies, envelope.rcpt_to)
-            if failed is not None:
-                return failed
+            if len(replies) < 3 or replies[0][0] >= 300 or replies[1][0] >= 300 or replies[2][0] != 354:
+                return self._first_failure(replies, envelope.rcpt_to)
             self._send_body(message)
             after_dot = True
             assert self._wire is not None
@@ -557,16 +552,16 @@ class SmtpTransport:
             message = (b"." if message.startswith(b".") else b"") + message.replace(b"\r\n.", b"\r\n..")
         self._wire.send_message(message, b".\r\n" if message.endswith(b"\r\n") else b"\r\n.\r\n")
 
-    def _first_failure(self, replies: list[tuple[int, str]], recipient: str) -> SendResult | None:
-        for stage, (code, text) in zip(_STAGES, replies, strict=False):
-            if not _accepted(stage, code):
-                result = classify_reply(code, text, stage=stage, recipient=recipient)
-                if code == 421:  # the server is closing the channel (RFC 5321 3.8)
-                    self._drop()
-                else:
-                    self._rset(data_open=len(replies) == 3 and replies[2][0] == 354)
-                return result
-        return None
+    def _first_failure(self, replies: list[tuple[int, str]], recipient: str) -> SendResult:
+        """The fate decided by the first refusal among the replies (every reply is of a kind its
+        command can get: a code under 400 is acceptance)."""
+        stage, code, text = next((s, c, t) for s, (c, t) in zip(_STAGES, replies, strict=False) if c >= 400)
+        result = classify_reply(code, text, stage=stage, recipient=recipient)
+        if code == 421:  # the server is closing the channel (RFC 5321 3.8)
+            self._drop()
+        else:
+            self._rset(data_open=len(replies) == 3 and replies[2][0] == 354)
+        return result
 
     def _after(self, result: SendResult, code: int) -> SendResult:
         if code == 421:  # the server is closing the channel (RFC 5321 3.8)
