@@ -28,12 +28,15 @@ class Peer:
         self.stop = stop
         self.since = time.monotonic()  # where the hold is measured from; `mark` moves it
         self.sent = 0
+        self.pause = 0.0  # seconds each reply waits before it goes, whole
         self._buffer = b""
 
     def mark(self) -> None:
         self.since = time.monotonic()
 
     def say(self, data: bytes) -> None:
+        if self.pause:
+            time.sleep(self.pause)
         try:
             self.conn.sendall(data)
         except (BrokenPipeError, ConnectionResetError):

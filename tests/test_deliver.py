@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from newsletter.config import mailbox
 from newsletter.content.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
@@ -348,6 +348,20 @@ def test_reply_classification() -> None:
     assert not classify_reply(451, "4.7.1 Greylisted, please try again later", stage="RCPT").throttled
     assert not classify_reply(451, "4.3.0 Temporary lookup failure, try again later", stage="RCPT").throttled
     assert not classify_reply(450, "4.2.1 Mailbox busy, generated later", stage="RCPT").throttled
+    # what the recipient chose is not the server's word, wherever a reply echoes it
+    echoes = {
+        "rate@example.org": "4.1.2 <rate@example.org>: Recipient address rejected: Domain not found",
+        "x@rate.attacker.example": "Name service error for name=rate.attacker.example type=MX",
+        "throttle@example.net": "throttle: temporary lookup failure",
+        "a@example.org": "4.1.1 <a@example.org>: unverified address: host mx.example.org[192.0.2.1] "
+        "said: 450 4.7.0 rate limit exceeded (in reply to RCPT TO command)",
+        "b@too-many.example": "4.4.3 Host or domain name not found: too-many.example [too many]",
+    }
+    for recipient, text in echoes.items():
+        assert not classify_reply(450, text, stage="RCPT", recipient=recipient).throttled, text
+    assert classify_reply(
+        450, "4.7.1 <b@example.org>: rate limited", stage="RCPT", recipient="b@example.org"
+    ).throttled
     assert classify_reply(550, "no such user", stage="RCPT").status == DeliveryStatus.BOUNCED
     assert classify_reply(554, "content rejected", stage="DATA").status == DeliveryStatus.FAILED
 
@@ -489,6 +503,69 @@ def test_greylisting_one_recipient_in_seven_does_not_slow_the_send(
     backoff = sum(0.5 * 2**k * 1.2 for k in range(4))  # the longest a row can wait: four retries
     assert report.finished and report.throttled == 0 and len(copies(smtp_sink)) == 500
     assert seconds < backoff + 10, seconds
+
+
+def delivery_rows(store: Store, issue_id: int) -> dict[str, tuple[str, int, str]]:
+    """Each reader's delivery: status, attempts and the last reply."""
+    from newsletter.db.models import Subscriber
+
+    with store.read() as s:
+        rows = s.execute(
+            select(Subscriber.email, Delivery.status, Delivery.attempts, Delivery.last_reply)
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .where(Delivery.issue_id == issue_id)
+        ).all()
+    return {email: (str(status), attempts, reply or "") for email, status, attempts, reply in rows}
+
+
+# Strangers' addresses that say "rate", "throttle" or "too many", and the relay's usual 4xx that
+# echoes them (Postfix's answer for a domain that does not resolve, in three shapes).
+ECHOED = {
+    "rate@example.org": "450 4.1.2 <rate@example.org>: Recipient address rejected: Domain not found",
+    "x@rate.attacker.example": "450 Domain rate.attacker.example not found",
+    "throttle@too-many.example": "451 4.3.0 throttle@too-many.example: Temporary lookup failure",
+}
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_strangers_address_echoed_in_a_4xx_defers_that_reader_and_never_slows_the_send(
+    sqlite_store: Store, smtp_sink: SmtpSink, processes: int
+) -> None:
+    """One reader's 4xx is no throttle signal, whatever address it echoes: the pool keeps its pace,
+    the others all go out, and each stranger is deferred with an attempt used, like any 4xx."""
+    sqlite_store.import_subscribers([NewSubscriber(a, "Mallory") for a in ECHOED], now=NOW)  # first in line
+    issue_id = setup(sqlite_store, 300)
+    smtp_sink.rcpt_hook = lambda address: ECHOED.get(address)
+    report = run_send(
+        sqlite_store,
+        lambda: smtp(smtp_sink),
+        issue_id,
+        connections=2,
+        processes=processes,
+        wait_for_retries=False,
+    )
+    rows = delivery_rows(sqlite_store, issue_id)
+    assert report.throttled == 0 and report.sent == 300
+    for address, reply in ECHOED.items():
+        assert rows[address] == ("deferred", 1, reply)
+    assert set(copies(smtp_sink).values()) == {1} and len(copies(smtp_sink)) == 300
+
+
+def test_a_reader_throttled_again_and_again_uses_up_its_attempts_and_the_send_ends(
+    sqlite_store: Store, smtp_sink: SmtpSink
+) -> None:
+    """A relay that answers one reader's RCPT with a throttle every time: its first throttles slow
+    the pool and spare its attempts, the later ones are its own 4xx, so it fails after
+    max_attempts and the send finishes instead of waiting for it."""
+    issue_id = setup(sqlite_store, 200)
+    smtp_sink.rcpt_hook = lambda a: "450 4.7.1 Throttling in effect" if a == "user7@example.com" else None
+    options = SendOptions()
+    report = run_send(
+        sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=2, max_wait_seconds=8, **FAST_RETRIES
+    )
+    assert report.finished and report.throttled == options.throttles_per_row
+    assert delivery_rows(sqlite_store, issue_id)["user7@example.com"][:2] == ("failed", options.max_attempts)
+    assert report.sent == 199 and len(copies(smtp_sink)) == 199
 
 
 def test_a_live_sender_declared_dead_stops_and_nobody_gets_two(store: Store, smtp_sink: SmtpSink) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from newsletter.delivery.transport import (
     REPLY_BYTES,
     REPLY_LINE_OCTETS,
     REPLY_LINES,
+    STEP_TIMEOUTS,
     Envelope,
     SmtpTransport,
 )
@@ -30,7 +32,7 @@ from newsletter.subscribers.records import NewSubscriber
 from newsletter.web import create_app
 
 from .conftest import free_port, start_cli, wait_for, write_config
-from .hostile_relay import HostileRelay, Peer, Script, converse, refuse, tls_server_context
+from .hostile_relay import Gone, HostileRelay, Peer, Script, converse, refuse, tls_server_context
 from .test_web_server import _healthy, start_server
 
 MESSAGE = b"From: a@example.com\r\nTo: r@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -133,6 +135,180 @@ def test_a_reply_over_the_caps_mid_session_drops_it_deferred_before_the_dot_unkn
     assert not t.connected
     held = relay.first_hold()
     assert held is not None and held < MARGIN
+
+
+# -- replies out of place, malformed, or just in time ------------------------------------------
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_2xx_to_data_ends_the_session_and_the_message_is_deferred_not_sent(
+    relays: Callable[..., HostileRelay], pipelining: bool
+) -> None:
+    """A 250 where the relay should say 354 "go ahead": no message went on the wire."""
+    ehlo = b"250-relay.example\r\n250 PIPELINING\r\n" if pipelining else b"250 relay.example\r\n"
+    relay = relays(
+        lambda p: converse(p, ehlo=ehlo, at={b"DATA": lambda q: q.say(b"250 2.0.0 not really\r\n")})
+    )
+    t = SmtpTransport("127.0.0.1", relay.port, security="none", timeout=TIMEOUT)
+    result = t.send(Envelope("b@example.com", "r@example.com", "k"), MESSAGE)
+    assert result.status == DeliveryStatus.DEFERRED and result.stage == "DATA"
+    assert "session dropped: the server answered DATA with 250" in result.reply
+    assert not t.connected
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["buffered", "still on the way"])
+def test_replies_nobody_asked_for_end_the_session_and_never_pass_for_an_answer(
+    relays: Callable[..., HostileRelay], late: bool
+) -> None:
+    """A relay that follows each message's 250 with two more: whether they came with it (in the
+    client's buffer) or a moment later, no message is recorded sent that the relay did not take."""
+    taken: list[int] = []
+
+    def after_dot(peer: Peer) -> None:
+        taken.append(1)
+        surplus = b"250 2.0.0 bonus\r\n250 2.0.0 bonus\r\n"
+        peer.say(b"250 2.0.0 queued\r\n" + (b"" if late else surplus))
+        if late:
+            time.sleep(0.1)
+            peer.say(surplus)
+
+    def script(peer: Peer) -> None:
+        converse(peer, after_dot=after_dot)
+
+    relay = relays(script, later=script)
+    t = SmtpTransport("127.0.0.1", relay.port, security="none", timeout=TIMEOUT)
+    results = []
+    for i in range(4):
+        results.append(t.send(Envelope("b@example.com", f"r{i}@example.com", "k"), MESSAGE))
+        time.sleep(0.3)  # the surplus has come by the next message
+    t.close()
+    sent = [r for r in results if r.status == DeliveryStatus.SENT]
+    assert len(sent) == len(taken) == 2, results
+    assert [r.status for r in results[1::2]] == [DeliveryStatus.DEFERRED] * 2
+    assert all("session dropped" in r.reply for r in results[1::2])
+
+
+def hang_up(peer: Peer) -> None:
+    raise Gone
+
+
+@pytest.mark.parametrize(
+    "greeting",
+    [
+        b"550-no\r\n220 yes\r\n",
+        b"+22 hi\r\n",
+        b" 220 hi\r\n",
+        b"22 hi\r\n",
+        b"2200 hi\r\n",
+        b"220x hi\r\n",
+        b"120 hi\r\n",
+        b"620 hi\r\n",
+        b"220\rhi\r\n",
+        b"220-part\r\n220 hal",  # and the server hangs up mid-line
+    ],
+)
+def test_a_malformed_greeting_is_a_clear_error(relays: Callable[..., HostileRelay], greeting: bytes) -> None:
+    """A reply is a code from 200 to 599, the same on each of its lines, then a space, a dash or
+    the line's end; a line ends with LF."""
+
+    def script(peer: Peer) -> None:
+        peer.say(greeting)
+        if not greeting.endswith(b"\n"):
+            hang_up(peer)
+
+    relay = relays(script)
+    t = SmtpTransport("127.0.0.1", relay.port, security="none", timeout=TIMEOUT)
+    with pytest.raises(
+        TransportError, match="cannot connect .*: (not an SMTP reply|a reply whose lines|the server closed)"
+    ):
+        t.send(Envelope("b@example.com", "r@example.com", "k"), MESSAGE)
+    assert not t.connected
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"+55 no\r\n", b" 55 no\r\n", b"55\r\n", b"5500 no\r\n", b"250-yes\r\n550 no\r\n", b"354 go on\r\n"],
+)
+def test_a_malformed_or_misplaced_reply_to_rcpt_bounces_nobody(
+    relays: Callable[..., HostileRelay], reply: bytes
+) -> None:
+    """Read as a 5xx, it would mark the reader bounced for good: it ends the session instead."""
+    relay = relays(lambda p: converse(p, at={b"RCPT": lambda q: q.say(reply)}))
+    t = SmtpTransport("127.0.0.1", relay.port, security="none", timeout=TIMEOUT)
+    result = t.send(Envelope("b@example.com", "r@example.com", "k"), MESSAGE)
+    assert result.status == DeliveryStatus.DEFERRED and "session dropped" in result.reply, result
+    assert result.stage == "RCPT" and not t.connected
+
+
+def wait_for_the_client_to_leave(peer: Peer) -> None:
+    peer.left(DRIP_FOR)
+
+
+@pytest.mark.parametrize(
+    ("verb", "script", "own_failure"),
+    [
+        (b"MAIL", wait_for_the_client_to_leave, False),
+        (b"RCPT", wait_for_the_client_to_leave, True),  # checking the address took too long
+        (b"RCPT", hang_up, False),
+        (b"DATA", wait_for_the_client_to_leave, False),
+    ],
+)
+def test_a_failed_session_names_the_command_whose_reply_it_awaited(
+    relays: Callable[..., HostileRelay], verb: bytes, script: Script, own_failure: bool
+) -> None:
+    """Only a recipient the relay could not check in time is that message's own failure; no reply
+    to MAIL or DATA, or a session that drops, is the relay's."""
+    relay = relays(lambda p: converse(p, at={verb: script}))
+    t = SmtpTransport("127.0.0.1", relay.port, security="none", timeout=TIMEOUT)
+    result = t.send(Envelope("b@example.com", "r@example.com", "k"), MESSAGE)
+    timed_out = script is wait_for_the_client_to_leave
+    assert result.status == DeliveryStatus.DEFERRED and result.stage == verb.decode()
+    assert result.timed_out is timed_out and result.own_failure is own_failure
+
+
+JUST_IN_TIME = 1.1  # every reply this long after its command: inside the timeout below, every time
+STEP_TIMEOUT = 1.5  # timeout_seconds in these tests: the setup and each message get STEP_TIMEOUTS x
+
+
+def just_in_time(ehlo: bytes, at: dict[bytes, Script] | None = None) -> Script:
+    def script(peer: Peer) -> None:
+        peer.pause = JUST_IN_TIME
+        converse(peer, ehlo=ehlo, at=at)
+
+    return script
+
+
+def test_a_relay_that_answers_each_command_just_in_time_holds_a_message_no_longer_than_its_deadline(
+    relays: Callable[..., HostileRelay],
+) -> None:
+    """MAIL, RCPT and DATA one at a time (no PIPELINING), each answered inside the timeout: the
+    message is given up at its deadline, before its 354, so it is deferred."""
+    relay = relays(just_in_time(b"250-relay.example\r\n250 8BITMIME\r\n"))
+    t = SmtpTransport("127.0.0.1", relay.port, security="none", timeout=STEP_TIMEOUT)
+    t.open()  # the greeting and EHLO: inside the setup's deadline
+    started = time.monotonic()
+    result = t.send(Envelope("b@example.com", "r@example.com", "k"), MESSAGE)
+    held = time.monotonic() - started
+    limit = STEP_TIMEOUTS * STEP_TIMEOUT
+    assert result.status == DeliveryStatus.DEFERRED and result.stage == "DATA", result
+    assert f"the message took more than {limit:g} seconds" in result.reply
+    assert held < limit + MARGIN and not t.connected
+
+
+def test_a_relay_that_answers_each_command_just_in_time_holds_the_setup_no_longer_than_its_deadline(
+    relays: Callable[..., HostileRelay],
+) -> None:
+    """The greeting, EHLO and AUTH each inside the timeout: the setup is given up at its deadline."""
+    auth = {b"AUTH": lambda p: p.say(b"235 2.7.0 ok\r\n")}
+    relay = relays(just_in_time(b"250-relay.example\r\n250 AUTH PLAIN\r\n", auth))
+    t = SmtpTransport(
+        "127.0.0.1", relay.port, security="none", timeout=STEP_TIMEOUT, username="u", password="p"
+    )
+    limit = STEP_TIMEOUTS * STEP_TIMEOUT
+    started = time.monotonic()
+    with pytest.raises(TransportError, match=f"the session's setup took more than {limit:g} seconds"):
+        t.send(Envelope("b@example.com", "r@example.com", "k"), MESSAGE)
+    assert time.monotonic() - started < limit + MARGIN and not t.connected
 
 
 # -- newsletter send ----------------------------------------------------------------------------

@@ -358,16 +358,67 @@ def test_a_refused_recipient_is_that_signups_own_failure_and_the_form_stays_open
     assert list(smtp_sink.by_recipient()) == ["good@example.com"]
 
 
-@pytest.mark.parametrize("relay", ["refuses MAIL FROM", "refuses the message", "is not listening"])
+SLOW = "slow"  # the relay answers later than timeout_seconds (1 s here): a lookup of a slow domain
+
+
+def slowly(reply: str) -> str | None:
+    """The relay's reply, after a wait past the timeout when it is SLOW."""
+    if reply != SLOW:
+        return reply
+    time.sleep(1.6)
+    return None
+
+
+@pytest.mark.parametrize(
+    ("stranger", "reply"),
+    [
+        ("x@slow.attacker.example", SLOW),
+        ("spam@example.com", "554 5.7.1 Message rejected: spam content"),
+        ("odd@example.com", "554 5.6.0 Message content rejected"),
+    ],
+)
+def test_a_strangers_address_or_content_failing_its_one_mail_keeps_the_form_open(
+    tmp_path: Path, smtp_sink: SmtpSink, env: None, stranger: str, reply: str
+) -> None:
+    """What a stranger chose failing their own mail: an address the relay cannot check within
+    timeout_seconds (a slow RCPT), or the content (the name goes into To:) refused for good at
+    DATA as policy or content (5.7.x, 5.6.x). That signup stays pending; the form stays open and
+    the next reader's mail goes out."""
+    smtp_sink.rcpt_hook = lambda to: slowly(reply) if to == stranger and reply == SLOW else None
+    smtp_sink.data_hook = lambda to: reply if to == [stranger] and reply != SLOW else None
+    app, store = smtp_app(tmp_path, smtp_sink, "timeout_seconds = 1\n", lambda: NOW)
+    client, mailer = app.test_client(), mailer_of(app)
+    assert client.post("/subscribe", data={"email": stranger, "name": "Cheap VIAGRA"}).status_code == 200
+    assert mailer.wait_idle() and mailer.relay_down() is None
+    sub = store.get_subscriber(stranger)
+    assert sub is not None and sub.status == "pending" and sub.confirm_sent_at is None
+    good = client.post("/subscribe", data={"email": "alice@example.org"})
+    assert good.status_code == 200 and mailer.wait_idle()
+    assert list(smtp_sink.by_recipient()) == ["alice@example.org"]
+    store.close()
+
+
+RELAY_DOWN = {  # where the relay fails, and how: no address could get through
+    "refuses MAIL FROM": ("MAIL", "550 5.7.1 Sender rejected"),
+    "answers MAIL too late": ("MAIL", SLOW),
+    "refuses the message for its own state": ("DATA", "554 5.3.0 Mail system full"),
+    "defers the message": ("DATA", "451 4.3.0 Queue file write error"),
+    "closes the session at the message": ("DATA", "421 4.3.2 Service shutting down"),
+    "is not listening": ("", ""),
+}
+
+
+@pytest.mark.parametrize("relay", list(RELAY_DOWN))
 def test_a_relay_that_no_address_could_pass_still_closes_the_form(
     tmp_path: Path, smtp_sink: SmtpSink, env: None, relay: str
 ) -> None:
-    """As a 421 to RCPT does (the relay closes the session): see the relay-down test above."""
-    refused = {"refuses MAIL FROM": "550 5.7.1 Sender rejected", "refuses the message": "554 5.6.0 Rejected"}
-    smtp_sink.mail_hook = lambda _sender: refused.get(relay) if "MAIL" in relay else None
-    smtp_sink.data_hook = lambda _to: refused.get(relay) if "message" in relay else None
+    """As a 421 to RCPT does (the relay closes the session): see the relay-down test above. A
+    failure at DATA closes it unless it is a 5.6.x or 5.7.x: a 4xx, 421, 5.3.x, 5.4.x, 5.5.x."""
+    stage, reply = RELAY_DOWN[relay]
+    smtp_sink.mail_hook = lambda _sender: slowly(reply) if stage == "MAIL" else None
+    smtp_sink.data_hook = lambda _to: reply if stage == "DATA" else None
     app, store = smtp_app(
-        tmp_path, free_port() if relay == "is not listening" else smtp_sink, "", lambda: NOW
+        tmp_path, free_port() if not stage else smtp_sink, "timeout_seconds = 1\n", lambda: NOW
     )
     client = app.test_client()
     assert client.post("/subscribe", data={"email": "first@example.com"}).status_code == 200

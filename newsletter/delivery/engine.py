@@ -81,6 +81,9 @@ class SendOptions:
     retry_base_seconds: float = 30.0
     retry_max_seconds: float = 1800.0
     throttle_retry_seconds: float = 5.0
+    # A throttle retries the row without using up an attempt this many times in one send; after
+    # that it is the row's own 4xx (an attempt used, its own backoff), so no row holds a send open.
+    throttles_per_row: int = 5
     # After a throttling reply the pace recovers by a quarter every this many quiet seconds.
     throttle_recover_seconds: float = 5.0
     # A connection that cannot open a session waits this long, doubled at each failure (at most
@@ -357,6 +360,7 @@ class _Send:
         self.work: queue.Queue[object] = queue.Queue()
         self.busy = 0  # claimed rows handed to a connection whose fate is not yet committed
         self.lock = threading.Lock()
+        self.throttles: collections.Counter[int] = collections.Counter()  # per subscriber, this send
         self.fatal: BaseException | None = None
         self.halt = threading.Event()
 
@@ -620,13 +624,20 @@ class _Send:
                 self.fatal = exc
         self.halt.set()
 
+    def _free_throttle(self, target: DeliveryTarget) -> bool:
+        """Whether a throttle of this row still slows the pool and spares its attempts."""
+        with self.lock:
+            self.throttles[target.subscriber_id] += 1
+            free = self.throttles[target.subscriber_id] <= self.options.throttles_per_row
+            if free:
+                self.report.throttled += 1
+        return free
+
     def _outcome(self, target: DeliveryTarget, result: SendResult) -> _Outcome:
         now = self.now()
         status, attempts, next_at = result.status, target.attempts + 1, None
-        if result.throttled:
+        if result.throttled and self._free_throttle(target):
             self.limiter.throttle()
-            with self.lock:
-                self.report.throttled += 1
             # the server asked us to slow down: retry soon, without using up an attempt
             return _Outcome(
                 target,

@@ -5,8 +5,9 @@ learns who subscribed by timing the form), and a slow relay never holds a web wo
 recorded as sent only once the server has taken it; when it fails, nothing is recorded, so the
 reader's next signup sends it again. While the relay is failing (no session, or MAIL or DATA
 refused: no address could get through) every signup is answered 503 "try again later" instead of
-a promise of mail that will not come; a recipient the relay refuses is that signup's own failure
-(it stays pending), so nobody can close the form by signing up addresses that bounce."""
+a promise of mail that will not come; a failure that is the message's own (SendResult.own_failure:
+a recipient refused or not checked in time, content refused as 5.6.x/5.7.x) is that signup's own
+(it stays pending), so nobody can close the form with addresses or names of their choosing."""
 
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ class ConfirmationMailer:
                 result = self._send(due)
             except Exception as exc:  # noqa: BLE001 - one reader's mail never stops the others'
                 result = SendResult(DeliveryStatus.FAILED, f"{type(exc).__name__}: {exc}")
-            relay_failed = result.status != DeliveryStatus.SENT and not result.recipient_refused
+            relay_failed = result.status != DeliveryStatus.SENT and not result.own_failure
             with self._idle:
                 self._failed_at = self.now() if relay_failed else None
                 self._waiting.discard(due.subscriber_id)
