@@ -176,7 +176,3 @@ class ClaimLoop:
             return
         self.claim_after = time.monotonic() + (pause if pause > 0 else 0.05)
         self.waited += pause
-
-    @property
-    def over(self) -> bool:
-        return self.ending or self.progress.halt.is_set()
