@@ -221,7 +221,8 @@ def test_an_undated_or_future_dated_story_neither_leads_nor_fronts_a_cluster_by_
     settings: Settings,
 ) -> None:
     """sources.py stores a date in the future as no date; such a story is dated by its fetch, the
-    newest possible, yet it never wins newness: not the lead (nor the subject), not the face."""
+    newest possible (that ranks it among the others), yet it is never the lead (nor the subject)
+    nor a cluster's face by it."""
     honest = story(1, "Wire", v=meaning(7), hours_ago=3, summary="Rates held.", image=True)
     pushy = replace(
         story(2, "Hostile", v=meaning(8), summary="Read this first.", image=True), published_at=None
@@ -427,8 +428,8 @@ def test_a_feed_that_lies_about_its_dates_wins_neither_the_face_nor_the_subject(
 ) -> None:
     """End to end: the hostile feed tells the day's big event backdated by 7 hours (so its story
     would be "the earliest"), and a story of its own dated next year (so it would be "the
-    newest"). The event's face is the honest earliest telling, the subject is that event's, and
-    the hostile single story ranks after the honest one of equal coverage."""
+    newest"). The event's face is the honest earliest telling and the subject is that event's;
+    the story dated next year is kept undated (digest-level tests show it never leads)."""
     when = recent(2)
     event = "Lava reached the harbour wall overnight; the fishing town was evacuated."
     feeds = {
@@ -476,14 +477,18 @@ def test_a_feed_that_lies_about_its_dates_wins_neither_the_face_nor_the_subject(
     }
     config, built = build_from(tmp_path, feed_server, feeds)
     links = [item["link"] for item in built["items"]]
-    assert links == [
+    assert links == [  # the undated gadget ranks as fetched, the newest: after the lead all the same
         "https://wire.example/volcano",
-        "https://wire.example/chips",
         "https://hostile.example/gadget",
+        "https://wire.example/chips",
     ]
     assert sorted(a["source"] for a in built["items"][0]["also"]) == ["Hostile", "Post"]
-    issue = Store(load_settings(config).database_url).get_issue(built["issue"]["id"])
+    store = Store(load_settings(config).database_url)
+    issue = store.get_issue(built["issue"]["id"])
     assert issue is not None and issue.subject.endswith("Volcano erupts on Reykjanes, Grindavik evacuated")
+    with store.read() as s:
+        dates = {link: when for link, when in s.execute(select(Story.link, Story.published_at))}
+    assert dates["https://hostile.example/gadget"] is None and dates["https://wire.example/chips"] is not None
 
 
 def test_the_labelled_sets_are_well_formed() -> None:

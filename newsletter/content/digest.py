@@ -59,8 +59,9 @@ class DigestStory:
 
     @property
     def dated(self) -> bool:
-        """The feed gave a date that was not in the future (sources.py): only then does newness
-        count for the story (an undated story is dated by its fetch, the newest possible)."""
+        """The feed gave a date that was not in the future (sources.py). An undated story is
+        dated by its fetch, the newest possible: that ranks it, but never makes it the lead or a
+        cluster's face."""
         return self.published_at is not None
 
     @property
@@ -135,9 +136,10 @@ def choose(
         else:
             hidden.append((copy.id, of))
     items = [_item(m) for m in members]
-    chosen = sorted(items, key=lambda s: (s.coverage, s.dated, s.score, s.id), reverse=True)[:max_stories]
+    chosen = sorted(items, key=lambda s: (s.coverage, s.score, s.id), reverse=True)[:max_stories]
     if not chosen or len(chosen) < min_stories:
         return None
+    # an undated story (or one dated in the future) may be chosen, never the lead by its newness
     lead = max(chosen, key=lambda s: (s.coverage, s.dated, s.score, bool(s.image), s.id))
     rest = [s for s in chosen if s is not lead]
     order = {name: i for i, name in enumerate(dict.fromkeys(section_order))}
