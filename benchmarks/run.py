@@ -34,7 +34,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import bounce_mail, clustering, dashboard, embedding  # noqa: E402
+from benchmarks import bounce_mail, build_time, clustering, dashboard, embedding  # noqa: E402
 from newsletter.config import SourceSettings, load_settings  # noqa: E402
 from newsletter.content.digest import Digest, DigestStory, Section  # noqa: E402
 from newsletter.content.render import RenderedIssue, fill, greeting_for, inline_css, render_issue  # noqa: E402
@@ -527,6 +527,8 @@ def main() -> None:
     rows += bounce_mail.measure()
     rows += embedding.measure()
     rows += [(what, figure, "", note) for what, figure, note in clustering.rows()]
+    build_rows, build_change = build_time.measure(5 if args.quick else 9)
+    rows += build_rows
     console_rows = dashboard.measure(100_000 if args.quick else 1_000_000)
     rows += console_rows
     dashboard_ms = float(console_rows[0][1].split()[0])
@@ -557,6 +559,10 @@ def main() -> None:
         ("peak memory of the tree < 250 MB at the large count", large[2] < 250),
         ("peak memory flat (<= +20 %)", large[2] <= small[2] * 1.2),
         ("console dashboard < 200 ms at the large list", dashboard_ms < 200),
+        (
+            "build of a normal day within +10 % of the one before clustering",
+            build_change is not None and build_change <= 0.10,
+        ),
     ]
     for label, ok in targets:
         console.print(f"{'met   ' if ok else 'MISSED'} {label}")

@@ -84,7 +84,7 @@ class DigestSettings:
     subject: str = "{{ date }}: {{ lead.title }}"
     cluster: bool = True
     # the best measured on tests/data/ (benchmarks/clustering.py); content/cluster.py says what it means
-    cluster_threshold: float = 0.36
+    cluster_threshold: float = 0.33
 
 
 # Entries read from one feed when its table does not say: a day's news many times over, and a

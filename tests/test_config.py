@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.config import load_settings
+from newsletter.config import DigestSettings, load_settings
 from newsletter.errors import ConfigError
 
 from .conftest import ROOT, run_cli, write_config
@@ -18,6 +18,21 @@ def test_the_shipped_config_loads_with_every_section() -> None:
     assert s.database_url == f"sqlite:///{ROOT / 'subscribers.db'}"  # relative to the config's folder
 
 
+def test_the_shipped_config_documents_clustering_with_the_measured_default() -> None:
+    """SPEC 7: config.toml has [digest] cluster and cluster_threshold, each with a comment that
+    says what it means, and the threshold shipped is the default (the best measured)."""
+    text = (ROOT / "config.toml").read_text()
+    digest = text[text.index("[digest]") :]
+    lines = digest[: digest.index("\n[", 1)].splitlines()
+    for key, value in (("cluster", "true"), ("cluster_threshold", str(DigestSettings.cluster_threshold))):
+        line = next(line for line in lines if line.split("=")[0].strip() == key)
+        setting, comment = line.split("#", 1)
+        assert setting.split("=")[1].strip() == value and len(comment.split()) >= 8, line
+    assert "higher merges less" in digest
+    settings = load_settings(ROOT / "config.toml")
+    assert settings.digest.cluster and settings.digest.cluster_threshold == DigestSettings.cluster_threshold
+
+
 @pytest.mark.parametrize(
     ("extra", "named"),
     [
@@ -27,6 +42,8 @@ def test_the_shipped_config_loads_with_every_section() -> None:
         ('[smtp]\nsecurity = "ssl"\n', "smtp.security"),
         ("[digest]\nmax_stories = true\n", "digest.max_stories"),
         ("[digest]\nmin_stories = 20\nmax_stories = 5\n", "digest.min_stories"),
+        ("[digest]\ncluster_threshold = 1.5\n", "digest.cluster_threshold"),
+        ('[digest]\ncluster = "yes"\n', "digest.cluster"),
         ('[newsletter]\ntimezone = "Mars/Olympus"\n', "newsletter.timezone"),
         ('[web]\ntrusted_proxies = "10.0.0.1"\n', "web.trusted_proxies"),
         ('[web]\ntrusted_proxies = ["10.0.0.1", "proxy.local"]\n', "web.trusted_proxies[1]"),

@@ -1,5 +1,5 @@
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from newsletter.config import SourceSettings, load_settings
@@ -114,15 +114,19 @@ def test_conditional_requests_use_etag(feed_server: FeedServer, tmp_path: Path, 
     )[0].not_modified
 
 
-def test_future_dates_are_clamped_and_undated_items_have_none() -> None:
+def test_a_date_in_the_future_is_no_date_and_a_fast_clock_is_now() -> None:
+    """A feed that dates its story ahead of the fetch must not look the newest by it (digest.py
+    ranks an undated story after dated ones); a server clock a few minutes fast is forgiven."""
     body = rss(
         [
             {"title": "Later", "link": "https://x.example/l", "date": datetime(2030, 1, 1, tzinfo=UTC)},
+            {"title": "Skewed", "link": "https://x.example/s", "date": NOW + timedelta(minutes=5)},
             {"title": "Undated", "link": "https://x.example/u"},
         ]
     )
-    later, undated = parse_feed(body, src("https://f.example/"), now=NOW)
-    assert later.published_at == NOW
+    later, skewed, undated = parse_feed(body, src("https://f.example/"), now=NOW)
+    assert later.published_at is None
+    assert skewed.published_at == NOW
     assert undated.published_at is None
 
 

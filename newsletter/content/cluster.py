@@ -8,169 +8,44 @@ same rare place or person). Stories are joined, most alike first, into clusters:
 - a pair starts a join when it is at least `threshold` alike;
 - the two groups' stories must then be on average at least GROUP_SHARE x `threshold` alike;
 - a cluster never holds two stories of one source, nor stories published more than MAX_SPAN
-  apart (a follow-up with new facts, hours later, is a story of its own).
+  apart (a follow-up with new facts, hours later, is a story of its own);
+- nor two groups whose headlines name different people or places, neither mentioned by the
+  other group (likeness.differ: two quakes in two countries, two central banks).
 
-The method, the weights and the default threshold were chosen by pairwise precision and recall
-on the labelled sets in tests/data/ (benchmarks/clustering.py prints them)."""
+Only pairs published within MAX_SPAN of each other are ever compared, a block of them at a time
+in float32: memory grows with the stories, not with their square. The method, the weights and
+the default threshold were chosen by pairwise precision and recall on the labelled sets in
+tests/data/ (benchmarks/clustering.py prints them)."""
 
 from __future__ import annotations
 
-import math
-import re
-import unicodedata
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .likeness import Bags, Reading, Told, day_names, differ, headline_names
 
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-__all__ = [
-    "EMBEDDING_WEIGHT",
-    "GROUP_SHARE",
-    "MAX_SPAN",
-    "WORDS_ALONE",
-    "Clusterable",
-    "clusters",
-    "similarity",
-    "words",
-]
+__all__ = ["EMBEDDING_WEIGHT", "GROUP_SHARE", "MAX_SPAN", "WORDS_ALONE", "Clusterable", "clusters"]
 
 EMBEDDING_WEIGHT = 0.7  # the rest is the TF-IDF cosine
-# Without vectors, a TF-IDF cosine of 0.55 x the threshold makes a pair (0.2 at the default 0.36:
-# the best words alone measured on tests/data/, precision 0.95 and 1.0, recall 0.38 and 0.61).
+# Without vectors, a TF-IDF cosine of 0.55 x the threshold makes a pair (the best words alone
+# measured on tests/data/).
 WORDS_ALONE = 0.55
 GROUP_SHARE = 0.7
 MAX_SPAN = timedelta(hours=10)
-TITLE_WEIGHT = 2.0
-# A word in more than this share of the day's stories says nothing about which event a story is.
-_COMMON_SHARE = 0.2
-
-_WORD = re.compile(r"[^\W_]+(?:['’.][^\W_]+)*")
-_STOP = frozenset(
-    """a about above after again against all also am an and any are as at be because been before being
-    below between both but by can could did do does doing down during each few for from further had has
-    have having he her here hers herself him himself his how i if in into is it its itself just me more
-    most my no nor not now of off on once only or other our ours out over own same she should so some
-    such than that the their theirs them then there these they this those through to too under until up
-    very was we were what when where which while who whom why will with would you your yours says said
-    say new news report reports reported update live latest today yesterday week year day first last
-    one two three after amid over per via vs breaking watch video photos exclusive""".split()
-)
+# Pairs likened at once: a float32 block of this many is 4 MB, whatever the day's size.
+BLOCK_PAIRS = 1 << 20
 
 
-class Clusterable(Protocol):
-    @property
-    def title(self) -> str: ...
-    @property
-    def summary(self) -> str: ...
-    @property
-    def bullets(self) -> tuple[str, ...]: ...
+class Clusterable(Told, Protocol):
     @property
     def source(self) -> str: ...
     @property
     def when(self) -> datetime: ...
-
-
-def words(text: str) -> list[str]:
-    """Lower-case word stems without accents; numbers kept, the commonest English words dropped."""
-    folded = unicodedata.normalize("NFKD", text.lower())
-    folded = "".join(c for c in folded if not unicodedata.combining(c))
-    out = []
-    for w in _WORD.findall(folded):
-        w = w.replace("’", "'").replace(".", "")
-        if w.endswith("'s"):
-            w = w[:-2]
-        if len(w) < 2 or w in _STOP:
-            continue
-        out.append(_stem(w))
-    return out
-
-
-def _stem(w: str) -> str:
-    """A light stemmer: plurals and the commonest verb endings, so 'recalls', 'recalled' and
-    'recalling' meet; long words only, so names are left as they are."""
-    if w.isdigit() or len(w) <= 4:
-        return w
-    for suffix, keep in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
-        if w.endswith(suffix) and len(w) - len(suffix) >= 4:
-            if suffix == "es" and not w.endswith(("ches", "shes", "xes", "sses", "zes")):
-                continue
-            if suffix == "s" and w.endswith("ss"):
-                continue
-            return w[: -len(suffix)] + keep
-    return w
-
-
-def _bags(stories: Sequence[Clusterable]) -> list[dict[str, float]]:
-    """Unit-length TF-IDF vectors, the IDF taken over these stories; a word no other story has
-    is left out (it adds nothing to any pair)."""
-    bags: list[dict[str, float]] = []
-    for s in stories:
-        bag: dict[str, float] = defaultdict(float)
-        for w in words(s.title):
-            bag[w] += TITLE_WEIGHT
-        for w in words(" ".join((s.summary, *s.bullets))):
-            bag[w] += 1.0
-        bags.append(bag)
-    n = len(bags)
-    df: dict[str, int] = defaultdict(int)
-    for bag in bags:
-        for w in bag:
-            df[w] += 1
-    limit = max(2, int(n * _COMMON_SHARE))
-    out = []
-    for bag in bags:
-        vec = {
-            w: (1 + math.log(tf)) * math.log((n + 1) / (df[w] + 0.5))
-            for w, tf in bag.items()
-            if df[w] <= limit
-        }
-        norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
-        out.append({w: v / norm for w, v in vec.items() if df[w] > 1})
-    return out
-
-
-def _word_cosines(stories: Sequence[Clusterable]) -> NDArray[np.float64]:
-    """The TF-IDF cosine of every pair, as an n x n matrix, summed word by word over the stories
-    that share it (a day's words are mostly rare, so this is far less than n x vocabulary)."""
-    import numpy as np
-
-    n = len(stories)
-    postings: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
-    for i, bag in enumerate(_bags(stories)):
-        for w, v in bag.items():
-            postings[w][0].append(i)
-            postings[w][1].append(v)
-    cells: list[NDArray[np.int64]] = []
-    values: list[NDArray[np.float64]] = []
-    for ids, vs in postings.values():
-        idx = np.asarray(ids, dtype=np.int64)
-        val = np.asarray(vs, dtype=np.float64)
-        cells.append((idx[:, None] * n + idx[None, :]).ravel())
-        values.append(np.outer(val, val).ravel())
-    if not cells:
-        return np.zeros((n, n))
-    total = np.bincount(np.concatenate(cells), weights=np.concatenate(values), minlength=n * n)
-    return total.reshape(n, n).astype(np.float64)
-
-
-def similarity(stories: Sequence[Clusterable], embeddings: NDArray[np.float32] | None) -> NDArray[np.float64]:
-    """The blended likeness of every pair of stories (n x n); `embeddings` are unit rows, one a
-    story (a zero row for a story without one), or None to go by words alone. Words alone are put
-    on the blend's scale: the TF-IDF cosine divided by WORDS_ALONE."""
-    import numpy as np
-
-    word = _word_cosines(stories)
-    if embeddings is None:
-        return word / WORDS_ALONE
-    meaning = (embeddings @ embeddings.T).astype("float64")
-    blend = EMBEDDING_WEIGHT * meaning + (1 - EMBEDDING_WEIGHT) * word
-    # a story without a vector (the model could not run when it was stored) is judged by its words
-    has = np.linalg.norm(embeddings, axis=1) > 0
-    return np.where(has[:, None] & has[None, :], blend, word / WORDS_ALONE)
 
 
 def clusters(
@@ -179,40 +54,165 @@ def clusters(
     *,
     threshold: float,
     max_span: timedelta = MAX_SPAN,
+    names: bool = True,
 ) -> list[list[int]]:
     """Groups of indexes into `stories`, each group one event, every story in exactly one group,
-    groups in the order of their first story."""
+    groups in the order of their first story. `embeddings` are unit rows, one a story (a zero
+    row for a story without one), or None to go by words alone; `names=False` leaves out the
+    headline-names check (benchmarks/clustering.py measures what it is worth)."""
     import numpy as np
 
     n = len(stories)
     if n < 2:
         return [[i] for i in range(n)]
-    sim = similarity(stories, embeddings)
-    source_ids = {name: k for k, name in enumerate(dict.fromkeys(s.source for s in stories))}
-    source = np.array([source_ids[s.source] for s in stories])
-    hours = np.array([s.when.timestamp() / 3600 for s in stories])
-    span = max_span.total_seconds() / 3600
-    i, j = np.triu_indices(n, 1)
-    alike = sim[i, j]
-    keep = (alike >= threshold) & (source[i] != source[j]) & (np.abs(hours[i] - hours[j]) <= span)
-    i, j, alike = i[keep], j[keep], alike[keep]
-    order = np.lexsort((j, i, -alike))  # most alike first; ties in index order, so runs repeat
+    day = _Day(stories, embeddings, max_span)
+    i, j, alike = day.pairs(threshold)
+    # most alike first; ties in the stories' own order, so runs repeat
+    first_of, second_of = np.minimum(day.order[i], day.order[j]), np.maximum(day.order[i], day.order[j])
+    ranked = np.lexsort((second_of, first_of, -alike))
 
+    readings = [Reading(stories[k]) for k in day.order] if names else []
+    known = day_names(readings)
+    groups = {
+        k: _Group(day, k, headline_names(readings[k], known) if known else frozenset()) for k in range(n)
+    }
     group_of = list(range(n))
-    members: dict[int, list[int]] = {k: [k] for k in range(n)}
-    sources: dict[int, set[int]] = {k: {int(source[k])} for k in range(n)}
-    first, last = hours.copy(), hours.copy()
-    for k in order:
-        a, b = group_of[i[k]], group_of[j[k]]
-        if a == b or sources[a] & sources[b]:
+    later, earlier = i.tolist(), j.tolist()
+    for k in ranked.tolist():
+        keep, gone = group_of[later[k]], group_of[earlier[k]]
+        a, b = groups[keep], groups[gone]
+        if a is b or a.sources & b.sources:
             continue
-        if max(last[a], last[b]) - min(first[a], first[b]) > span:
+        if max(a.last, b.last) - min(a.first, b.first) > day.span:
             continue
-        if sim[np.ix_(members[a], members[b])].mean() < GROUP_SHARE * threshold:
+        if a.likeness(b) < GROUP_SHARE * threshold:
             continue
-        for x in members[b]:
-            group_of[x] = a
-        members[a] += members.pop(b)
-        sources[a] |= sources.pop(b)
-        first[a], last[a] = min(first[a], first[b]), max(last[a], last[b])
-    return [sorted(m) for m in sorted(members.values(), key=min)]
+        if a.names and b.names and differ(a.names, a.mentioned(readings), b.names, b.mentioned(readings)):
+            continue
+        for x in b.members:
+            group_of[x] = keep
+        a.join(groups.pop(gone))
+    found = [sorted(int(day.order[x]) for x in g.members) for g in groups.values()]
+    return sorted(found, key=min)
+
+
+class _Group:
+    """A cluster as it grows: its stories, and the sums that make its average likeness with
+    another group a few dot products (the mean of pairwise dot products is the dot product of
+    the sums), however large the two are."""
+
+    def __init__(self, day: _Day, k: int, names: frozenset[str]) -> None:
+        self.members = [k]
+        self.sources = {int(day.source[k])}
+        self.first = self.last = float(day.hours[k])
+        self.names = names
+        self._mentions: frozenset[str] | None = None
+        has = bool(day.has[k])
+        # the story's own (shared, read-only) until the group grows: most stories stay alone
+        self.vector: NDArray[np.floating[Any]] | None = day.vectors[k] if has else None
+        self.words: dict[int, float] = day.bags.rows[k]
+        self.words_with_vectors: dict[int, float] = self.words if has else {}
+        self._own = False
+
+    def likeness(self, other: _Group) -> float:
+        """The average blended likeness of this group's stories with the other's: the blend for a
+        pair of stories with vectors, their words on the blend's scale for any other pair."""
+        both = _dot(self.words_with_vectors, other.words_with_vectors)
+        meaning = 0.0 if self.vector is None or other.vector is None else float(self.vector @ other.vector)
+        total = EMBEDDING_WEIGHT * meaning + (1 - EMBEDDING_WEIGHT) * both
+        total += (_dot(self.words, other.words) - both) / WORDS_ALONE
+        return total / (len(self.members) * len(other.members))
+
+    def mentioned(self, readings: Sequence[Reading]) -> frozenset[str]:
+        if self._mentions is None:
+            self._mentions = frozenset().union(*(readings[k].mentions for k in self.members))
+        return self._mentions
+
+    def join(self, other: _Group) -> None:
+        self.members += other.members
+        self.sources |= other.sources
+        self.first, self.last = min(self.first, other.first), max(self.last, other.last)
+        self.names |= other.names
+        if self._mentions is not None and other._mentions is not None:
+            self._mentions |= other._mentions
+        else:
+            self._mentions = None
+        if other.vector is not None:
+            self.vector = (
+                other.vector.astype("float64") if self.vector is None else self.vector + other.vector
+            )
+        if not self._own:
+            self.words, self.words_with_vectors = dict(self.words), dict(self.words_with_vectors)
+            self._own = True
+        for mine, theirs in ((self.words, other.words), (self.words_with_vectors, other.words_with_vectors)):
+            for w, v in theirs.items():
+                mine[w] = mine.get(w, 0.0) + v
+
+
+def _dot(a: dict[int, float], b: dict[int, float]) -> float:
+    small, large = (a, b) if len(a) <= len(b) else (b, a)
+    return sum(v * large.get(w, 0.0) for w, v in small.items())
+
+
+class _Day:
+    """The stories in the order of their time (so the pairs within MAX_SPAN of a story are a
+    range of its neighbours), with what their likeness is made of."""
+
+    def __init__(
+        self, stories: Sequence[Clusterable], embeddings: NDArray[np.float32] | None, max_span: timedelta
+    ) -> None:
+        import numpy as np
+
+        hours = np.array([s.when.timestamp() / 3600 for s in stories])
+        self.order = np.argsort(hours, kind="stable")
+        self.hours = hours[self.order]
+        self.span = max_span.total_seconds() / 3600
+        names = {name: k for k, name in enumerate(dict.fromkeys(s.source for s in stories))}
+        self.source = np.array([names[stories[k].source] for k in self.order])
+        self.bags = Bags([stories[k] for k in self.order])
+        if embeddings is None:
+            self.vectors = np.zeros((len(stories), 1), dtype=np.float32)
+        else:
+            self.vectors = np.asarray(embeddings, dtype=np.float32)[self.order]
+        self.has = np.linalg.norm(self.vectors, axis=1) > 0
+        self.every_story_has_a_vector = bool(self.has.all())
+
+    def pairs(self, threshold: float) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]:
+        """(i, j, likeness) of every pair of stories of different sources, within the span, at
+        least `threshold` alike: i the later story, j the earlier (positions in time order)."""
+        import numpy as np
+
+        found: list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]] = []
+        n = len(self.hours)
+        start = 0
+        while start < n:
+            low = int(np.searchsorted(self.hours, self.hours[start] - self.span, side="left"))
+            rows = max(1, min(n - start, BLOCK_PAIRS // max(1, start - low + 1)))
+            while rows > 1 and rows * (start + rows - low) > BLOCK_PAIRS:
+                rows //= 2
+            stop = start + rows
+            alike = self._likeness(range(start, stop), range(low, stop))
+            r, c = np.nonzero(alike >= threshold)
+            r, c = r + start, c + low
+            keep = (c < r) & (self.source[r] != self.source[c]) & (self.hours[r] - self.hours[c] <= self.span)
+            found.append((r[keep], c[keep], alike[r[keep] - start, c[keep] - low]))
+            start = stop
+        return (
+            np.concatenate([f[0] for f in found]),
+            np.concatenate([f[1] for f in found]),
+            np.concatenate([f[2] for f in found]),
+        )
+
+    def _likeness(self, rows: range, cols: range) -> NDArray[np.float32]:
+        """The blend for a block of pairs; a pair with a story without a vector (the model could
+        not run when it was stored) is judged by its words, put on the blend's scale."""
+        import numpy as np
+
+        word = self.bags.block(rows, cols)
+        blend = self.vectors[rows.start : rows.stop] @ self.vectors[cols.start : cols.stop].T
+        blend *= EMBEDDING_WEIGHT
+        blend += (1 - EMBEDDING_WEIGHT) * word
+        if self.every_story_has_a_vector:
+            return blend
+        both = self.has[rows.start : rows.stop, None] & self.has[None, cols.start : cols.stop]
+        return np.where(both, blend, word / WORDS_ALONE)

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from ..config import DigestSettings
-from .cluster import clusters
 
 if TYPE_CHECKING:
     import numpy as np
@@ -21,6 +20,9 @@ __all__ = ["Digest", "Section", "DigestStory", "choose", "issue_window"]
 # A story with a picture or a summary beats a slightly newer bare headline.
 IMAGE_BONUS = timedelta(hours=2)
 SUMMARY_BONUS = timedelta(hours=1)
+# A cluster's first story is its face only when its date is believable: no more than this ahead
+# of the next source's telling (a feed that backdates its story does not win by it).
+SCOOP = timedelta(hours=3)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,13 @@ class DigestStory:
     @property
     def when(self) -> datetime:
         return self.published_at or self.fetched_at
+
+    @property
+    def dated(self) -> bool:
+        """The feed gave a date that was not in the future (sources.py). An undated story is
+        dated by its fetch, the newest possible: that ranks it, but never makes it the lead or a
+        cluster's face."""
+        return self.published_at is not None
 
     @property
     def score(self) -> datetime:
@@ -111,6 +120,8 @@ def choose(
     None when too few. An item is a cluster of stories of one event, told by its best story."""
     unique, copies = _unique(sorted(candidates, key=lambda s: (s.score, s.id), reverse=True))
     if cluster:
+        from .cluster import clusters  # imported where it runs: most commands choose nothing
+
         groups = clusters(unique, _embeddings(unique), threshold=cluster_threshold)
     else:
         groups = [[i] for i in range(len(unique))]
@@ -128,7 +139,8 @@ def choose(
     chosen = sorted(items, key=lambda s: (s.coverage, s.score, s.id), reverse=True)[:max_stories]
     if not chosen or len(chosen) < min_stories:
         return None
-    lead = max(chosen, key=lambda s: (s.coverage, s.score, bool(s.image), s.id))
+    # an undated story (or one dated in the future) may be chosen, never the lead by its newness
+    lead = max(chosen, key=lambda s: (s.coverage, s.dated, s.score, bool(s.image), s.id))
     rest = [s for s in chosen if s is not lead]
     order = {name: i for i, name in enumerate(dict.fromkeys(section_order))}
     names = sorted({s.section for s in rest}, key=lambda n: (order.get(n, len(order)), n.lower()))
@@ -151,8 +163,17 @@ def _embeddings(stories: Sequence[DigestStory]) -> NDArray[np.float32] | None:
 
 
 def _item(stories: Sequence[DigestStory]) -> DigestStory:
-    """A cluster told by its most complete story (then the earliest), the others in `also`."""
-    face = max(stories, key=lambda s: (s.complete, -s.when.timestamp(), -s.id))
+    """A cluster told by its most complete story (then the earliest), the others in `also`. A
+    date proves nothing when it is all that sets a story apart: an undated story is never the
+    earliest, nor one dated more than SCOOP before every other telling."""
+    dated = sorted(s.when for s in stories if s.dated)
+    believable = dated[1] - SCOOP if len(dated) > 1 else None
+
+    def earliness(s: DigestStory) -> tuple[bool, float]:
+        trusted = s.dated and (believable is None or s.when >= believable)
+        return trusted, -s.when.timestamp()
+
+    face = max(stories, key=lambda s: (s.complete, *earliness(s), -s.id))
     others = sorted((s for s in stories if s is not face), key=lambda s: (s.when, s.id))
     return replace(face, also=tuple(others))
 

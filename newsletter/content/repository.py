@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -49,8 +49,11 @@ class StoryRepository(Database):
                 state.etag, state.last_modified = etag, last_modified
             state.checked_at, state.last_error = now, error
 
-    def add_stories(self, stories: Iterable[FetchedStory], *, now: datetime) -> int:
-        """Store stories not seen before (by identity), each with its sentence vector; returns how
+    def add_stories(
+        self, stories: Iterable[FetchedStory], *, now: datetime, vectors: Mapping[str, bytes] | None = None
+    ) -> int:
+        """Store stories not seen before (by identity), each with its sentence vector (from
+        `vectors`, as new_vectors made them for several feeds at once, or made here); returns how
         many were new."""
         values: list[dict[str, Any]] = [
             {
@@ -70,7 +73,8 @@ class StoryRepository(Database):
         ]
         if not values:
             return 0
-        vectors = self._new_vectors(values)  # before the write: the model runs without the lock
+        if vectors is None:
+            vectors = self._new_vectors(values)  # before the write: the model runs without the lock
         for v in values:
             v["embedding"] = vectors.get(storable(v["identity"]))
         stmt = self._insert(Story).on_conflict_do_nothing(index_elements=["identity"])
@@ -79,6 +83,17 @@ class StoryRepository(Database):
             s.execute(stmt, values)
             after = s.scalar(select(func.count()).select_from(Story)) or 0
         return after - before
+
+    def new_vectors(self, stories: Iterable[FetchedStory]) -> dict[str, bytes]:
+        """{identity as stored: vector} for those of `stories` not stored yet, embedded in one
+        batch: a gather makes the vectors of all its feeds at once (one run of the model, not one
+        per feed), then stores each feed's stories with add_stories."""
+        return self._new_vectors(
+            [
+                {"identity": st.identity, "title": st.title, "summary": st.summary, "bullets": st.bullets}
+                for st in stories
+            ]
+        )
 
     def _new_vectors(self, values: list[dict[str, Any]]) -> dict[str, bytes]:
         """{identity as stored: vector} for the stories not stored yet, embedded in one batch. A

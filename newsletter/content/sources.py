@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -43,6 +43,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_SECTION = "Top stories"
+# A date this far ahead of the fetch is a server clock running fast: the story is dated now. A
+# date further ahead is no date (digest.py: it never wins a place by looking newest).
+CLOCK_SKEW = timedelta(minutes=15)
 USER_AGENT = f"newsletter/{__version__} (+daily digest; feed reader)"
 
 
@@ -372,7 +375,9 @@ def _published(entry: Any, *, now: datetime) -> datetime | None:
                 when = datetime.fromtimestamp(calendar.timegm(struct), tz=UTC)
             except (ValueError, OverflowError, OSError):  # "0000-00-00": a date no calendar has
                 return None
-            return min(when, now)  # a date in the future is a feed's mistake, not a promise
+            if when > now + CLOCK_SKEW:  # a feed's mistake, or a bid to look newest: no date at all
+                return None
+            return min(when, now)
     return None
 
 

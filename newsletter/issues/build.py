@@ -65,17 +65,23 @@ def gather(
         limits=limits or DEFAULT_LIMITS,
         on_done=on_done,
     )
-    new = sum(_keep(store, result, now=now) for result in results)
+    try:  # every feed's new stories in one run of the model
+        vectors: dict[str, bytes] | None = store.new_vectors(
+            [st for result in results for st in result.stories]
+        )
+    except SQLAlchemyError:  # each feed's store then meets the failure and reports it as its own
+        vectors = None
+    new = sum(_keep(store, result, now=now, vectors=vectors) for result in results)
     return GatherReport(results=results, new_stories=new)
 
 
-def _keep(store: Store, result: FeedResult, *, now: datetime) -> int:
+def _keep(store: Store, result: FeedResult, *, now: datetime, vectors: dict[str, bytes] | None) -> int:
     """Store one feed's new stories, then its state; returns how many were new. A store that fails
     is that feed's error, reported like a broken feed, never the others': the feed's ETag is then
     not kept, so the next gather fetches it whole again."""
     added = 0
     try:
-        added = store.add_stories(result.stories, now=now)
+        added = store.add_stories(result.stories, now=now, vectors=vectors)
     except SQLAlchemyError as exc:
         result.error = f"its stories could not be stored ({_first_line(exc)})"
     if result.source.is_remote:
