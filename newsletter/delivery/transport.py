@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol
 from ..config import Settings
 from ..db.models import DeliveryStatus
 from ..errors import ConfigError, TransportError
+from ..links import OUTBOX_SUFFIX
 from ..private import open_private, private_folder
 
 __all__ = [
@@ -47,7 +48,7 @@ STEP_TIMEOUTS = 2
 class Envelope(NamedTuple):
     mail_from: str
     rcpt_to: str
-    key: str  # names the message in the outbox: "issue-3/000042"
+    key: str  # names the message in the outbox (links: issue_copy_key, "issue-3/00000042")
 
 
 @dataclass(frozen=True)
@@ -147,9 +148,9 @@ class OutboxTransport:
         self.folder = folder
 
     def send(self, envelope: Envelope, message: bytes) -> SendResult:
-        path = self.folder / f"{envelope.key}.eml"
+        path = self.folder / f"{envelope.key}{OUTBOX_SUFFIX}"
         private_folder(path.parent)
-        tmp = path.with_suffix(".eml.tmp")
+        tmp = path.with_suffix(f"{OUTBOX_SUFFIX}.tmp")
         with open_private(tmp, "wb") as f:
             f.write(message)
         os.replace(tmp, path)
