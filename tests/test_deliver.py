@@ -9,17 +9,18 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy import text as sql
 
 from newsletter.config import mailbox
 from newsletter.content.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
 from newsletter.db.models import Delivery, DeliveryStatus, Sender
-from newsletter.delivery.compose import MessageTemplate
+from newsletter.delivery.compose import MessageTemplate, Recipient
 from newsletter.delivery.engine import RateLimiter, SendOptions, SendReport, send_issue
+from newsletter.delivery.pacing import reconnect_wait
 from newsletter.delivery.records import Enrolment, Group
 from newsletter.delivery.tokens import Tokens
 from newsletter.delivery.transport import Envelope, OutboxTransport, SmtpTransport, classify_reply
-from newsletter.delivery.workers import reconnect_wait
-from newsletter.errors import SendBusyError, TransportError
+from newsletter.errors import NewsletterError, SendBusyError, TransportError
 from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 
@@ -49,15 +50,16 @@ def setup(store: Store, n: int, domain: str = "example.com") -> int:
     return issue.id
 
 
+TEMPLATE_ARGS: dict[str, Any] = {
+    "newsletter_name": "T",
+    "sender": mailbox("T", "t@example.com"),
+    "reply_to": None,
+    "base_url": "https://n.example.com",
+}
+
+
 def template(issue_id: int) -> MessageTemplate:
-    return MessageTemplate(
-        ISSUE,
-        issue_id=issue_id,
-        newsletter_name="T",
-        sender=mailbox("T", "t@example.com"),
-        reply_to=None,
-        base_url="https://n.example.com",
-    )
+    return MessageTemplate(ISSUE, issue_id=issue_id, **TEMPLATE_ARGS)
 
 
 def smtp(sink: SmtpSink) -> SmtpTransport:
@@ -379,11 +381,83 @@ def test_an_unexpected_error_in_a_connection_stops_the_send_instead_of_hanging(
         def close(self) -> None:
             pass
 
-    with pytest.raises((RuntimeError, TransportError), match="a bug in a transport"):
+    with pytest.raises(TransportError, match="the mail transport failed: RuntimeError: a bug in a transport"):
         run_send(sqlite_store, lambda: Broken(), issue_id, connections=2, processes=processes)
     assert sqlite_store.live_senders(issue_id) == []
     counts = sqlite_store.issue_counts(issue_id)[0].deliveries
     assert counts["sent"] == 0 and counts["pending"] + counts["sending"] == 5
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_message_that_cannot_be_composed_stops_the_send_and_says_so(
+    sqlite_store: Store, smtp_sink: SmtpSink, processes: int
+) -> None:
+    """Composing fails for one reader (a bug): the send stops with a sentence naming composing and
+    the reader; that row never went on the wire, and the next send sends every row once."""
+    issue_id = setup(sqlite_store, 6)
+    broken_for = sqlite_store.get_subscriber("user3@example.com")
+    assert broken_for is not None
+
+    class Unwritable(MessageTemplate):
+        def compose(self, recipient: Recipient) -> bytes:
+            if recipient.subscriber_id == broken_for.id:
+                raise ValueError("a bug in composing")
+            return super().compose(recipient)
+
+    def send(make: MessageTemplate) -> SendReport:
+        return send_issue(
+            sqlite_store,
+            lambda: smtp(smtp_sink),
+            make,
+            Tokens(SECRET),
+            issue_id=issue_id,
+            mail_from="bounces@example.com",
+            options=SendOptions(connections=2, processes=processes),
+        )
+
+    bad = Unwritable(ISSUE, **TEMPLATE_ARGS, issue_id=issue_id)
+    expected = f"composing the message to subscriber {broken_for.id} failed: ValueError: a bug in composing"
+    with pytest.raises(NewsletterError, match=expected):
+        send(bad)
+    assert sqlite_store.live_senders(issue_id) == []
+    counts = sqlite_store.issue_counts(issue_id)[0].deliveries
+    assert counts["sending"] == 0 and counts["unknown"] == 0, counts
+    assert "user3@example.com" not in copies(smtp_sink)
+    assert send(template(issue_id)).finished
+    assert copies(smtp_sink) == {f"user{i}@example.com": 1 for i in range(6)}
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_database_failure_mid_send_names_the_database_and_repeats_nothing(
+    sqlite_store: Store, smtp_sink: SmtpSink, processes: int
+) -> None:
+    """The database refuses a group commit (a trigger, as a full disk would): the send stops with a
+    sentence naming the database. What was on the wire in that group stays `sending`, which the
+    next send reports as unknown; nobody gets two copies, and everyone else gets one."""
+    issue_id = setup(sqlite_store, 40)
+    refused = sqlite_store.get_subscriber("user20@example.com")
+    assert refused is not None
+    trigger = (
+        "CREATE TRIGGER refuse_a_record BEFORE UPDATE OF status ON deliveries "
+        f"WHEN NEW.status = 'sent' AND NEW.subscriber_id = {refused.id} "
+        "BEGIN SELECT RAISE(ABORT, 'the disk is on fire'); END"
+    )
+    with sqlite_store.write() as s:
+        s.execute(sql(trigger))
+    failed = "the database failed while recording the send: the disk is on fire"
+    with pytest.raises(NewsletterError, match=failed):
+        run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=2, processes=processes)
+    assert sqlite_store.live_senders(issue_id) == []
+    with sqlite_store.write() as s:
+        s.execute(sql("DROP TRIGGER refuse_a_record"))
+    in_doubt = sqlite_store.issue_counts(issue_id)[0].deliveries["sending"]
+    assert in_doubt >= 1  # at least the refused reader's message, sent and never recorded
+    report = run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=2, processes=processes)
+    assert report.finished and report.unknown_found == in_doubt
+    got = copies(smtp_sink)
+    assert set(got.values()) == {1} and "user20@example.com" in got
+    everyone = {f"user{i}@example.com" for i in range(40)}
+    assert set(got) == everyone and len(_unknown_addresses(sqlite_store, issue_id)) == in_doubt
 
 
 @pytest.mark.parametrize("lost_reply", ["unknown", "retry"])

@@ -31,6 +31,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "newsletter.issues.records",
             "newsletter.bounces.records",
             "newsletter.delivery.records",
+            "newsletter.delivery.replies",  # what an SMTP reply means: pure
+            "newsletter.delivery.pacing",  # the rate limiter and backoff: pure
             "newsletter.bounces.policy",
             "newsletter.content.embed",  # the sentence model: pure but for loading it
         ),

@@ -18,12 +18,22 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import DatabaseError
+from ..errors import ConfigError, DatabaseError
 from ..private import create_private, private_folder
 
 __all__ = ["SQLITE_BUSY_TIMEOUT_MS", "Database"]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def _server_engine(url: str) -> Engine:
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except ModuleNotFoundError as e:  # the driver is an extra: SQLite-only installs lack it
+        raise ConfigError(
+            f"database_url names a server whose driver is not installed ({e.name}); for PostgreSQL "
+            "install the extra: pip install 'newsletter[postgresql]'"
+        ) from None
 
 
 class Database:
@@ -41,7 +51,7 @@ class Database:
             self.engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
             _configure_sqlite(self.engine)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True)
+            self.engine = _server_engine(url)
         self._reads = sessionmaker(self.engine, expire_on_commit=False)
         self._writes = sessionmaker(
             self.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False

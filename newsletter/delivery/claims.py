@@ -38,7 +38,7 @@ __all__ = ["DeliveryRepository"]
 
 
 class DeliveryRepository(Database):
-    """What the send loop asks of the database (delivery.engine.DeliveryStore)."""
+    """What the send loop asks of the database (delivery.records.DeliveryStore)."""
 
     def start_send(self, issue_id: int) -> int:
         """The issue's audience, fixed once: when its send first begins (the issue leaves `built`),
@@ -213,6 +213,6 @@ class DeliveryRepository(Database):
 
 
 if TYPE_CHECKING:  # the engine declares what it needs; this repository is it
-    from .engine import DeliveryStore
+    from .records import DeliveryStore
 
     _IS_THE_ENGINES_STORE: type[DeliveryStore] = DeliveryRepository

@@ -1,16 +1,27 @@
 """What the delivery engine and its ledger say to each other: the rows a sender holds, what
-became of a message, and the answer to "may this one go on the wire?"."""
+became of a message, and the answer to "may this one go on the wire?"; and what the engine asks
+of the database (`Ledger`, `DeliveryStore`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from ..db.models import DeliveryStatus
 
-__all__ = ["NO_ISSUE", "DeliveryTarget", "Enrolment", "Fate", "Group", "LedgerResult", "MarkResult"]
+__all__ = [
+    "NO_ISSUE",
+    "DeliveryStore",
+    "DeliveryTarget",
+    "Enrolment",
+    "Fate",
+    "Group",
+    "Ledger",
+    "LedgerResult",
+    "MarkResult",
+]
 
 NO_ISSUE = 0  # in a VERP token: a mail of no issue (a signup's confirmation)
 
@@ -78,3 +89,27 @@ class Enrolment(NamedTuple):
         can tell and its heartbeat is older than `stale_after` (`stale`, by the database's clock)."""
         alive = self.is_alive(host, pid)
         return alive is False or (alive is None and stale)
+
+
+class Ledger(Protocol):
+    """The send's hot path in the database, one group commit at a time (`delivery.ledger` is the
+    SQL one). Every row it touches is one this sender holds."""
+
+    def commit(self, group: Group) -> LedgerResult: ...
+    def close(self) -> None: ...
+
+
+class DeliveryStore(Protocol):
+    """What the send loop needs of the database (delivery.claims.DeliveryRepository provides it)."""
+
+    is_sqlite: bool
+
+    def register_sender(self, enrolment: Enrolment) -> int: ...
+    def deregister_sender(self, sender_id: str) -> None: ...
+    def requeue_unknown(self, issue_id: int) -> int: ...
+    def start_send(self, issue_id: int) -> int: ...
+    def release(self, issue_id: int, sender_id: str, subscriber_ids: list[int]) -> None: ...
+    def ledger(self, issue_id: int, sender_id: str) -> Ledger: ...
+    def next_deferred_at(self, issue_id: int) -> datetime | None: ...
+    def finish_issue_if_done(self, issue_id: int, *, now: datetime) -> bool: ...
+    def is_paused(self, issue_id: int) -> bool: ...

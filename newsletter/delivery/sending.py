@@ -90,11 +90,8 @@ def send(
     on_result: Callable[[DeliveryStatus], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> SendReport:
-    """Send an issue over the configured transport, one connection per `[smtp] connections`."""
-    if store.is_paused(issue.id):
-        raise NewsletterError(
-            f"issue {issue.id} is paused; 'newsletter resume --issue {issue.id}' continues its send"
-        )
+    """Send an issue over the configured transport, one connection per `[smtp] connections`; a
+    paused issue is refused."""
     options = options or send_options(settings)
     tokens = Tokens(read_secret_key(settings))
     return send_issue(

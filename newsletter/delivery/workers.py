@@ -23,21 +23,20 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..errors import TransportError
-from .compose import MessageTemplate, Recipient
+from ..errors import NewsletterError
 from .records import DeliveryTarget, MarkResult
-from .tokens import Tokens
-from .transport import Envelope, SendResult, Transport
+from .replies import SendResult
+from .step import SenderJob, send_over
 
-__all__ = ["Ask", "Answer", "STOP", "SenderJob", "WorkerPool", "reconnect_wait", "split_slots"]
+__all__ = ["Ask", "Answer", "STOP", "WorkerPool", "split_slots"]
 
 STOP = "stop"  # the owner's answer when a slot has nothing more to do
 IDLE_POLL_SECONDS = 0.005
@@ -50,31 +49,14 @@ class Ask:
     previous: tuple[DeliveryTarget, SendResult] | None = None  # the last message's fate
     mark: DeliveryTarget | None = None  # may this one go on the wire?
     unmark: tuple[DeliveryTarget, str] | None = None  # no session: this one never left
-    fatal: str | None = None  # this slot cannot go on (no SMTP session, a bug)
+    fatal: NewsletterError | None = None  # this slot cannot go on, and why (the relay, a bug)
     last: bool = False  # nothing more will come from this slot
-
-
-@dataclass(frozen=True)
-class SenderJob:
-    """What a worker needs to turn a row into a message on the wire (inherited at the fork)."""
-
-    connect: Callable[[], Transport]
-    template: MessageTemplate
-    tokens: Tokens
-    mail_from: Callable[[int], str]
-    issue_id: int
-    reconnect_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
 class Answer:
     mark: MarkResult | None  # IN_FLIGHT: send it; anything else: don't
     next: DeliveryTarget | str | None  # the next row, STOP, or None (nothing yet: ask again)
-
-
-def reconnect_wait(base: float, failures: int) -> float:
-    """The wait after the n-th failure in a row to open an SMTP session: doubled each time."""
-    return float(min(30.0, base * 2 ** (failures - 1)))
 
 
 def split_slots(connections: int, processes: int) -> list[int]:
@@ -106,14 +88,16 @@ class WorkerPool:
                 theirs.close()
 
     def join(self, timeout: float) -> None:
+        """Closes the owner's ends first, so a worker still waiting for an answer (the owner failed)
+        stops at once, then waits for every worker."""
+        for end in self.owner_ends:
+            end.close()
         deadline = time.monotonic() + timeout
         for process in self.processes:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
                 process.join(1)
-        for end in self.owner_ends:
-            end.close()
 
 
 def _worker_main(mine: list[Connection], others: list[Connection], job: SenderJob) -> None:
@@ -134,58 +118,81 @@ def _worker_main(mine: list[Connection], others: list[Connection], job: SenderJo
     os._exit(0)  # no finalizers: the database connections inherited from the owner are not ours
 
 
+class _OwnerGone(Exception):
+    """The owner's end of the pipe closed: it died, or gave the send up."""
+
+
+class _PipeDesk:
+    """A worker slot's desk: each question is one round trip to the owner, and each answer names
+    the slot's next row (or STOP, or None: nothing yet). A message's fate rides on the slot's next
+    question."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.following: DeliveryTarget | str | None = None
+        self.asked = False
+        self.pending: tuple[DeliveryTarget, SendResult] | None = None
+
+    def _ask(self, message: Ask) -> Answer:
+        try:
+            self.conn.send(message)
+            answer: Answer = self.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise _OwnerGone from exc
+        self.asked, self.following = True, answer.next
+        return answer
+
+    def _previous(self) -> tuple[DeliveryTarget, SendResult] | None:
+        previous, self.pending = self.pending, None
+        return previous
+
+    def next(self) -> DeliveryTarget | None:
+        while True:
+            item, self.following = self.following, None
+            if isinstance(item, DeliveryTarget):
+                return item
+            if item == STOP:
+                return None
+            if self.asked:  # nothing yet: record what is done, then ask again
+                time.sleep(0 if self.pending else IDLE_POLL_SECONDS)
+            self._ask(Ask(previous=self._previous()))
+
+    def mark(self, target: DeliveryTarget) -> bool:
+        return self._ask(Ask(previous=self._previous(), mark=target)).mark is MarkResult.IN_FLIGHT
+
+    def sent(self, target: DeliveryTarget, result: SendResult) -> None:
+        self.pending = (target, result)
+
+    def unsent(self, target: DeliveryTarget, why: str) -> None:
+        self._ask(Ask(unmark=(target, why)))
+
+    def last(self, failure: BaseException | None = None) -> None:
+        """This slot is done: the last fate, and why it cannot go on if it cannot."""
+        self._ask(Ask(previous=self._previous(), fatal=_portable(failure) if failure else None, last=True))
+
+
+def _portable(exc: BaseException) -> NewsletterError:
+    """A failure as the owner can read it through the pipe: ours as it is, anything else named."""
+    if isinstance(exc, NewsletterError):
+        try:
+            pickle.loads(pickle.dumps(exc))
+            return exc
+        except Exception:  # noqa: BLE001 - an error class that cannot cross: its words can
+            return NewsletterError(str(exc))
+    return NewsletterError(f"a sender process failed: {type(exc).__name__}: {exc}")
+
+
 def _slot(conn: Connection, job: SenderJob) -> None:
     """One SMTP connection, driven by the owner's answers. Any trouble with the owner (its pipe
     closed: it died) stops the slot at once, sending nothing more."""
-
-    def ask(message: Ask) -> Answer:
-        conn.send(message)
-        answer: Answer = conn.recv()
-        return answer
-
-    transport: Transport | None = None
+    desk = _PipeDesk(conn)
     try:
-        transport = job.connect()
-        item = ask(Ask()).next
-        previous: tuple[DeliveryTarget, SendResult] | None = None
-        failures = 0
-        while True:
-            if item == STOP:
-                ask(Ask(previous=previous, last=True))
-                return
-            if item is None:  # nothing yet: record what is done, then ask again
-                time.sleep(0 if previous else IDLE_POLL_SECONDS)
-                item = ask(Ask(previous=previous)).next
-                previous = None
-                continue
-            assert isinstance(item, DeliveryTarget)
-            target = item
-            who = target.subscriber_id
-            token = job.tokens.unsubscribe(who)
-            message = job.template.compose(Recipient(who, target.email, target.name, token))
-            answer = ask(Ask(previous=previous, mark=target))
-            previous, item = None, answer.next
-            if answer.mark is not MarkResult.IN_FLIGHT:
-                continue
-            envelope = Envelope(job.mail_from(who), target.email, f"issue-{job.issue_id}/{who:08d}")
-            try:
-                previous = (target, transport.send(envelope, message))
-                failures = 0
-            except TransportError as exc:  # no session: nothing was sent
-                failures += 1
-                fatal = str(exc) if failures >= 3 else None
-                item = ask(Ask(unmark=(target, f"not sent: {exc}"), fatal=fatal)).next
-                if fatal:
-                    ask(Ask(last=True))
-                    return
-                time.sleep(reconnect_wait(job.reconnect_seconds, failures))
-    except (EOFError, OSError):
-        return  # the owner is gone: stop, whatever was in flight stays `sending` (unknown)
-    except BaseException as exc:  # a bug here: the owner stops the send with it
+        send_over(desk, job)
+        desk.last()
+    except _OwnerGone:
+        return  # whatever was in flight stays `sending` (unknown)
+    except BaseException as exc:  # the owner stops the send with it
         try:
-            ask(Ask(fatal=f"{type(exc).__name__}: {exc}", last=True))
-        except (EOFError, OSError):
+            desk.last(exc)
+        except _OwnerGone:
             pass
-    finally:
-        if transport is not None:
-            transport.close()
