@@ -1,12 +1,19 @@
-"""One error root: every failure the command line reports as one plain sentence."""
+"""One error root: every failure the command line reports as one plain sentence.
+
+Every error the newsletter raises on purpose is a NewsletterError: the command line prints its
+sentence and exits with its `exit_code` (1 the work failed, 2 bad usage or configuration)."""
 
 __all__ = [
+    "BadToken",
     "ConfigError",
+    "DatabaseError",
     "FeedError",
     "NewsletterError",
     "NotFoundError",
     "SendBusyError",
+    "SenderFenced",
     "TransportError",
+    "UsageError",
 ]
 
 
@@ -17,9 +24,29 @@ class NewsletterError(Exception):
 
 
 class ConfigError(NewsletterError):
-    """Bad configuration or usage (exit 2)."""
+    """Bad configuration: the file, a key, the environment, a key file it names (exit 2)."""
 
     exit_code = 2
+
+
+class UsageError(NewsletterError):
+    """A command was given a value it cannot take (exit 2)."""
+
+    exit_code = 2
+
+
+class DatabaseError(NewsletterError):
+    """The database could not be reached or used; the sentence names it and says what it answered
+    (`said`, alone)."""
+
+    def __init__(self, message: str, said: str = "") -> None:
+        super().__init__(message)
+        self.said = said or message
+
+
+class BadToken(NewsletterError):
+    """A signed token (a confirm or unsubscribe link, a VERP address) is tampered with, of another
+    purpose, or expired."""
 
 
 class FeedError(NewsletterError):

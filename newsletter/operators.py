@@ -12,12 +12,14 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select, update
 
+from .db import widths
 from .db.engine import Database
 from .db.models import Operator
-from .errors import ConfigError
+from .errors import UsageError
 
 __all__ = [
     "MIN_PASSWORD",
+    "InvalidOperator",
     "OperatorRepository",
     "hash_password",
     "password_matches",
@@ -28,6 +30,10 @@ __all__ = [
 
 MIN_PASSWORD = 10
 _hasher = PasswordHasher()  # Argon2id, the library's current recommended parameters
+
+
+class InvalidOperator(UsageError):
+    """An operator's name or password that the rules refuse (exit 2: the command was given it)."""
 
 
 @cache
@@ -59,10 +65,10 @@ def rehash_if_needed(password_hash: str, password: str) -> str | None:
 def set_operator(store: OperatorRepository, name: str, password: str, *, now: datetime) -> bool:
     """Add an operator, or give one a new password (which ends their sessions); True if added."""
     name = name.strip()
-    if not name or len(name) > 100 or any(not c.isprintable() for c in name):
-        raise ConfigError("an operator's name is 1 to 100 printable characters")
+    if not name or len(name) > widths.OPERATOR_NAME or any(not c.isprintable() for c in name):
+        raise InvalidOperator(f"an operator's name is 1 to {widths.OPERATOR_NAME} printable characters")
     if len(password) < MIN_PASSWORD:
-        raise ConfigError(f"the password needs at least {MIN_PASSWORD} characters")
+        raise InvalidOperator(f"the password needs at least {MIN_PASSWORD} characters")
     return store.save_operator(name, hash_password(password), now=now)
 
 

@@ -12,7 +12,17 @@ PACKAGE = Path(newsletter.__file__).parent
 
 # (layer, module prefixes), lowest first; a module belongs to the longest prefix that names it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("newsletter", "newsletter.errors", "newsletter.private", "newsletter.config", "newsletter.db")),
+    (
+        "base",
+        (
+            "newsletter",
+            "newsletter.errors",
+            "newsletter.private",
+            "newsletter.config",
+            "newsletter.db",
+            "newsletter.links",  # every public URL, outbox key and Feedback-ID
+        ),
+    ),
     (
         "records",
         (

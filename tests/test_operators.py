@@ -5,8 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.errors import ConfigError
-from newsletter.operators import hash_password, password_matches, rehash_if_needed, set_operator
+from newsletter.operators import (
+    InvalidOperator,
+    hash_password,
+    password_matches,
+    rehash_if_needed,
+    set_operator,
+)
 from newsletter.store import Store
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
@@ -22,9 +27,9 @@ def test_names_and_passwords_that_may_be_saved(tmp_path: Path) -> None:
     again = store.operator(name="ed")
     assert again is not None and again.session_version == op.session_version + 1  # sessions end
     for name in ("", "   ", "x" * 101, "ed\nroot", "ed\x00"):
-        with pytest.raises(ConfigError, match="1 to 100 printable"):
+        with pytest.raises(InvalidOperator, match="1 to 100 printable"):
             set_operator(store, name, "a long enough password", now=NOW)
-    with pytest.raises(ConfigError, match="at least 10 characters"):
+    with pytest.raises(InvalidOperator, match="at least 10 characters"):
         set_operator(store, "amy", "short", now=NOW)
     assert store.operator(name="amy") is None
     store.close()

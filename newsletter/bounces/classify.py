@@ -33,11 +33,13 @@ import re
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import getaddresses
-from urllib.parse import unquote, urlsplit
 
 from flufl.bounce import all_failures
 
+from ..db import widths
+from ..db.models import BounceKind, MailKind, SignedBy
 from ..delivery.tokens import BadToken, Tokens, verp_token
+from ..links import Links
 from .records import FoundEvent
 
 __all__ = ["BOUNCE_READ_LIMIT", "BOUNCE_READ_LINES", "Classified", "classify", "printable"]
@@ -60,23 +62,24 @@ _AUTO_SUBJECT = re.compile(
 )
 _BOUNCE_SENDER = re.compile(r"mailer-daemon|postmaster|mail delivery (sub)?system", re.I)
 _QUOTED_HEADER = re.compile(r"^(List-Unsubscribe|Feedback-ID):[ \t]*(\S[^\r\n]*)\r?$", re.M | re.I)
+_DELAYED_ACTION = "delayed"  # a DSN's Action (RFC 3464): the server is still trying
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 @dataclass(frozen=True)
 class Classified:
-    kind: str  # bounce, complaint, review, delayed, delivered, auto_reply, unrecognised
+    kind: MailKind
     events: tuple[FoundEvent, ...] = ()
     note: str = ""
 
 
 @dataclass(frozen=True)
 class _Reader:
-    """Whom a signed token in the mail names, and which token: "verp" or "link"."""
+    """Whom a signed token in the mail names, and which token."""
 
     issue_id: int | None
     subscriber_id: int
-    signed_by: str
+    signed_by: SignedBy
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,8 @@ class _Failure:
     detail: str
 
     @property
-    def kind(self) -> str:
-        return "soft" if self.status.startswith("4") else "hard"
+    def kind(self) -> BounceKind:
+        return BounceKind.SOFT if self.status.startswith("4") else BounceKind.HARD
 
 
 def classify(data: bytes, *, tokens: Tokens, return_path: str | None, base_url: str = "") -> Classified:
@@ -102,18 +105,18 @@ def classify(data: bytes, *, tokens: Tokens, return_path: str | None, base_url: 
         msg = email.message_from_bytes(data)
         found = _classify(msg, tokens=tokens, return_path=return_path, base_url=base_url)
     except Exception as exc:  # noqa: BLE001 - a mail that breaks a parser is reported, not fatal
-        found = Classified("unrecognised", note=f"unreadable: {type(exc).__name__}: {exc}")
+        found = Classified(MailKind.UNRECOGNISED, note=f"unreadable: {type(exc).__name__}: {exc}")
     return dataclasses.replace(found, note="; ".join(filter(None, (found.note, cut)))) if cut else found
 
 
 def _classify(msg: Message, *, tokens: Tokens, return_path: str | None, base_url: str) -> Classified:
     if not msg.keys() or not (msg.get("from") or msg.get("subject") or msg.get("content-type")):
-        return Classified("unrecognised", note="not a mail message (no From, Subject or Content-Type)")
+        return Classified(MailKind.UNRECOGNISED, note="not a mail message (no From, Subject or Content-Type)")
     originals = _embedded_originals(msg)
     # what we signed says whose mail this is; an address alone could be anybody's forgery
     delivered_to = _read_verp(_delivered_to(msg), tokens, return_path)
     in_copy = _read_verp(_copy_verps(msg, originals), tokens, return_path)
-    link = _from_unsubscribe_link(originals, tokens, base_url)
+    link = _from_unsubscribe_link(originals, tokens, Links(base_url))
     if _is_feedback_report(msg):  # a feedback loop's fixed address, with the reported copy inside
         return _attributed(_complaint(msg, originals, delivered_to or in_copy or link))
     # a bounce comes back to the address of the mail that failed; a delivered copy's Return-Path
@@ -122,39 +125,46 @@ def _classify(msg: Message, *, tokens: Tokens, return_path: str | None, base_url
     reader = delivered_to or (link if forwarded is None else None)
     report = msg.get_content_type() == "multipart/report"
     if not report and not _bounce_sender(msg) and _auto_reply(msg):
-        return Classified("auto_reply", note=_subject(msg))
+        return Classified(MailKind.AUTO_REPLY, note=_subject(msg))
     failures, other_actions = _dsn_failures(msg)
     if not failures and not other_actions:  # no DSN: flufl.bounce's detectors read the text
         temporary, permanent = all_failures(msg)
-        other_actions = ["delayed" for _ in temporary - permanent]
+        other_actions = [_DELAYED_ACTION for _ in temporary - permanent]
         failures = [_Failure(a.decode("ascii", "replace").lower(), "", "") for a in sorted(permanent)]
     if any(not f.status for f in failures):  # the report's text may say what its blocks do not
         said = _status_in(_first_line(msg))
         failures = [f if f.status else dataclasses.replace(f, status=said) for f in failures]
     if not failures and not other_actions:
         if _auto_reply(msg):
-            return Classified("auto_reply", note=_subject(msg))
+            return Classified(MailKind.AUTO_REPLY, note=_subject(msg))
         if reader is not None and _bounce_sender(msg):
             # from a mail server to one delivery's own address, in a shape no detector knows
             return Classified(
-                "bounce", (_event("soft", "", reader, "", _first_line(msg)),), "unparsed bounce"
+                MailKind.BOUNCE,
+                (_event(BounceKind.SOFT, "", reader, "", _first_line(msg)),),
+                "unparsed bounce",
             )
-        return Classified("unrecognised", note=f"neither a bounce nor a report: {_subject(msg)!r}")
+        return Classified(MailKind.UNRECOGNISED, note=f"neither a bounce nor a report: {_subject(msg)!r}")
     if not failures:  # a warning (the server is still trying), or a notice that it delivered
-        return Classified("delayed" if "delayed" in other_actions else "delivered", note=_subject(msg))
+        delayed = _DELAYED_ACTION in other_actions
+        return Classified(MailKind.DELAYED if delayed else MailKind.DELIVERED, note=_subject(msg))
     if reader is not None:  # one reader, one event: the worst of what the report says
-        worst = min(failures, key=lambda f: f.kind != "hard")
-        return Classified("bounce", (_event(worst.kind, worst.address, reader, worst.status, worst.detail),))
+        worst = min(failures, key=lambda f: f.kind != BounceKind.HARD)
+        return Classified(
+            MailKind.BOUNCE, (_event(worst.kind, worst.address, reader, worst.status, worst.detail),)
+        )
     by_address: dict[str, _Failure] = {}
     for f in failures:  # a reader listed twice is one event, the worst
-        if f.address not in by_address or (f.kind == "hard" and by_address[f.address].kind == "soft"):
+        if f.address not in by_address or (
+            f.kind == BounceKind.HARD and by_address[f.address].kind == BounceKind.SOFT
+        ):
             by_address[f.address] = f
     events = (_event(f.kind, a, None, f.status, f.detail) for a, f in sorted(by_address.items()))
-    found = Classified("bounce", tuple(events))
+    found = Classified(MailKind.BOUNCE, tuple(events))
     if forwarded is not None:
         return dataclasses.replace(
             found,
-            kind="review",
+            kind=MailKind.REVIEW,
             note=f"the returned copy is subscriber {forwarded.subscriber_id}'s delivered copy of issue "
             f"{forwarded.issue_id} (its Return-Path is their VERP address), but the bounce did not come "
             "back to that address: a copy anybody holding it can wrap in a report",
@@ -167,7 +177,7 @@ def _attributed(found: Classified) -> Classified:
     if all(e.subscriber_id is not None for e in found.events):
         return found
     return dataclasses.replace(
-        found, kind="review", note=f"{found.kind} not attributed by a VERP address or a signed link"
+        found, kind=MailKind.REVIEW, note=f"{found.kind} not attributed by a VERP address or a signed link"
     )
 
 
@@ -184,19 +194,21 @@ def _complaint(msg: Message, originals: list[Message], reader: _Reader | None) -
             if found and found[0][1]:
                 address = found[0][1].lower()
                 break
-    event = _event("complaint", address, reader, "", fields.get("feedback-type", "abuse"))
-    return Classified("complaint", (event,), f"feedback report from {fields.get('reporting-mta', '?')}")
+    event = _event(BounceKind.COMPLAINT, address, reader, "", fields.get("feedback-type", "abuse"))
+    return Classified(
+        MailKind.COMPLAINT, (event,), f"feedback report from {fields.get('reporting-mta', '?')}"
+    )
 
 
-def _event(kind: str, address: str, reader: _Reader | None, status: str, detail: str) -> FoundEvent:
+def _event(kind: BounceKind, address: str, reader: _Reader | None, status: str, detail: str) -> FoundEvent:
     return FoundEvent(
         kind=kind,
-        address=printable(address)[:320],
+        address=printable(address)[: widths.EMAIL],
         subscriber_id=reader.subscriber_id if reader else None,
         issue_id=reader.issue_id if reader else None,
         status=status,
-        detail=" ".join(printable(detail).split())[:500],
-        signed_by=reader.signed_by if reader else "",
+        detail=" ".join(printable(detail).split())[: widths.DETAIL],
+        signed_by=reader.signed_by if reader else SignedBy.NOTHING,
     )
 
 
@@ -233,27 +245,25 @@ def _read_verp(values: list[str], tokens: Tokens, return_path: str | None) -> _R
         token = verp_token(address, return_path)
         if token:
             try:
-                return _Reader(*tokens.read_bounce(token), signed_by="verp")
+                return _Reader(*tokens.read_bounce(token), signed_by=SignedBy.VERP)
             except BadToken:
                 continue  # forged or garbled: the mail is judged by what else it says
     return None
 
 
-def _from_unsubscribe_link(originals: list[Message], tokens: Tokens, base_url: str) -> _Reader | None:
+def _from_unsubscribe_link(originals: list[Message], tokens: Tokens, links: Links) -> _Reader | None:
     """The subscriber of the original's signed List-Unsubscribe link. It names no issue: the copy's
     Feedback-ID is not signed, and the link is in every copy a reader forwards."""
     for original in originals:
         for url in re.findall(r"<([^>]+)>", str(original.get("list-unsubscribe", ""))):
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or "/unsubscribe/" not in parts.path:
-                continue
-            if base_url and not url.startswith(base_url.rstrip("/") + "/"):
+            token = links.unsubscribe_token(url)
+            if token is None:
                 continue
             try:
-                subscriber_id = tokens.read_unsubscribe(unquote(parts.path.rsplit("/", 1)[1]))
+                subscriber_id = tokens.read_unsubscribe(token)
             except BadToken:
                 continue
-            return _Reader(None, subscriber_id, signed_by="link")
+            return _Reader(None, subscriber_id, signed_by=SignedBy.LINK)
     return None
 
 
@@ -375,4 +385,4 @@ def _subject(msg: Message) -> str:
 
 def _first_line(msg: Message) -> str:
     """The first text of a mail, where a non-standard bounce gives its reason."""
-    return " ".join(_text_of(msg).split())[:500]
+    return " ".join(_text_of(msg).split())[: widths.DETAIL]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import NamedTuple
 
-from ..db.models import LIVE_STATUSES, SubscriberStatus
+from ..db.models import LIVE_STATUSES, BounceKind, SignedBy, SubscriberStatus
 
 __all__ = ["BOUNCE_CLOSES", "BOUNCE_WINDOW", "COMPLAINT_WINDOW", "BouncePolicy", "Verdict"]
 
@@ -48,31 +48,35 @@ class BouncePolicy:
     def judge(
         self,
         *,
-        kind: str,
+        kind: BounceKind,
         code: str,
         address: str,
-        signed_by: str,
+        signed_by: SignedBy,
         current: SubscriberStatus | None,
         soft_count: int,
         sent_ago: timedelta | None,
     ) -> Verdict:
-        """`signed_by` is what named the subscriber: "verp", "link" or "" (nothing signed);
+        """`signed_by` is what named the subscriber (SignedBy.NOTHING: nothing signed);
         `current` is None when nobody is named (or none by that id); `soft_count` counts this soft
         bounce and those before it within the window; `sent_ago` is how long ago the mail that the
         VERP address names went out (None: no such send on record)."""
         who = f"{kind} {code + ' ' if code else ''}{address or '(no address)'}"
         if current is None:
-            why = "no such subscriber" if signed_by else "no signed token names anyone, kept for review"
+            why = (
+                "no such subscriber"
+                if signed_by != SignedBy.NOTHING
+                else "no signed token names anyone, kept for review"
+            )
             return Verdict(None, False, False, f"{who}: {why}; nothing changed")
         live = current in BOUNCE_CLOSES
-        if signed_by != "verp":
+        if signed_by != SignedBy.VERP:
             only = f"{who}: named only by an unsubscribe link"
-            if kind == "soft":
+            if kind == BounceKind.SOFT:
                 return Verdict(None, False, False, f"{only}, not counted")
             if not live:
                 return Verdict(None, False, False, f"{only}, already {current}")
             return Verdict(SubscriberStatus.UNSUBSCRIBED, False, False, f"{only}: now unsubscribed")
-        window = COMPLAINT_WINDOW if kind == "complaint" else BOUNCE_WINDOW
+        window = COMPLAINT_WINDOW if kind == BounceKind.COMPLAINT else BOUNCE_WINDOW
         if sent_ago is None or sent_ago > window:
             why = (
                 "no mail of ours to them is on record for its VERP address"
@@ -82,11 +86,11 @@ class BouncePolicy:
             )
             line = f"{who}: {why}; kept for review, nothing changed"
             return Verdict(None, False, False, line, refused=True)
-        if kind == "complaint":
+        if kind == BounceKind.COMPLAINT:
             if current == SubscriberStatus.COMPLAINED:
                 return Verdict(None, False, False, f"{who}: already complained")
             return Verdict(SubscriberStatus.COMPLAINED, False, False, f"{who}: now complained")
-        if kind == "hard":
+        if kind == BounceKind.HARD:
             if not live:
                 return Verdict(None, True, True, f"{who}: hard bounce counted, already {current}")
             return Verdict(SubscriberStatus.BOUNCED, True, True, f"{who}: now bounced")

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from ..config import Settings, read_secret_key
+from ..db.models import MailKind
 from ..delivery.tokens import Tokens
 from ..errors import ConfigError
 from .classify import classify, printable
@@ -32,11 +33,11 @@ __all__ = ["BounceReport", "process_bounces"]
 class BounceReport:
     read: int = 0
     already_read: int = 0
-    kinds: dict[str, int] = field(default_factory=dict)
+    kinds: dict[MailKind, int] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)  # one line per subscriber changed or counted
     unrecognised: list[str] = field(default_factory=list)  # source: why
 
-    def count(self, kind: str) -> None:
+    def count(self, kind: MailKind) -> None:
         self.read += 1
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
 
@@ -86,7 +87,7 @@ def process_bounces(settings: Settings, store: Store, *, now: datetime) -> Bounc
             return
         report.count(outcome.kind)
         report.changes += outcome.lines
-        if verdict.kind == "unrecognised":
+        if verdict.kind == MailKind.UNRECOGNISED:
             report.unrecognised.append(f"{item.source}: {verdict.note}")
 
     for item in read_mailbox(b.mailbox, settings, skip=seen):
@@ -99,7 +100,7 @@ def process_bounces(settings: Settings, store: Store, *, now: datetime) -> Bounc
                 recorded = store.record_bounce_mail(
                     digest=digest,
                     source=item.source,
-                    kind="unreadable",
+                    kind=MailKind.UNREADABLE,
                     note=note,
                     events=(),
                     now=now,
@@ -109,6 +110,6 @@ def process_bounces(settings: Settings, store: Store, *, now: datetime) -> Bounc
                 recorded = None
                 note += f"; not recorded either ({type(again).__name__}), tried again next run"
             if recorded is not None:
-                report.count("unreadable")
+                report.count(MailKind.UNREADABLE)
             report.unrecognised.append(f"{item.source}: {note}")
     return report

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..db.models import BounceKind, MailKind, SignedBy
+
 __all__ = ["FoundEvent", "MailOutcome"]
 
 
@@ -11,18 +13,16 @@ __all__ = ["FoundEvent", "MailOutcome"]
 class FoundEvent:
     """A bounce or complaint found in a mail: for a subscriber known by token, or by address."""
 
-    kind: str  # hard, soft, complaint
+    kind: BounceKind
     address: str
     subscriber_id: int | None
     issue_id: int | None
     status: str
     detail: str
-    # what named the subscriber: "verp" (our signed envelope address), "link" (only the signed
-    # unsubscribe link of a returned copy), "" (nothing signed)
-    signed_by: str = ""
+    signed_by: SignedBy = SignedBy.NOTHING
 
 
 @dataclass(frozen=True)
 class MailOutcome:
     lines: list[str]  # what changed, one line per event
-    kind: str  # as recorded: the classified kind, or "review" when the policy believed none of it
+    kind: MailKind  # as recorded: the classified kind, or REVIEW when the policy believed none of it

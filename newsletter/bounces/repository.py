@@ -14,13 +14,17 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ..db import widths
 from ..db.engine import Database
 from ..db.models import (
     BounceEvent,
+    BounceKind,
     BounceMail,
     Delivery,
     DeliveryStatus,
     Issue,
+    MailKind,
+    SignedBy,
     Subscriber,
     SubscriberStatus,
 )
@@ -35,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["REVIEW_KINDS", "BounceRepository"]
 
-REVIEW_KINDS = ("review", "unrecognised", "unreadable")  # bounce mails that changed nobody
+REVIEW_KINDS = (MailKind.REVIEW, MailKind.UNRECOGNISED, MailKind.UNREADABLE)  # mails that changed nobody
 
 
 class BounceRepository(Database):
@@ -54,7 +58,7 @@ class BounceRepository(Database):
         *,
         digest: str,
         source: str,
-        kind: str,
+        kind: MailKind,
         note: str,
         events: Iterable[FoundEvent],
         now: datetime,
@@ -67,15 +71,20 @@ class BounceRepository(Database):
                 if s.scalar(select(BounceMail.id).where(BounceMail.digest == digest)) is not None:
                     return None
                 mail = BounceMail(
-                    digest=digest, source=source[:500], kind=kind, note=note[:2000], read_at=now
+                    digest=digest,
+                    source=source[: widths.BOUNCE_SOURCE],
+                    kind=kind,
+                    note=note[: widths.NOTE],
+                    read_at=now,
                 )
                 s.add(mail)
                 s.flush()
                 verdicts = [self._apply_event(s, mail.id, e, now, policy) for e in events]
                 if any(v.refused for v in verdicts):  # listed on the console with the others to review
                     refused = "; ".join(v.line for v in verdicts if v.refused)
-                    mail.kind, mail.note = "review", "; ".join(filter(None, (note, refused)))[:2000]
-                return MailOutcome([v.line for v in verdicts], mail.kind)
+                    kind = MailKind.REVIEW
+                    mail.kind, mail.note = kind, "; ".join(filter(None, (note, refused)))[: widths.NOTE]
+                return MailOutcome([v.line for v in verdicts], kind)
         except IntegrityError:
             return None
 
@@ -86,17 +95,18 @@ class BounceRepository(Database):
         sub = s.get(Subscriber, e.subscriber_id) if e.subscriber_id else None
         known = e.issue_id is not None and s.get(Issue, e.issue_id) is not None
         issue_id = e.issue_id if known else None
-        verp = sub is not None and e.signed_by == "verp"
+        verp = sub is not None and e.signed_by == SignedBy.VERP
         soft = 0
-        if sub is not None and e.signed_by == "verp" and e.kind == "soft":
+        if sub is not None and e.signed_by == SignedBy.VERP and e.kind == BounceKind.SOFT:
             soft = 1 + (  # this one and those before it within the window
                 s.scalar(
                     select(func.count())
                     .select_from(BounceEvent)
                     .where(
                         BounceEvent.subscriber_id == sub.id,
-                        BounceEvent.kind == "soft",
-                        BounceEvent.signed_by == "verp",  # a soft bounce named only by a link is not counted
+                        BounceEvent.kind == BounceKind.SOFT,
+                        BounceEvent.signed_by
+                        == SignedBy.VERP,  # a soft bounce named only by a link is not counted
                         BounceEvent.created_at >= now - policy.soft_window,
                     )
                 )
@@ -106,7 +116,7 @@ class BounceRepository(Database):
             kind=e.kind,
             code=e.status,
             address=sub.email if sub else e.address,
-            signed_by=e.signed_by if e.subscriber_id is not None else "",
+            signed_by=e.signed_by if e.subscriber_id is not None else SignedBy.NOTHING,
             current=sub.status if sub else None,
             soft_count=soft,
             sent_ago=_sent_ago(s, e, sub, now) if sub is not None and verp else None,
@@ -118,10 +128,10 @@ class BounceRepository(Database):
                 subscriber_id=named.id if named else None,
                 issue_id=issue_id if named else None,
                 kind=e.kind,
-                address=(sub.email if sub else e.address)[:320],
-                status=e.status[:16],
+                address=(sub.email if sub else e.address)[: widths.EMAIL],
+                status=e.status[: widths.STATE],
                 detail=e.detail,
-                signed_by=e.signed_by if named else "",
+                signed_by=e.signed_by if named else SignedBy.NOTHING,
                 created_at=now,
             )
         )
@@ -138,7 +148,8 @@ class BounceRepository(Database):
                     Delivery.status == DeliveryStatus.SENT,
                 )
                 .values(
-                    status=DeliveryStatus.BOUNCED, last_reply=f"bounced later: {e.status} {e.detail}"[:1000]
+                    status=DeliveryStatus.BOUNCED,
+                    last_reply=f"bounced later: {e.status} {e.detail}"[: widths.REPLY],
                 )
             )
             if changed.rowcount:  # type: ignore[attr-defined]

@@ -29,10 +29,10 @@ from rich.progress import (
 
 from ..config import Settings, find_config_path, load_settings
 from ..db.models import DeliveryStatus, Issue, SubscriberStatus
-from ..errors import ConfigError, NewsletterError, NotFoundError
+from ..errors import NewsletterError, NotFoundError, UsageError
 from ..issues.build import BuildOutcome, GatherReport, gather, gather_and_build, today
 from ..store import Store
-from ..subscribers.rules import check_name, normalise_email
+from ..subscribers.rules import InvalidSubscriber, check_name, normalise_email
 
 # Piped into a log or a cron mail, tables get room rather than the 80 columns of no terminal.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -75,6 +75,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except NewsletterError as exc:
+            if exc.__cause__ is not None and os.environ.get("NEWSLETTER_DEBUG"):
+                raise  # what the database (or another library) raised, with its traceback
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
@@ -194,8 +196,8 @@ def _build(app: App, issue_date: date, *, quiet: bool = False) -> BuildOutcome:
 def _checked(email: str, name: str | None) -> tuple[str, str | None]:
     try:
         return normalise_email(email), check_name(name)
-    except NewsletterError as exc:
-        raise ConfigError(str(exc)) from None
+    except InvalidSubscriber as exc:  # given on the command line
+        raise UsageError(str(exc)) from None
 
 
 def _gather(app: App, *, quiet: bool = False) -> GatherReport:
@@ -226,7 +228,7 @@ def _issue_date(app: App, value: str | None) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise ConfigError(f"--date must be YYYY-MM-DD, not {value!r}") from None
+        raise UsageError(f"--date must be YYYY-MM-DD, not {value!r}") from None
 
 
 def _say_gathered(report: GatherReport, *, quiet: bool) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from .. import operators
+from ..links import Links
 from . import App, _log, _now, _print_json, err, main, out, pass_app
 
 
@@ -55,7 +56,7 @@ def add_user(app: App, name: str) -> None:
     name = name.strip()
     out.print(
         f"{'added operator' if added else 'set a new password for'} {name}; log in at "
-        f"{app.settings.newsletter.base_url.rstrip('/')}/admin/ (newsletter serve)",
+        f"{Links(app.settings.newsletter.base_url).console()} (newsletter serve)",
         markup=False,
     )
 

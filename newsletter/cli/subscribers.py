@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ..db.models import SubscriberStatus
+from ..db.models import SubscriberSource, SubscriberStatus
 from ..errors import NotFoundError
 from ..private import open_private, private_folder
 from ..subscribers.rules import import_csv, write_csv
@@ -29,7 +29,7 @@ def subscribers() -> None:
 def subscribers_add(app: App, email: str, name: str | None) -> None:
     """Add an active subscriber (no confirmation mail)."""
     address, clean_name = _checked(email, name)
-    sub, created = app.store.add_subscriber(address, clean_name, now=_now(), source="cli")
+    sub, created = app.store.add_subscriber(address, clean_name, now=_now(), source=SubscriberSource.CLI)
     out.print(f"{'added' if created else 'already present'}: {sub.email} ({sub.status})", markup=False)
 
 

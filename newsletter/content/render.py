@@ -19,6 +19,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from ..config import Settings
+from ..links import Links
 from .digest import Digest, DigestStory
 from .sanitize import PLACEHOLDER_PREFIX
 
@@ -105,6 +106,7 @@ def render_issue(digest: Digest, settings: Settings, *, issue_id: int | None) ->
     """The issue's HTML (CSS inlined) and text with new placeholders; `issue_id` None leaves its
     placeholder in its place."""
     n = settings.newsletter
+    links = Links(n.base_url)
     names = Placeholders.new()
     tz = n.tz
     subject = render_subject(settings.digest.subject, digest)
@@ -125,8 +127,8 @@ def render_issue(digest: Digest, settings: Settings, *, issue_id: int | None) ->
         "sections": digest.sections,
         "story_count": len(digest.stories),
         "when": when,
-        "archive_url": f"{n.base_url.rstrip('/')}/archive/{names.issue_id if issue_id is None else issue_id}",
-        "signup_url": n.base_url.rstrip("/") + "/",
+        "archive_url": links.archived_issue(names.issue_id if issue_id is None else issue_id),
+        "signup_url": links.signup(),
         "greeting": names.greeting,
         "unsubscribe_url": names.unsubscribe_url,
     }
@@ -217,12 +219,11 @@ def render_web(
     """An issue's HTML (or text) as nobody in particular reads it, in the archive, a preview or
     the console: the greeting without a name, and the unsubscribe link pointing at the site
     (or at `unsubscribe_url`), never a subscriber's token. `placeholder_key` is the issue's."""
-    base = settings.newsletter.base_url.rstrip("/")
     return fill(
         body,
         Placeholders.of(placeholder_key),
         greeting=greeting_for(None),
-        unsubscribe_url=unsubscribe_url or base + "/",
+        unsubscribe_url=unsubscribe_url or Links(settings.newsletter.base_url).signup(),
         for_html=for_html,
     )
 
@@ -230,7 +231,7 @@ def render_web(
 def render_confirmation(settings: Settings, *, confirm_url: str) -> tuple[str, str, str]:
     """(subject, inlined HTML, text) of the double opt-in mail."""
     n = settings.newsletter
-    context = {"newsletter": n, "confirm_url": confirm_url, "signup_url": n.base_url.rstrip("/") + "/"}
+    context = {"newsletter": n, "confirm_url": confirm_url, "signup_url": Links(n.base_url).signup()}
     env = environment()
     html = env.get_template("email/confirm.html.j2").render(context)
     text = env.get_template("email/confirm.txt.j2").render(context)

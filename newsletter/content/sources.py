@@ -26,6 +26,7 @@ import httpx
 
 from .. import __version__
 from ..config import SourceSettings
+from ..db import widths
 from ..errors import FeedError
 from .records import FetchedStory
 from .sanitize import clean_html, cut_words, is_pixel, is_safe_url, without_placeholders
@@ -344,9 +345,9 @@ def _story(
         link=link,
         summary=cut_words(content.text),
         bullets=tuple(content.bullets),
-        author=(_words(entry.get("author") or "")[:200] or None),  # the column's length
+        author=(_words(entry.get("author") or "")[: widths.NAME] or None),
         image=_image(entry, content.images),
-        section=section[:200],
+        section=section[: widths.NAME],
         published_at=_published(entry, now=now),
     )
 
@@ -356,13 +357,13 @@ def _identity(entry: Any, link: str, title: str, source: SourceSettings, *, repe
     guid = (entry.get("id") or "").strip()
     if guid:
         if guid.startswith(("http://", "https://")):
-            return canonical_link(guid)[:512]
+            return canonical_link(guid)[: widths.STORY_IDENTITY]
         if guid.startswith(("tag:", "urn:")):
-            return guid[:512]
+            return guid[: widths.STORY_IDENTITY]
         # A bare guid like "42" is unique only within its own feed.
-        return f"{source.url}#{guid}"[:512]
+        return f"{source.url}#{guid}"[: widths.STORY_IDENTITY]
     if link and not repeated_link:
-        return link[:512]
+        return link[: widths.STORY_IDENTITY]
     digest = hashlib.sha256(f"{title}\n{link}".encode()).hexdigest()
     return f"sha256:{digest}"
 

@@ -1,5 +1,9 @@
 """The database itself: its engines and sessions, SQLite's pragmas, and the schema's migrations.
-SQLite or PostgreSQL, by URL; `Store` builds every query on this."""
+SQLite or PostgreSQL, by URL; `Store` builds every query on this.
+
+A failure of the database (it cannot be reached or opened, a table is missing, the disk is full)
+becomes one DatabaseError that names it, wherever a session or a connection is used; an
+IntegrityError stays itself, for the queries that expect one."""
 
 from __future__ import annotations
 
@@ -9,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DatabaseError
 from ..private import create_private, private_folder
 
 __all__ = ["SQLITE_BUSY_TIMEOUT_MS", "Database"]
@@ -36,9 +41,13 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.described = _described(url)  # as a sentence names it
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
-            self._prepare_sqlite_folder(url)
+            try:
+                self._prepare_sqlite_folder(url)
+            except OSError as exc:
+                raise DatabaseError(f"{self.described} cannot be created: {exc.strerror or exc}") from exc
             self.engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
             _configure_sqlite(self.engine)
         else:
@@ -62,21 +71,33 @@ class Database:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
-        with self._reads() as session, session.begin():
+        with self.guarded(), self._reads() as session, session.begin():
             yield session
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """A short write transaction; on SQLite it takes the write lock at BEGIN (no upgrade deadlock)."""
-        with self._writes() as session, session.begin():
+        with self.guarded(), self._writes() as session, session.begin():
             yield session
+
+    @contextlib.contextmanager
+    def guarded(self) -> Iterator[None]:
+        """A failure of the database inside becomes one DatabaseError that names it and says what
+        the database answered; an IntegrityError (a row already there) is the caller's to catch."""
+        try:
+            yield
+        except sa_exc.IntegrityError:
+            raise
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
+            said = _answer(exc)
+            raise DatabaseError(f"{self.described} could not be used: {said}", said) from exc
 
     def ping(self) -> bool:
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             return True
-        except OperationalError:
+        except sa_exc.OperationalError:
             return False
 
     def migrate(self) -> str:
@@ -87,11 +108,12 @@ class Database:
 
         cfg = Config()
         cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-        with self.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-        with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision() or ""
+        with self.guarded():
+            with self.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+            with self.engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision() or ""
 
     def _insert(self, model: Any) -> Any:
         if self.is_sqlite:
@@ -99,6 +121,29 @@ class Database:
         from sqlalchemy.dialects import postgresql  # 30 ms at import: not for a SQLite file
 
         return postgresql.insert(model)
+
+
+def _described(url: str) -> str:
+    """The database as a sentence names it: "the database file PATH", or its URL with the
+    password hidden and without the options ("the database postgresql://news:***@db:5432/news")."""
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError:
+        return "the database"
+    if parsed.get_backend_name() == "sqlite":
+        return f"the database file {parsed.database or ':memory:'}"
+    shown = parsed.set(drivername=parsed.get_backend_name(), query={})
+    return f"the database {shown.render_as_string(hide_password=True)}"
+
+
+def _answer(exc: BaseException) -> str:
+    """What the database (or its driver) said, in one line; and what to do when the schema is missing."""
+    said = getattr(exc, "orig", None) or exc
+    lines = str(said).strip().splitlines()
+    answer = lines[0].strip() if lines else type(said).__name__
+    if "no such table" in answer or ("relation" in answer and "does not exist" in answer):
+        answer += " (is the schema there? 'newsletter init' creates it)"
+    return answer
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -24,9 +24,15 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from . import widths
+
 __all__ = [
     "Base",
     "BounceEvent",
+    "BounceKind",
+    "MailKind",
+    "SignedBy",
+    "SubscriberSource",
     "Operator",
     "BounceMail",
     "Delivery",
@@ -103,7 +109,7 @@ class StateColumn(TypeDecorator[Any]):
     """A state enum stored as its value in a VARCHAR(16) (no migration, no database enum type),
     read back as the enum member; a value this code does not know is an error, not a string."""
 
-    impl = String(16)
+    impl = String(widths.STATE)
     cache_ok = True
 
     def __init__(self, states: type[enum.StrEnum]) -> None:
@@ -171,6 +177,43 @@ class DeliveryStatus(enum.StrEnum):
     SKIPPED = "skipped"
 
 
+class SubscriberSource(enum.StrEnum):
+    """How a subscriber came: the command line, an import (command line or console), the form."""
+
+    CLI = "cli"
+    IMPORT = "import"
+    FORM = "form"
+
+
+class BounceKind(enum.StrEnum):
+    """What a bounce event says of one recipient."""
+
+    HARD = "hard"  # 5.x.x: the address does not take mail
+    SOFT = "soft"  # 4.x.x: a delivery given up
+    COMPLAINT = "complaint"  # a feedback loop's report
+
+
+class MailKind(enum.StrEnum):
+    """What a mail read from the bounce mailbox was found to be."""
+
+    BOUNCE = "bounce"
+    COMPLAINT = "complaint"
+    REVIEW = "review"  # a report that no signed token attributes, or one not believed: a person looks
+    DELAYED = "delayed"  # a warning: the server is still trying
+    DELIVERED = "delivered"
+    AUTO_REPLY = "auto_reply"
+    UNRECOGNISED = "unrecognised"
+    UNREADABLE = "unreadable"  # it broke a parser or could not be stored: recorded, reported once
+
+
+class SignedBy(enum.StrEnum):
+    """What named the subscriber of a bounce event."""
+
+    VERP = "verp"  # our signed envelope address: only it closes an address
+    LINK = "link"  # only the signed unsubscribe link of a returned copy
+    NOTHING = ""
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -179,13 +222,13 @@ class Subscriber(Base):
     __tablename__ = "subscribers"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    email: Mapped[str] = mapped_column(StoredString(320), unique=True)
-    name: Mapped[str | None] = mapped_column(StoredString(200))
+    email: Mapped[str] = mapped_column(StoredString(widths.EMAIL), unique=True)
+    name: Mapped[str | None] = mapped_column(StoredString(widths.NAME))
     status: Mapped[SubscriberStatus] = mapped_column(
         StateColumn(SubscriberStatus), default=SubscriberStatus.PENDING
     )
-    source: Mapped[str] = mapped_column(StoredString(16), default="cli")
-    consent_ip: Mapped[str | None] = mapped_column(StoredString(64))
+    source: Mapped[str] = mapped_column(StoredString(widths.STATE), default=SubscriberSource.CLI)
+    consent_ip: Mapped[str | None] = mapped_column(StoredString(widths.IP))
     bounce_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -245,7 +288,7 @@ class Issue(Base):
     counts: Mapped[dict[str, int] | None] = mapped_column(StoredJSON())
     # The random key in this issue's placeholder names (content.render.Placeholders), so no feed's
     # text can spell them; None for an issue stored before: the fixed names.
-    placeholder_key: Mapped[str | None] = mapped_column(StoredString(64))
+    placeholder_key: Mapped[str | None] = mapped_column(StoredString(widths.PLACEHOLDER_KEY))
     # The issue's items in reading order, each a list of story ids: the story shown first, then the
     # other sources that told the same event ("Also covered by"). None for an issue built before.
     items: Mapped[list[list[int]] | None] = mapped_column(StoredJSON())
@@ -255,15 +298,15 @@ class Story(Base):
     __tablename__ = "stories"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    identity: Mapped[str] = mapped_column(StoredString(512), unique=True)
-    source: Mapped[str] = mapped_column(StoredString(200))
+    identity: Mapped[str] = mapped_column(StoredString(widths.STORY_IDENTITY), unique=True)
+    source: Mapped[str] = mapped_column(StoredString(widths.NAME))
     title: Mapped[str] = mapped_column(StoredText())
     link: Mapped[str] = mapped_column(StoredText())
     summary: Mapped[str] = mapped_column(StoredText(), default="")
     bullets: Mapped[list[str]] = mapped_column(StoredJSON(), default=list)
-    author: Mapped[str | None] = mapped_column(StoredString(200))
+    author: Mapped[str | None] = mapped_column(StoredString(widths.NAME))
     image: Mapped[str | None] = mapped_column(StoredText())
-    section: Mapped[str] = mapped_column(StoredString(200))
+    section: Mapped[str] = mapped_column(StoredString(widths.NAME))
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     fetched_at: Mapped[datetime] = mapped_column(UTCDateTime())
     issue_id: Mapped[int | None] = mapped_column(ForeignKey("issues.id"))
@@ -287,7 +330,7 @@ class Delivery(Base):
     last_reply: Mapped[str | None] = mapped_column(StoredText())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The sender that holds the row; a claim is a lease, never a sign that the message is in flight.
-    claimed_by: Mapped[str | None] = mapped_column(StoredString(36))
+    claimed_by: Mapped[str | None] = mapped_column(StoredString(widths.SENDER_ID))
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (Index("ix_deliveries_issue_status", "issue_id", "status", "subscriber_id"),)
@@ -300,7 +343,7 @@ class DeliveryTally(Base):
     __tablename__ = "delivery_tally"
 
     issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id"), primary_key=True)
-    shard: Mapped[str] = mapped_column(StoredString(36), primary_key=True)
+    shard: Mapped[str] = mapped_column(StoredString(widths.SENDER_ID), primary_key=True)
     pending: Mapped[int] = mapped_column(Integer, default=0)
     sending: Mapped[int] = mapped_column(Integer, default=0)
     sent: Mapped[int] = mapped_column(Integer, default=0)
@@ -316,9 +359,9 @@ class Sender(Base):
 
     __tablename__ = "senders"
 
-    id: Mapped[str] = mapped_column(StoredString(36), primary_key=True)
+    id: Mapped[str] = mapped_column(StoredString(widths.SENDER_ID), primary_key=True)
     issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id"))
-    host: Mapped[str] = mapped_column(StoredString(255))
+    host: Mapped[str] = mapped_column(StoredString(widths.HOST))
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -329,7 +372,7 @@ class FeedState(Base):
 
     __tablename__ = "feed_states"
 
-    url: Mapped[str] = mapped_column(StoredString(1000), primary_key=True)
+    url: Mapped[str] = mapped_column(StoredString(widths.FEED_URL), primary_key=True)
     etag: Mapped[str | None] = mapped_column(StoredText())
     last_modified: Mapped[str | None] = mapped_column(StoredText())
     checked_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -344,7 +387,7 @@ class ScheduledRun(Base):
     scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    host: Mapped[str] = mapped_column(StoredString(255))
+    host: Mapped[str] = mapped_column(StoredString(widths.HOST))
     pid: Mapped[int] = mapped_column(Integer)
     issue_id: Mapped[int | None] = mapped_column(Integer)
     outcome: Mapped[str | None] = mapped_column(StoredText())
@@ -356,9 +399,11 @@ class BounceMail(Base):
     __tablename__ = "bounce_mails"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    digest: Mapped[str] = mapped_column(StoredString(64), unique=True)  # sha256 of the mail's bytes
-    source: Mapped[str] = mapped_column(StoredString(500))  # where it was: maildir key, imap uid, ...
-    kind: Mapped[str] = mapped_column(StoredString(16))  # bounce, complaint, auto_reply, unrecognised
+    digest: Mapped[str] = mapped_column(
+        StoredString(widths.DIGEST), unique=True
+    )  # sha256 of the mail's bytes
+    source: Mapped[str] = mapped_column(StoredString(widths.BOUNCE_SOURCE))  # maildir key, imap uid, ...
+    kind: Mapped[str] = mapped_column(StoredString(widths.STATE))  # a MailKind
     note: Mapped[str] = mapped_column(StoredText(), default="")
     read_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -374,13 +419,11 @@ class BounceEvent(Base):
     mail_id: Mapped[int] = mapped_column(ForeignKey("bounce_mails.id"))
     subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id"))
     issue_id: Mapped[int | None] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(StoredString(16))  # hard, soft, complaint
-    address: Mapped[str] = mapped_column(StoredString(320), default="")
-    status: Mapped[str] = mapped_column(StoredString(16), default="")  # the DSN status code, 5.1.1
+    kind: Mapped[str] = mapped_column(StoredString(widths.STATE))  # a BounceKind
+    address: Mapped[str] = mapped_column(StoredString(widths.EMAIL), default="")
+    status: Mapped[str] = mapped_column(StoredString(widths.STATE), default="")  # the DSN status code, 5.1.1
     detail: Mapped[str] = mapped_column(StoredText(), default="")
-    # what named the subscriber: verp (our signed envelope address; only it closes an address),
-    # link (only an unsubscribe link in the returned copy), or "" (nothing signed)
-    signed_by: Mapped[str] = mapped_column(StoredString(8), default="")
+    signed_by: Mapped[str] = mapped_column(StoredString(widths.SIGNED_BY), default=SignedBy.NOTHING)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     __table_args__ = (
@@ -395,8 +438,8 @@ class Operator(Base):
     __tablename__ = "operators"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(StoredString(100), unique=True)
-    password_hash: Mapped[str] = mapped_column(StoredString(255))
+    name: Mapped[str] = mapped_column(StoredString(widths.OPERATOR_NAME), unique=True)
+    password_hash: Mapped[str] = mapped_column(StoredString(widths.HASH))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Carried by every console session; raised at logout and at a new password, ending them all.

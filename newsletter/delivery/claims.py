@@ -68,7 +68,7 @@ class DeliveryRepository(Database):
             # INSERT's rowcount is not reported on every driver: the issue's tally says how many
             added = sum(count_deliveries(s, [issue_id])[0][issue_id].values())
         if added and not self.is_sqlite:  # fresh statistics, so the claims' plans use the indexes
-            with self.engine.connect() as conn:
+            with self.guarded(), self.engine.connect() as conn:
                 conn.execute(text("ANALYZE deliveries"))
                 conn.commit()
         return added

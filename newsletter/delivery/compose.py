@@ -19,12 +19,12 @@ from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from urllib.parse import urlsplit
 
 import dkim
 
 from ..config import Settings, mailbox
 from ..content.render import RenderedIssue, greeting_for, render_confirmation
+from ..links import Links, feedback_id, list_id
 from .signing import DkimSigner, relaxed_chunk
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "address_header",
     "confirmation_message",
     "qp_encode",
-    "list_id_for",
 ]
 
 CRLF = b"\r\n"
@@ -86,16 +85,6 @@ def _qp_value(text: str) -> bytes:
     return qp_encode(text)
 
 
-def _list_slug(list_id: str) -> str:
-    return list_id.rpartition("<")[2].rstrip(">").partition(".")[0]
-
-
-def list_id_for(name: str, base_url: str) -> str:
-    host = urlsplit(base_url).hostname or "localhost"
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "digest"
-    return f"{name} <{slug}.{host}>"
-
-
 class _Part:
     """One body part's quoted-printable pieces: fixed bytes, and slots for the per-subscriber values.
 
@@ -146,22 +135,21 @@ class MessageTemplate:
         signer: DkimSigner | None = None,
     ) -> None:
         self.issue_id = issue_id
-        self.base_url = base_url.rstrip("/")
+        self.links = Links(base_url)
         self.domain = sender.domain or "localhost"
         self.boundary = f"=_nl_{secrets.token_hex(12)}"
         self.signer = signer
         fold = _fold
-        list_id = list_id_for(newsletter_name, base_url)
+        list_header = list_id(newsletter_name, base_url)
         fixed = [
             address_header("From", sender),
             *([address_header("Reply-To", reply_to)] if reply_to else []),
             fold("Subject", subject_prefix + issue.subject),
-            fold("List-Id", list_id),
+            fold("List-Id", list_header),
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
-            fold("List-Help", f"<{self.base_url}/>"),
-            fold("List-Archive", f"<{self.base_url}/archive>"),
-            # campaign:list:type:sender, for Gmail's feedback loop (complaint rates per issue)
-            fold("Feedback-ID", f"{issue_id}:{_list_slug(list_id)}:digest:{self.domain}"),
+            fold("List-Help", f"<{self.links.signup()}>"),
+            fold("List-Archive", f"<{self.links.archive()}>"),
+            fold("Feedback-ID", feedback_id(issue_id, list_header, self.domain)),
             "Precedence: bulk\r\n",
             "Auto-Submitted: auto-generated\r\n",
             *(fold(k, v) for k, v in extra_headers),
@@ -188,11 +176,8 @@ class MessageTemplate:
         self._date_second = -1
         self._date_header = b""
 
-    def unsubscribe_url(self, token: str) -> str:
-        return f"{self.base_url}/unsubscribe/{token}"
-
     def compose(self, recipient: Recipient) -> bytes:
-        url = self.unsubscribe_url(recipient.unsubscribe_token)
+        url = self.links.unsubscribe(recipient.unsubscribe_token)
         greeting = greeting_for(_one_line(recipient.name))
         encoded_url = _qp_value(url)
         html_url = encoded_url if "&" not in url else _qp_value(htmlmod.escape(url))

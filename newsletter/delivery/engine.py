@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from ..db.models import DeliveryStatus
-from ..errors import NewsletterError
+from ..errors import SendBusyError
 from .committer import GroupCommitter, Request
 from .compose import MessageTemplate
 from .owner import Owner
@@ -190,7 +190,7 @@ class _Send:
                     )
                 )
                 return
-            except NewsletterError:
+            except SendBusyError:  # another sender holds it; a database failure is no reason to wait
                 if (
                     not self.options.wait_for_sender
                     or self.should_stop()

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from ..bounces.policy import BOUNCE_CLOSES
+from ..db import widths
 from ..db.engine import Database
 from ..db.models import DeliveryStatus, SubscriberStatus, storable
 from ..errors import SenderFenced
@@ -68,7 +69,7 @@ class DeliveryLedger:
         records = [
             (
                 f.status.value,
-                storable(f.reply[:1000]),  # plain SQL: the column type's rule, called by hand
+                storable(f.reply[: widths.REPLY]),  # plain SQL: the column type's rule, called by hand
                 f.attempts,
                 self._time(f.next_attempt_at),
                 self._time(now) if f.status == DeliveryStatus.SENT else None,

@@ -4,14 +4,15 @@ copies in the outbox folder."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings, read_secret_key
 from ..content.render import Placeholders, RenderedIssue
 from ..db.models import DeliveryStatus, Issue
 from ..errors import NewsletterError
+from ..links import TEST_COPIES, outbox_copies_of, test_copy_key
 from .compose import MessageTemplate, Recipient
 from .engine import SendOptions, SendReport, send_issue
 from .records import NO_ISSUE
@@ -118,7 +119,7 @@ def send_test_copy(settings: Settings, store: Store, issue: Issue, address: str)
     message = template.compose(Recipient(sub.id if sub else 0, address, sub.name if sub else None, token))
     transport = open_transport(settings)
     try:
-        key = f"test/issue-{issue.id}-{int(time.time())}"
+        key = test_copy_key(issue.id, datetime.now(UTC))
         result = transport.send(Envelope(settings.return_path, address, key), message)
     finally:
         transport.close()
@@ -132,9 +133,9 @@ def erase_outbox_copies(settings: Settings, subscriber_id: int, address: str) ->
     folder = settings.path(settings.delivery.outbox_dir)
     if not folder.is_dir():
         return 0
-    found = {*folder.glob(f"*/{subscriber_id:08d}.eml"), *folder.glob(f"confirm/{subscriber_id}-*.eml")}
+    found = {path for pattern in outbox_copies_of(subscriber_id) for path in folder.glob(pattern)}
     needle = address.lower().encode()
-    found |= {p for p in folder.glob("test/*.eml") if needle in p.read_bytes().lower()}
+    found |= {p for p in folder.glob(TEST_COPIES) if needle in p.read_bytes().lower()}
     for path in found:
         path.unlink(missing_ok=True)
     return len(found)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import NewsletterError, TransportError
+from ..links import issue_copy_key
 from .compose import MessageTemplate, Recipient
 from .pacing import reconnect_wait
 from .progress import Progress
@@ -57,7 +58,7 @@ class SenderJob:
 
     def envelope(self, target: DeliveryTarget) -> Envelope:
         who = target.subscriber_id
-        return Envelope(self.mail_from(who), target.email, f"issue-{self.issue_id}/{who:08d}")
+        return Envelope(self.mail_from(who), target.email, issue_copy_key(self.issue_id, who))
 
 
 def _named(exc: BaseException) -> str:

@@ -11,13 +11,11 @@ import hmac
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
+from ..errors import BadToken
+
 __all__ = ["BadToken", "Tokens", "CONFIRM_MAX_AGE_SECONDS", "verp_address", "verp_token"]
 
 CONFIRM_MAX_AGE_SECONDS = 7 * 24 * 3600
-
-
-class BadToken(Exception):
-    """The token is tampered with, of another purpose, or expired."""
 
 
 class Tokens:

@@ -15,6 +15,7 @@ from typing import NamedTuple, Protocol
 from ..config import Settings
 from ..db.models import DeliveryStatus
 from ..errors import ConfigError, TransportError
+from ..links import OUTBOX_SUFFIX
 from ..private import open_private, private_folder
 from .replies import SendResult, classify_reply
 from .wire import (
@@ -51,7 +52,7 @@ STEP_TIMEOUTS = 2
 class Envelope(NamedTuple):
     mail_from: str
     rcpt_to: str
-    key: str  # names the message in the outbox: "issue-3/000042"
+    key: str  # names the message in the outbox (links: issue_copy_key, "issue-3/00000042")
 
 
 class Transport(Protocol):
@@ -67,9 +68,9 @@ class OutboxTransport:
         self.folder = folder
 
     def send(self, envelope: Envelope, message: bytes) -> SendResult:
-        path = self.folder / f"{envelope.key}.eml"
+        path = self.folder / f"{envelope.key}{OUTBOX_SUFFIX}"
         private_folder(path.parent)
-        tmp = path.with_suffix(".eml.tmp")
+        tmp = path.with_suffix(f"{OUTBOX_SUFFIX}.tmp")
         with open_private(tmp, "wb") as f:
             f.write(message)
         os.replace(tmp, path)

@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..config import Settings
 from ..content.digest import DigestStory, choose, issue_window
 from ..db.models import Issue, Story
+from ..errors import DatabaseError
 
 # sources (httpx, feedparser) and render (jinja2, premailer) are imported where they are used: every
 # command starts a process, and most gather and render nothing
@@ -82,7 +83,7 @@ def _keep(store: Store, result: FeedResult, *, now: datetime, vectors: dict[str,
     added = 0
     try:
         added = store.add_stories(result.stories, now=now, vectors=vectors)
-    except SQLAlchemyError as exc:
+    except (DatabaseError, SQLAlchemyError) as exc:
         result.error = f"its stories could not be stored ({_first_line(exc)})"
     if result.source.is_remote:
         try:
@@ -93,14 +94,14 @@ def _keep(store: Store, result: FeedResult, *, now: datetime, vectors: dict[str,
                 error=result.error,
                 now=now,
             )
-        except SQLAlchemyError as exc:
+        except (DatabaseError, SQLAlchemyError) as exc:
             result.error = result.error or f"its state could not be stored ({_first_line(exc)})"
     return added
 
 
-def _first_line(exc: SQLAlchemyError) -> str:
+def _first_line(exc: DatabaseError | SQLAlchemyError) -> str:
     """What the database said, without SQLAlchemy's statement and parameters."""
-    said = str(getattr(exc, "orig", None) or exc).strip()
+    said = exc.said if isinstance(exc, DatabaseError) else str(getattr(exc, "orig", None) or exc).strip()
     return (said.splitlines() or [type(exc).__name__])[0][:300]
 
 

@@ -15,9 +15,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from ..db import widths
 from ..db.engine import Database
 from ..db.models import (
     BounceEvent,
+    BounceKind,
     Delivery,
     DeliveryStatus,
     Issue,
@@ -31,6 +33,9 @@ from ..errors import NewsletterError
 from .records import IssueCounts
 
 __all__ = ["IssueRepository", "ScheduledRunRepository"]
+
+# The bounce events an issue's counts show (a hard bounce is the delivery's own state, `bounced`).
+COUNTED_EVENTS = (BounceKind.SOFT, BounceKind.COMPLAINT)
 
 # Readers may see an issue on the web once it is on its way to them, and not while it is held back.
 _IN_ARCHIVE = and_(Issue.status.in_([IssueStatus.SENDING, IssueStatus.SENT]), Issue.paused.is_(False))
@@ -150,7 +155,7 @@ class IssueRepository(Database):
                         BounceEvent.kind,
                         func.count(func.distinct(BounceEvent.subscriber_id)),
                     )
-                    .where(BounceEvent.issue_id.in_(ids), BounceEvent.kind.in_(["soft", "complaint"]))
+                    .where(BounceEvent.issue_id.in_(ids), BounceEvent.kind.in_(COUNTED_EVENTS))
                     .group_by(BounceEvent.issue_id, BounceEvent.kind)
                 ):
                     if eid is not None:
@@ -175,8 +180,8 @@ class IssueRepository(Database):
                 sent_at=i.sent_at,
                 deliveries={st.value: counts[i.id].get(st.value, 0) for st in DeliveryStatus},
                 accepted=accepted[i.id],
-                soft_bounced=events.get((i.id, "soft"), 0),
-                complained=events.get((i.id, "complaint"), 0),
+                soft_bounced=events.get((i.id, BounceKind.SOFT), 0),
+                complained=events.get((i.id, BounceKind.COMPLAINT), 0),
                 unsubscribed=unsubscribed.get(i.id, 0),
                 paused=i.paused,
             )
@@ -246,7 +251,7 @@ class ScheduledRunRepository(Database):
         with self.write() as s:
             run = s.get(ScheduledRun, scheduled_for)
             if run is not None:
-                run.finished_at, run.issue_id, run.outcome = now, issue_id, outcome[:2000]
+                run.finished_at, run.issue_id, run.outcome = now, issue_id, outcome[: widths.NOTE]
 
     def attach_scheduled_issue(self, scheduled_for: datetime, issue_id: int) -> None:
         """Note the issue a run is sending, so a resume after a crash can close the run."""
@@ -263,7 +268,7 @@ class ScheduledRunRepository(Database):
             s.execute(
                 update(ScheduledRun)
                 .where(ScheduledRun.issue_id == issue_id, ScheduledRun.finished_at.is_(None))
-                .values(finished_at=now, outcome=outcome[:2000])
+                .values(finished_at=now, outcome=outcome[: widths.NOTE])
             )
 
     def last_scheduled_run(self) -> ScheduledRun | None:

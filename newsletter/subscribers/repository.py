@@ -23,6 +23,7 @@ from ..db.models import (
     Delivery,
     Issue,
     Subscriber,
+    SubscriberSource,
     SubscriberStatus,
 )
 from ..db.tallies import subscriber_tally
@@ -41,7 +42,7 @@ class SubscriberRepository(Database):
         *,
         now: datetime,
         status: SubscriberStatus = SubscriberStatus.ACTIVE,
-        source: str = "cli",
+        source: SubscriberSource = SubscriberSource.CLI,
         consent_ip: str | None = None,
     ) -> tuple[Subscriber, bool]:
         """Add a subscriber, or reactivate one who left; returns (subscriber, created)."""
@@ -80,7 +81,7 @@ class SubscriberRepository(Database):
                 "email": r.email,
                 "name": r.name,
                 "status": SubscriberStatus.ACTIVE.value,
-                "source": "import",
+                "source": SubscriberSource.IMPORT.value,
                 "bounce_count": 0,
                 "created_at": now,
                 "confirmed_at": now,
@@ -132,7 +133,7 @@ class SubscriberRepository(Database):
                     email=email,
                     name=name,
                     status=SubscriberStatus.PENDING,
-                    source="form",
+                    source=SubscriberSource.FORM,
                     consent_ip=ip,
                     bounce_count=0,
                     created_at=now,

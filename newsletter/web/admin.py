@@ -34,9 +34,11 @@ from flask_login import LoginManager, UserMixin, current_user, login_user, logou
 from werkzeug.wrappers import Response as BaseResponse
 
 from ..content.render import render_web
+from ..db import widths
 from ..db.models import Operator, SubscriberStatus
 from ..delivery.sending import erase_outbox_copies, send, send_test_copy
 from ..errors import NewsletterError
+from ..links import Links
 from ..operators import password_matches, rehash_if_needed, session_id
 from ..reports import DELIVERY_COLUMNS, complaint_warning
 from ..schedule import schedule_summary
@@ -106,7 +108,7 @@ def login() -> str | BaseResponse | tuple[str, int] | tuple[str, int, dict[str, 
         return render_template("web/admin/login.html.j2")
     svc = services()
     client = request.remote_addr or "unknown"
-    name = (request.form.get("username") or "").strip()[:100]
+    name = (request.form.get("username") or "").strip()[: widths.OPERATOR_NAME]
     password = request.form.get("password") or ""
     # counted before the (slow) check, by address and by name, so parallel tries can't slip past
     keys, started = [f"address:{client}", f"name:{name.lower()}"], time.monotonic()
@@ -208,13 +210,12 @@ def issue(issue_id: int) -> str:
         abort(404)
     after = request.args.get("after", 0, type=row_id)
     problems = svc.store.problem_deliveries(issue_id, after=after, limit=PAGE)
-    base = svc.settings.newsletter.base_url.rstrip("/")
     text = render_web(
         found.text,
         found.placeholder_key,
         svc.settings,
         for_html=False,
-        unsubscribe_url=f"{base}/unsubscribe/(each reader's own link)",
+        unsubscribe_url=Links(svc.settings.newsletter.base_url).unsubscribe("(each reader's own link)"),
     )
     return render_template(
         "web/admin/issue.html.j2",

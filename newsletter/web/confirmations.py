@@ -24,6 +24,7 @@ from ..delivery.compose import confirmation_message
 from ..delivery.signing import DkimSigner
 from ..delivery.tokens import Tokens
 from ..delivery.transport import Envelope, SendResult
+from ..links import Links, confirmation_key
 from ..store import Store
 
 __all__ = ["ConfirmationMailer", "RELAY_RETRY"]
@@ -52,6 +53,7 @@ class ConfirmationMailer:
         mail_from: Callable[[int], str],
     ) -> None:
         self.settings, self.store, self.tokens = settings, store, tokens
+        self.links = Links(settings.newsletter.base_url)
         self.send_mail, self.now, self.signer, self.mail_from = send_mail, now, signer, mail_from
         self._queue: queue.Queue[_Due] = queue.Queue()
         self._lock = threading.Lock()
@@ -101,16 +103,15 @@ class ConfirmationMailer:
                 )
 
     def _send(self, due: _Due) -> SendResult:
-        base = self.settings.newsletter.base_url.rstrip("/")
         message = confirmation_message(
             self.settings,
             to_email=due.email,
             to_name=due.name,
-            confirm_url=f"{base}/confirm/{self.tokens.confirm(due.subscriber_id)}",
+            confirm_url=self.links.confirm(self.tokens.confirm(due.subscriber_id)),
             signer=self.signer,
         )
         sent_at = self.now()
-        key = f"confirm/{due.subscriber_id}-{int(sent_at.timestamp())}"
+        key = confirmation_key(due.subscriber_id, sent_at)
         result = self.send_mail(Envelope(self.mail_from(due.subscriber_id), due.email, key), message)
         if result.status == DeliveryStatus.SENT:
             self.store.confirmation_sent(due.subscriber_id, now=sent_at)

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, jsonify, make_response, render_template, 
 from ..db.models import SubscriberStatus
 from ..delivery.tokens import BadToken
 from ..errors import NewsletterError
+from ..links import Links
 from ..subscribers.rules import check_name, normalise_email
 from . import services
 
@@ -68,7 +69,7 @@ def form() -> str:
 
 def _embed_action() -> str:
     """The snippet's form posts to the configured site, never to whatever Host the request named."""
-    return services().settings.newsletter.base_url.rstrip("/") + "/subscribe"
+    return Links(services().settings.newsletter.base_url).subscribe()
 
 
 @bp.post("/subscribe")
