@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import functools
+import json
 import re
 from datetime import UTC, date, datetime
 from typing import Any
@@ -36,6 +38,9 @@ __all__ = [
     "Issue",
     "IssueStatus",
     "ScheduledRun",
+    "Frequency",
+    "PreferenceTally",
+    "SectionSet",
     "Sender",
     "Story",
     "Subscriber",
@@ -117,6 +122,32 @@ class StateColumn(TypeDecorator[Any]):
         return None if value is None else self.states(value)
 
 
+class SectionSet(TypeDecorator[tuple[str, ...]]):
+    """A reader's chosen sections as one text value: a JSON list, sorted and without repeats, so
+    one set has one spelling to compare, group and count by; `[]` is every section. Read back as
+    a tuple of names; each name stored through `storable`."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return _spelling(tuple(value)) if value else "[]"  # most readers take all: no JSON made
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        found = json.loads(value)
+        return tuple(str(v) for v in found) if isinstance(found, list) else ()
+
+
+@functools.lru_cache(maxsize=1024)
+def _spelling(names: tuple[str, ...]) -> str:
+    """A set of sections' one stored spelling (an import writes the same few sets again and again)."""
+    return json.dumps(sorted({storable(v) for v in names}), ensure_ascii=False, separators=(",", ":"))
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware datetimes in, aware UTC datetimes out, on SQLite (naive storage) and PostgreSQL alike."""
 
@@ -145,6 +176,13 @@ class SubscriberStatus(enum.StrEnum):
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
     COMPLAINED = "complained"
+
+
+class Frequency(enum.StrEnum):
+    """How often a reader gets the digest: every day's issue, or the weekly edition only."""
+
+    DAILY = "daily"
+    WEEKLY = "weekly"
 
 
 # Never mailed again, whatever anyone types into a form.
@@ -196,6 +234,11 @@ class Subscriber(Base):
     bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # when a complaint closed the address: a confirmation sent after it may reopen it (the form's)
     complained_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # what the reader chose (subscribers.rules checks it): how often, and which sections (() = all)
+    frequency: Mapped[Frequency] = mapped_column(
+        StateColumn(Frequency), default=Frequency.DAILY, server_default=Frequency.DAILY.value
+    )
+    sections: Mapped[tuple[str, ...]] = mapped_column(SectionSet(), default=(), server_default="[]")
 
     __table_args__ = (
         Index("ix_subscribers_status_id", "status", "id"),
@@ -223,6 +266,19 @@ class SubscriberTally(Base):
     def counts(self) -> dict[str, int]:
         """{status: n} for the statuses anyone has."""
         return {s.value: n for s in SubscriberStatus if (n := getattr(self, s.value))}
+
+
+class PreferenceTally(Base):
+    """Subscribers by status and choice (frequency, sections), kept by triggers on `subscribers`
+    (migration 0014): the dashboard's counts by section and frequency, and every set of sections
+    anyone holds, read from a few rows instead of a million."""
+
+    __tablename__ = "preference_tally"
+
+    status: Mapped[SubscriberStatus] = mapped_column(StateColumn(SubscriberStatus), primary_key=True)
+    frequency: Mapped[Frequency] = mapped_column(StateColumn(Frequency), primary_key=True)
+    sections: Mapped[tuple[str, ...]] = mapped_column(SectionSet(), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Issue(Base):
