@@ -326,6 +326,7 @@ def main() -> None:
             reply_to=n.reply_to_mailbox,
             base_url=n.base_url,
             signer=signer,
+            preferences_token=tokens.preferences,  # as a send composes: each reader's link signed
         )
 
     template = make_template()

@@ -85,7 +85,16 @@ class DigestSettings:
     cluster: bool = True
     # the best measured on tests/data/ (benchmarks/clustering.py); content/cluster.py says what it means
     cluster_threshold: float = 0.33
+    weekly_day: str = ""  # a weekday name: the weekly edition's day; "": no weekly edition, no weekly choice
+    weekly_max_stories: int = 15
 
+    @property
+    def weekly(self) -> bool:
+        """Whether there is a weekly edition, so readers may choose it."""
+        return bool(self.weekly_day)
+
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 # Entries read from one feed when its table does not say: a day's news many times over, and a
 # feed of 90,000 entries is not 90,000 stories.
@@ -180,6 +189,12 @@ class Settings:
     @property
     def database_url(self) -> str:
         return self.database.url
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """What a reader may choose from: the distinct `section` values of the sources, in the
+        order of the file (a source without one is in every reader's issue)."""
+        return tuple(dict.fromkeys(s.section for s in self.sources if s.section and s.section.strip()))
 
     @property
     def secret_key_path(self) -> Path:
@@ -348,6 +363,12 @@ def _check(s: Settings) -> None:
         0 <= d.min_stories <= d.max_stories, "digest.min_stories", "must be between 0 and digest.max_stories"
     )
     need(0 <= d.cluster_threshold <= 1, "digest.cluster_threshold", "must be a number from 0 to 1")
+    need(
+        d.weekly_day.lower() in WEEKDAYS or not d.weekly_day,
+        "digest.weekly_day",
+        f'must be a weekday name ({", ".join(WEEKDAYS)}) or "" (no weekly edition), not {d.weekly_day!r}',
+    )
+    need(d.weekly_max_stories > 0, "digest.weekly_max_stories", "must be positive")
     try:
         SandboxedEnvironment().from_string(d.subject)
     except jinja2.TemplateSyntaxError as exc:

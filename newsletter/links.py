@@ -27,6 +27,7 @@ __all__ = [
 
 _CONFIRM = "/confirm/"
 _UNSUBSCRIBE = "/unsubscribe/"
+_PREFERENCES = "/preferences/"
 _ARCHIVE = "/archive"
 
 
@@ -53,6 +54,10 @@ class Links:
     def unsubscribe(self, token: str) -> str:
         """A reader's one-click unsubscribe link (List-Unsubscribe, and the mail's footer)."""
         return f"{self.base}{_UNSUBSCRIBE}{token}"
+
+    def preferences(self, token: str) -> str:
+        """A reader's preference page ("Choose what you get"), in every mail and confirmation page."""
+        return f"{self.base}{_PREFERENCES}{token}"
 
     def archive(self) -> str:
         return f"{self.base}{_ARCHIVE}"

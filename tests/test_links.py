@@ -26,6 +26,7 @@ from .conftest import SECRET
 
 TOKEN = Tokens(SECRET).unsubscribe(42)
 CONFIRM = Tokens(SECRET).confirm(42)
+CHOICES = Tokens(SECRET).preferences(42)
 
 # builder: (its arguments, {method: the view that answers it}, the arguments the view gets)
 ROUTES: dict[str, tuple[tuple[object, ...], dict[str, str], dict[str, object]]] = {
@@ -37,6 +38,7 @@ ROUTES: dict[str, tuple[tuple[object, ...], dict[str, str], dict[str, object]]] 
         {"GET": "unsubscribe.page", "POST": "unsubscribe.unsubscribe"},
         {"token": TOKEN},
     ),
+    "preferences": ((CHOICES,), {"GET": "preferences.page", "POST": "preferences.save"}, {"token": CHOICES}),
     "archive": ((), {"GET": "archive.index"}, {}),
     "archived_issue": ((7,), {"GET": "archive.issue"}, {"issue_id": 7}),
     "console": ((), {"GET": "admin.dashboard"}, {}),

@@ -8,10 +8,19 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ..db.models import SubscriberSource, SubscriberStatus
-from ..errors import NotFoundError
+from ..db.models import Frequency, SubscriberSource, SubscriberStatus
+from ..errors import NotFoundError, UsageError
 from ..private import open_private, private_folder
-from ..subscribers.rules import import_csv, write_csv
+from ..subscribers.records import Preferences
+from ..subscribers.rules import (
+    Choices,
+    InvalidSubscriber,
+    check_preferences,
+    chosen_sections,
+    import_csv,
+    parse_sections,
+    write_csv,
+)
 from . import App, _checked, _now, _print_json, err, main, out, pass_app
 
 # -- subscribers --------------------------------------------------------------------------------
@@ -25,20 +34,50 @@ def subscribers() -> None:
 @subscribers.command("add")
 @click.argument("email")
 @click.option("--name", default=None, help="the subscriber's name")
+@click.option("--sections", default=None, help='the sections they get, "A,B" (default: all)')
+@click.option("--frequency", default=None, help="daily (default) or weekly")
 @pass_app
-def subscribers_add(app: App, email: str, name: str | None) -> None:
-    """Add an active subscriber (no confirmation mail)."""
+def subscribers_add(
+    app: App, email: str, name: str | None, sections: str | None, frequency: str | None
+) -> None:
+    """Add an active subscriber (no confirmation mail); with --sections or --frequency, a known
+    one's choices are set too."""
     address, clean_name = _checked(email, name)
-    sub, created = app.store.add_subscriber(address, clean_name, now=_now(), source=SubscriberSource.CLI)
-    out.print(f"{'added' if created else 'already present'}: {sub.email} ({sub.status})", markup=False)
+    preferences = _preferences(app, address, sections, frequency)
+    sub, created = app.store.add_subscriber(
+        address, clean_name, now=_now(), source=SubscriberSource.CLI, preferences=preferences
+    )
+    changed = " (choices saved)" if preferences is not None and not created else ""
+    out.print(
+        f"{'added' if created else 'already present'}: {sub.email} ({sub.status}){changed}", markup=False
+    )
+
+
+def _preferences(app: App, address: str, sections: str | None, frequency: str | None) -> Preferences | None:
+    """The choices given on the command line, checked by the one rule; None when none was given.
+    A known reader keeps what the options leave out."""
+    if sections is None and frequency is None:
+        return None
+    choices = Choices.of(app.settings)
+    known = app.store.get_subscriber(address)
+    try:
+        if sections is None:
+            names = list(chosen_sections(known.sections, choices)) or None if known else None
+        else:  # --sections "": an empty choice, refused by the rule
+            names = parse_sections(sections, choices, ",") or []
+        default = known.frequency if known else Frequency.DAILY
+        return check_preferences(names, frequency, choices, default_frequency=default)
+    except InvalidSubscriber as exc:
+        raise UsageError(str(exc)) from None
 
 
 @subscribers.command("import")
 @click.argument("file", type=click.Path(path_type=Path))
 @pass_app
 def subscribers_import(app: App, file: Path) -> None:
-    """Import a CSV file with an `email` column and an optional `name` column."""
-    report = import_csv(file, app.store, now=_now())
+    """Import a CSV file with an `email` column and optional `name`, `sections` (names separated
+    by ";", empty for all) and `frequency` columns."""
+    report = import_csv(file, app.store, now=_now(), choices=Choices.of(app.settings))
     for line, reason in report.bad:
         err.print(f"{file}:{line}: skipped: {reason}", markup=False)
     out.print(
@@ -69,6 +108,7 @@ def subscribers_export(app: App, file: Path | None) -> None:
 def subscribers_list(app: App, status: str | None, as_json: bool) -> None:
     """List subscribers, optionally of one status."""
     rows = app.store.iter_subscribers(status=status)
+    choices = Choices.of(app.settings)
     if as_json:
         _print_json(
             {
@@ -80,15 +120,18 @@ def subscribers_list(app: App, status: str | None, as_json: bool) -> None:
                         "created_at": s.created_at,
                         "confirmed_at": s.confirmed_at,
                         "unsubscribed_at": s.unsubscribed_at,
+                        "sections": list(chosen_sections(s.sections, choices)),
+                        "frequency": s.frequency.value,
                     }
                     for s in rows
                 ]
             }
         )
         return
-    table = Table("email", "name", "status", "since")
+    table = Table("email", "name", "status", "since", "frequency", "sections")
     for s in rows:
-        table.add_row(s.email, s.name or "", s.status, f"{s.created_at:%Y-%m-%d}")
+        taken = ", ".join(chosen_sections(s.sections, choices)) or "all"
+        table.add_row(s.email, s.name or "", s.status, f"{s.created_at:%Y-%m-%d}", s.frequency.value, taken)
     out.print(table)
 
 

@@ -1,6 +1,6 @@
 """The Jinja2 environment; renders an issue and inlines its CSS once.
 
-What differs per subscriber (greeting, unsubscribe link) is left as placeholders in the
+What differs per subscriber (greeting, unsubscribe and preference links) is left as placeholders in the
 inlined HTML and the text; `fill` puts the values in, escaped for each part. Each issue's
 placeholders carry a random key chosen when it is rendered, after its feeds' text was read,
 so no feed can spell them."""
@@ -47,6 +47,7 @@ class Placeholders:
     greeting: str
     unsubscribe_url: str
     issue_id: str  # an issue rendered before it has its id (render_issue(issue_id=None))
+    preferences_url: str  # not in the issues rendered before readers could choose
 
     @classmethod
     def of(cls, key: str | None) -> Placeholders:
@@ -56,6 +57,7 @@ class Placeholders:
             greeting=f"{PLACEHOLDER_PREFIX}GREETING{end}",
             unsubscribe_url=f"{PLACEHOLDER_PREFIX}UNSUBSCRIBE_URL{end}",
             issue_id=f"{PLACEHOLDER_PREFIX}ISSUE_ID{end}",
+            preferences_url=f"{PLACEHOLDER_PREFIX}PREFERENCES_URL{end}",
         )
 
     @classmethod
@@ -131,6 +133,7 @@ def render_issue(digest: Digest, settings: Settings, *, issue_id: int | None) ->
         "signup_url": links.signup(),
         "greeting": names.greeting,
         "unsubscribe_url": names.unsubscribe_url,
+        "preferences_url": names.preferences_url,
     }
     env = environment()
     html = env.get_template("email/digest.html.j2").render(context)
@@ -169,11 +172,24 @@ def inline_css(html: str) -> str:
     )
 
 
-def fill(template: str, names: Placeholders, *, greeting: str, unsubscribe_url: str, for_html: bool) -> str:
+def fill(
+    template: str,
+    names: Placeholders,
+    *,
+    greeting: str,
+    unsubscribe_url: str,
+    for_html: bool,
+    preferences_url: str = "",
+) -> str:
     """Put one subscriber's values into rendered HTML or text, escaped for that part."""
     if for_html:
         greeting, unsubscribe_url = htmlmod.escape(greeting), htmlmod.escape(unsubscribe_url)
-    return template.replace(names.greeting, greeting).replace(names.unsubscribe_url, unsubscribe_url)
+        preferences_url = htmlmod.escape(preferences_url)
+    return (
+        template.replace(names.greeting, greeting)
+        .replace(names.unsubscribe_url, unsubscribe_url)
+        .replace(names.preferences_url, preferences_url)
+    )
 
 
 def greeting_for(name: str | None) -> str:
@@ -217,13 +233,16 @@ def render_web(
     unsubscribe_url: str | None = None,
 ) -> str:
     """An issue's HTML (or text) as nobody in particular reads it, in the archive, a preview or
-    the console: the greeting without a name, and the unsubscribe link pointing at the site
-    (or at `unsubscribe_url`), never a subscriber's token. `placeholder_key` is the issue's."""
+    the console: the greeting without a name, and the unsubscribe and preference links pointing
+    at the site (or at `unsubscribe_url`), never a subscriber's token. `placeholder_key` is the
+    issue's."""
+    site = Links(settings.newsletter.base_url).signup()
     return fill(
         body,
         Placeholders.of(placeholder_key),
         greeting=greeting_for(None),
-        unsubscribe_url=unsubscribe_url or Links(settings.newsletter.base_url).signup(),
+        unsubscribe_url=unsubscribe_url or site,
+        preferences_url=site,
         for_html=for_html,
     )
 

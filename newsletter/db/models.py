@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import enum
-import re
-from datetime import UTC, date, datetime
-from typing import Any
+from datetime import date, datetime
 
 from sqlalchemy import (
-    JSON,
     Boolean,
     Date,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
-    String,
-    Text,
-    TypeDecorator,
     false,
 )
-from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from . import widths
@@ -42,6 +34,9 @@ __all__ = [
     "Issue",
     "IssueStatus",
     "ScheduledRun",
+    "Frequency",
+    "PreferenceTally",
+    "SectionSet",
     "Sender",
     "Story",
     "Subscriber",
@@ -55,94 +50,15 @@ __all__ = [
     "storable",
 ]
 
-# What PostgreSQL's text (NUL) or an XML page (the issue goes through lxml) cannot hold: the C0
-# controls but tab, LF and CR, and the non-characters U+FFFE and U+FFFF, dropped; a lone surrogate
-# (no UTF-8 can carry it) becomes U+FFFD, as the code's other bad bytes do.
-_UNSTORABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]|([\ud800-\udfff])")
-
-
-def storable(text: str) -> str:
-    """The one cleaning rule for every text the newsletter stores (the column types below apply
-    it, and the send ledger's plain SQL calls it): a server's reply, a feed's field, a bounce's
-    diagnostic are kept as far as they can be, never refused by the database."""
-    return _UNSTORABLE.sub(lambda m: "\ufffd" if m.group(1) else "", text)
-
-
-class StoredText(TypeDecorator[str]):
-    """TEXT whose every value goes through `storable` on its way in."""
-
-    impl: type[String] = Text
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
-        return storable(value) if isinstance(value, str) else value
-
-
-class StoredString(StoredText):
-    """VARCHAR(n) whose every value goes through `storable` on its way in."""
-
-    impl = String
-    cache_ok = True
-
-
-class StoredJSON(TypeDecorator[Any]):
-    """JSON whose every string, in lists and tables at any depth, goes through `storable`."""
-
-    impl = JSON
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
-        return _stored(value)
-
-
-def _stored(value: Any) -> Any:
-    if isinstance(value, str):
-        return storable(value)
-    if isinstance(value, list | tuple):
-        return [_stored(v) for v in value]
-    if isinstance(value, dict):
-        return {_stored(k): _stored(v) for k, v in value.items()}
-    return value
-
-
-class StateColumn(TypeDecorator[Any]):
-    """A state enum stored as its value in a VARCHAR(16) (no migration, no database enum type),
-    read back as the enum member; a value this code does not know is an error, not a string."""
-
-    impl = String(widths.STATE)
-    cache_ok = True
-
-    def __init__(self, states: type[enum.StrEnum]) -> None:
-        super().__init__()
-        self.states = states
-
-    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
-        return None if value is None else self.states(value).value
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
-        return None if value is None else self.states(value)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Aware datetimes in, aware UTC datetimes out, on SQLite (naive storage) and PostgreSQL alike."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the database")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        when = datetime.fromisoformat(value) if isinstance(value, str) else value
-        assert isinstance(when, datetime)
-        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+from .types import (
+    SectionSet,
+    StateColumn,
+    StoredJSON,
+    StoredString,
+    StoredText,
+    UTCDateTime,
+    storable,
+)
 
 
 class SubscriberStatus(enum.StrEnum):
@@ -151,6 +67,13 @@ class SubscriberStatus(enum.StrEnum):
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
     COMPLAINED = "complained"
+
+
+class Frequency(enum.StrEnum):
+    """How often a reader gets the digest: every day's issue, or the weekly edition only."""
+
+    DAILY = "daily"
+    WEEKLY = "weekly"
 
 
 # Never mailed again, whatever anyone types into a form.
@@ -239,6 +162,11 @@ class Subscriber(Base):
     bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # when a complaint closed the address: a confirmation sent after it may reopen it (the form's)
     complained_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # what the reader chose (subscribers.rules checks it): how often, and which sections (() = all)
+    frequency: Mapped[Frequency] = mapped_column(
+        StateColumn(Frequency), default=Frequency.DAILY, server_default=Frequency.DAILY.value
+    )
+    sections: Mapped[tuple[str, ...]] = mapped_column(SectionSet(), default=(), server_default="[]")
 
     __table_args__ = (
         Index("ix_subscribers_status_id", "status", "id"),
@@ -266,6 +194,19 @@ class SubscriberTally(Base):
     def counts(self) -> dict[str, int]:
         """{status: n} for the statuses anyone has."""
         return {s.value: n for s in SubscriberStatus if (n := getattr(self, s.value))}
+
+
+class PreferenceTally(Base):
+    """Subscribers by status and choice (frequency, sections), kept by triggers on `subscribers`
+    (migration 0014): the dashboard's counts by section and frequency, and every set of sections
+    anyone holds, read from a few rows instead of a million."""
+
+    __tablename__ = "preference_tally"
+
+    status: Mapped[SubscriberStatus] = mapped_column(StateColumn(SubscriberStatus), primary_key=True)
+    frequency: Mapped[Frequency] = mapped_column(StateColumn(Frequency), primary_key=True)
+    sections: Mapped[tuple[str, ...]] = mapped_column(SectionSet(), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Issue(Base):

@@ -13,6 +13,7 @@ import itertools
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
@@ -133,9 +134,11 @@ class MessageTemplate:
         subject_prefix: str = "",
         extra_headers: tuple[tuple[str, str], ...] = (),
         signer: DkimSigner | None = None,
+        preferences_token: Callable[[int], str] | None = None,
     ) -> None:
         self.issue_id = issue_id
         self.links = Links(base_url)
+        self.preferences_token = preferences_token  # subscriber id -> token; None: the site's page
         self.domain = sender.domain or "localhost"
         self.boundary = f"=_nl_{secrets.token_hex(12)}"
         self.signer = signer
@@ -168,7 +171,9 @@ class MessageTemplate:
         # only this issue's own placeholder names: text that merely looks like one stays text
         names = issue.placeholders
         self._greeting, self._unsubscribe_url = names.greeting, names.unsubscribe_url
-        placeholder = re.compile(f"({re.escape(names.greeting)}|{re.escape(names.unsubscribe_url)})")
+        self._preferences_url = names.preferences_url
+        spliced = (names.greeting, names.unsubscribe_url, names.preferences_url)
+        placeholder = re.compile("(" + "|".join(map(re.escape, spliced)) + ")")
         self._text = _Part(issue.text, placeholder)
         self._html = _Part(issue.html, placeholder)
         self._id_prefix = secrets.token_hex(4)  # with the counter: unique without urandom per message
@@ -176,14 +181,20 @@ class MessageTemplate:
         self._date_second = -1
         self._date_header = b""
 
+    def preferences_url(self, subscriber_id: int) -> str:
+        if self.preferences_token is None:
+            return self.links.signup()
+        return self.links.preferences(self.preferences_token(subscriber_id))
+
     def compose(self, recipient: Recipient) -> bytes:
         url = self.links.unsubscribe(recipient.unsubscribe_token)
         greeting = greeting_for(_one_line(recipient.name))
-        encoded_url = _qp_value(url)
-        html_url = encoded_url if "&" not in url else _qp_value(htmlmod.escape(url))
-        greeting_name, url_name = self._greeting, self._unsubscribe_url
-        text_values = {greeting_name: _qp_value(greeting), url_name: encoded_url}
-        html_values = {greeting_name: _qp_value(htmlmod.escape(greeting)), url_name: html_url}
+        greeting_name, url_name, choose_name = self._greeting, self._unsubscribe_url, self._preferences_url
+        text_values = {greeting_name: _qp_value(greeting)}
+        html_values = {greeting_name: _qp_value(htmlmod.escape(greeting))}
+        for name, value in ((url_name, url), (choose_name, self.preferences_url(recipient.subscriber_id))):
+            text_values[name] = _qp_value(value)
+            html_values[name] = text_values[name] if "&" not in value else _qp_value(htmlmod.escape(value))
         unique = f"{self._id_prefix}{next(self._counter)}"
         message_id = f"<{self.issue_id}.{recipient.subscriber_id}.{unique}@{self.domain}>"
         head = (

@@ -35,7 +35,8 @@ __all__ = [
 
 
 def issue_template(settings: Settings, issue: Issue, *, subject_prefix: str = "") -> MessageTemplate:
-    """The issue encoded once, signed per message when `[dkim]` is set (the key read here, once)."""
+    """The issue encoded once, signed per message when `[dkim]` is set (the key read here, once);
+    each reader's preference link signed as it is composed."""
     n = settings.newsletter
     rendered = RenderedIssue(
         issue.subject,
@@ -53,6 +54,7 @@ def issue_template(settings: Settings, issue: Issue, *, subject_prefix: str = ""
         base_url=n.base_url,
         subject_prefix=subject_prefix,
         signer=signer_for(settings),
+        preferences_token=Tokens(read_secret_key(settings)).preferences,
     )
 
 

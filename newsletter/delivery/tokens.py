@@ -1,4 +1,4 @@
-"""Signed, opaque tokens for confirm and unsubscribe links.
+"""Signed, opaque tokens for confirm, unsubscribe and preference links.
 
 A token carries a subscriber id, never an address, and an HMAC over it with the secret key
 and a purpose; changing one character, or using one purpose's token for another, fails."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Sequence
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
@@ -18,46 +19,80 @@ __all__ = ["BadToken", "Tokens", "CONFIRM_MAX_AGE_SECONDS", "verp_address", "ver
 CONFIRM_MAX_AGE_SECONDS = 7 * 24 * 3600
 
 
-class Tokens:
-    def __init__(self, secret_key: str) -> None:
-        # One signature per subscriber per issue sent: the plain HMAC, keyed once, costs a
-        # microsecond where a serializer that derives its key on every call costs fifteen.
-        self._unsubscribe_key = hashlib.sha256(b"newsletter.unsubscribe\0" + secret_key.encode()).digest()
-        self._confirm = URLSafeTimedSerializer(secret_key, salt="newsletter.confirm")
-        self._bounce_key = hashlib.sha256(b"newsletter.bounce\0" + secret_key.encode()).digest()
+class _ReaderLink:
+    """A subscriber id and an HMAC over it with a key of one purpose: no expiry. One signature per
+    subscriber per issue sent: the plain HMAC, keyed once, costs a microsecond where a serializer
+    that derives its key on every call costs fifteen."""
 
-    def unsubscribe(self, subscriber_id: int) -> str:
+    def __init__(self, secret_key: str, purpose: str) -> None:
+        self._key = hashlib.sha256(f"newsletter.{purpose}\0".encode() + secret_key.encode()).digest()
+        self._refusal = f"this {purpose} link is not valid"
+
+    def sign(self, subscriber_id: int) -> str:
         body = _b64(str(subscriber_id).encode("ascii"))
         return f"{body}.{self._mac(body)}"
 
-    def read_unsubscribe(self, token: str) -> int:
+    def read(self, token: str) -> int:
         body, _, mac = token.partition(".")
         if (
             not body
             or not token.isascii()
             or not hmac.compare_digest(mac.encode("ascii", "replace"), self._mac(body).encode("ascii"))
         ):
-            raise BadToken("this unsubscribe link is not valid")
+            raise BadToken(self._refusal)
         try:
             value = int(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("ascii"))
         except (ValueError, UnicodeDecodeError):
-            raise BadToken("this unsubscribe link is not valid") from None
+            raise BadToken(self._refusal) from None
         return _subscriber_id(value)
 
     def _mac(self, body: str) -> str:
-        return _b64(hmac.new(self._unsubscribe_key, body.encode("ascii"), hashlib.sha256).digest()[:18])
+        return _b64(hmac.new(self._key, body.encode("ascii"), hashlib.sha256).digest()[:18])
 
-    def confirm(self, subscriber_id: int) -> str:
-        return str(self._confirm.dumps(subscriber_id))
+
+class Tokens:
+    def __init__(self, secret_key: str) -> None:
+        self._unsubscribe = _ReaderLink(secret_key, "unsubscribe")
+        self._preferences = _ReaderLink(secret_key, "preferences")
+        self._confirm = URLSafeTimedSerializer(secret_key, salt="newsletter.confirm")
+        self._bounce_key = hashlib.sha256(b"newsletter.bounce\0" + secret_key.encode()).digest()
+
+    def unsubscribe(self, subscriber_id: int) -> str:
+        return self._unsubscribe.sign(subscriber_id)
+
+    def read_unsubscribe(self, token: str) -> int:
+        return self._unsubscribe.read(token)
+
+    def preferences(self, subscriber_id: int) -> str:
+        """The token of a reader's preference page (`/preferences/TOKEN`): like the unsubscribe
+        token, with a key of its own, so neither is ever the other."""
+        return self._preferences.sign(subscriber_id)
+
+    def read_preferences(self, token: str) -> int:
+        return self._preferences.read(token)
+
+    def confirm(self, subscriber_id: int, choice: Sequence[object] = ()) -> str:
+        """`choice`: what the signup form chose (sections, frequency), carried to the confirmation
+        in the signed token, so the choices come with the consent and nobody else's signup of the
+        address can change them."""
+        return str(self._confirm.dumps([subscriber_id, *choice] if choice else subscriber_id))
 
     def read_confirm(self, token: str, *, max_age: int = CONFIRM_MAX_AGE_SECONDS) -> int:
+        return self.read_confirm_choice(token, max_age=max_age)[0]
+
+    def read_confirm_choice(
+        self, token: str, *, max_age: int = CONFIRM_MAX_AGE_SECONDS
+    ) -> tuple[int, list[object]]:
+        """(subscriber id, the signup's choice: [] when it made none)."""
         try:
             value = self._confirm.loads(token, max_age=max_age)
         except SignatureExpired:
             raise BadToken("this confirmation link has expired") from None
         except BadSignature:
             raise BadToken("this confirmation link is not valid") from None
-        return _subscriber_id(value)
+        if isinstance(value, list) and value:
+            return _subscriber_id(value[0]), value[1:]
+        return _subscriber_id(value), []
 
     def bounce(self, issue_id: int, subscriber_id: int) -> str:
         """The VERP token of one delivery: `ISSUE-SUBSCRIBER-MAC`, lower case (some servers fold the

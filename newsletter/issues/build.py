@@ -70,7 +70,7 @@ def gather(
         vectors: dict[str, bytes] | None = store.new_vectors(
             [st for result in results for st in result.stories]
         )
-    except (DatabaseError, SQLAlchemyError):  # each feed's store then meets the failure and reports it as its own
+    except (DatabaseError, SQLAlchemyError):  # each feed then meets it and reports it
         vectors = None
     new = sum(_keep(store, result, now=now, vectors=vectors) for result in results)
     return GatherReport(results=results, new_stories=new)

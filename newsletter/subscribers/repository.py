@@ -21,13 +21,15 @@ from ..db.models import (
     LIVE_STATUSES,
     BounceEvent,
     Delivery,
+    Frequency,
     Issue,
+    PreferenceTally,
     Subscriber,
     SubscriberSource,
     SubscriberStatus,
 )
 from ..db.tallies import subscriber_tally
-from .records import ERASED_DOMAIN, NewSubscriber
+from .records import ERASED_DOMAIN, NewSubscriber, Preferences
 
 __all__ = ["SubscriberRepository", "unsubscribe_in"]
 
@@ -44,8 +46,10 @@ class SubscriberRepository(Database):
         status: SubscriberStatus = SubscriberStatus.ACTIVE,
         source: SubscriberSource = SubscriberSource.CLI,
         consent_ip: str | None = None,
+        preferences: Preferences | None = None,
     ) -> tuple[Subscriber, bool]:
-        """Add a subscriber, or reactivate one who left; returns (subscriber, created)."""
+        """Add a subscriber, or reactivate one who left; returns (subscriber, created). The
+        `preferences` given are theirs, new or not; None leaves a known reader's as they are."""
         with self.write() as s:
             existing = s.scalar(select(Subscriber).where(Subscriber.email == email))
             if existing is not None:
@@ -55,7 +59,10 @@ class SubscriberRepository(Database):
                     existing.unsubscribed_at = None
                 if name and not existing.name:
                     existing.name = name
+                if preferences is not None:
+                    existing.sections, existing.frequency = preferences
                 return existing, False
+            sections, frequency = preferences or Preferences()
             sub = Subscriber(
                 email=email,
                 name=name,
@@ -65,6 +72,8 @@ class SubscriberRepository(Database):
                 bounce_count=0,
                 created_at=now,
                 confirmed_at=now if status == SubscriberStatus.ACTIVE else None,
+                sections=sections,
+                frequency=frequency,
             )
             s.add(sub)
             s.flush()
@@ -85,6 +94,8 @@ class SubscriberRepository(Database):
                 "bounce_count": 0,
                 "created_at": now,
                 "confirmed_at": now,
+                "sections": r.preferences.sections,
+                "frequency": r.preferences.frequency,
             }
             for r in rows
         ]
@@ -159,10 +170,13 @@ class SubscriberRepository(Database):
         with self.write() as s:
             s.execute(update(Subscriber).where(Subscriber.id == subscriber_id).values(confirm_sent_at=now))
 
-    def confirm_subscriber(self, subscriber_id: int, *, now: datetime) -> Subscriber | None:
+    def confirm_subscriber(
+        self, subscriber_id: int, *, now: datetime, preferences: Preferences | None = None
+    ) -> Subscriber | None:
         """Double opt-in done: `pending` becomes `active` (idempotent for an active one), and so
         does a closed address (complained, bounced) that was sent a confirmation after its closing,
-        which only its owner can have confirmed."""
+        which only its owner can have confirmed. The choices made with the signup (`preferences`)
+        are stored then, and only then: a confirm link clicked again later changes nothing."""
         with self.write() as s:
             sub = s.get(Subscriber, subscriber_id)
             if sub is None:
@@ -175,7 +189,31 @@ class SubscriberRepository(Database):
             )
             if sub.status == SubscriberStatus.PENDING or reopened:
                 sub.status, sub.confirmed_at, sub.unsubscribed_at = SubscriberStatus.ACTIVE, now, None
+                if preferences is not None:
+                    sub.sections, sub.frequency = preferences
             return sub
+
+    def set_preferences(
+        self, subscriber_id: int, preferences: Preferences, *, name: str | None
+    ) -> Subscriber | None:
+        """A reader's choices (checked by subscribers.rules) and name, stored in one transaction;
+        their status is left as it is (saving choices resubscribes nobody). None: no such reader."""
+        with self.write() as s:
+            sub = s.get(Subscriber, subscriber_id)
+            if sub is None:
+                return None
+            sub.sections, sub.frequency = preferences
+            sub.name = name
+            return sub
+
+    def preference_tally(self, *, status: SubscriberStatus | None = None) -> list[PreferenceTally]:
+        """Subscribers by status and choice, from the tally the triggers keep: every set of sections
+        anyone holds, and how many hold it, without counting the table."""
+        with self.read() as s:
+            q = select(PreferenceTally).where(PreferenceTally.n > 0)
+            if status is not None:
+                q = q.where(PreferenceTally.status == status)
+            return list(s.scalars(q))
 
     def iter_subscribers(self, *, status: str | None = None, batch: int = 1000) -> Iterator[Subscriber]:
         """Every subscriber in id order, read in keyset batches (never the whole table at once)."""
@@ -197,14 +235,26 @@ class SubscriberRepository(Database):
             return subscriber_tally(s)
 
     def search_subscribers(
-        self, *, query: str = "", status: str | None = None, after: int = 0, limit: int = 50
+        self,
+        *,
+        query: str = "",
+        status: str | None = None,
+        frequency: Frequency | None = None,
+        sections_in: Sequence[tuple[str, ...]] | None = None,
+        after: int = 0,
+        limit: int = 50,
     ) -> list[Subscriber]:
         """A page of subscribers in id order after `after` (keyset: as fast on page 20,000 as on
-        page 1). `query` matches the start of an address (an index range) or part of a name."""
+        page 1). `query` matches the start of an address (an index range) or part of a name;
+        `sections_in`, the sets of sections to match (see `preference_tally`)."""
         with self.read() as s:
             q = select(Subscriber).where(Subscriber.id > after)
             if status:
                 q = q.where(Subscriber.status == status)
+            if frequency is not None:
+                q = q.where(Subscriber.frequency == frequency)
+            if sections_in is not None:
+                q = q.where(Subscriber.sections.in_(sections_in))
             if query:
                 needle = query.strip().lower()
                 # the addresses that start with the needle: from it to the next prefix of its length

@@ -1,5 +1,5 @@
 """The web app (`newsletter serve`): signup with double opt-in, confirm, one-click unsubscribe,
-the archive and a health check. Flask app factory, one blueprint per concern."""
+the reader's preference page, the archive and a health check. Flask app factory, one blueprint per concern."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def create_app(
     send_mail: Callable[[Envelope, bytes], SendResult] | None = None,
     now: Callable[[], datetime] | None = None,
 ) -> Flask:
-    from . import admin, archive, signup, unsubscribe
+    from . import admin, archive, preferences, signup, unsubscribe
 
     app = _App(__name__, template_folder="../templates")
     app.config["SECRET_KEY"] = read_secret_key(settings)
@@ -121,11 +121,14 @@ def create_app(
     app.wsgi_app = TrustedProxies(app.wsgi_app, settings.web.trusted_proxies)  # type: ignore[method-assign]
     csrf = CSRFProtect(app)
     # Forms posted from other sites by design: the embeddable signup form and RFC 8058 one-click
-    # unsubscribes (a mail client's POST). Every /admin form carries a token.
+    # unsubscribes (a mail client's POST). Every /admin form carries a token. The preference page
+    # is like the unsubscribe link: the signed token in its path is the key (no cookie to ride on),
+    # and saving the same choices twice changes nothing.
     csrf.exempt(signup.bp)
     csrf.exempt(unsubscribe.bp)
+    csrf.exempt(preferences.bp)
     admin.init_login(app)
-    for blueprint in (signup.bp, unsubscribe.bp, archive.bp, admin.bp):
+    for blueprint in (signup.bp, unsubscribe.bp, preferences.bp, archive.bp, admin.bp):
         app.register_blueprint(blueprint)
     app.after_request(_security_headers)
     app.jinja_env.globals["newsletter"] = settings.newsletter

@@ -35,14 +35,23 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from ..content.render import render_web
 from ..db import widths
-from ..db.models import Operator, SubscriberStatus
+from ..db.models import Frequency, Operator, SubscriberStatus
 from ..delivery.sending import erase_outbox_copies, send, send_test_copy
 from ..errors import NewsletterError
 from ..links import Links
 from ..operators import password_matches, rehash_if_needed, session_id
 from ..reports import DELIVERY_COLUMNS, complaint_warning
 from ..schedule import schedule_summary
-from ..subscribers.rules import EXPORT_FIELDS, import_csv, normalise_email, write_csv
+from ..subscribers.rules import (
+    EXPORT_FIELDS,
+    Choices,
+    choice_counts,
+    chosen_sections,
+    import_csv,
+    normalise_email,
+    sets_taking,
+    write_csv,
+)
 from . import services
 from .limits import LOGIN_FAILURES, LOGIN_WINDOW_SECONDS
 
@@ -194,6 +203,13 @@ def dashboard() -> str:
         subscribers=svc.store.subscriber_counts(),
         growth=growth,
         charts=charts,
+        readers=choice_counts(
+            (
+                (t.sections, t.frequency, t.n)
+                for t in svc.store.preference_tally(status=SubscriberStatus.ACTIVE)
+            ),
+            Choices.of(svc.settings),
+        ),
     )
 
 
@@ -343,7 +359,18 @@ def subscribers() -> str:
     if status not in {s.value for s in SubscriberStatus}:
         status = None
     after = request.args.get("after", 0, type=row_id)
-    page = svc.store.search_subscribers(query=query, status=status, after=after, limit=PAGE)
+    choices = Choices.of(svc.settings)
+    frequency = next((f for f in Frequency if f.value == request.args.get("frequency")), None)
+    section = request.args.get("section") if request.args.get("section") in choices.sections else None
+    held = {t.sections for t in svc.store.preference_tally()} if section else set()
+    page = svc.store.search_subscribers(
+        query=query,
+        status=status,
+        frequency=frequency,
+        sections_in=sets_taking(section, held, choices) if section else None,
+        after=after,
+        limit=PAGE,
+    )
     return render_template(
         "web/admin/subscribers.html.j2",
         page=page,
@@ -352,6 +379,10 @@ def subscribers() -> str:
         statuses=[s.value for s in SubscriberStatus],
         next_after=page[-1].id if len(page) == PAGE else None,
         counts=svc.store.subscriber_counts(),
+        choices=choices,
+        frequency=frequency,
+        section=section,
+        taken=lambda sub: ", ".join(chosen_sections(sub.sections, choices)) or "all",
     )
 
 
@@ -391,7 +422,7 @@ def import_file() -> str | BaseResponse:
         path = Path(tmp) / "import.csv"
         upload.save(path)
         try:
-            report = import_csv(path, svc.store, now=svc.now())
+            report = import_csv(path, svc.store, now=svc.now(), choices=Choices.of(svc.settings))
         except NewsletterError as exc:
             flash(f"Nothing imported: {str(exc).replace(str(path), upload.filename)}", "error")
             return redirect(url_for(".subscribers"))

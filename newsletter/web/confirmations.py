@@ -26,6 +26,7 @@ from ..delivery.tokens import Tokens
 from ..delivery.transport import Envelope, SendResult
 from ..links import Links, confirmation_key
 from ..store import Store
+from ..subscribers.records import Preferences
 
 __all__ = ["ConfirmationMailer", "RELAY_RETRY"]
 
@@ -38,6 +39,7 @@ class _Due:
     subscriber_id: int
     email: str
     name: str | None
+    choice: Preferences | None = None  # made on the form: carried in the confirm link
 
 
 class ConfirmationMailer:
@@ -70,7 +72,9 @@ class ConfirmationMailer:
             left = (self._failed_at + RELAY_RETRY - self.now()).total_seconds()
             return left if left > 0 else None
 
-    def submit(self, subscriber_id: int, email: str, name: str | None) -> None:
+    def submit(
+        self, subscriber_id: int, email: str, name: str | None, choice: Preferences | None = None
+    ) -> None:
         with self._lock:
             if subscriber_id in self._waiting:
                 return
@@ -78,7 +82,7 @@ class ConfirmationMailer:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="confirmations", daemon=True)
                 self._thread.start()
-        self._queue.put(_Due(subscriber_id, email, name))
+        self._queue.put(_Due(subscriber_id, email, name, choice))
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """True once every mail handed in has been sent or has failed."""
@@ -107,7 +111,7 @@ class ConfirmationMailer:
             self.settings,
             to_email=due.email,
             to_name=due.name,
-            confirm_url=self.links.confirm(self.tokens.confirm(due.subscriber_id)),
+            confirm_url=self.links.confirm(self.tokens.confirm(due.subscriber_id, _carried(due.choice))),
             signer=self.signer,
         )
         sent_at = self.now()
@@ -116,3 +120,8 @@ class ConfirmationMailer:
         if result.status == DeliveryStatus.SENT:
             self.store.confirmation_sent(due.subscriber_id, now=sent_at)
         return result
+
+
+def _carried(choice: Preferences | None) -> list[object]:
+    """[sections or None for all, frequency]: what `check_preferences` reads again at confirmation."""
+    return [] if choice is None else [list(choice.sections) or None, choice.frequency.value]

@@ -8,12 +8,15 @@ from datetime import timedelta
 
 from flask import Blueprint, Response, jsonify, make_response, render_template, request
 
-from ..db.models import SubscriberStatus
+from ..db.models import Frequency, Subscriber, SubscriberStatus
 from ..delivery.tokens import BadToken
 from ..errors import NewsletterError
 from ..links import Links
-from ..subscribers.rules import check_name, normalise_email
-from . import services
+from ..subscribers.records import Preferences
+from ..subscribers.rules import Choices, InvalidPreferences, check_name, check_preferences, normalise_email
+from . import Services, services
+from .choices import BadBody, Posted, posted, wants_json
+from .preferences import preferences_url
 
 bp = Blueprint("signup", __name__)
 
@@ -24,13 +27,6 @@ CLOSED_RESEND_AFTER = timedelta(days=30)
 CHECK_INBOX = "Thanks! Check your inbox: we sent you a link to confirm your subscription."
 
 
-def _wants_json() -> bool:
-    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
-    return (
-        best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
-    )
-
-
 def _answer(
     status: int,
     message: str,
@@ -39,7 +35,7 @@ def _answer(
     headers: dict[str, str] | None = None,
     form: dict[str, str] | None = None,
 ) -> Response:
-    if _wants_json():
+    if wants_json():
         response = jsonify({"error": message} if error else {"status": "ok", "message": message})
     else:
         page = render_template(
@@ -48,6 +44,7 @@ def _answer(
             error=error,
             form=form or {},
             embed_action=_embed_action(),
+            choices=Choices.of(services().settings),
         )
         response = make_response(page)
     response.status_code = status
@@ -64,6 +61,7 @@ def form() -> str:
         error=False,
         form={},
         embed_action=_embed_action(),
+        choices=Choices.of(services().settings),
     )
 
 
@@ -75,9 +73,11 @@ def _embed_action() -> str:
 @bp.post("/subscribe")
 def subscribe() -> Response:
     svc = services()
-    fields = _fields()
-    if fields is None:
+    try:
+        body = posted()
+    except BadBody:
         return _answer(400, "Send the form's fields as text: email, and optionally name.", error=True)
+    fields = body.fields
     if fields.get("website", "").strip():  # the honeypot: only bots fill it
         return _answer(200, CHECK_INBOX)
     client = request.remote_addr or "unknown"
@@ -92,6 +92,7 @@ def subscribe() -> Response:
     try:
         email = normalise_email(fields.get("email", ""))
         name = check_name(fields.get("name") or None)
+        choice = _signup_choice(body, Choices.of(svc.settings))
     except NewsletterError as exc:
         return _answer(400, str(exc), error=True, form={"email": fields.get("email", "")})
     down = svc.confirmations.relay_down()
@@ -106,33 +107,19 @@ def subscribe() -> Response:
     sub, due = svc.store.request_subscription(
         email, name, ip=client, now=now, resend_after=RESEND_AFTER, closed_resend_after=CLOSED_RESEND_AFTER
     )
-    if due:
-        svc.confirmations.submit(sub.id, sub.email, sub.name)  # mailed after this answer
+    if due:  # the choice goes in the mail's link, stored when the reader confirms
+        svc.confirmations.submit(sub.id, sub.email, sub.name, choice)  # mailed after this answer
     # The same answer whether the address was new, pending or active: nobody learns who subscribed.
     return _answer(200, CHECK_INBOX)
 
 
-def _fields() -> dict[str, str] | None:
-    """The form's fields, from a form body or a JSON object of strings; None for anything else."""
-    if request.form:
-        return {k: v for k, v in request.form.items()}
-    if not request.data:
-        return {}
-    found = request.get_json(silent=True)
-    if not isinstance(found, dict):
+def _signup_choice(body: Posted, choices: Choices) -> Preferences | None:
+    """The sections and frequency chosen on the form, checked by the one rule; None when the
+    form sent neither (the defaults: every section, daily)."""
+    frequency = body.fields.get("frequency")
+    if body.sections is None and not frequency:
         return None
-    if not all(_is_text(k) and (v is None or isinstance(v, str) and _is_text(v)) for k, v in found.items()):
-        return None
-    return {str(k): v or "" for k, v in found.items()}
-
-
-def _is_text(value: str) -> bool:
-    """False for a lone surrogate (JSON's "\\ud800"): no page, header or database can hold it."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return check_preferences(body.sections, frequency, choices)
 
 
 @bp.get("/confirm/<token>")
@@ -149,10 +136,12 @@ def confirm_page(token: str) -> tuple[str, int]:
 def confirm(token: str) -> tuple[str, int]:
     svc = services()
     try:
-        subscriber_id = svc.tokens.read_confirm(token)
+        subscriber_id, choice = svc.tokens.read_confirm_choice(token)
     except BadToken as exc:
         return render_template("web/message.html.j2", title="Link not valid", message=str(exc)), 400
-    sub = svc.store.confirm_subscriber(subscriber_id, now=svc.now())
+    sub = svc.store.confirm_subscriber(
+        subscriber_id, now=svc.now(), preferences=_confirmed_choice(choice, Choices.of(svc.settings))
+    )
     if sub is None or sub.status != SubscriberStatus.ACTIVE:  # gone since, or closed before it was sent
         return render_template(
             "web/message.html.j2",
@@ -162,5 +151,22 @@ def confirm(token: str) -> tuple[str, int]:
     return render_template(
         "web/message.html.j2",
         title="You're subscribed",
-        message=f"Thanks for confirming. {svc.settings.newsletter.name} will arrive every morning.",
+        message=f"Thanks for confirming. {svc.settings.newsletter.name} will arrive {_when(sub, svc)}.",
+        link=(preferences_url(svc, sub.id), "Choose what you get"),
     ), 200
+
+
+def _when(sub: Subscriber, svc: Services) -> str:
+    day = svc.settings.digest.weekly_day
+    return f"every {day.capitalize()}" if sub.frequency == Frequency.WEEKLY and day else "every morning"
+
+
+def _confirmed_choice(choice: list[object], choices: Choices) -> Preferences | None:
+    """The signup's choice carried in the confirm link, checked again by the rule: one the
+    configuration no longer offers gives the defaults (the page the reader lands on can change them)."""
+    if len(choice) != 2:
+        return None
+    try:
+        return check_preferences(choice[0], choice[1], choices)
+    except InvalidPreferences:
+        return Preferences()
