@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from newsletter.config import DigestSettings, Settings, load_settings
 from newsletter.content.cluster import MAX_SPAN, clusters
 from newsletter.content.digest import DigestStory, choose
 from newsletter.content.render import render_subject
-from newsletter.db.models import Story
+from newsletter.db.models import Issue, Story
 from newsletter.operators import hash_password
 from newsletter.store import Store
 from newsletter.web import create_app
@@ -240,7 +240,10 @@ def test_the_same_headline_eleven_hours_later_joins_a_reworded_telling_does_not(
     follow-up with new facts (the labelled sets' next-morning follow-ups are as alike as their
     events' own tellings; docs/clustering.md). The same headline from another source is the same
     story whenever it comes, and joins as a copy."""
-    first = story(1, "Wire", v=meaning(1), hours_ago=12, summary="A dam gave way after a week of rain.")
+    first = replace(
+        story(1, "Wire", v=meaning(1), hours_ago=12, summary="A dam gave way after a week of rain."),
+        title="Dam gives way near Riverton after a week of rain",
+    )
     copy = replace(story(2, "Post", v=meaning(2, near=1), hours_ago=1), title=first.title)
     reworded = story(3, "Daily", v=meaning(3, near=1), hours_ago=1, summary="The dam failed; homes flooded.")
     d = choose([first, copy], issue_date=NOW.date(), max_stories=5, min_stories=1)
@@ -273,6 +276,30 @@ def test_a_large_day_is_clustered_in_bounded_memory() -> None:
         tracemalloc.stop()
     assert sorted(i for g in groups for i in g) == list(range(2500))
     assert peak < 60 * 2**20, peak
+
+
+def test_a_day_of_near_identical_syndicated_stories_is_clustered_in_bounded_memory() -> None:
+    """2,000 near-copies of one wire story from 10 sources: nearly every pair is alike, so the
+    pairs kept would grow with the square of the day (a hostile or syndicated day took 388 MB);
+    each story keeps its PARTNERS nearest, and each cluster still has one story a source."""
+    rng = np.random.default_rng(9)
+    vectors = (rng.normal(size=384) + 0.05 * rng.normal(size=(2000, 384))).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    text = "Stocks fell as tech shares slid on rate worries."
+    stories = [
+        Told(f"Stocks fall as tech shares slide, report {k}", text, f"Wire {k % 10}", NOW)
+        for k in range(2000)
+    ]
+    tracemalloc.start()
+    try:
+        groups = clusters(stories, vectors, threshold=THRESHOLD)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sorted(i for g in groups for i in g) == list(range(2000))
+    assert all(len({stories[i].source for i in g}) == len(g) for g in groups)
+    assert max(len(g) for g in groups) == 10
+    assert peak < 100 * 2**20, peak
 
 
 def labelled(name: str) -> list[Told]:
@@ -422,6 +449,14 @@ def test_one_event_from_three_feeds_is_one_item_in_the_issue_the_json_and_the_co
     row = page[page.index('id="items"') :]
     assert ">Post</a>, <a" in row and ">Daily</a>" in row and ">Wire</a>" in row
 
+    # items edited by hand into another shape: each story alone, in the console and the JSON
+    for damaged in ([1, 2], {"a": 1}, [["x"]], [[True]]):
+        with store.write() as s:
+            s.execute(update(Issue).where(Issue.id == issue.id).values(items=damaged))
+        assert client.get(f"/admin/issues/{issue.id}").status_code == 200
+        shown = json.loads(run_cli(config, "build", "--json").stdout)["items"]
+        assert sorted(i["link"] for i in shown) == sorted(used) and all(i["also"] == [] for i in shown)
+
 
 def test_a_feed_that_lies_about_its_dates_wins_neither_the_face_nor_the_subject(
     tmp_path: Path, feed_server: FeedServer, env: None
@@ -506,11 +541,49 @@ def test_the_labelled_sets_are_well_formed() -> None:
 def test_the_same_headline_from_another_source_is_named_not_dropped() -> None:
     """An exact copy (same headline, or same link) from a second source is that source's telling
     of the event: it counts for coverage and shows under "Also covered by"."""
-    first = story(1, "Alpha", v=meaning(1), summary="A dam gave way after a week of rain.")
-    second = replace(story(2, "Beta", v=meaning(9)), title=first.title)
+    first = replace(
+        story(1, "Alpha", v=meaning(1), summary="A dam gave way after a week of rain."),
+        title="Dam gives way near Riverton after a week of rain",
+    )
+    # the copy is newer and has a picture: still not the face, which is the first telling's
+    second = replace(story(2, "Beta", v=meaning(9), hours_ago=0.5, image=True), title=first.title)
     d = choose([first, second], issue_date=NOW.date(), max_stories=5, min_stories=1)
     assert d is not None and len(d.stories) == 1
     assert d.lead.id == 1 and [s.source for s in d.lead.also] == ["Beta"] and d.lead.coverage == 2
+
+
+def test_a_generic_headline_shared_by_two_sources_is_no_proof_of_one_event() -> None:
+    """Two sources' "Morning briefing" about different things are two items, each told."""
+    pension = replace(
+        story(1, "Alpha", v=meaning(1), summary="The pension bill passed."), title="Morning Briefing"
+    )
+    ferry = replace(story(2, "Beta", v=meaning(9), summary="A ferry ran aground."), title="Morning briefing:")
+    d = choose([pension, ferry], issue_date=NOW.date(), max_stories=5, min_stories=1)
+    assert d is not None and sorted(s.id for s in d.stories) == [1, 2]
+    assert all(not s.also for s in d.stories) and sorted(d.used) == [1, 2]
+
+
+def test_a_feed_reusing_anothers_link_and_headline_neither_merges_nor_speaks_for_them() -> None:
+    """A hostile source's item with one source's link and another's headline: the clustering
+    reads what it says, so it neither joins unrelated stories into one item, nor becomes the
+    face or the lead of a real event told by two sources."""
+    quake = [
+        story(1, "Alpha", v=meaning(1), summary="A magnitude 6.1 quake struck."),
+        story(2, "Beta", v=meaning(2, near=1), summary="Twelve died in the quake."),
+    ]
+    profit = story(3, "Alpha", v=meaning(3), summary="Acme reported record profit.")
+    bakery = replace(
+        story(4, "Beta", v=meaning(4), summary="The bakery won a prize."), title="Local bakery wins award"
+    )
+    hostile = replace(
+        story(5, "Hostile", v=meaning(5), hours_ago=0.1, image=True, summary="Claim your free coins."),
+        title=bakery.title,
+        link=profit.link,
+    )
+    d = choose([*quake, profit, bakery, hostile], issue_date=NOW.date(), max_stories=10, min_stories=1)
+    assert d is not None and d.lead.id in (1, 2) and d.lead.coverage == 2
+    assert {s.id for s in d.stories} == {d.lead.id, 3, 4, 5}
+    assert all(not s.also for s in d.stories if s is not d.lead)
 
 
 def test_stories_without_vectors_are_judged_by_their_words() -> None:

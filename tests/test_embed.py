@@ -140,6 +140,8 @@ def test_a_stored_vector_comes_back_as_a_unit_float32_vector() -> None:
     assert zero is not None and not zero.any()
     assert vector_of(None) is None and vector_of(blob[:-2]) is None and vector_of(blob + b"\0\0") is None
     assert vector_of(np.full(DIMENSIONS, np.nan, dtype="<f2").tobytes()) is None
+    # a row edited by hand to text or a number is no vector (it is made again), not a crash
+    assert vector_of("a" * BLOB_BYTES) is None and vector_of(42) is None  # type: ignore[arg-type]
 
 
 # -- the process: loaded once, lazily, from the installed package, never from the network ----

@@ -39,6 +39,8 @@ GROUP_SHARE = 0.7
 MAX_SPAN = timedelta(hours=10)
 # Pairs likened at once: a float32 block of this many is 4 MB, whatever the day's size.
 BLOCK_PAIRS = 1 << 20
+# At most this many earlier partners a story, the most alike (a cluster has one story a source).
+PARTNERS = 64
 
 
 class Clusterable(Told, Protocol):
@@ -154,6 +156,24 @@ def _dot(a: dict[int, float], b: dict[int, float]) -> float:
     return sum(v * large.get(w, 0.0) for w, v in small.items())
 
 
+def _nearest(
+    r: NDArray[np.int64], c: NDArray[np.int64], alike: NDArray[np.float32]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]:
+    """The pairs of a block, each later story's PARTNERS most alike at most: on a day of many
+    near-identical syndicated stories the pairs would grow with the square of the day, and a
+    cluster holds one story a source, so a story's nearest partners are the ones that count."""
+    import numpy as np
+
+    if len(r) == 0 or np.bincount(r).max() <= PARTNERS:
+        return r, c, alike
+    order = np.lexsort((-alike, r))  # by story, most alike first
+    r, c, alike = r[order], c[order], alike[order]
+    starts = np.searchsorted(r, r, side="left")
+    rank = np.arange(len(r)) - starts
+    keep = rank < PARTNERS
+    return r[keep], c[keep], alike[keep]
+
+
 class _Day:
     """The stories in the order of their time (so the pairs within MAX_SPAN of a story are a
     range of its neighbours), with what their likeness is made of."""
@@ -195,7 +215,8 @@ class _Day:
             r, c = np.nonzero(alike >= threshold)
             r, c = r + start, c + low
             keep = (c < r) & (self.source[r] != self.source[c]) & (self.hours[r] - self.hours[c] <= self.span)
-            found.append((r[keep], c[keep], alike[r[keep] - start, c[keep] - low]))
+            r, c = r[keep], c[keep]
+            found.append(_nearest(r, c, alike[r - start, c - low]))
             start = stop
         return (
             np.concatenate([f[0] for f in found]),

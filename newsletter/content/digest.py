@@ -23,6 +23,8 @@ SUMMARY_BONUS = timedelta(hours=1)
 # A cluster's first story is its face only when its date is believable: no more than this ahead
 # of the next source's telling (a feed that backdates its story does not win by it).
 SCOOP = timedelta(hours=3)
+# A headline of this many words or more, word for word another source's, names one event.
+RETOLD_WORDS = 5
 
 
 @dataclass(frozen=True)
@@ -118,24 +120,20 @@ def choose(
 ) -> Digest | None:
     """The issue's items: the widest covered first, at most `max_stories` of them, one lead;
     None when too few. An item is a cluster of stories of one event, told by its best story."""
-    unique, copies = _unique(sorted(candidates, key=lambda s: (s.score, s.id), reverse=True))
+    ranked = sorted(candidates, key=lambda s: (s.score, s.id), reverse=True)
     if cluster:
         from .cluster import clusters  # imported where it runs: most commands choose nothing
 
+        # only a source's own repeats are set aside unread: another source's story with the same
+        # link or headline is clustered on what it says (a shared link or a generic headline such
+        # as "Morning briefing" is no proof of one event, and a copy must never speak for another)
+        unique, copies = _unique(ranked, within_source=True)
         groups = clusters(unique, _embeddings(unique), threshold=cluster_threshold)
+        items = _retold([[unique[i] for i in g] for g in groups])
     else:
-        groups = [[i] for i in range(len(unique))]
-    members = [[unique[i] for i in g] for g in groups]
-    # a copy from another source (the same link or headline) is that source's telling: it joins
-    group_of = {unique[i].id: k for k, g in enumerate(groups) for i in g}
-    hidden = []
-    for copy, of in copies:
-        group = members[group_of[of]]
-        if cluster and copy.source not in {t.source for t in group}:
-            group.append(copy)
-        else:
-            hidden.append((copy.id, of))
-    items = [_item(m) for m in members]
+        unique, copies = _unique(ranked, within_source=False)
+        items = list(unique)
+    hidden = [(copy.id, of) for copy, of in copies]
     chosen = sorted(items, key=lambda s: (s.coverage, s.score, s.id), reverse=True)[:max_stories]
     if not chosen or len(chosen) < min_stories:
         return None
@@ -178,14 +176,18 @@ def _item(stories: Sequence[DigestStory]) -> DigestStory:
     return replace(face, also=tuple(others))
 
 
-def _unique(ranked: Sequence[DigestStory]) -> tuple[list[DigestStory], list[tuple[DigestStory, int]]]:
-    """The stories whose link and headline are each the first of their kind, and the others as
-    (copy, id of the first) pairs: a feed that repeats an item, or two feeds with one headline."""
-    first: dict[str, int] = {}
+def _unique(
+    ranked: Sequence[DigestStory], *, within_source: bool
+) -> tuple[list[DigestStory], list[tuple[DigestStory, int]]]:
+    """The stories whose link and headline are each the first of their kind (within their own
+    source, or across all), and the others as (copy, id of the first) pairs: a feed that repeats
+    an item, or (across sources, without clustering) two feeds with one headline."""
+    first: dict[tuple[str, str], int] = {}
     kept = []
     copies = []
     for story in ranked:
-        keys = ("link:" + story.link, "title:" + _title_key(story.title))
+        scope = story.source if within_source else ""
+        keys = ((scope, "link:" + story.link), (scope, "title:" + _title_key(story.title)))
         seen = [first[k] for k in keys if k in first]
         if seen:
             copies.append((story, seen[0]))
@@ -194,6 +196,35 @@ def _unique(ranked: Sequence[DigestStory]) -> tuple[list[DigestStory], list[tupl
             first[k] = story.id
         kept.append(story)
     return kept, copies
+
+
+def _retold(members: Sequence[list[DigestStory]]) -> list[DigestStory]:
+    """The items of the clusters. A story left alone by the clustering whose headline is word for
+    word another source's, and specific enough to name one event (RETOLD_WORDS words or more),
+    is that source's telling of it, however far apart in time: it joins that item's "also",
+    never its face (a feed copying a headline cannot put its own summary or picture under it)."""
+    items = [_item(m) for m in members]
+    by_title: dict[str, int] = {}
+    joined: dict[int, list[DigestStory]] = {}
+    gone: set[int] = set()
+    # the first telling by its date (an undated one last) keeps the face; a later copy joins it
+    for k, item in sorted(enumerate(items), key=lambda e: (not e[1].dated, e[1].when, e[1].id)):
+        key = _title_key(item.title)
+        told_by = by_title.get(key)
+        if len(members[k]) == 1 and told_by is not None and len(key.split()) >= RETOLD_WORDS:
+            other = items[told_by]
+            sources = {t.source for t in (other, *other.also, *joined.get(told_by, ()))}
+            if item.source not in sources:
+                joined.setdefault(told_by, []).append(item)
+                gone.add(k)
+                continue
+        for t in (item, *item.also):
+            by_title.setdefault(_title_key(t.title), k)
+    return [
+        replace(s, also=tuple(sorted((*s.also, *joined.get(k, ())), key=lambda t: (t.when, t.id))))
+        for k, s in enumerate(items)
+        if k not in gone
+    ]
 
 
 def _title_key(title: str) -> str:

@@ -108,12 +108,12 @@ def blob_of(vector: Vectors) -> bytes:
 
 def vector_of(blob: bytes | None) -> Vectors | None:
     """A stored vector back as float32 of unit length (a blank story's stays zero); None when
-    there is none, or the bytes are not one (another length, not finite)."""
+    there is none, or the stored value is not one (another type or length, not finite)."""
     import numpy as np
 
-    if blob is None or len(blob) != BLOB_BYTES:
-        return None
-    vector = np.frombuffer(blob, dtype="<f2").astype(np.float32)
+    if not isinstance(blob, bytes | bytearray | memoryview) or len(blob) != BLOB_BYTES:
+        return None  # none, or not one: a hand-edited row may hold text or a number
+    vector = np.frombuffer(bytes(blob), dtype="<f2").astype(np.float32)
     if not np.isfinite(vector).all():
         return None
     unit: Vectors = _unit(vector[None, :])[0]

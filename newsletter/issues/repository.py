@@ -93,12 +93,13 @@ class IssueRepository(Database):
         """The issue's items in reading order, each its face story first, then the other sources'
         stories of the same event. An issue built before items were kept: each story alone."""
         with self.read() as s:
-            if issue.items is None:
+            items = _readable(issue.items)
+            if items is None:
                 stories = s.scalars(select(Story).where(Story.issue_id == issue.id).order_by(Story.id))
                 return [[story] for story in stories]
-            ids = [i for item in issue.items for i in item]
+            ids = [i for item in items for i in item]
             by_id = {story.id: story for story in s.scalars(select(Story).where(Story.id.in_(ids)))}
-            found = [[by_id[i] for i in item if i in by_id] for item in issue.items]
+            found = [[by_id[i] for i in item if i in by_id] for item in items]
             return [item for item in found if item]
 
     def get_issue(self, issue_id: int) -> Issue | None:
@@ -274,3 +275,13 @@ class ScheduledRunRepository(Database):
     def last_scheduled_run(self) -> ScheduledRun | None:
         with self.read() as s:
             return s.scalar(select(ScheduledRun).order_by(ScheduledRun.scheduled_for.desc()).limit(1))
+
+
+def _readable(items: object) -> list[list[int]] | None:
+    """The stored items when they are what a build writes (lists of story ids), else None: a
+    database edited by hand shows each story alone rather than failing."""
+    if not isinstance(items, list) or not items:
+        return None
+    if not all(isinstance(item, list) and all(type(i) is int for i in item) for item in items):
+        return None
+    return items
