@@ -23,7 +23,17 @@ from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 from newsletter.web import create_app
 
-from .conftest import PASSWORD, Console, SmtpSink, log_in, run_cli, token, upload_csv, wait_for, write_config
+from .support.helpers import (
+    PASSWORD,
+    Console,
+    SmtpSink,
+    log_in,
+    run_cli,
+    token,
+    upload_csv,
+    wait_for,
+    write_config,
+)
 
 
 @pytest.fixture

@@ -29,7 +29,9 @@ from newsletter.subscribers.records import NewSubscriber
 from newsletter.web import create_app
 
 from . import bounce_mails as m
-from .conftest import (
+from .imap_server import ImapServer
+from .postfix_server import PrivatePostfix
+from .support.helpers import (
     PASSWORD,
     SECRET,
     SmtpSink,
@@ -39,8 +41,6 @@ from .conftest import (
     wait_for,
     write_config,
 )
-from .imap_server import ImapServer
-from .postfix_server import PrivatePostfix
 from .test_web import confirm_link
 
 TOKENS = Tokens(SECRET)

@@ -10,7 +10,7 @@ from pathlib import Path
 from newsletter.db.models import SubscriberStatus
 from newsletter.store import Store
 
-from .conftest import ROOT, FeedServer, Route, SmtpSink, recent, rss, run_cli, write_config
+from .support.helpers import ROOT, FeedServer, Route, SmtpSink, recent, rss, run_cli, write_config
 from .test_sanitize import HOSTILE
 
 

@@ -24,7 +24,7 @@ from newsletter.operators import hash_password
 from newsletter.store import Store
 from newsletter.web import create_app
 
-from .conftest import PASSWORD, FeedServer, Route, log_in, recent, rss, run_cli, write_config
+from .support.helpers import PASSWORD, FeedServer, Route, log_in, recent, rss, run_cli, write_config
 
 NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 DATA = Path(__file__).parent / "data"

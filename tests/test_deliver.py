@@ -24,7 +24,7 @@ from newsletter.errors import NewsletterError, SendBusyError, TransportError
 from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 
-from .conftest import SECRET, SmtpSink, assert_tally_counts, free_port, wait_for
+from .support.helpers import SECRET, SmtpSink, assert_tally_counts, free_port, wait_for
 from .test_store import claim
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)

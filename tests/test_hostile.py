@@ -20,7 +20,7 @@ from newsletter.delivery.tokens import Tokens
 from newsletter.store import Store
 
 from . import bounce_mails as m
-from .conftest import (
+from .support.helpers import (
     PASSWORD,
     SECRET,
     Console,

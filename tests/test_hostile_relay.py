@@ -31,8 +31,8 @@ from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 from newsletter.web import create_app
 
-from .conftest import free_port, start_cli, wait_for, write_config
 from .hostile_relay import Gone, HostileRelay, Peer, Script, converse, refuse, tls_server_context
+from .support.helpers import free_port, start_cli, wait_for, write_config
 from .test_web_server import _healthy, start_server
 
 MESSAGE = b"From: a@example.com\r\nTo: r@example.com\r\nSubject: hi\r\n\r\nhello\r\n"

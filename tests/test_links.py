@@ -22,7 +22,7 @@ from newsletter.links import FeedbackId, Links
 from newsletter.store import Store
 from newsletter.web import create_app
 
-from .conftest import SECRET
+from .support.helpers import SECRET
 
 TOKEN = Tokens(SECRET).unsubscribe(42)
 CONFIRM = Tokens(SECRET).confirm(42)

@@ -28,7 +28,7 @@ from newsletter.schedule import (
 from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 
-from .conftest import SECRET, FeedServer, Route, SmtpSink, recent, rss, run_cli, wait_for, write_config
+from .support.helpers import SECRET, FeedServer, Route, SmtpSink, recent, rss, run_cli, wait_for, write_config
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

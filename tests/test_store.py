@@ -11,7 +11,7 @@ from newsletter.errors import SendBusyError
 from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 
-from .conftest import ROOT
+from .support.helpers import ROOT
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 

@@ -34,7 +34,7 @@ from newsletter.db.models import (
 from newsletter.issues.build import gather, gather_and_build, today
 from newsletter.store import Store
 
-from .conftest import FeedServer, Route, SmtpSink, assert_tally_counts, recent, rss, write_config
+from .support.helpers import FeedServer, Route, SmtpSink, assert_tally_counts, recent, rss, write_config
 from .test_deliver import FAST_RETRIES, run_send, setup, smtp
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)

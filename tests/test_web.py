@@ -21,7 +21,7 @@ from newsletter.store import Store
 from newsletter.web import create_app
 from newsletter.web.confirmations import ConfirmationMailer
 
-from .conftest import SECRET, SmtpSink, free_port, write_config
+from .support.helpers import SECRET, SmtpSink, free_port, write_config
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import SECRET, SmtpSink, run_cli, wait_for
+from .support.helpers import SECRET, SmtpSink, run_cli, wait_for
 from .test_web_server import _healthy, served_config, start_server
 
 

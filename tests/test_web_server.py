@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import ROOT, SmtpSink, free_port, run_cli, start_cli, wait_for, write_config
+from .support.helpers import ROOT, SmtpSink, free_port, run_cli, start_cli, wait_for, write_config
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
