@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .support.helpers import ROOT, SmtpSink, free_port, run_cli, start_cli, wait_for, write_config
+from ..support.helpers import ROOT, SmtpSink, free_port, run_cli, start_cli, wait_for, write_config
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -173,7 +173,7 @@ def test_signups_during_a_send_share_the_sqlite_file(tmp_path: Path, smtp_sink: 
     from newsletter.store import Store
     from newsletter.subscribers.records import NewSubscriber
 
-    from .test_send_processes import _now, start_send
+    from ..cli.test_sending import _now, start_send
 
     port, url, config = served_config(
         tmp_path, smtp_sink, "connections = 4\n[web]\nsignups_per_ip_per_hour = 1000\n"

@@ -13,7 +13,7 @@ import pytest
 from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 
-from .support.helpers import SECRET, SmtpSink, assert_tally_counts, run_cli, wait_for, write_config
+from ..support.helpers import SECRET, SmtpSink, assert_tally_counts, run_cli, wait_for, write_config
 
 CONNECTIONS = 4
 

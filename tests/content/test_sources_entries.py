@@ -15,7 +15,7 @@ from newsletter.content.sources import fetch_all, parse_feed
 from newsletter.errors import ConfigError
 from newsletter.store import Store
 
-from .support.helpers import ROOT, FeedServer, Route, rss, write_config
+from ..support.helpers import ROOT, FeedServer, Route, rss, write_config
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 

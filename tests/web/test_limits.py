@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .support.helpers import SECRET, SmtpSink, run_cli, wait_for
-from .test_web_server import _healthy, served_config, start_server
+from ..support.helpers import SECRET, SmtpSink, run_cli, wait_for
+from .test_server import _healthy, served_config, start_server
 
 
 @dataclass

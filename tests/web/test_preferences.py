@@ -27,8 +27,8 @@ from newsletter.store import Store
 from newsletter.subscribers.records import Preferences
 from newsletter.web import PUBLIC_BODY_LIMIT, create_app
 
-from .support.helpers import ROOT, SECRET, SmtpSink, log_in, run_cli, write_config
-from .test_web import store_of
+from ..support.helpers import ROOT, SECRET, SmtpSink, log_in, run_cli, write_config
+from .test_signup import store_of
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 SAMPLES = [
@@ -554,7 +554,7 @@ def test_csv_import_and_export_carry_the_choices_and_bad_lines_are_named(
 def test_the_console_shows_filters_and_counts_readers_by_choice(app: Flask) -> None:
     from newsletter.operators import hash_password
 
-    from .support.helpers import PASSWORD
+    from ..support.helpers import PASSWORD
 
     store = store_of(app)
     store.save_operator("ed", hash_password(PASSWORD), now=NOW)
@@ -599,8 +599,8 @@ def test_the_console_shows_filters_and_counts_readers_by_choice(app: Flask) -> N
 @pytest.fixture
 def served(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[str, Path]]:
     """`newsletter serve` on a free loopback port, with three sections and a weekly edition."""
-    from .support.helpers import free_port, start_cli, wait_for
-    from .test_web_server import _healthy
+    from ..support.helpers import free_port, start_cli, wait_for
+    from .test_server import _healthy
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -653,7 +653,7 @@ def test_a_reader_chooses_one_section_weekly_from_the_link_in_their_mail_in_chro
 ) -> None:
     from playwright.sync_api import sync_playwright
 
-    from .test_web_server import CHROMIUM, FLAGS
+    from .test_server import CHROMIUM, FLAGS
 
     url, config = served
     run_cli(config, "subscribers", "add", "reader@example.com", "--name", "Grace Reader")

@@ -31,7 +31,7 @@ from newsletter.subscribers.rules import (
     sets_taking,
 )
 
-from .support.helpers import PG_URL, ROOT, SECRET, write_config
+from ..support.helpers import PG_URL, ROOT, SECRET, write_config
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 SECTIONS = ("Tech News", "Science, Health", "Reviews")

@@ -27,7 +27,7 @@ from newsletter.db.models import Story
 from newsletter.issues.build import gather
 from newsletter.store import Store
 
-from .support.helpers import ROOT, FeedServer, Route, recent, rss, write_config
+from ..support.helpers import ROOT, FeedServer, Route, recent, rss, write_config
 
 NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 

@@ -23,7 +23,7 @@ from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 from newsletter.web import create_app
 
-from .support.helpers import (
+from ..support.helpers import (
     PASSWORD,
     Console,
     SmtpSink,

@@ -24,10 +24,10 @@ from newsletter.operators import hash_password
 from newsletter.store import Store
 from newsletter.web import create_app
 
-from .support.helpers import PASSWORD, FeedServer, Route, log_in, recent, rss, run_cli, write_config
+from ..support.helpers import PASSWORD, FeedServer, Route, log_in, recent, rss, run_cli, write_config
 
 NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 THRESHOLD = DigestSettings.cluster_threshold
 
 

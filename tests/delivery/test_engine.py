@@ -24,8 +24,8 @@ from newsletter.errors import NewsletterError, SendBusyError, TransportError
 from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 
-from .support.helpers import SECRET, SmtpSink, assert_tally_counts, free_port, wait_for
-from .test_store import claim
+from ..support.deliveries import claim
+from ..support.helpers import SECRET, SmtpSink, assert_tally_counts, free_port, wait_for
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 ISSUE = RenderedIssue(

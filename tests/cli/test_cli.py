@@ -10,8 +10,8 @@ from pathlib import Path
 from newsletter.db.models import SubscriberStatus
 from newsletter.store import Store
 
-from .support.helpers import ROOT, FeedServer, Route, SmtpSink, recent, rss, run_cli, write_config
-from .test_sanitize import HOSTILE
+from ..content.test_sanitize import HOSTILE
+from ..support.helpers import ROOT, FeedServer, Route, SmtpSink, recent, rss, run_cli, write_config
 
 
 def smtp_config(tmp_path: Path, feed_server: FeedServer, sink: SmtpSink) -> Path:

@@ -34,8 +34,8 @@ from newsletter.db.models import (
 from newsletter.issues.build import gather, gather_and_build, today
 from newsletter.store import Store
 
-from .support.helpers import FeedServer, Route, SmtpSink, assert_tally_counts, recent, rss, write_config
-from .test_deliver import FAST_RETRIES, run_send, setup, smtp
+from ..delivery.test_engine import FAST_RETRIES, run_send, setup, smtp
+from ..support.helpers import FeedServer, Route, SmtpSink, assert_tally_counts, recent, rss, write_config
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 

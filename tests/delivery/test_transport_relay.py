@@ -1,4 +1,4 @@
-"""A hostile or intercepted relay (tests/hostile_relay.py: a raw socket server on 127.0.0.1) can
+"""A hostile or intercepted relay (tests/support/hostile_relay.py: a raw socket server on 127.0.0.1) can
 neither grow the sender's memory nor hold it past `[smtp] timeout_seconds` for one reply: not the
 transport, not `newsletter send` (its worker processes included), not a signup's confirmation."""
 
@@ -31,9 +31,9 @@ from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 from newsletter.web import create_app
 
-from .hostile_relay import Gone, HostileRelay, Peer, Script, converse, refuse, tls_server_context
-from .support.helpers import free_port, start_cli, wait_for, write_config
-from .test_web_server import _healthy, start_server
+from ..support.helpers import free_port, start_cli, wait_for, write_config
+from ..support.hostile_relay import Gone, HostileRelay, Peer, Script, converse, refuse, tls_server_context
+from ..web.test_server import _healthy, start_server
 
 MESSAGE = b"From: a@example.com\r\nTo: r@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
 TIMEOUT = 2.0  # [smtp] timeout_seconds in these tests

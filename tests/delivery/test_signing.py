@@ -22,7 +22,7 @@ from newsletter.delivery.tokens import BadToken, Tokens, verp_token
 from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 
-from .support.helpers import SECRET, SmtpSink, run_cli, write_config
+from ..support.helpers import SECRET, SmtpSink, run_cli, write_config
 
 # one key for the module: generating RSA keys is slow
 PEM, PUBLIC = generate_key(2048)

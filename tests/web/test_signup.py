@@ -21,7 +21,7 @@ from newsletter.store import Store
 from newsletter.web import create_app
 from newsletter.web.confirmations import ConfirmationMailer
 
-from .support.helpers import SECRET, SmtpSink, free_port, write_config
+from ..support.helpers import SECRET, SmtpSink, free_port, write_config
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 
@@ -518,7 +518,7 @@ def test_a_confirmation_bounces_to_the_bounce_mailbox_like_every_other_mail(
     from newsletter.delivery.sending import NO_ISSUE
     from newsletter.delivery.tokens import verp_token
 
-    from . import bounce_mails
+    from ..support import bounce_mails
 
     app, store = smtp_app(
         tmp_path, smtp_sink, '[bounces]\nreturn_path = "bounces@example.com"\n', lambda: NOW

@@ -7,7 +7,7 @@ from newsletter.content.sources import Conditional, Limits, canonical_link, fetc
 from newsletter.issues.build import gather
 from newsletter.store import Store
 
-from .support.helpers import ROOT, FeedServer, Route, recent, rss, write_config
+from ..support.helpers import ROOT, FeedServer, Route, recent, rss, write_config
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 FAST = Limits(connect_seconds=2, read_seconds=1, total_seconds=3)
@@ -135,7 +135,7 @@ def test_a_gzip_bomb_is_stopped_at_the_cap_as_it_unpacks(feed_server: FeedServer
     unpacked bytes as they are made, so memory never holds more than the cap."""
     import tracemalloc
 
-    from .support.helpers import gzip_bomb
+    from ..support.helpers import gzip_bomb
 
     assert len(gzip_bomb()) < 1024
     feed_server.routes["/bomb"] = Route(behaviour="bomb")

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .support.helpers import free_port, wait_for
+from .helpers import free_port, wait_for
 
 POSTFIX = "/usr/sbin/postfix"
 # one line a service (master(5)); none chrooted, since the queue folder holds no copy of /etc

@@ -17,7 +17,7 @@ from newsletter.db.models import DeliveryStatus
 from newsletter.delivery.transport import Envelope, SmtpTransport
 from newsletter.errors import TransportError
 
-from .support.helpers import free_port
+from ..support.helpers import free_port
 
 MESSAGE = (
     b"From: a@example.com\r\nTo: b@example.com\r\nSubject: dots\r\n\r\n"

@@ -4,7 +4,7 @@ from newsletter.config import SourceSettings
 from newsletter.content.sanitize import clean_html, cut_words
 from newsletter.content.sources import parse_feed
 
-from .support.helpers import rss
+from ..support.helpers import rss
 
 HOSTILE = """
 <p onclick="steal()">Council approves the <b>new library</b> budget.</p>

@@ -28,10 +28,8 @@ from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 from newsletter.web import create_app
 
-from . import bounce_mails as m
-from .imap_server import ImapServer
-from .postfix_server import PrivatePostfix
-from .support.helpers import (
+from ..support import bounce_mails as m
+from ..support.helpers import (
     PASSWORD,
     SECRET,
     SmtpSink,
@@ -41,7 +39,9 @@ from .support.helpers import (
     wait_for,
     write_config,
 )
-from .test_web import confirm_link
+from ..support.imap_server import ImapServer
+from ..support.postfix_server import PrivatePostfix
+from ..web.test_signup import confirm_link
 
 TOKENS = Tokens(SECRET)
 RETURN_PATH = "bounces@example.com"
