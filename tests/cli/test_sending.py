@@ -13,7 +13,7 @@ import pytest
 from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 
-from ..support.helpers import SECRET, SmtpSink, assert_tally_counts, run_cli, wait_for, write_config
+from ..support.helpers import SECRET, Gate, SmtpSink, assert_tally_counts, run_cli, wait_for, write_config
 
 CONNECTIONS = 4
 
@@ -64,19 +64,28 @@ def status(config: Path, env: dict[str, str] | None = None) -> dict[str, int]:
     return dict(issues[0]["deliveries"])
 
 
-@pytest.mark.parametrize("kill_after", [0, 700, 1400, 2000])
+N = 600  # readers per send; a gate in the sink holds the send where the test needs it
+
+
+@pytest.mark.parametrize("kill_after", [0, 200, 400, N])
 def test_sigkill_then_resume_sends_nobody_twice(tmp_path: Path, smtp_sink: SmtpSink, kill_after: int) -> None:
-    n = 2000
+    n = N
     config = prepare(tmp_path, smtp_sink, n)
     store = Store(_url(config, None))
     issue_id = store.latest_issue().id  # type: ignore[union-attr]
+    if 0 < kill_after < n:  # each connection's message on the wire held: the send is mid-way
+        smtp_sink.gate = Gate(after=kill_after)
     proc = start_send(config)
     if kill_after == 0:  # registered and ready, not a message out yet
         assert wait_for(lambda: bool(store.live_senders(issue_id)) or proc.poll() is not None, timeout=30)
-    else:
+    elif smtp_sink.gate:
+        assert smtp_sink.gate.reached.wait(timeout=60)
+    else:  # at the very end, or just after it
         assert wait_for(lambda: len(smtp_sink.messages) >= kill_after or proc.poll() is not None, timeout=60)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=10)
+    if smtp_sink.gate:
+        smtp_sink.gate.opened.set()  # what was on the wire arrives, and its fate stays unknown
     killed_at = len(smtp_sink.messages)
 
     resumed = run_cli(config, "send")
@@ -97,11 +106,13 @@ def test_sigkill_then_resume_sends_nobody_twice(tmp_path: Path, smtp_sink: SmtpS
 
 
 def test_sigterm_stops_cleanly_and_the_next_send_finishes(tmp_path: Path, smtp_sink: SmtpSink) -> None:
-    n = 2000
+    n = N
     config = prepare(tmp_path, smtp_sink, n)
+    smtp_sink.gate = Gate(after=200)
     proc = start_send(config)
-    assert wait_for(lambda: len(smtp_sink.messages) >= 500, timeout=60)
+    assert smtp_sink.gate.reached.wait(timeout=60)  # mid-send, each connection's message on the wire
     proc.send_signal(signal.SIGTERM)
+    smtp_sink.gate.opened.set()  # what was in flight gets its answer, to be recorded
     out, err = proc.communicate(timeout=20)
     assert proc.returncode in (0, 1)
     if proc.returncode == 1:

@@ -25,7 +25,7 @@ from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 
 from ..support.deliveries import claim
-from ..support.helpers import SECRET, SmtpSink, assert_tally_counts, free_port, wait_for
+from ..support.helpers import SECRET, Gate, SmtpSink, assert_tally_counts, free_port
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 ISSUE = RenderedIssue(
@@ -646,12 +646,11 @@ def test_a_live_sender_declared_dead_stops_and_nobody_gets_two(store: Store, smt
     """Sender A looks dead (its heartbeat stale, its host unknown) while it is still sending; B
     takes its rows. A's next transaction finds itself fenced off: it stops and records nothing;
     what it had in flight is unknown; every reader gets at most one copy."""
-    import time
-
     from newsletter.errors import SenderFenced
 
     issue_id = setup(store, 300)
-    smtp_sink.data_hook = lambda _rcpts: time.sleep(0.005) or None  # slow enough to catch A mid-send
+    # A's two connections (the sink's first two) are held at the 40th message: A is mid-send
+    smtp_sink.gate = Gate(after=40, applies=lambda connection, _rcpts: connection <= 2)
     outcome: dict[str, object] = {}
 
     def sender_a() -> None:
@@ -664,10 +663,11 @@ def test_a_live_sender_declared_dead_stops_and_nobody_gets_two(store: Store, smt
 
     a = threading.Thread(target=sender_a)
     a.start()
-    assert wait_for(lambda: len(smtp_sink.messages) >= 40, timeout=30)
+    assert smtp_sink.gate.reached.wait(timeout=30)
     with store.write() as s:  # from here A looks dead: another host's, silent since 2020
         s.execute(update(Sender).values(host="elsewhere", heartbeat_at=datetime(2020, 1, 1, tzinfo=UTC)))
     b = run_send(store, lambda: smtp(smtp_sink), issue_id, connections=2, stale_after_seconds=1)
+    smtp_sink.gate.opened.set()  # A's messages on the wire are taken; its next transaction is fenced
     a.join(timeout=60)
     assert not a.is_alive() and "fenced" in outcome, outcome
     assert b.unknown_found <= 2  # what A had on the wire when B took over
@@ -693,10 +693,9 @@ def test_a_sender_process_killed_mid_send_loses_and_repeats_nothing(
     import multiprocessing
     import os
     import signal
-    import time
 
     issue_id = setup(store, 600)
-    smtp_sink.data_hook = lambda _rcpts: time.sleep(0.002) or None
+    smtp_sink.gate = Gate(after=100)  # every connection held at the 100th message: both mid-send
     result: dict[str, object] = {}
 
     def send() -> None:
@@ -704,10 +703,11 @@ def test_a_sender_process_killed_mid_send_loses_and_repeats_nothing(
 
     sender = threading.Thread(target=send)
     sender.start()
-    assert wait_for(lambda: len(smtp_sink.messages) >= 100, timeout=30)
+    assert smtp_sink.gate.reached.wait(timeout=30)
     workers = [p for p in multiprocessing.active_children() if p.name.startswith("newsletter-sender-")]
     assert len(workers) == 2
     os.kill(workers[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
+    smtp_sink.gate.opened.set()
     sender.join(timeout=60)
     assert not sender.is_alive()
     report = result["report"]

@@ -163,14 +163,17 @@ def test_replies_nobody_asked_for_end_the_session_and_never_pass_for_an_answer(
     """A relay that follows each message's 250 with two more: whether they came with it (in the
     client's buffer) or a moment later, no message is recorded sent that the relay did not take."""
     taken: list[int] = []
+    answered, surplus_sent = threading.Event(), threading.Event()
 
     def after_dot(peer: Peer) -> None:
         taken.append(1)
         surplus = b"250 2.0.0 bonus\r\n250 2.0.0 bonus\r\n"
         peer.say(b"250 2.0.0 queued\r\n" + (b"" if late else surplus))
-        if late:
-            time.sleep(0.1)
+        if late:  # once the client has taken the 250 as its answer
+            answered.wait(timeout=10)
+            answered.clear()
             peer.say(surplus)
+        surplus_sent.set()
 
     def script(peer: Peer) -> None:
         converse(peer, after_dot=after_dot)
@@ -179,8 +182,12 @@ def test_replies_nobody_asked_for_end_the_session_and_never_pass_for_an_answer(
     t = SmtpTransport("127.0.0.1", relay.port, security="none", timeout=TIMEOUT)
     results = []
     for i in range(4):
-        results.append(t.send(Envelope("b@example.com", f"r{i}@example.com", "k"), MESSAGE))
-        time.sleep(0.3)  # the surplus has come by the next message
+        result = t.send(Envelope("b@example.com", f"r{i}@example.com", "k"), MESSAGE)
+        results.append(result)
+        if result.status == DeliveryStatus.SENT:  # the surplus comes now, before the next message
+            answered.set()
+            assert surplus_sent.wait(timeout=10)
+            surplus_sent.clear()
     t.close()
     sent = [r for r in results if r.status == DeliveryStatus.SENT]
     assert len(sent) == len(taken) == 2, results

@@ -3,6 +3,7 @@ HTTP, an SMTP sink over TCP), the config they write, and the command line as a u
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gzip
 import io
@@ -179,9 +180,22 @@ class Received:
     data: bytes
 
 
+@dataclass
+class Gate:
+    """Holds the sink's answer to each message it applies to, once `after` messages are kept,
+    until the test opens it: the sender is then mid-send for certain, for as long as the test
+    needs, with no sleep to tune. `applies` sees the connection's number (1 for the sink's first)
+    and the message's recipients; `reached` is set when the first message is held."""
+
+    after: int
+    applies: Callable[[int, list[str]], bool] = lambda _connection, _rcpts: True
+    reached: threading.Event = field(default_factory=threading.Event)
+    opened: threading.Event = field(default_factory=threading.Event)
+
+
 class SmtpSink:
     """An aiosmtpd server on loopback that keeps every message; `mail_hook` may refuse senders,
-    `rcpt_hook` recipients."""
+    `rcpt_hook` recipients; a `gate` holds answers until the test opens it."""
 
     def __init__(self) -> None:
         self.messages: list[Received] = []
@@ -191,7 +205,9 @@ class SmtpSink:
         self.mail_hook: Callable[[str], str | None] | None = None
         self.rcpt_hook: Callable[[str], str | None] | None = None
         self.data_hook: Callable[[list[str]], str | None] | None = None
+        self.gate: Gate | None = None
         self.connections = 0
+        self.numbers: dict[SMTPSession, int] = {}  # each session's connection number
         sink = self
 
         class Handler:
@@ -205,6 +221,7 @@ class SmtpSink:
             ) -> list[str]:
                 with sink.lock:
                     sink.connections += 1
+                    sink.numbers.setdefault(session, sink.connections)
                 session.host_name = hostname
                 return responses
 
@@ -241,6 +258,7 @@ class SmtpSink:
             async def handle_DATA(  # noqa: N802
                 self, server: SMTPServer, session: SMTPSession, envelope: SMTPEnvelope
             ) -> str:
+                await sink.held(session, list(envelope.rcpt_tos))
                 reply = sink.data_hook(list(envelope.rcpt_tos)) if sink.data_hook else None
                 if reply and reply != "keep-drop":
                     if reply == "drop":  # after the final dot, the message not kept
@@ -264,6 +282,17 @@ class SmtpSink:
         self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
         self.controller.start()
 
+    async def held(self, session: SMTPSession, rcpts: list[str]) -> None:
+        """Wait, without stopping the other connections, while the gate holds this message."""
+        gate = self.gate
+        if gate is None or gate.opened.is_set() or not gate.applies(self.numbers.get(session, 0), rcpts):
+            return
+        with self.lock:
+            kept = len(self.messages)
+        if kept >= gate.after:
+            gate.reached.set()
+            await asyncio.get_running_loop().run_in_executor(None, gate.opened.wait, 120)
+
     def by_recipient(self) -> dict[str, list[Received]]:
         out: dict[str, list[Received]] = {}
         for m in self.messages:
@@ -272,6 +301,8 @@ class SmtpSink:
         return out
 
     def close(self) -> None:
+        if self.gate is not None:
+            self.gate.opened.set()  # nothing held past the test
         self.controller.stop()
 
 
