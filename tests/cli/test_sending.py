@@ -183,12 +183,14 @@ def test_three_senders_share_one_issue_on_postgresql(
 def test_pause_mid_send_then_resume_sends_each_subscriber_exactly_once(
     tmp_path: Path, smtp_sink: SmtpSink
 ) -> None:
-    n = 3000
+    n = 1000
     config = prepare(tmp_path, smtp_sink, n, extra="\nrate_per_second = 400")
+    smtp_sink.gate = Gate(after=300)  # held mid-send while the operator pauses
     proc = start_send(config)
-    assert wait_for(lambda: len(smtp_sink.messages) >= 500, timeout=60)
+    assert smtp_sink.gate.reached.wait(timeout=60)
     paused = run_cli(config, "pause")
     assert "paused" in paused.stdout
+    smtp_sink.gate.opened.set()  # at 400 a second, the send sees the pause long before its end
     out, err = proc.communicate(timeout=20)  # the running send ends by itself, within a second or so
     assert proc.returncode == 0, err
     assert "is paused" in out
