@@ -155,7 +155,7 @@ def test_three_senders_share_one_issue_on_postgresql(
         conn.execute(f'CREATE SCHEMA "{schema}"')
     url = postgres_url.rsplit("%3D", 1)[0] + "%3D" + schema
     env = {"NEWSLETTER_DATABASE_URL": url}
-    n = 2000
+    n = N
     config = write_config(
         tmp_path,
         delivery='transport = "smtp"',
@@ -166,7 +166,11 @@ def test_three_senders_share_one_issue_on_postgresql(
     store.import_subscribers([NewSubscriber(f"reader{i}@example.com", None) for i in range(n)], now=_now())
     store.close()
     run_cli(config, "build", extra_env=env)
+    # held from the 100th message until three connections wait, of two senders at least (two each)
+    smtp_sink.gate = gate = Gate(after=100)
     procs = [start_send(config, "--json", env=env) for _ in range(3)]
+    assert wait_for(lambda: len(gate.held) >= 3 or any(p.poll() is not None for p in procs), timeout=60)
+    gate.opened.set()
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], results
     sent_by = [json.loads(out)["this_run"].get("sent", 0) for out, _ in results]

@@ -185,12 +185,14 @@ class Gate:
     """Holds the sink's answer to each message it applies to, once `after` messages are kept,
     until the test opens it: the sender is then mid-send for certain, for as long as the test
     needs, with no sleep to tune. `applies` sees the connection's number (1 for the sink's first)
-    and the message's recipients; `reached` is set when the first message is held."""
+    and the message's recipients; `reached` is set when the first message is held, and `held` has
+    the numbers of the connections waiting."""
 
     after: int
     applies: Callable[[int, list[str]], bool] = lambda _connection, _rcpts: True
     reached: threading.Event = field(default_factory=threading.Event)
     opened: threading.Event = field(default_factory=threading.Event)
+    held: set[int] = field(default_factory=set)  # the connections with a message held now
 
 
 class SmtpSink:
@@ -290,8 +292,13 @@ class SmtpSink:
         with self.lock:
             kept = len(self.messages)
         if kept >= gate.after:
+            number = self.numbers.get(session, 0)
+            with self.lock:
+                gate.held.add(number)
             gate.reached.set()
             await asyncio.get_running_loop().run_in_executor(None, gate.opened.wait, 120)
+            with self.lock:
+                gate.held.discard(number)
 
     def by_recipient(self) -> dict[str, list[Received]]:
         out: dict[str, list[Received]] = {}
