@@ -26,6 +26,7 @@ from newsletter.web import create_app
 from ..support.helpers import (
     PASSWORD,
     Console,
+    Gate,
     SmtpSink,
     log_in,
     run_cli,
@@ -244,13 +245,14 @@ def test_pause_and_resume_from_the_console_mid_send(
     import subprocess
     import sys
 
-    n = 3000
+    n = 1000
     console.store.import_subscribers(
         [NewSubscriber(f"p{i}@example.org", None) for i in range(n)], now=datetime.now(UTC)
     )
     run_cli(console.config, "build")
     issue_id = console.store.list_issues()[0].id
     env = {"NEWSLETTER_SECRET_KEY": "test-secret-key-0123456789abcdef", "PATH": "/usr/bin:/bin"}
+    smtp_sink.gate = Gate(after=300)  # held mid-send while the operator pauses
     sender = subprocess.Popen(
         [sys.executable, "-m", "newsletter.cli", "--config", str(console.config), "send"],
         stdout=subprocess.PIPE,
@@ -259,9 +261,10 @@ def test_pause_and_resume_from_the_console_mid_send(
         env=env,
         cwd=console.config.parent,
     )
-    assert wait_for(lambda: len(smtp_sink.messages) >= 400, timeout=60)
+    assert smtp_sink.gate.reached.wait(timeout=60)
     paused = client.post(f"/admin/issues/{issue_id}/pause", data={"csrf_token": token(client, "/admin/")})
     assert paused.status_code == 302
+    smtp_sink.gate.opened.set()  # at 400 a second, the send sees the pause long before its end
     out, err = sender.communicate(timeout=20)
     assert sender.returncode == 0 and "is paused" in out, err
     at_pause = len(smtp_sink.messages)
