@@ -6,7 +6,7 @@ import pytest
 from newsletter.config import DigestSettings, load_settings
 from newsletter.errors import ConfigError
 
-from .conftest import ROOT, run_cli, write_config
+from .support.helpers import ROOT, run_cli, write_config
 
 
 def test_the_shipped_config_loads_with_every_section() -> None:

@@ -16,7 +16,7 @@ from newsletter.errors import ConfigError, DatabaseError, NewsletterError, Usage
 from newsletter.operators import InvalidOperator
 from newsletter.store import Store
 
-from .conftest import PG_URL, SECRET, free_port, run_cli, write_config
+from .support.helpers import PG_URL, SECRET, free_port, run_cli, write_config
 
 
 def _one_sentence(stderr: str) -> str:

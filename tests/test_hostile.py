@@ -19,8 +19,8 @@ from newsletter.db.models import Delivery, DeliveryStatus
 from newsletter.delivery.tokens import Tokens
 from newsletter.store import Store
 
-from . import bounce_mails as m
-from .conftest import (
+from .support import bounce_mails as m
+from .support.helpers import (
     PASSWORD,
     SECRET,
     Console,

@@ -5,7 +5,7 @@ import os
 import tomllib
 from pathlib import Path
 
-from .conftest import ROOT, run_cli, write_config
+from .support.helpers import ROOT, run_cli, write_config
 
 
 def _without_psycopg(folder: Path) -> dict[str, str]:

@@ -22,7 +22,7 @@ from newsletter.links import FeedbackId, Links
 from newsletter.store import Store
 from newsletter.web import create_app
 
-from .conftest import SECRET
+from .support.helpers import SECRET
 
 TOKEN = Tokens(SECRET).unsubscribe(42)
 CONFIRM = Tokens(SECRET).confirm(42)
@@ -187,7 +187,7 @@ def test_a_send_writes_each_copy_where_the_outbox_names_say(settings: Settings) 
     """The send engine (through the outbox transport) and the erasure agree on the names."""
     from newsletter.delivery.sending import send
 
-    from .test_deliver import setup as issue_with_readers
+    from .delivery.test_engine import setup as issue_with_readers
 
     store = Store(settings.database_url)
     store.migrate()

@@ -4,7 +4,7 @@ The message is encoded once per issue. Its text and HTML parts are quoted-printa
 split where the per-subscriber values go; composing a message encodes only those short
 values and joins the pieces with soft line breaks (`=` CRLF), which a reader's decoder
 removes. So one message costs a few microseconds and never re-renders or re-encodes the
-issue. tests/test_compose.py builds the same message the slow way and compares."""
+issue. tests/delivery/test_compose.py builds the same message the slow way and compares."""
 
 from __future__ import annotations
 

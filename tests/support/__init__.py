@@ -1,0 +1,1 @@
+"""What the tests share: servers, mails and helpers (no tests here)."""
