@@ -252,6 +252,16 @@ def test_the_same_headline_eleven_hours_later_joins_a_reworded_telling_does_not(
     assert d is not None and len(d.stories) == 2
 
 
+def clustered_with_peak(stories: list[Told], vectors: np.ndarray) -> tuple[list[list[int]], int]:
+    """The clusters at the default threshold, and the peak of memory allocated while made."""
+    tracemalloc.start()
+    try:
+        groups = clusters(stories, vectors, threshold=THRESHOLD)
+        return groups, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_large_day_is_clustered_in_bounded_memory() -> None:
     """2,500 stories within a day: likeness is worked out a block of pairs at a time in float32,
     so the peak stays far under one 2,500 x 2,500 float64 matrix per step (50 MB each)."""
@@ -268,12 +278,7 @@ def test_a_large_day_is_clustered_in_bounded_memory() -> None:
         )
         for k in range(2500)
     ]
-    tracemalloc.start()
-    try:
-        groups = clusters(stories, vectors, threshold=THRESHOLD)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    groups, peak = clustered_with_peak(stories, vectors)
     assert sorted(i for g in groups for i in g) == list(range(2500))
     assert peak < 60 * 2**20, peak
 
@@ -290,12 +295,7 @@ def test_a_day_of_near_identical_syndicated_stories_is_clustered_in_bounded_memo
         Told(f"Stocks fall as tech shares slide, report {k}", text, f"Wire {k % 10}", NOW)
         for k in range(2000)
     ]
-    tracemalloc.start()
-    try:
-        groups = clusters(stories, vectors, threshold=THRESHOLD)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    groups, peak = clustered_with_peak(stories, vectors)
     assert sorted(i for g in groups for i in g) == list(range(2000))
     assert all(len({stories[i].source for i in g}) == len(g) for g in groups)
     assert max(len(g) for g in groups) == 10
