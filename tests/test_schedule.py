@@ -343,7 +343,8 @@ def test_a_day_with_too_few_stories_sends_nothing_and_they_wait_for_the_next_day
     store = Store(settings.database_url)
     store.migrate()
     store.import_subscribers([NewSubscriber("r@example.com", None)], now=datetime.now(UTC))
-    fire = datetime.now(UTC).replace(second=0, microsecond=0)
+    # today's fire time at 06:00 (the config's zone is UTC): an hour after it is still the same day
+    fire = datetime.now(UTC).replace(hour=6, minute=0, second=0, microsecond=0)
     quiet = run_scheduled(settings, store, fire, now=lambda: datetime.now(UTC))
     assert quiet.ran and quiet.issue_id is None and quiet.fields["new_stories"] == 2
     assert "2 new stories in the last 48 hours, 3 needed" in quiet.line
