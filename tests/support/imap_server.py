@@ -47,6 +47,9 @@ class ImapServer:
                             self.wfile.write(
                                 f"{tag} NO [AUTHENTICATIONFAILED] Invalid credentials\r\n".encode()
                             )
+                    elif command == "LOGOUT":  # in any state (RFC 3501 section 6.1.3)
+                        self.reply(tag, "* BYE logging out")
+                        return
                     elif not logged_in:
                         self.wfile.write(f"{tag} BAD log in first\r\n".encode())
                     elif command in ("SELECT", "EXAMINE"):
@@ -70,9 +73,6 @@ class ImapServer:
                         self.wfile.write(f"* {uid} FETCH (UID {uid} BODY[] {{{len(data)}}}\r\n".encode())
                         self.wfile.write(data + b")\r\n")
                         self.reply(tag)
-                    elif command == "LOGOUT":
-                        self.reply(tag, "* BYE logging out")
-                        return
                     else:
                         self.wfile.write(f"{tag} BAD not supported here\r\n".encode())
 
