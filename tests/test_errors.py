@@ -109,9 +109,9 @@ def test_every_failure_meant_is_a_newsletter_error_with_its_exit_code() -> None:
 def test_bad_values_on_the_command_line_exit_2_in_one_sentence(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     run_cli(config, "init")
-    date = run_cli(config, "build", "--date", "25/11/2026", check=False)
+    date = run_cli(config, "build", "--date", "25/11/2026", check=False, process=True)
     assert date.returncode == 2 and "--date must be YYYY-MM-DD" in _one_sentence(date.stderr)
-    short = run_cli(config, "admin", "add-user", "ed", input="short\n", check=False)
+    short = run_cli(config, "admin", "add-user", "ed", input="short\n", check=False, process=True)
     assert short.returncode == 2 and "at least 10 characters" in _one_sentence(short.stderr)
-    name = run_cli(config, "admin", "add-user", "x" * 101, input="a long enough password\n", check=False)
+    name = run_cli(config, "admin", "add-user", "x" * 101, input="a long enough password\n", check=False, process=True)
     assert name.returncode == 2 and "1 to 100 printable" in _one_sentence(name.stderr)

@@ -27,15 +27,15 @@ def test_psycopg_is_an_extra_and_make_install_takes_it() -> None:
 def test_a_sqlite_install_runs_without_the_driver(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     blocked = _without_psycopg(tmp_path)
-    run_cli(config, "init", extra_env=blocked)
-    run_cli(config, "subscribers", "add", "reader@example.com", extra_env=blocked)
-    built = run_cli(config, "build", "--json", extra_env=blocked)
+    run_cli(config, "init", extra_env=blocked, process=True)
+    run_cli(config, "subscribers", "add", "reader@example.com", extra_env=blocked, process=True)
+    built = run_cli(config, "build", "--json", extra_env=blocked, process=True)
     assert '"items"' in built.stdout
 
 
 def test_postgresql_without_the_driver_names_the_extra(tmp_path: Path) -> None:
     config = write_config(tmp_path, database_url="postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    proc = run_cli(config, "status", check=False, extra_env=_without_psycopg(tmp_path))
+    proc = run_cli(config, "status", check=False, extra_env=_without_psycopg(tmp_path), process=True)
     assert proc.returncode == 2, proc.stderr
     assert "pip install 'newsletter[postgresql]'" in proc.stderr
     assert "Traceback" not in proc.stderr

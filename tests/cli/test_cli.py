@@ -1,4 +1,5 @@
-"""The command line as a user runs it: subprocesses, real HTTP feeds, a real SMTP server."""
+"""The command line as a user runs it (in this process through click, and as real processes where
+the exit code is the point), with real HTTP feeds and a real SMTP server."""
 
 import email
 import json
@@ -166,16 +167,16 @@ def test_outbox_demo_path_preview_and_test_copy(tmp_path: Path, smtp_sink: SmtpS
 def test_exit_codes_and_plain_sentences(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     run_cli(config, "init")
-    bad = run_cli(config, "subscribers", "add", "nope", check=False)
+    bad = run_cli(config, "subscribers", "add", "nope", check=False, process=True)
     assert bad.returncode == 2 and "not a valid email address" in bad.stderr
     crlf = run_cli(
-        config, "subscribers", "add", "a@example.com", "--name", "A\r\nBcc: x@example.com", check=False
+        config, "subscribers", "add", "a@example.com", "--name", "A\r\nBcc: x@example.com", check=False, process=True
     )
     assert crlf.returncode == 2 and "line break" in crlf.stderr
-    missing = run_cli(config, "send", "--issue", "99", check=False)
+    missing = run_cli(config, "send", "--issue", "99", check=False, process=True)
     assert missing.returncode == 1 and "there is no issue 99" in missing.stderr
     assert "Traceback" not in missing.stderr + bad.stderr
-    nofile = run_cli(tmp_path / "nope.toml", "status", check=False)
+    nofile = run_cli(tmp_path / "nope.toml", "status", check=False, process=True)
     assert nofile.returncode == 2 and "no configuration file" in nofile.stderr
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -362,26 +363,65 @@ max_attempts = 3
 def run_cli(
     config: Path,
     *args: str,
-    timeout: float = 120,
     check: bool = True,
     extra_env: dict[str, str] | None = None,
     input: str | None = None,
+    process: bool = False,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET, **(extra_env or {})}
-    if not extra_env or "NEWSLETTER_DATABASE_URL" not in extra_env:
-        environment.pop("NEWSLETTER_DATABASE_URL", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "newsletter.cli", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=environment,
-        input=input,
-        cwd=config.parent,
+    """`newsletter --config CONFIG ARGS...` as a user runs it, in the config's folder: its exit
+    code, standard output and standard error. In this process by default (click's own runner: the
+    same command, its output and its exit code, without a second of interpreter start-up); with
+    `process=True` a real `python -m newsletter.cli` process, for what only a process shows (what
+    it imports, its exit code as the shell sees it). `timeout` bounds the process alone."""
+    environment: dict[str, str | None] = {"NEWSLETTER_SECRET_KEY": SECRET, **(extra_env or {})}
+    if "NEWSLETTER_DATABASE_URL" not in environment:
+        environment["NEWSLETTER_DATABASE_URL"] = None  # the config's database, not the caller's
+    proc = (
+        _cli_process(config, args, environment, input, timeout)
+        if process
+        else _cli_in_process(config, args, environment, input)
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def _cli_process(
+    config: Path, args: tuple[str, ...], environment: dict[str, str | None], input: str | None, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    merged = {**os.environ, **environment}
+    return subprocess.run(
+        [sys.executable, "-m", "newsletter.cli", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={k: v for k, v in merged.items() if v is not None},
+        input=input,
+        cwd=config.parent,
+    )
+
+
+def _cli_in_process(
+    config: Path, args: tuple[str, ...], environment: dict[str, str | None], input: str | None
+) -> subprocess.CompletedProcess[str]:
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    folder = os.getcwd()
+    os.chdir(config.parent)
+    try:
+        result = CliRunner().invoke(
+            main, ["--config", str(config), *args], input=input, env=environment, prog_name="newsletter"
+        )
+    finally:
+        os.chdir(folder)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        # what Python prints for an exception nobody caught, as the process would
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["newsletter", *args], result.exit_code, result.stdout, stderr)
 
 
 def start_cli(config: Path, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
