@@ -113,5 +113,7 @@ def test_bad_values_on_the_command_line_exit_2_in_one_sentence(tmp_path: Path) -
     assert date.returncode == 2 and "--date must be YYYY-MM-DD" in _one_sentence(date.stderr)
     short = run_cli(config, "admin", "add-user", "ed", input="short\n", check=False, process=True)
     assert short.returncode == 2 and "at least 10 characters" in _one_sentence(short.stderr)
-    name = run_cli(config, "admin", "add-user", "x" * 101, input="a long enough password\n", check=False, process=True)
+    name = run_cli(
+        config, "admin", "add-user", "x" * 101, input="a long enough password\n", check=False, process=True
+    )
     assert name.returncode == 2 and "1 to 100 printable" in _one_sentence(name.stderr)

@@ -169,8 +169,9 @@ def test_exit_codes_and_plain_sentences(tmp_path: Path) -> None:
     run_cli(config, "init")
     bad = run_cli(config, "subscribers", "add", "nope", check=False, process=True)
     assert bad.returncode == 2 and "not a valid email address" in bad.stderr
+    spoofed = "A\r\nBcc: x@example.com"
     crlf = run_cli(
-        config, "subscribers", "add", "a@example.com", "--name", "A\r\nBcc: x@example.com", check=False, process=True
+        config, "subscribers", "add", "a@example.com", "--name", spoofed, check=False, process=True
     )
     assert crlf.returncode == 2 and "line break" in crlf.stderr
     missing = run_cli(config, "send", "--issue", "99", check=False, process=True)
