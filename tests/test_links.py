@@ -187,7 +187,7 @@ def test_a_send_writes_each_copy_where_the_outbox_names_say(settings: Settings) 
     """The send engine (through the outbox transport) and the erasure agree on the names."""
     from newsletter.delivery.sending import send
 
-    from .delivery.test_engine import setup as issue_with_readers
+    from .support.deliveries import issue_with_readers
 
     store = Store(settings.database_url)
     store.migrate()

@@ -2,10 +2,8 @@
 one run per fire time among several schedulers, and real `newsletter schedule` processes."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -29,7 +27,6 @@ from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 
 from .support.helpers import (
-    SECRET,
     FeedServer,
     Gate,
     Route,
@@ -37,6 +34,7 @@ from .support.helpers import (
     recent,
     rss,
     run_cli,
+    start_command,
     wait_for,
     write_config,
 )
@@ -142,19 +140,6 @@ def _config_with_cron(
     )
 
 
-def _schedule(config: Path, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET}
-    env.pop("NEWSLETTER_DATABASE_URL", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter.cli", "--config", str(config), "schedule", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=config.parent,
-    )
-
-
 def _stop_on_sigterm(procs: list[subprocess.Popen[str]]) -> str:
     """SIGTERM to each scheduler: all exit 0 within 10 seconds; returns their logs."""
     started = time.monotonic()
@@ -194,7 +179,7 @@ def test_two_schedulers_make_up_a_missed_run_once_and_stop_on_sigterm(
 ) -> None:
     config = _config_with_cron(tmp_path, smtp_sink, minutes_ago=30, grace=3600, database_url=database_url)
     store = _with_readers(config, database_url, 50)
-    procs = [_schedule(config), _schedule(config)]
+    procs = [start_command(config, "schedule"), start_command(config, "schedule")]
     assert wait_for(lambda: _run_finished(store), timeout=60)
     time.sleep(1)  # let the other one see the claim taken
     logs = _stop_on_sigterm(procs)
@@ -279,7 +264,7 @@ def test_a_scheduler_killed_mid_send_is_resumed_by_the_next_start_without_duplic
     config = _config_with_cron(tmp_path, smtp_sink, minutes_ago=30, grace=3600)
     store = _with_readers(config, f"sqlite:///{tmp_path / 'subscribers.db'}", n)
     smtp_sink.gate = Gate(after=300)  # the send held mid-way, each connection's message on the wire
-    first = _schedule(config)
+    first = start_command(config, "schedule")
     assert smtp_sink.gate.reached.wait(timeout=60)
     first.kill()
     first.communicate(timeout=10)  # reaped: its pid is gone, so the next start knows it died
@@ -289,7 +274,7 @@ def test_a_scheduler_killed_mid_send_is_resumed_by_the_next_start_without_duplic
     assert killed is not None and killed.finished_at is None and killed.issue_id is not None
     assert "interrupted (scheduler pid" in run_cli(config, "status").stdout
 
-    second = _schedule(config)
+    second = start_command(config, "schedule")
     assert wait_for(lambda: _run_finished(store), timeout=60)
     err = _stop_on_sigterm([second])
     assert "making up the run" not in err  # the run was taken; its send is resumed, not run again
@@ -311,7 +296,7 @@ def test_log_file_in_json_has_one_object_per_line_with_the_run_counts(tmp_path: 
     store = _with_readers(config, f"sqlite:///{tmp_path / 'subscribers.db'}", 3)
     log_file = tmp_path / "logs" / "schedule.log"
     log_file.parent.mkdir()
-    proc = _schedule(config, "--log-file", str(log_file), "--log-json")
+    proc = start_command(config, "schedule", "--log-file", str(log_file), "--log-json")
     assert wait_for(lambda: _run_finished(store), timeout=60)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=10)
@@ -384,7 +369,7 @@ def test_a_run_missed_by_more_than_the_grace_is_skipped_and_said(tmp_path: Path,
     store.claim_scheduled_run(yesterday.replace(second=0, microsecond=0), host="h", pid=1, now=yesterday)
     store.close()
     log = tmp_path / "schedule.log"
-    proc = _schedule(config, "--log-file", str(log))
+    proc = start_command(config, "schedule", "--log-file", str(log))
     assert wait_for(lambda: log.exists() and "scheduled '" in log.read_text(), timeout=30)  # started
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=10)

@@ -41,7 +41,7 @@ from ..support.helpers import (
 )
 from ..support.imap_server import ImapServer
 from ..support.postfix_server import PrivatePostfix
-from ..web.test_signup import confirm_link
+from ..support.web import confirm_link
 
 TOKENS = Tokens(SECRET)
 RETURN_PATH = "bounces@example.com"
@@ -92,6 +92,11 @@ class Newsletter:
     def statuses(self) -> dict[str, str]:
         return {s.email: s.status for s in self.store.iter_subscribers()}
 
+    def statuses_of(self, *readers: int) -> list[str]:
+        """The statuses of readers rN@example.org, in the order given."""
+        statuses = self.statuses()
+        return [statuses[f"r{n}@example.org"] for n in readers]
+
     def dsn(self, n: int, status: str, diagnostic: str, *, verp: str | None = None) -> bytes:
         """A Gmail-style DSN for reader n, to their VERP address unless `verp` says another."""
         return m.gmail_dsn(
@@ -115,13 +120,7 @@ class Newsletter:
             # r2: a server that returns to the plain address: only the signed unsubscribe link in the
             # copy names r2, a link a reader may pass on: it may at most unsubscribe r2
             m.exim_bounce(to=RETURN_PATH, failed="r2@example.org", original=self.original(2)),
-            m.gmail_dsn(
-                verp=self.verp(3),
-                recipient="r3@example.org",
-                status="5.1.1",
-                diagnostic="550-5.1.1 The email account that you tried to reach does not exist.",
-                original=self.original(3),
-            ),
+            self.dsn(3, "5.1.1", "550-5.1.1 The email account that you tried to reach does not exist."),
             # r4: a complaint whose report hides the recipient: found by the VERP address it names
             m.arf_report(
                 fbl_to="abuse@example.com",
@@ -306,14 +305,9 @@ def test_an_imap_mailbox_over_tls(tmp_path: Path, imap: ImapServer, certificate:
     try:
         first = run_cli(nl.config, "bounces", extra_env=env)
         assert "read 9 new mails" in first.stdout
-        statuses = nl.statuses()
-        assert [statuses[f"r{i}@example.org"] for i in range(1, 5)] == [
-            "bounced",
-            "unsubscribed",  # named only by an unsubscribe link
-            "bounced",
-            "complained",
-        ]
-        assert list(statuses.values()).count("active") == 6
+        # r2 is named only by an unsubscribe link
+        assert nl.statuses_of(1, 2, 3, 4) == ["bounced", "unsubscribed", "bounced", "complained"]
+        assert list(nl.statuses().values()).count("active") == 6
         # read-only: examined, peeked, never stored a flag, copied or expunged
         assert any(c.startswith("EXAMINE") for c in imap.commands)
         assert not any(c.split()[0] in ("STORE", "COPY", "EXPUNGE", "MOVE") for c in imap.commands)
@@ -392,25 +386,9 @@ def test_a_mail_that_breaks_never_stops_the_others(
     huge = nl.original(1).replace(f"Feedback-ID: {nl.issue_id}:", "Feedback-ID: 99999999999999999999999:")
     box = mailbox.Maildir(tmp_path / "bounces", create=True)
     box.add(m.exim_bounce(to=RETURN_PATH, failed="r1@example.org", original=huge))
-    box.add(
-        m.gmail_dsn(
-            verp=nl.verp(2),
-            recipient="r2@example.org",
-            status="5.1.1",
-            diagnostic="550-5.1.1 no such user \x00 here",
-            original=nl.original(2),
-        )
-    )
+    box.add(nl.dsn(2, "5.1.1", "550-5.1.1 no such user \x00 here"))
     box.add(nl.soft_bounce(3, "first") + b"\r\nX-Break-The-Reader: yes\r\n")
-    box.add(
-        m.gmail_dsn(
-            verp=nl.verp(4),
-            recipient="r4@example.org",
-            status="5.1.1",
-            diagnostic="550 gone",
-            original=nl.original(4),
-        )
-    )
+    box.add(nl.dsn(4, "5.1.1", "550 gone"))
     real = processing.classify
 
     def breaks_on_marked_mail(data: bytes, **kwargs: object) -> Classified:
@@ -584,8 +562,7 @@ def test_a_leaked_unsubscribe_link_at_most_unsubscribes_and_a_signup_brings_the_
     box.add(nl.dsn(5, "5.1.1", hard))
     settings = load_settings(nl.config)
     report = process_bounces(settings, nl.store, now=datetime.now(UTC)).as_json()
-    statuses = nl.statuses()
-    assert [statuses[f"r{n}@example.org"] for n in range(1, 6)] == [
+    assert nl.statuses_of(1, 2, 3, 4, 5) == [
         "unsubscribed",
         "unsubscribed",
         "active",
@@ -770,15 +747,8 @@ def test_a_verp_address_is_believed_only_within_its_window_after_the_send(tmp_pa
     assert arrives(nl.dsn(6, "5.1.1", hard, verp=to_confirmation), BOUNCE_WINDOW * 2)["kinds"] == {
         "review": 1
     }
-    statuses = nl.statuses()
-    assert [statuses[f"r{n}@example.org"] for n in range(1, 6)] == [
-        "active",
-        "active",
-        "active",
-        "bounced",
-        "complained",
-    ]
-    assert statuses["new@example.org"] == "pending"
+    assert nl.statuses_of(1, 2, 3, 4, 5) == ["active", "active", "active", "bounced", "complained"]
+    assert nl.statuses()["new@example.org"] == "pending"
     with nl.store.read() as s:
         named = sorted(
             s.scalars(select(BounceEvent.subscriber_id).where(BounceEvent.subscriber_id.is_not(None)))

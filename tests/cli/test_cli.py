@@ -11,8 +11,7 @@ from pathlib import Path
 from newsletter.db.models import SubscriberStatus
 from newsletter.store import Store
 
-from ..content.test_sanitize import HOSTILE
-from ..support.helpers import ROOT, FeedServer, Route, SmtpSink, recent, rss, run_cli, write_config
+from ..support.helpers import HOSTILE, ROOT, FeedServer, Route, SmtpSink, recent, rss, run_cli, write_config
 
 
 def smtp_config(tmp_path: Path, feed_server: FeedServer, sink: SmtpSink) -> Path:

@@ -1,10 +1,7 @@
 """Real `newsletter send` processes: killed, stopped, and several at once on one issue."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +10,15 @@ import pytest
 from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 
-from ..support.helpers import SECRET, Gate, SmtpSink, assert_tally_counts, run_cli, wait_for, write_config
+from ..support.helpers import (
+    Gate,
+    SmtpSink,
+    assert_tally_counts,
+    run_cli,
+    start_command,
+    wait_for,
+    write_config,
+)
 
 CONNECTIONS = 4
 
@@ -32,7 +37,9 @@ def prepare(
     )
     run_cli(config, "init")
     store = Store(_url(config, database_url))
-    store.import_subscribers([NewSubscriber(f"reader{i}@example.com", None) for i in range(n)], now=_now())
+    store.import_subscribers(
+        [NewSubscriber(f"reader{i}@example.com", None) for i in range(n)], now=datetime.now(UTC)
+    )
     store.close()
     built = json.loads(run_cli(config, "build", "--json").stdout)
     assert built["issue"] is not None
@@ -41,22 +48,6 @@ def prepare(
 
 def _url(config: Path, database_url: str | None) -> str:
     return database_url or f"sqlite:///{config.parent / 'subscribers.db'}"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def start_send(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    environment = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET, **(env or {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter.cli", "--config", str(config), "send", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment,
-        cwd=config.parent,
-    )
 
 
 def status(config: Path, env: dict[str, str] | None = None) -> dict[str, int]:
@@ -75,7 +66,7 @@ def test_sigkill_then_resume_sends_nobody_twice(tmp_path: Path, smtp_sink: SmtpS
     issue_id = store.latest_issue().id  # type: ignore[union-attr]
     if 0 < kill_after < n:  # each connection's message on the wire held: the send is mid-way
         smtp_sink.gate = Gate(after=kill_after)
-    proc = start_send(config)
+    proc = start_command(config, "send")
     if kill_after == 0:  # registered and ready, not a message out yet
         assert wait_for(lambda: bool(store.live_senders(issue_id)) or proc.poll() is not None, timeout=30)
     elif smtp_sink.gate:
@@ -109,7 +100,7 @@ def test_sigterm_stops_cleanly_and_the_next_send_finishes(tmp_path: Path, smtp_s
     n = N
     config = prepare(tmp_path, smtp_sink, n)
     smtp_sink.gate = Gate(after=200)
-    proc = start_send(config)
+    proc = start_command(config, "send")
     assert smtp_sink.gate.reached.wait(timeout=60)  # mid-send, each connection's message on the wire
     proc.send_signal(signal.SIGTERM)
     smtp_sink.gate.opened.set()  # what was in flight gets its answer, to be recorded
@@ -128,7 +119,7 @@ def test_sigterm_stops_cleanly_and_the_next_send_finishes(tmp_path: Path, smtp_s
 def test_a_second_sender_on_sqlite_refuses_or_waits(tmp_path: Path, smtp_sink: SmtpSink) -> None:
     n = 300
     config = prepare(tmp_path, smtp_sink, n, extra="\nrate_per_second = 100")  # about three seconds
-    first = start_send(config)
+    first = start_command(config, "send")
     store = Store(_url(config, None))
     issue_id = store.latest_issue().id  # type: ignore[union-attr]
     assert wait_for(lambda: bool(store.live_senders(issue_id)), timeout=30)
@@ -163,12 +154,14 @@ def test_three_senders_share_one_issue_on_postgresql(
     )
     run_cli(config, "init", extra_env=env)
     store = Store(url)
-    store.import_subscribers([NewSubscriber(f"reader{i}@example.com", None) for i in range(n)], now=_now())
+    store.import_subscribers(
+        [NewSubscriber(f"reader{i}@example.com", None) for i in range(n)], now=datetime.now(UTC)
+    )
     store.close()
     run_cli(config, "build", extra_env=env)
     # held from the 100th message until three connections wait, of two senders at least (two each)
     smtp_sink.gate = gate = Gate(after=100)
-    procs = [start_send(config, "--json", env=env) for _ in range(3)]
+    procs = [start_command(config, "send", "--json", extra_env=env) for _ in range(3)]
     assert wait_for(lambda: len(gate.held) >= 3 or any(p.poll() is not None for p in procs), timeout=60)
     gate.opened.set()
     results = [p.communicate(timeout=120) for p in procs]
@@ -190,7 +183,7 @@ def test_pause_mid_send_then_resume_sends_each_subscriber_exactly_once(
     n = 1000
     config = prepare(tmp_path, smtp_sink, n, extra="\nrate_per_second = 400")
     smtp_sink.gate = Gate(after=300)  # held mid-send while the operator pauses
-    proc = start_send(config)
+    proc = start_command(config, "send")
     assert smtp_sink.gate.reached.wait(timeout=60)
     paused = run_cli(config, "pause")
     assert "paused" in paused.stdout

@@ -4,19 +4,7 @@ from newsletter.config import SourceSettings
 from newsletter.content.sanitize import clean_html, cut_words
 from newsletter.content.sources import parse_feed
 
-from ..support.helpers import rss
-
-HOSTILE = """
-<p onclick="steal()">Council approves the <b>new library</b> budget.</p>
-<script>alert('x')</script><style>p{display:none}</style>
-<iframe src="https://evil.example/frame">framed words</iframe>
-<form action="https://evil.example/login"><input name="pw">Enter password</form>
-<a href="javascript:alert(1)">click me</a> <a href="data:text/html,hi">data link</a>
-<img src="https://track.example/p.gif" width="1" height="1">
-<img src="https://track.example/q.gif" style="display:none">
-<img src="https://img.example/library.jpg" onerror="alert(2)" width="600">
-<object data="x.swf">obj</object>
-"""
+from ..support.helpers import HOSTILE, rss
 
 
 def test_hostile_html_keeps_only_plain_words_and_a_real_image() -> None:

@@ -34,7 +34,7 @@ from newsletter.db.models import (
 from newsletter.issues.build import gather, gather_and_build, today
 from newsletter.store import Store
 
-from ..delivery.test_engine import FAST_RETRIES, run_send, setup, smtp
+from ..support.deliveries import FAST_RETRIES, issue_with_readers, run_send, smtp
 from ..support.helpers import FeedServer, Route, SmtpSink, assert_tally_counts, recent, rss, write_config
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
@@ -69,7 +69,7 @@ def test_a_nul_in_an_smtp_reply_is_kept_cleaned_and_every_delivery_gets_its_stat
     store: Store, smtp_sink: SmtpSink
 ) -> None:
     """Once "the database failed" on PostgreSQL and every row in flight was left `unknown`."""
-    issue_id = setup(store, 6)
+    issue_id = issue_with_readers(store, 6)
     refused = {
         "user1@example.com": "550 5.1.1 no such\x00 user",
         "user2@example.com": "452 4.2.2 mailbox\x00 full",

@@ -2,7 +2,7 @@
 
 import email
 import threading
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email import policy
 from pathlib import Path
 from typing import Any
@@ -11,8 +11,6 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy import text as sql
 
-from newsletter.config import mailbox
-from newsletter.content.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
 from newsletter.db.models import Delivery, DeliveryStatus, Sender
 from newsletter.delivery.compose import MessageTemplate, Recipient
 from newsletter.delivery.engine import RateLimiter, SendOptions, SendReport, send_issue
@@ -24,61 +22,18 @@ from newsletter.errors import NewsletterError, SendBusyError, TransportError
 from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 
-from ..support.deliveries import claim
-from ..support.helpers import SECRET, Gate, SmtpSink, assert_tally_counts, free_port
-
-NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
-ISSUE = RenderedIssue(
-    subject="Today",
-    preheader="",
-    html=f"<p>{GREETING}</p><a href='{UNSUBSCRIBE_URL}'>u</a>\n<p>.a line that starts with a dot</p>",
-    text=f"{GREETING}\n{UNSUBSCRIBE_URL}\n.\n..two dots\n",
+from ..support.deliveries import (
+    FAST_RETRIES,
+    ISSUE,
+    NOW,
+    TEMPLATE_ARGS,
+    claim,
+    issue_with_readers,
+    run_send,
+    smtp,
+    template,
 )
-FAST_RETRIES = {"retry_base_seconds": 0.05, "throttle_retry_seconds": 0.05, "throttle_recover_seconds": 0.5}
-
-
-def setup(store: Store, n: int, domain: str = "example.com") -> int:
-    store.import_subscribers([NewSubscriber(f"user{i}@{domain}", f"User {i}") for i in range(n)], now=NOW)
-    issue = store.create_issue(
-        date(2026, 11, 25),
-        story_ids=[],
-        content=lambda i: ("Today", "", "", ""),
-        placeholder_key=None,
-        now=NOW,
-    )
-    assert issue is not None
-    return issue.id
-
-
-TEMPLATE_ARGS: dict[str, Any] = {
-    "newsletter_name": "T",
-    "sender": mailbox("T", "t@example.com"),
-    "reply_to": None,
-    "base_url": "https://n.example.com",
-}
-
-
-def template(issue_id: int) -> MessageTemplate:
-    return MessageTemplate(ISSUE, issue_id=issue_id, **TEMPLATE_ARGS)
-
-
-def smtp(sink: SmtpSink) -> SmtpTransport:
-    return SmtpTransport("127.0.0.1", sink.port, security="none", timeout=5)
-
-
-def run_send(
-    store: Store, connect: Any, issue_id: int, *, resend_unknown: bool = False, **options: Any
-) -> SendReport:
-    return send_issue(
-        store,
-        connect,
-        template(issue_id),
-        Tokens(SECRET),
-        issue_id=issue_id,
-        mail_from="bounces@example.com",
-        options=SendOptions(**options),
-        resend_unknown=resend_unknown,
-    )
+from ..support.helpers import SECRET, Gate, SmtpSink, assert_tally_counts, free_port
 
 
 def copies(sink: SmtpSink) -> dict[str, int]:
@@ -89,7 +44,7 @@ def copies(sink: SmtpSink) -> dict[str, int]:
 def test_each_active_subscriber_gets_one_message_and_a_rerun_sends_nothing(
     sqlite_store: Store, smtp_sink: SmtpSink, processes: int
 ) -> None:
-    issue_id = setup(sqlite_store, 300)
+    issue_id = issue_with_readers(sqlite_store, 300)
     sub, _ = sqlite_store.add_subscriber("left@example.com", None, now=NOW)
     sqlite_store.unsubscribe(sub.id, now=NOW)
     report = run_send(sqlite_store, lambda: smtp(smtp_sink), issue_id, connections=4, processes=processes)
@@ -115,7 +70,7 @@ def test_faults_every_good_address_gets_exactly_one_copy(
     """451 on every 7th RCPT, 550 for one domain, a burst of 421 "too many connections", the
     connection dropped at every 60th RCPT (before the message: retried) and instead of every 50th
     DATA reply (after the final dot, the message lost: unknown, resent on the operator's word)."""
-    issue_id = setup(sqlite_store, 500)
+    issue_id = issue_with_readers(sqlite_store, 500)
     sqlite_store.import_subscribers(
         [NewSubscriber(f"gone{i}@dead.example", None) for i in range(20)], now=NOW
     )
@@ -178,7 +133,7 @@ def test_faults_every_good_address_gets_exactly_one_copy(
 def test_deferred_rows_fail_after_max_attempts_with_the_reply_kept(
     sqlite_store: Store, smtp_sink: SmtpSink
 ) -> None:
-    issue_id = setup(sqlite_store, 3)
+    issue_id = issue_with_readers(sqlite_store, 3)
     smtp_sink.rcpt_hook = lambda a: "452 4.2.2 Mailbox full" if a == "user1@example.com" else None
     smtp_sink.data_hook = lambda r: (
         "554 5.7.1 Message rejected as spam" if r == ["user2@example.com"] else None
@@ -197,7 +152,7 @@ def test_deferred_rows_fail_after_max_attempts_with_the_reply_kept(
 
 
 def test_unsubscribe_during_the_send_stops_later_messages(sqlite_store: Store, tmp_path: Path) -> None:
-    issue_id = setup(sqlite_store, 10)
+    issue_id = issue_with_readers(sqlite_store, 10)
     last = sqlite_store.get_subscriber("user9@example.com")
     assert last is not None
     handled: list[DeliveryStatus] = []
@@ -223,7 +178,7 @@ def test_unsubscribe_during_the_send_stops_later_messages(sqlite_store: Store, t
 
 
 def test_resend_unknown_only_on_request(sqlite_store: Store, smtp_sink: SmtpSink) -> None:
-    issue_id = setup(sqlite_store, 3)
+    issue_id = issue_with_readers(sqlite_store, 3)
     sqlite_store.start_send(issue_id)
     sqlite_store.register_sender(
         Enrolment(
@@ -254,7 +209,7 @@ def test_resend_unknown_only_on_request(sqlite_store: Store, smtp_sink: SmtpSink
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_no_smtp_server_stops_the_send_and_loses_nothing(sqlite_store: Store, processes: int) -> None:
-    issue_id = setup(sqlite_store, 5)
+    issue_id = issue_with_readers(sqlite_store, 5)
     port = free_port()  # nothing listens there
     with pytest.raises(TransportError, match="cannot connect"):
         run_send(
@@ -271,7 +226,7 @@ def test_no_smtp_server_stops_the_send_and_loses_nothing(sqlite_store: Store, pr
 
 
 def test_a_second_sender_on_sqlite_is_refused(sqlite_store: Store, smtp_sink: SmtpSink) -> None:
-    issue_id = setup(sqlite_store, 2)
+    issue_id = issue_with_readers(sqlite_store, 2)
     sqlite_store.register_sender(
         Enrolment(
             issue_id,
@@ -372,7 +327,7 @@ def test_reply_classification() -> None:
 def test_an_unexpected_error_in_a_connection_stops_the_send_instead_of_hanging(
     sqlite_store: Store, processes: int
 ) -> None:
-    issue_id = setup(sqlite_store, 5)
+    issue_id = issue_with_readers(sqlite_store, 5)
 
     class Broken:
         def send(self, envelope: object, message: bytes) -> object:
@@ -394,7 +349,7 @@ def test_a_message_that_cannot_be_composed_stops_the_send_and_says_so(
 ) -> None:
     """Composing fails for one reader (a bug): the send stops with a sentence naming composing and
     the reader; that row never went on the wire, and the next send sends every row once."""
-    issue_id = setup(sqlite_store, 6)
+    issue_id = issue_with_readers(sqlite_store, 6)
     broken_for = sqlite_store.get_subscriber("user3@example.com")
     assert broken_for is not None
 
@@ -434,7 +389,7 @@ def test_a_database_failure_mid_send_names_the_database_and_repeats_nothing(
     """The database refuses a group commit (a trigger, as a full disk would): the send stops with a
     sentence naming the database. What was on the wire in that group stays `sending`, which the
     next send reports as unknown; nobody gets two copies, and everyone else gets one."""
-    issue_id = setup(sqlite_store, 40)
+    issue_id = issue_with_readers(sqlite_store, 40)
     refused = sqlite_store.get_subscriber("user20@example.com")
     assert refused is not None
     trigger = (
@@ -467,7 +422,7 @@ def test_a_reply_lost_after_the_final_dot(
 ) -> None:
     """The server takes every 40th message and drops the connection before its 250. "unknown"
     (the default) sends nobody twice and says so; "retry" loses nobody and sends those twice."""
-    issue_id = setup(sqlite_store, 400)
+    issue_id = issue_with_readers(sqlite_store, 400)
     lock, dropped = threading.Lock(), set()
 
     def data(rcpts: list[str]) -> str | None:  # every 40th reader's first copy
@@ -520,7 +475,7 @@ def test_no_reply_in_time_is_said_as_such(sqlite_store: Store) -> None:
     controller = Controller(Silent(), hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        issue_id = setup(sqlite_store, 1)
+        issue_id = issue_with_readers(sqlite_store, 1)
         t = SmtpTransport("127.0.0.1", port, security="none", timeout=1)
         result = t.send(Envelope("b@example.com", "user0@example.com", "k"), b"Subject: x\r\n\r\nhi\r\n")
         t.close()
@@ -534,7 +489,7 @@ def test_no_reply_in_time_is_said_as_such(sqlite_store: Store) -> None:
 def test_the_audience_is_fixed_when_the_send_first_starts(store: Store, tmp_path: Path) -> None:
     """A reader who joins after the issue went out gets nothing from a re-run, a resend of unknown
     rows or a resume: the issue's deliveries are made once."""
-    issue_id = setup(store, 3)
+    issue_id = issue_with_readers(store, 3)
     outbox = tmp_path / "outbox"
 
     def send(**options: Any) -> SendReport:
@@ -561,7 +516,7 @@ def test_greylisting_one_recipient_in_seven_does_not_slow_the_send(
     messages finish within their backoff waits plus seconds, the pool never slowed down."""
     import time
 
-    issue_id = setup(sqlite_store, 500)
+    issue_id = issue_with_readers(sqlite_store, 500)
     lock, seen = threading.Lock(), [0]
 
     def rcpt(address: str) -> str | None:
@@ -608,7 +563,7 @@ def test_a_strangers_address_echoed_in_a_4xx_defers_that_reader_and_never_slows_
     """One reader's 4xx is no throttle signal, whatever address it echoes: the pool keeps its pace,
     the others all go out, and each stranger is deferred with an attempt used, like any 4xx."""
     sqlite_store.import_subscribers([NewSubscriber(a, "Mallory") for a in ECHOED], now=NOW)  # first in line
-    issue_id = setup(sqlite_store, 300)
+    issue_id = issue_with_readers(sqlite_store, 300)
     smtp_sink.rcpt_hook = lambda address: ECHOED.get(address)
     report = run_send(
         sqlite_store,
@@ -631,7 +586,7 @@ def test_a_reader_throttled_again_and_again_uses_up_its_attempts_and_the_send_en
     """A relay that answers one reader's RCPT with a throttle every time: its first throttles slow
     the pool and spare its attempts, the later ones are its own 4xx, so it fails after
     max_attempts and the send finishes instead of waiting for it."""
-    issue_id = setup(sqlite_store, 200)
+    issue_id = issue_with_readers(sqlite_store, 200)
     smtp_sink.rcpt_hook = lambda a: "450 4.7.1 Throttling in effect" if a == "user7@example.com" else None
     options = SendOptions()
     report = run_send(
@@ -648,7 +603,7 @@ def test_a_live_sender_declared_dead_stops_and_nobody_gets_two(store: Store, smt
     what it had in flight is unknown; every reader gets at most one copy."""
     from newsletter.errors import SenderFenced
 
-    issue_id = setup(store, 300)
+    issue_id = issue_with_readers(store, 300)
     # A's two connections (the sink's first two) are held at the 40th message: A is mid-send
     smtp_sink.gate = Gate(after=40, applies=lambda connection, _rcpts: connection <= 2)
     outcome: dict[str, object] = {}
@@ -694,7 +649,7 @@ def test_a_sender_process_killed_mid_send_loses_and_repeats_nothing(
     import os
     import signal
 
-    issue_id = setup(store, 600)
+    issue_id = issue_with_readers(store, 600)
     smtp_sink.gate = Gate(after=100)  # every connection held at the 100th message: both mid-send
     result: dict[str, object] = {}
 

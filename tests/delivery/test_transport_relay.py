@@ -33,7 +33,7 @@ from newsletter.web import create_app
 
 from ..support.helpers import free_port, start_cli, wait_for, write_config
 from ..support.hostile_relay import Gone, HostileRelay, Peer, Script, converse, refuse, tls_server_context
-from ..web.test_server import _healthy, start_server
+from ..support.web import healthy, start_server
 
 MESSAGE = b"From: a@example.com\r\nTo: r@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
 TIMEOUT = 2.0  # [smtp] timeout_seconds in these tests
@@ -518,14 +518,14 @@ def test_an_endless_greeting_leaves_serve_memory_bounded(
     config.write_text(config.read_text().replace("https://news.example.com", url))
     proc = start_server(config, port)
     try:
-        assert wait_for(lambda: _healthy(url), timeout=30), "newsletter serve did not come up"
+        assert wait_for(lambda: healthy(url), timeout=30), "newsletter serve did not come up"
         assert httpx.post(f"{url}/subscribe", data={"email": "flooded@example.com"}).status_code == 200
         growth, held = flood.growth_mb(proc.pid)
         assert held is not None and held < MARGIN
         assert wait_for(
             lambda: httpx.post(f"{url}/subscribe", data={"email": "x@example.com"}).status_code == 503
         )
-        assert _healthy(url)
+        assert healthy(url)
     finally:
         log = stop(proc)
     assert growth < GROWTH_MB, f"peak memory grew {growth:.0f} MB"

@@ -1,4 +1,3 @@
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from newsletter.subscribers.rules import (
     normalise_email,
 )
 
-NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
+from ..support.deliveries import NOW
 
 
 def test_addresses_are_validated_and_normalised() -> None:

@@ -1,21 +1,84 @@
-"""Setting up an issue, its senders and their claims straight through the store, for the tests of
-the delivery ledger and of what a send does to subscribers."""
+"""Setting up an issue, its readers, its senders and their claims straight through the store, and
+sending it with the engine over real SMTP, for the tests of the delivery ledger, of the send loop
+and of what a send does to subscribers."""
 
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
+from newsletter.config import mailbox
+from newsletter.content.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
+from newsletter.delivery.compose import MessageTemplate
+from newsletter.delivery.engine import SendOptions, SendReport, send_issue
 from newsletter.delivery.records import DeliveryTarget, Enrolment, Group, MarkResult
+from newsletter.delivery.tokens import Tokens
+from newsletter.delivery.transport import SmtpTransport
 from newsletter.store import Store
+from newsletter.subscribers.records import NewSubscriber
+
+from .helpers import SECRET, SmtpSink
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 
 
-def make_issue(store: Store, day: date = date(2026, 11, 25)) -> int:
-    issue = store.create_issue(
-        day, story_ids=[], content=lambda i: ("S", "P", "<p>h</p>", "t"), placeholder_key=None, now=NOW
-    )
+def make_issue(
+    store: Store,
+    day: date = date(2026, 11, 25),
+    *,
+    content: tuple[str, str, str, str] = ("S", "P", "<p>h</p>", "t"),
+) -> int:
+    """An issue stored for `day`, with no stories: `content` is its (subject, preheader, HTML, text)."""
+    issue = store.create_issue(day, story_ids=[], content=lambda i: content, placeholder_key=None, now=NOW)
     assert issue is not None
     return issue.id
+
+
+def issue_with_readers(store: Store, n: int, domain: str = "example.com") -> int:
+    """n active readers, userI@domain named "User I", and an issue for them."""
+    store.import_subscribers([NewSubscriber(f"user{i}@{domain}", f"User {i}") for i in range(n)], now=NOW)
+    return make_issue(store, content=("Today", "", "", ""))
+
+
+# -- sending an issue with the engine -----------------------------------------------------------
+
+ISSUE = RenderedIssue(
+    subject="Today",
+    preheader="",
+    html=f"<p>{GREETING}</p><a href='{UNSUBSCRIBE_URL}'>u</a>\n<p>.a line that starts with a dot</p>",
+    text=f"{GREETING}\n{UNSUBSCRIBE_URL}\n.\n..two dots\n",
+)
+TEMPLATE_ARGS: dict[str, Any] = {
+    "newsletter_name": "T",
+    "sender": mailbox("T", "t@example.com"),
+    "reply_to": None,
+    "base_url": "https://n.example.com",
+}
+# retries and throttling in hundredths of a second: what they do, without the real waits
+FAST_RETRIES = {"retry_base_seconds": 0.05, "throttle_retry_seconds": 0.05, "throttle_recover_seconds": 0.5}
+
+
+def template(issue_id: int) -> MessageTemplate:
+    return MessageTemplate(ISSUE, issue_id=issue_id, **TEMPLATE_ARGS)
+
+
+def smtp(sink: SmtpSink) -> SmtpTransport:
+    return SmtpTransport("127.0.0.1", sink.port, security="none", timeout=5)
+
+
+def run_send(
+    store: Store, connect: Any, issue_id: int, *, resend_unknown: bool = False, **options: Any
+) -> SendReport:
+    """The engine's send of `issue_id` over `connect()`'s transports, with `options` (SendOptions')."""
+    return send_issue(
+        store,
+        connect,
+        template(issue_id),
+        Tokens(SECRET),
+        issue_id=issue_id,
+        mail_from="bounces@example.com",
+        options=SendOptions(**options),
+        resend_unknown=resend_unknown,
+    )
 
 
 LEASE = timedelta(minutes=10)

@@ -167,6 +167,21 @@ def rss(items: list[dict[str, Any]], *, title: str = "Test Feed") -> bytes:
     ).encode()
 
 
+# a story's HTML as a hostile feed sends it: a handler, a script, a style, a frame, a form,
+# javascript: and data: links, tracking pixels, an image with a handler, an object
+HOSTILE = """
+<p onclick="steal()">Council approves the <b>new library</b> budget.</p>
+<script>alert('x')</script><style>p{display:none}</style>
+<iframe src="https://evil.example/frame">framed words</iframe>
+<form action="https://evil.example/login"><input name="pw">Enter password</form>
+<a href="javascript:alert(1)">click me</a> <a href="data:text/html,hi">data link</a>
+<img src="https://track.example/p.gif" width="1" height="1">
+<img src="https://track.example/q.gif" style="display:none">
+<img src="https://img.example/library.jpg" onerror="alert(2)" width="600">
+<object data="x.swf">obj</object>
+"""
+
+
 def recent(hours: float = 1) -> datetime:
     return (datetime.now(UTC) - timedelta(hours=hours)).replace(microsecond=0)
 
@@ -360,6 +375,15 @@ max_attempts = 3
 # -- the command line as a user runs it ---------------------------------------------------------
 
 
+def cli_environment(extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a command, with the tests' secret key, and without a
+    database URL unless `extra_env` names one (the config's database, not the caller's)."""
+    environment = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET, **(extra_env or {})}
+    if "NEWSLETTER_DATABASE_URL" not in (extra_env or {}):
+        environment.pop("NEWSLETTER_DATABASE_URL", None)
+    return environment
+
+
 def run_cli(
     config: Path,
     *args: str,
@@ -374,41 +398,32 @@ def run_cli(
     same command, its output and its exit code, without a second of interpreter start-up); with
     `process=True` a real `python -m newsletter.cli` process, for what only a process shows (what
     it imports, its exit code as the shell sees it). `timeout` bounds the process alone."""
-    environment: dict[str, str | None] = {"NEWSLETTER_SECRET_KEY": SECRET, **(extra_env or {})}
-    if "NEWSLETTER_DATABASE_URL" not in environment:
-        environment["NEWSLETTER_DATABASE_URL"] = None  # the config's database, not the caller's
-    proc = (
-        _cli_process(config, args, environment, input, timeout)
-        if process
-        else _cli_in_process(config, args, environment, input)
-    )
+    if process:
+        proc = subprocess.run(
+            [sys.executable, "-m", "newsletter.cli", "--config", str(config), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=cli_environment(extra_env),
+            input=input,
+            cwd=config.parent,
+        )
+    else:
+        proc = _cli_in_process(config, args, extra_env or {}, input)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
 
 
-def _cli_process(
-    config: Path, args: tuple[str, ...], environment: dict[str, str | None], input: str | None, timeout: float
-) -> subprocess.CompletedProcess[str]:
-    merged = {**os.environ, **environment}
-    return subprocess.run(
-        [sys.executable, "-m", "newsletter.cli", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={k: v for k, v in merged.items() if v is not None},
-        input=input,
-        cwd=config.parent,
-    )
-
-
 def _cli_in_process(
-    config: Path, args: tuple[str, ...], environment: dict[str, str | None], input: str | None
+    config: Path, args: tuple[str, ...], extra_env: dict[str, str], input: str | None
 ) -> subprocess.CompletedProcess[str]:
     from click.testing import CliRunner
 
     from newsletter.cli import main
 
+    environment: dict[str, str | None] = {"NEWSLETTER_SECRET_KEY": SECRET, **extra_env}
+    environment.setdefault("NEWSLETTER_DATABASE_URL", None)  # unset: the config's database
     folder = os.getcwd()
     os.chdir(config.parent)
     try:
@@ -426,13 +441,23 @@ def _cli_in_process(
 
 def start_cli(config: Path, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A command as a user starts it, left running; its output and errors in one pipe."""
-    environment = {**os.environ, "NEWSLETTER_SECRET_KEY": SECRET, **(extra_env or {})}
-    environment.pop("NEWSLETTER_DATABASE_URL", None)
     return subprocess.Popen(
         [sys.executable, "-m", "newsletter.cli", "--config", str(config), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env=environment,
+        env=cli_environment(extra_env),
+        cwd=config.parent,
+    )
+
+
+def start_command(config: Path, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """A command as a user starts it, left running; its output and its errors apart, as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter.cli", "--config", str(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_environment(extra_env),
         cwd=config.parent,
     )
 

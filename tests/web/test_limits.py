@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from ..support.helpers import SECRET, SmtpSink, run_cli, wait_for
-from .test_server import _healthy, served_config, start_server
+from ..support.web import healthy, served_config, start_server
 
 
 @dataclass
@@ -34,7 +34,7 @@ def running(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Running]:
     port, url, config = served_config(tmp_path, smtp_sink)
     proc = start_server(config, port)
     try:
-        assert wait_for(lambda: _healthy(url), timeout=30), "newsletter serve did not come up"
+        assert wait_for(lambda: healthy(url), timeout=30), "newsletter serve did not come up"
         yield Running(url, port, config, proc)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -121,7 +121,7 @@ def test_a_300_mb_body_is_refused_before_it_is_read(running: Running) -> None:
     sent, on_disk, answer = send_huge_body(running, chunked, piece=b"2000\r\n" + b"x" * 8192 + b"\r\n")
     print(f"/subscribe chunked: {sent:,} bytes sent before the answer, {on_disk:,} on disk")
     assert answer.startswith(b"HTTP/1.1 413 ") and on_disk == 0, answer[:200]
-    assert _healthy(running.url)
+    assert healthy(running.url)
 
 
 def test_a_body_over_64_kb_on_a_public_route_is_refused_as_soon_as_its_length_is_known(
@@ -482,7 +482,7 @@ def test_one_address_holds_at_most_50_connections_and_the_trusted_proxies_more(
         return read_answer(peer)[0] == b"HTTP/1.1 200 OK"
 
     try:
-        assert wait_for(lambda: _healthy(url), timeout=30), "newsletter serve did not come up"
+        assert wait_for(lambda: healthy(url), timeout=30), "newsletter serve did not come up"
         stranger = [connect("127.0.0.2") for _ in range(50)]
         assert served(stranger[0])
         assert not served(connect("127.0.0.2")), "a 51st connection from one address was served"
@@ -522,7 +522,7 @@ def test_a_connection_ends_when_its_life_is_over(tmp_path: Path, smtp_sink: Smtp
         [sys.executable, "-c", LIVES_2_SECONDS, str(config), str(port)], env=env, cwd=config.parent
     )
     try:
-        assert wait_for(lambda: _healthy(url), timeout=30), "the server did not come up"
+        assert wait_for(lambda: healthy(url), timeout=30), "the server did not come up"
         with (
             socket.create_connection(("127.0.0.1", port), timeout=10) as busy,
             socket.create_connection(("127.0.0.1", port), timeout=10) as idle,

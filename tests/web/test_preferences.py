@@ -27,8 +27,8 @@ from newsletter.store import Store
 from newsletter.subscribers.records import Preferences
 from newsletter.web import PUBLIC_BODY_LIMIT, create_app
 
-from ..support.helpers import ROOT, SECRET, SmtpSink, log_in, run_cli, write_config
-from .test_signup import store_of
+from ..support.helpers import ROOT, SECRET, SmtpSink, free_port, log_in, run_cli, wait_for, write_config
+from ..support.web import chromium, healthy, needs_chromium, screenshots, start_server, store_of
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 SAMPLES = [
@@ -599,17 +599,14 @@ def test_the_console_shows_filters_and_counts_readers_by_choice(app: Flask) -> N
 @pytest.fixture
 def served(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[str, Path]]:
     """`newsletter serve` on a free loopback port, with three sections and a weekly edition."""
-    from ..support.helpers import free_port, start_cli, wait_for
-    from .test_server import _healthy
-
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     config = choices_config(tmp_path, smtp_sink)
     config.write_text(config.read_text().replace("https://news.example.com", url))
     run_cli(config, "init")
-    proc = start_cli(config, "serve", "--port", str(port))
+    proc = start_server(config, port)
     try:
-        assert wait_for(lambda: _healthy(url), timeout=30), "newsletter serve did not come up"
+        assert wait_for(lambda: healthy(url), timeout=30), "newsletter serve did not come up"
         yield url, config
     finally:
         proc.terminate()
@@ -644,25 +641,16 @@ def test_the_real_server_refuses_a_huge_or_forged_save_and_changes_nothing(
     assert (listed["sections"], listed["frequency"]) == (["In-Depth"], "daily")
 
 
-@pytest.mark.skipif(
-    not Path("/usr/bin/chromium").exists(),
-    reason="Debian's Chromium is not installed (apt-get install chromium)",
-)
+@needs_chromium
 def test_a_reader_chooses_one_section_weekly_from_the_link_in_their_mail_in_chromium(
     served: tuple[str, Path], smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
-    from .test_server import CHROMIUM, FLAGS
-
     url, config = served
     run_cli(config, "subscribers", "add", "reader@example.com", "--name", "Grace Reader")
     run_cli(config, "run")  # today's issue, mailed
     link = _preference_link(smtp_sink, "reader@example.com")
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    shots = screenshots(tmp_path, "screenshots")
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 900, "height": 1100})
         page.goto(link)
         assert page.inner_text("h2") == "Choose what you get"
@@ -685,7 +673,6 @@ def test_a_reader_chooses_one_section_weekly_from_the_link_in_their_mail_in_chro
         assert "at least one section" in page.inner_text("p.error")
         page.screenshot(path=str(shots / "3-empty-refused.png"), full_page=True)
         assert context_cookies(page) == []  # no login, no cookie
-        browser.close()
     (listed,) = json.loads(run_cli(config, "subscribers", "list", "--json").stdout)["subscribers"]
     assert (listed["sections"], listed["frequency"], listed["status"]) == (
         ["Expert Reviews"],

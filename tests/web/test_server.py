@@ -3,11 +3,8 @@ httpx and in Debian's Chromium through Playwright. Mail goes to the aiosmtpd fix
 
 import email
 import json
-import os
 import re
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,18 +15,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..support.helpers import ROOT, Gate, SmtpSink, free_port, run_cli, start_cli, wait_for, write_config
-
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from ..support.helpers import ROOT, Gate, SmtpSink, run_cli, start_command, wait_for
+from ..support.web import (
+    chromium,
+    healthy,
+    keep_screenshots,
+    link_in_mail,
+    needs_chromium,
+    screenshots,
+    served_config,
+    start_server,
+)
 
 
 @dataclass
@@ -38,44 +34,15 @@ class Server:
     config: Path
 
 
-def served_config(tmp_path: Path, sink: SmtpSink, extra: str = "") -> tuple[int, str, Path]:
-    """A free port, the site's URL on it, and an initialised config mailing over SMTP to `sink`
-    (`extra` continues its [smtp] section)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    config = write_config(
-        tmp_path,
-        delivery='transport = "smtp"',
-        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\n' + extra,
-    )
-    config.write_text(config.read_text().replace("https://news.example.com", url))
-    run_cli(config, "init")
-    return port, url, config
-
-
 @pytest.fixture
 def server(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Server]:
     port, url, config = served_config(tmp_path, smtp_sink)
     proc = start_server(config, port)
 
-    assert wait_for(lambda: _healthy(url), timeout=30), "newsletter serve did not come up"
+    assert wait_for(lambda: healthy(url), timeout=30), "newsletter serve did not come up"
     yield Server(url, config)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=10)
-
-
-def start_server(config: Path, port: int) -> subprocess.Popen[bytes]:
-    """`newsletter serve` as a user starts it, on a loopback port."""
-    return start_cli(config, "serve", "--port", str(port))
-
-
-def link_in_mail(sink: SmtpSink, address: str, pattern: str, *, index: int = -1) -> str:
-    received = sink.by_recipient()[address][index]
-    msg = email.message_from_bytes(received.data, policy=policy.default)
-    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    match = re.search(pattern, text)
-    assert match, text
-    return match.group(0)
 
 
 def test_one_click_unsubscribe_exactly_as_a_mailbox_provider_posts_it(
@@ -109,19 +76,12 @@ def test_one_click_unsubscribe_exactly_as_a_mailbox_provider_posts_it(
     assert "one@example.com" in listed
 
 
-@pytest.mark.skipif(
-    not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true",
-    reason=f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install chromium)",
-)
+@needs_chromium
 def test_sign_up_confirm_and_unsubscribe_in_chromium(
     server: Server, smtp_sink: SmtpSink, tmp_path: Path
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    shots = screenshots(tmp_path, "screenshots")
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 900, "height": 1000})
         page.goto(server.url + "/")
         page.screenshot(path=str(shots / "1-signup.png"), full_page=True)
@@ -150,7 +110,6 @@ def test_sign_up_confirm_and_unsubscribe_in_chromium(
         page.wait_for_selector("p.ok")
         assert "will receive no more issues" in page.inner_text("p.ok")
         page.screenshot(path=str(shots / "5-unsubscribed.png"), full_page=True)
-        browser.close()
     listed = run_cli(server.config, "subscribers", "list", "--status", "unsubscribed", "--json").stdout
     assert "browser@example.com" in listed
     assert sorted(f.name for f in shots.iterdir()) == [
@@ -160,9 +119,7 @@ def test_sign_up_confirm_and_unsubscribe_in_chromium(
         "4-unsubscribe.png",
         "5-unsubscribed.png",
     ]
-    keep = os.environ.get("NEWSLETTER_KEEP_SCREENSHOTS")
-    if keep:
-        shutil.copytree(shots, keep, dirs_exist_ok=True)
+    keep_screenshots(shots)
 
 
 def _first_connection_to(prefix: str) -> Callable[[int, list[str]], bool]:
@@ -188,20 +145,19 @@ def test_signups_during_a_send_share_the_sqlite_file(tmp_path: Path, smtp_sink: 
     from newsletter.store import Store
     from newsletter.subscribers.records import NewSubscriber
 
-    from ..cli.test_sending import _now, start_send
-
     port, url, config = served_config(
         tmp_path, smtp_sink, "connections = 4\n[web]\nsignups_per_ip_per_hour = 1000\n"
     )
     store = Store(f"sqlite:///{tmp_path / 'subscribers.db'}")
-    store.import_subscribers([NewSubscriber(f"reader{i}@example.com", None) for i in range(2000)], now=_now())
+    readers = [NewSubscriber(f"reader{i}@example.com", None) for i in range(2000)]
+    store.import_subscribers(readers, now=datetime.now(UTC))
     run_cli(config, "build")
     web = start_server(config, port)
     try:
-        assert wait_for(lambda: _healthy(url), timeout=30)
+        assert wait_for(lambda: healthy(url), timeout=30)
         # one of the send's connections is held from the 200th message until the signups are answered
         smtp_sink.gate = Gate(after=200, applies=_first_connection_to("reader"))
-        send = start_send(config)
+        send = start_command(config, "send")
         assert wait_for(lambda: len(smtp_sink.messages) >= 200, timeout=60)  # the send is under way
 
         def signup(i: int) -> int:
@@ -234,14 +190,9 @@ def test_signups_during_a_send_share_the_sqlite_file(tmp_path: Path, smtp_sink: 
     print(f"200 signups in {seconds:.2f} s ({200 / seconds:.0f}/s) during a 2,000-subscriber send")
 
 
-@pytest.mark.skipif(
-    not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true",
-    reason=f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install chromium)",
-)
+@needs_chromium
 def test_the_console_in_chromium(server: Server, smtp_sink: SmtpSink, tmp_path: Path) -> None:
     """Log in, the dashboard's two charts drawn, an issue, a test copy, pause and resume."""
-    from playwright.sync_api import sync_playwright
-
     added = run_cli(server.config, "admin", "add-user", "ed", input="a long enough password\n")
     assert "added operator ed" in added.stdout
     csv_file = tmp_path / "readers.csv"
@@ -254,10 +205,8 @@ def test_the_console_in_chromium(server: Server, smtp_sink: SmtpSink, tmp_path: 
     tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()  # the config's zone is UTC
     built = run_cli(server.config, "build", "--date", tomorrow, "--json").stdout  # the next, unsent
     next_issue = json.loads(built)["issue"]["id"]
-    shots = tmp_path / "console"
-    shots.mkdir()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    shots = screenshots(tmp_path, "console")
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(server.url + "/admin/")
         assert page.url.startswith(server.url + "/admin/login")
@@ -304,7 +253,6 @@ def test_the_console_in_chromium(server: Server, smtp_sink: SmtpSink, tmp_path: 
         page.goto(server.url + "/admin/subscribers?q=c1")
         assert "c1@example.org" in page.inner_text("#subscribers")
         page.screenshot(path=str(shots / "5-subscribers.png"), full_page=True)
-        browser.close()
     got = smtp_sink.by_recipient()
     readers = {a: m for a, m in got.items() if a.startswith("c")}
     assert len(readers) == 40 and all(
@@ -317,33 +265,17 @@ def test_the_console_in_chromium(server: Server, smtp_sink: SmtpSink, tmp_path: 
         "4-resumed-and-sent.png",
         "5-subscribers.png",
     ]
-    keep = os.environ.get("NEWSLETTER_KEEP_SCREENSHOTS")
-    if keep:
-        shutil.copytree(shots, Path(keep) / "console", dirs_exist_ok=True)
+    keep_screenshots(shots, "console")
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-@pytest.mark.skipif(
-    not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true",
-    reason=f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install chromium)",
-)
+@needs_chromium
 def test_markup_in_a_signup_name_is_text_in_the_console(server: Server, tmp_path: Path) -> None:
     """As a stranger would: sign up with markup in the name; then the operator opens the console in
     Chromium and sees the text, and no element or script of it ran."""
-    from playwright.sync_api import sync_playwright
-
     name = "<b id=evil>Bold</b><img src=x onerror=\"document.title='pwned'\">"
     run_cli(server.config, "admin", "add-user", "ed", input="a long enough password\n")
-    shots = tmp_path / "markup"
-    shots.mkdir()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    shots = screenshots(tmp_path, "markup")
+    with chromium() as browser:
         stranger = browser.new_page(viewport={"width": 900, "height": 900})
         stranger.goto(server.url + "/")
         stranger.fill("#email", "stranger@example.com")
@@ -362,10 +294,7 @@ def test_markup_in_a_signup_name_is_text_in_the_console(server: Server, tmp_path
         assert page.locator("#evil").count() == 0 and page.locator("img[src=x]").count() == 0
         assert page.title() != "pwned"
         page.screenshot(path=str(shots / "console-subscribers.png"), full_page=True)
-        browser.close()
-    keep = os.environ.get("NEWSLETTER_KEEP_SCREENSHOTS")
-    if keep:
-        shutil.copytree(shots, Path(keep) / "markup", dirs_exist_ok=True)
+    keep_screenshots(shots, "markup")
 
 
 def test_stopping_the_server_records_what_its_console_send_has_in_flight(
@@ -384,7 +313,7 @@ def test_stopping_the_server_records_what_its_console_send_has_in_flight(
     smtp_sink.gate = Gate(after=200)  # the console send is held mid-way until the server is stopping
     proc = start_server(config, port)
     try:
-        assert wait_for(lambda: _healthy(url), timeout=30)
+        assert wait_for(lambda: healthy(url), timeout=30)
         with httpx.Client(base_url=url) as web:
             form = web.get("/admin/login").text
             csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
@@ -396,7 +325,7 @@ def test_stopping_the_server_records_what_its_console_send_has_in_flight(
         assert smtp_sink.gate.reached.wait(timeout=30)
     finally:
         proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: not _healthy(url), timeout=30)  # it has stopped serving, and is stopping the send
+        wait_for(lambda: not healthy(url), timeout=30)  # it has stopped serving, and is stopping the send
         smtp_sink.gate.opened.set()
         log, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, log

@@ -3,7 +3,6 @@ aiosmtpd fixture and a real SQLite file."""
 
 import email
 import io
-import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -19,9 +18,10 @@ from newsletter.db.models import Subscriber
 from newsletter.delivery.tokens import Tokens
 from newsletter.store import Store
 from newsletter.web import create_app
-from newsletter.web.confirmations import ConfirmationMailer
 
+from ..support.deliveries import make_issue
 from ..support.helpers import SECRET, SmtpSink, free_port, write_config
+from ..support.web import confirm_link, mailer_of, store_of
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 
@@ -63,23 +63,6 @@ def app(tmp_path: Path, smtp_sink: SmtpSink, env: None, clock: list[datetime]) -
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
-
-
-def store_of(app: Flask) -> Store:
-    return app.extensions["newsletter"].store  # type: ignore[no-any-return]
-
-
-def mailer_of(app: Flask) -> ConfirmationMailer:
-    return app.extensions["newsletter"].confirmations  # type: ignore[no-any-return]
-
-
-def confirm_link(sink: SmtpSink, address: str) -> str:
-    (received,) = sink.by_recipient()[address]
-    msg = email.message_from_bytes(received.data, policy=policy.default)
-    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    match = re.search(r"https://news\.example\.com(/confirm/\S+)", text)
-    assert match, text
-    return match.group(1)
 
 
 def test_signup_page_has_the_form_honeypot_and_embed_snippet(client: FlaskClient) -> None:
@@ -191,45 +174,22 @@ def test_one_click_unsubscribe(app: Flask, client: FlaskClient) -> None:
 
 def test_archive_and_health(app: Flask, client: FlaskClient) -> None:
     store = store_of(app)
-    issue = store.create_issue(
-        date(2026, 11, 25),
-        story_ids=[],
-        content=lambda i: (
-            "25 Nov 2026: Big news",
-            "",
-            "<p>__NL_GREETING__</p><a href='__NL_UNSUBSCRIBE_URL__'>u</a>",
-            "t",
-        ),
-        placeholder_key=None,  # an issue stored before each had its own key: the fixed names
-        now=NOW,
-    )
-    assert issue is not None
-    unsent = store.create_issue(
-        date(2026, 11, 26),
-        story_ids=[],
-        content=lambda i: ("Tomorrow's scoop", "", "<p>x</p>", "t"),
-        placeholder_key=None,
-        now=NOW,
-    )
-    paused = store.create_issue(
-        date(2026, 11, 24),
-        story_ids=[],
-        content=lambda i: ("Pulled story", "", "<p>x</p>", "t"),
-        placeholder_key=None,
-        now=NOW,
-    )
-    assert unsent is not None and paused is not None
+    # stored before each issue had its own placeholder key: the fixed names
+    greeting = "<p>__NL_GREETING__</p><a href='__NL_UNSUBSCRIBE_URL__'>u</a>"
+    big_news = make_issue(store, content=("25 Nov 2026: Big news", "", greeting, "t"))
+    unsent = make_issue(store, date(2026, 11, 26), content=("Tomorrow's scoop", "", "<p>x</p>", "t"))
+    paused = make_issue(store, date(2026, 11, 24), content=("Pulled story", "", "<p>x</p>", "t"))
     assert "Big news" not in client.get("/archive").get_data(as_text=True)  # built, not sent
-    assert client.get(f"/archive/{issue.id}").status_code == 404
-    store.start_send(issue.id)
-    store.start_send(paused.id)
-    store.set_paused(paused.id, True)
+    assert client.get(f"/archive/{big_news}").status_code == 404
+    store.start_send(big_news)
+    store.start_send(paused)
+    store.set_paused(paused, True)
     listing = client.get("/archive").get_data(as_text=True)
-    assert f"/archive/{issue.id}" in listing and "Big news" in listing
+    assert f"/archive/{big_news}" in listing and "Big news" in listing
     assert "Tomorrow's scoop" not in listing and "Pulled story" not in listing
-    assert client.get(f"/archive/{unsent.id}").status_code == 404
-    assert client.get(f"/archive/{paused.id}").status_code == 404
-    web = client.get(f"/archive/{issue.id}").get_data(as_text=True)
+    assert client.get(f"/archive/{unsent}").status_code == 404
+    assert client.get(f"/archive/{paused}").status_code == 404
+    web = client.get(f"/archive/{big_news}").get_data(as_text=True)
     assert "__NL_" not in web and "/unsubscribe/" not in web
     assert client.get("/archive/999").status_code == 404
     health = client.get("/healthz")
