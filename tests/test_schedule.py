@@ -29,6 +29,7 @@ from newsletter.subscribers.records import NewSubscriber
 from .support.helpers import (
     FeedServer,
     Gate,
+    Lines,
     Route,
     SmtpSink,
     recent,
@@ -140,15 +141,23 @@ def _config_with_cron(
     )
 
 
-def _stop_on_sigterm(procs: list[subprocess.Popen[str]]) -> str:
-    """SIGTERM to each scheduler: all exit 0 within 10 seconds; returns their logs."""
+def _stop_on_sigterm(procs: list[subprocess.Popen[str]], logs: list[Lines] | None = None) -> str:
+    """SIGTERM to each scheduler: all exit 0 within 10 seconds; returns their logs (standard error,
+    or what `logs` read of it)."""
     started = time.monotonic()
     for p in procs:
         p.send_signal(signal.SIGTERM)
-    results = [p.communicate(timeout=10) for p in procs]
+    if logs is None:
+        errors = [p.communicate(timeout=10)[1] for p in procs]
+    else:
+        for p in procs:
+            assert p.stdout is not None
+            p.stdout.close()  # the scheduler writes its log to standard error
+            p.wait(timeout=10)
+        errors = [log.text() for log in logs]
     assert time.monotonic() - started < 10
-    assert [p.returncode for p in procs] == [0] * len(procs), results
-    return "".join(err for _, err in results)
+    assert [p.returncode for p in procs] == [0] * len(procs), errors
+    return "".join(errors)
 
 
 def _with_readers(config: Path, database_url: str, n: int) -> Store:
@@ -180,9 +189,11 @@ def test_two_schedulers_make_up_a_missed_run_once_and_stop_on_sigterm(
     config = _config_with_cron(tmp_path, smtp_sink, minutes_ago=30, grace=3600, database_url=database_url)
     store = _with_readers(config, database_url, 50)
     procs = [start_command(config, "schedule"), start_command(config, "schedule")]
+    errors = [Lines(p.stderr) for p in procs if p.stderr]
     assert wait_for(lambda: _run_finished(store), timeout=60)
-    time.sleep(1)  # let the other one see the claim taken
-    logs = _stop_on_sigterm(procs)
+    # both are past their start-up, where the missed run is made up, found taken or found done
+    assert wait_for(lambda: all(e.saying("; next run ") for e in errors), timeout=30)
+    logs = _stop_on_sigterm(procs, errors)
     assert "making up the run" in logs and "run date=" in logs and "sent=50" in logs
     got = smtp_sink.by_recipient()
     assert len(got) == 50 and all(len(m) == 1 for m in got.values())

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
@@ -460,6 +460,30 @@ def start_command(config: Path, *args: str, extra_env: dict[str, str] | None = N
         env=cli_environment(extra_env),
         cwd=config.parent,
     )
+
+
+class Lines:
+    """What a running process writes to a pipe, read line by line on a thread as it comes, so that
+    a test can wait for a line instead of sleeping (and nothing blocks on a full pipe)."""
+
+    def __init__(self, pipe: IO[str]) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self.thread.start()
+
+    def _read(self, pipe: IO[str]) -> None:
+        with pipe:
+            for line in pipe:
+                self.lines.append(line)
+
+    def saying(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def text(self, timeout: float = 10) -> str:
+        """All of it, once the pipe has closed (the process has ended)."""
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the pipe is still open"
+        return "".join(self.lines)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> bool:
