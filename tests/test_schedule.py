@@ -126,19 +126,29 @@ def _config_with_cron(
     delivery: str = "",
     cron: str | None = None,
 ) -> Path:
-    fire = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    zone = _midday_zone()
+    fire = datetime.now(zone) - timedelta(minutes=minutes_ago)
     cron = cron or f"{fire.minute} {fire.hour} * * *"
     smtp = (
         f'[smtp]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\nconnections = 2\n'
         if sink
         else ""
     )
-    return write_config(
+    config = write_config(
         tmp_path,
         database_url=database_url,
         delivery=('transport = "smtp"' if sink else 'transport = "outbox"') + "\n" + delivery,
         extra=f'{smtp}[schedule]\ncron = "{cron}"\nmisfire_grace_seconds = {grace}\n',
     )
+    config.write_text(config.read_text().replace('timezone = "UTC"', f'timezone = "{zone.key}"'))
+    return config
+
+
+def _midday_zone() -> ZoneInfo:
+    """A fixed-offset zone in which it is about noon now: a cron time some minutes ago is today
+    there, whatever the hour in UTC (a fire 30 minutes ago at 00:10 UTC is yesterday's run)."""
+    hours_ahead = (12 - datetime.now(UTC).hour + 12) % 24 - 12  # from -12 to +11
+    return ZoneInfo(f"Etc/GMT{-hours_ahead:+d}")  # the POSIX sign: Etc/GMT-2 is two hours ahead
 
 
 def _stop_on_sigterm(procs: list[subprocess.Popen[str]], logs: list[Lines] | None = None) -> str:
@@ -315,7 +325,8 @@ def test_log_file_in_json_has_one_object_per_line_with_the_run_counts(tmp_path: 
     records = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert all({"time", "level", "message", "event"} <= r.keys() for r in records)
     run = next(r for r in records if r["event"] == "run")
-    assert run["date"] == datetime.now(UTC).date().isoformat() and isinstance(run["issue"], int)
+    today = datetime.now(load_settings(config).newsletter.tz).date()
+    assert run["date"] == today.isoformat() and isinstance(run["issue"], int)
     assert run["stories"] > 0 and run["sent"] == 3 and run["deferred"] == 0 and run["bounced"] == 0
     assert run["unknown"] == 0 and run["seconds"] >= 0 and run["message"].startswith("run date=")
     assert [r["event"] for r in records][-1] == "stopped"
