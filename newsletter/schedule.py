@@ -24,6 +24,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from .bounces.processing import process_bounces
 from .config import Settings
+from .db.models import Edition
 from .delivery.engine import SendReport, process_alive
 from .delivery.sending import send, send_options
 from .errors import ConfigError, NewsletterError
@@ -153,19 +154,22 @@ def run_scheduled(
     issue_date = fire_time.astimezone(settings.newsletter.tz).date()
     fields: dict[str, Any] = {"date": issue_date.isoformat(), "issue": None}
     try:
-        report, outcome = gather_and_build(settings, store, issue_date=issue_date, now=started)
+        report, outcomes = gather_and_build(settings, store, issue_date=issue_date, now=started)
         if report is not None:
             fields["new_stories"] = report.new_stories
             if report.failed:
                 fields["failed_feeds"] = ", ".join(r.source.name for r in report.failed)
-        if outcome.issue is None:
-            fields["reason"] = outcome.reason
-        else:
-            fields["issue"] = outcome.issue.id
+        for outcome in outcomes:  # the daily issue's fields as ever; the weekly one's named so
+            named = "" if outcome.edition is Edition.DAILY else f"{outcome.edition}_"
+            if outcome.issue is None:
+                fields[f"{named}reason"] = outcome.reason
+                continue
+            fields[f"{named}issue"] = outcome.issue.id
             store.attach_scheduled_issue(fire_time.astimezone(UTC), outcome.issue.id)
-            fields |= {"stories": outcome.issue.story_count} | _send_fields(
-                send(settings, store, outcome.issue, should_stop=should_stop)
-            )
+            sent = _send_fields(send(settings, store, outcome.issue, should_stop=should_stop))
+            fields |= {f"{named}{k}": v for k, v in ({"stories": outcome.issue.story_count} | sent).items()}
+            if should_stop():
+                break
     except NewsletterError as exc:
         fields["error"] = str(exc)
     except Exception as exc:  # noqa: BLE001 - a database or a bug: the run still ends, as failed

@@ -181,16 +181,17 @@ def _progress(label: str, *, total: int, quiet: bool) -> Iterator[Callable[..., 
 # -- shared by the command groups ----------------------------------------------------------
 
 
-def _build(app: App, issue_date: date, *, quiet: bool = False) -> BuildOutcome:
+def _build(app: App, issue_date: date, *, quiet: bool = False) -> list[BuildOutcome]:
+    """The date's issues, each edition's (the daily first): built now, built before, or none."""
     with _progress("gathering feeds", total=len(app.settings.sources), quiet=quiet) as tick:
-        report, outcome = gather_and_build(
+        report, outcomes = gather_and_build(
             app.settings, app.store, issue_date=issue_date, now=_now(), on_done=lambda _result: tick()
         )
     if report is not None:
         _say_gathered(report, quiet=quiet)
         if report.results and len(report.failed) == len(report.results):
             err.print("no source could be read; building from the stories already stored", markup=False)
-    return outcome
+    return outcomes
 
 
 def _checked(email: str, name: str | None) -> tuple[str, str | None]:
@@ -216,7 +217,7 @@ def _issue(app: App, issue_id: int | None, *, build_today: bool) -> Issue:
     day = today(app.settings, _now())
     issue = app.store.issue_for_date(day)
     if issue is None and build_today:
-        issue = _build(app, day).issue
+        issue = _build(app, day)[0].issue
     if issue is None:
         raise NotFoundError(f"there is no issue for today ({day}); too few new stories to build one")
     return issue
@@ -268,6 +269,8 @@ def _send(app: App, issue: Issue, *, resend_unknown: bool, as_json: bool, wait: 
                 "seconds": round(report.seconds, 3),
                 "unknown_found": report.unknown_found,
                 "throttled": report.throttled,
+                "edition": issue.edition.value,
+                "variants": report.variants,
                 "this_run": report.counts,  # every attempt's outcome in this run
                 "counts": counts,  # the deliveries' final states
             }

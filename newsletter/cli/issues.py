@@ -10,6 +10,7 @@ import click
 from ..config import ensure_secret_key
 from ..db.models import Story
 from ..errors import NewsletterError
+from ..issues.build import BuildOutcome
 from ..private import open_private, private_folder
 from . import (
     App,
@@ -83,20 +84,43 @@ def gather(app: App, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def build(app: App, date_text: str | None, as_json: bool) -> None:
-    """Gather, choose the day's stories and store the rendered issue (one per date)."""
-    outcome = _build(app, _issue_date(app, date_text), quiet=as_json)
+    """Gather, choose the day's stories and store the rendered issue (one per date and edition;
+    on the weekly day the weekly edition too)."""
+    outcomes = _build(app, _issue_date(app, date_text), quiet=as_json)
     if as_json:
-        issue = outcome.issue
-        shown: dict[str, Any] | None = None
-        items: list[dict[str, Any]] = []
-        if issue is not None:
-            shown = dict(id=issue.id, date=issue.issue_date, subject=issue.subject, stories=issue.story_count)
-            items = [_item_json(item) for item in app.store.issue_items(issue)]
-        _print_json({"issue": shown, "created": outcome.created, "message": outcome.reason, "items": items})
+        shown = [_outcome_json(app, o) for o in outcomes]
+        # the daily issue's keys at the top, as before editions; every edition's in "issues"
+        _print_json(shown[0] | {"issues": shown})
         return
-    out.print(outcome.reason, markup=False)
-    if outcome.issue is not None:
-        out.print(f"issue {outcome.issue.id}: {outcome.issue.subject}", markup=False)
+    for outcome in outcomes:
+        out.print(outcome.reason, markup=False)
+        if outcome.issue is not None:
+            out.print(f"issue {outcome.issue.id}: {outcome.issue.subject}", markup=False)
+
+
+def _outcome_json(app: App, outcome: BuildOutcome) -> dict[str, Any]:
+    issue = outcome.issue
+    shown: dict[str, Any] | None = None
+    items: list[dict[str, Any]] = []
+    variants = 0
+    if issue is not None:
+        shown = dict(
+            id=issue.id,
+            date=issue.issue_date,
+            edition=issue.edition.value,
+            subject=issue.subject,
+            stories=issue.story_count,
+        )
+        items = [_item_json(item) for item in app.store.issue_items(issue)]
+        variants = 1 + len(app.store.issue_variants(issue.id))
+    return {
+        "issue": shown,
+        "edition": outcome.edition.value,
+        "created": outcome.created,
+        "message": outcome.reason,
+        "variants": variants,
+        "items": items,
+    }
 
 
 def _item_json(item: list[Story]) -> dict[str, Any]:

@@ -124,7 +124,8 @@ def render_issue(digest: Digest, settings: Settings, *, issue_id: int | None) ->
         "newsletter": n,
         "subject": subject,
         "preheader": preheader,
-        "date_label": long_date(digest.issue_date),
+        "date_label": ("The week to " if digest.weekly else "") + long_date(digest.issue_date),
+        "weekly": digest.weekly,
         "lead": digest.lead,
         "sections": digest.sections,
         "story_count": len(digest.stories),
@@ -144,7 +145,8 @@ def render_issue(digest: Digest, settings: Settings, *, issue_id: int | None) ->
 def render_subject(expression: str, digest: Digest) -> str:
     template = SandboxedEnvironment(autoescape=False).from_string(expression)
     subject = template.render(
-        date=short_date(digest.issue_date),
+        date=("Week to " if digest.weekly else "") + short_date(digest.issue_date),
+        weekly=digest.weekly,
         issue_date=digest.issue_date,
         lead=digest.lead,
         stories=digest.stories,

@@ -3,19 +3,25 @@ recorded by the ledger, counted at the end. DeliveryRepository is the engine's D
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Text,
     and_,
     case,
     delete,
     func,
     literal,
+    null,
     or_,
     select,
     text,
+    type_coerce,
     update,
 )
 
@@ -32,28 +38,59 @@ from ..db.models import (
 from ..db.tallies import ACCEPTED, count_deliveries
 from ..errors import SendBusyError
 from .ledger import DeliveryLedger
-from .records import Enrolment
+from .records import WHOLE_ISSUE, Audience, AudienceChanged, Enrolment
 
-__all__ = ["DeliveryRepository"]
+__all__ = ["NOTHING_OF_THEIRS", "DeliveryRepository"]
+
+NOTHING_OF_THEIRS = "no story of the reader's sections is in this issue"
+
+
+def _stored_sections(spelling: str | None) -> tuple[str, ...]:
+    """A stored set of sections as SectionSet reads it; a value edited by hand into something else
+    is every section (as SectionSet reads it too), never a failed send."""
+    try:
+        found = json.loads(spelling or "[]")
+    except ValueError:
+        return ()
+    return tuple(str(v) for v in found) if isinstance(found, list) else ()
+
+
+def _decided(audience: Audience, spellings: Iterable[str]) -> tuple[dict[str, int], list[str]]:
+    """For each stored set of sections among the readers: its rendering (those that get a variant
+    of their own), and the sets whose readers get nothing. AudienceChanged names the sets whose
+    rendering is missing."""
+    variant: dict[str, int] = {}
+    skipped: list[str] = []
+    missing: list[tuple[str, ...]] = []
+    for spelling in spellings:
+        key = audience.key_of(_stored_sections(spelling))
+        if key is None:
+            skipped.append(spelling)
+        elif key not in audience.variants:
+            missing.append(key)
+        elif audience.variants[key] != WHOLE_ISSUE:
+            variant[spelling] = audience.variants[key]
+    if missing:
+        raise AudienceChanged(sorted(set(missing)))
+    return variant, skipped
 
 
 class DeliveryRepository(Database):
     """What the send loop asks of the database (delivery.records.DeliveryStore)."""
 
-    def start_send(self, issue_id: int) -> int:
+    def start_send(self, issue_id: int, audience: Audience | None = None) -> int:
         """The issue's audience, fixed once: when its send first begins (the issue leaves `built`),
-        one delivery row per subscriber active at that moment. Any later call adds nobody, so a
-        re-run, a resume or a resend never reaches a reader who joined after the issue went out.
-        Returns the rows made."""
-        stmt = self._insert(Delivery).from_select(
-            ["issue_id", "subscriber_id", "status", "attempts"],
-            select(
-                literal(issue_id),
-                Subscriber.id,
-                literal(DeliveryStatus.PENDING.value),
-                literal(0),
-            ).where(Subscriber.status == SubscriberStatus.ACTIVE),
-        )
+        one delivery row per subscriber active at that moment (of the audience's frequencies),
+        naming the rendering each gets; a reader with nothing in the issue gets a `skipped` row,
+        counted and never sent. Any later call adds nobody, so a re-run, a resume or a resend never
+        reaches a reader who joined after the issue went out, and a reader who changes their
+        choice after it gets what was decided. Returns the rows made. AudienceChanged (and nothing
+        done) when a reader's sections need a rendering that `audience` does not have."""
+        audience = audience or Audience()
+        readers = Subscriber.status == SubscriberStatus.ACTIVE
+        if audience.frequencies is not None:
+            readers = and_(readers, Subscriber.frequency.in_(audience.frequencies))
+        stored = type_coerce(Subscriber.sections, Text)  # each set's one spelling (SectionSet)
         with self.write() as s:
             # the first caller moves the issue on and makes the rows; a concurrent one waits on this
             # row lock (PostgreSQL) or the write lock (SQLite), then finds it moved and adds nothing
@@ -64,7 +101,25 @@ class DeliveryRepository(Database):
             )
             if not began.rowcount:  # type: ignore[attr-defined]
                 return 0
-            s.execute(stmt)
+            if not self.is_sqlite:  # no reader changes their sections between the look and the rows
+                s.execute(text("LOCK TABLE subscribers IN SHARE MODE"))
+            variant, skipped = _decided(audience, s.scalars(select(stored).where(readers).group_by(stored)))
+            reply: ColumnElement[Any] = literal(None, Text)
+            status: ColumnElement[Any] = literal(DeliveryStatus.PENDING.value)
+            if skipped:
+                status = case(
+                    {sp: DeliveryStatus.SKIPPED.value for sp in skipped}, value=stored, else_=status
+                )
+                reply = case({sp: NOTHING_OF_THEIRS for sp in skipped}, value=stored, else_=reply)
+            chosen = case(variant, value=stored, else_=null()) if variant else literal(None, Integer)
+            s.execute(
+                self._insert(Delivery).from_select(
+                    ["issue_id", "subscriber_id", "status", "attempts", "last_reply", "variant_id"],
+                    select(literal(issue_id), Subscriber.id, status, literal(0), reply, chosen).where(
+                        readers
+                    ),
+                )
+            )
             # INSERT's rowcount is not reported on every driver: the issue's tally says how many
             added = sum(count_deliveries(s, [issue_id])[0][issue_id].values())
         if added and not self.is_sqlite:  # fresh statistics, so the claims' plans use the indexes

@@ -25,6 +25,8 @@ class IssueCounts:
     soft_bounced: int = 0
     complained: int = 0
     unsubscribed: int = 0
+    edition: str = "daily"
+    variants: int = 0  # renderings for sets of sections (SPEC 8); 0: one for every reader
 
     @property
     def hard_bounced(self) -> int:
