@@ -380,6 +380,16 @@ def _check(s: Settings) -> None:
         need(len(src.name) <= 200, f"sources[{i}].name", "must be at most 200 characters")
         need(len(src.url) <= 1000, f"sources[{i}].url", "must be at most 1000 characters")
         need(src.max_items > 0, f"sources[{i}].max_items", "must be positive")
+        section = src.section or ""
+        if section.strip():  # a name readers choose: one spelling on the page, the CLI and a CSV
+            need(section == section.strip(), f"sources[{i}].section", "must not begin or end with blanks")
+            need(len(section) <= 200, f"sources[{i}].section", "must be at most 200 characters")
+            need(
+                not any(c in ",;" or not c.isprintable() for c in section),
+                f"sources[{i}].section",
+                "must not hold a comma, a semicolon (they separate sections in a CSV and on the "
+                "command line) or a control character",
+            )
     need(s.delivery.rate_per_second >= 0, "delivery.rate_per_second", "must not be negative")
     need(s.delivery.max_attempts >= 1, "delivery.max_attempts", "must be at least 1")
     need(0 <= s.delivery.processes <= 64, "delivery.processes", "must be 0 (one per core) to 64")

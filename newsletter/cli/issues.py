@@ -161,7 +161,7 @@ def resume(app: App, issue_id: int | None, no_send: bool, as_json: bool) -> None
     if no_send:
         out.print(f"issue {issue.id} resumed; the scheduler or 'newsletter send' continues it", markup=False)
         return
-    _send(app, issue, resend_unknown=False, as_json=as_json)
+    _send(app, [issue], resend_unknown=False, as_json=as_json)
 
 
 @main.command()

@@ -25,10 +25,10 @@ def send(app: App, issue_id: int | None, wait: bool, resend_unknown: bool, as_js
     """Deliver an issue to every active subscriber who has not had it (resumes, never repeats);
     without --issue, today's (the daily, then the weekly on its day)."""
     issue = _issue(app, issue_id, build_today=False)
-    _send(app, issue, resend_unknown=resend_unknown, as_json=as_json, wait=wait)
-    if issue_id is None:
-        for other in app.store.issues_of_date(issue.issue_date)[1:]:
-            _send(app, other, resend_unknown=resend_unknown, as_json=as_json, wait=wait)
+    issues = [issue]
+    if issue_id is None and app.settings.digest.weekly:  # the weekly edition only while there is one
+        issues += app.store.issues_of_date(issue.issue_date)[1:]
+    _send(app, issues, resend_unknown=resend_unknown, as_json=as_json, wait=wait)
 
 
 @main.command()
@@ -39,9 +39,9 @@ def run(app: App, date_text: str | None) -> None:
     outcomes = _build(app, _issue_date(app, date_text))
     for outcome in outcomes:
         out.print(outcome.reason, markup=False)
-    for outcome in outcomes:
-        if outcome.issue is not None:
-            _send(app, outcome.issue, resend_unknown=False, as_json=False)
+    built = [outcome.issue for outcome in outcomes if outcome.issue is not None]
+    if built:
+        _send(app, built, resend_unknown=False, as_json=False)
 
 
 @main.command()

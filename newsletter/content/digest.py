@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING
@@ -164,15 +164,10 @@ def assembled(issue_date: date, items: Sequence[DigestStory], *, weekly: bool = 
     return Digest(issue_date, lead, sections, weekly=weekly)
 
 
-def narrowed(digest: Digest, chosen: Collection[str], offered: Collection[str]) -> Digest | None:
-    """The digest as a reader of the `chosen` sections gets it (SPEC 8): the items of those
-    sections and of every section nobody chooses (`offered` are those a reader may choose; a story
-    of a source without a section is in every reader's issue), in the issue's order; the lead is
-    the best of them by the lead's own rule. None when nothing is left for the reader."""
-
-    def theirs(s: DigestStory) -> bool:
-        return s.section in chosen or s.section not in offered
-
+def narrowed(digest: Digest, theirs: Callable[[DigestStory], bool]) -> Digest | None:
+    """The digest as a reader gets it (SPEC 8): the items `theirs` keeps (their sections', and those
+    of sources without a section), in the issue's order; the lead is the best of them by the
+    lead's own rule. None when nothing is left for the reader."""
     kept = [s for s in digest.stories if theirs(s)]
     if not kept:
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy.orm import Session
 
 from ..db.engine import Database
 from ..db.models import (
@@ -31,6 +33,7 @@ from ..db.models import (
     DeliveryStatus,
     Issue,
     IssueStatus,
+    IssueVariant,
     Sender,
     Subscriber,
     SubscriberStatus,
@@ -38,7 +41,7 @@ from ..db.models import (
 from ..db.tallies import ACCEPTED, count_deliveries
 from ..errors import SendBusyError
 from .ledger import DeliveryLedger
-from .records import WHOLE_ISSUE, Audience, AudienceChanged, Enrolment
+from .records import WHOLE_ISSUE, Audience, AudienceChanged, Enrolment, Rendering
 
 __all__ = ["NOTHING_OF_THEIRS", "DeliveryRepository"]
 
@@ -103,7 +106,18 @@ class DeliveryRepository(Database):
                 return 0
             if not self.is_sqlite:  # no reader changes their sections between the look and the rows
                 s.execute(text("LOCK TABLE subscribers IN SHARE MODE"))
-            variant, skipped = _decided(audience, s.scalars(select(stored).where(readers).group_by(stored)))
+            spellings = list(s.scalars(select(stored).where(readers).group_by(stored)))
+            try:
+                variant, skipped = _decided(audience, spellings)
+            except AudienceChanged as changed:
+                if audience.render is None:
+                    raise
+                made = {
+                    key: self._add_rendering(s, issue_id, key, audience.render(key))
+                    for key in changed.missing
+                }
+                audience = replace(audience, variants={**audience.variants, **made})
+                variant, skipped = _decided(audience, spellings)
             reply: ColumnElement[Any] = literal(None, Text)
             status: ColumnElement[Any] = literal(DeliveryStatus.PENDING.value)
             if skipped:
@@ -127,6 +141,16 @@ class DeliveryRepository(Database):
                 conn.execute(text("ANALYZE deliveries"))
                 conn.commit()
         return added
+
+    def _add_rendering(self, s: Session, issue_id: int, key: tuple[str, ...], rendering: Rendering) -> int:
+        """Store a rendering within the transaction fixing the audience; one another process
+        stored first for the same set is used instead."""
+        values = rendering._asdict() | {"issue_id": issue_id, "sections": key}
+        s.execute(self._insert(IssueVariant).values(values).on_conflict_do_nothing())
+        found: int = s.scalars(
+            select(IssueVariant.id).where(IssueVariant.issue_id == issue_id, IssueVariant.sections == key)
+        ).one()
+        return found
 
     def register_sender(self, enrolment: Enrolment) -> int:
         """Enrol a sender for an issue; returns how many rows of dead senders became `unknown`.

@@ -18,6 +18,7 @@ __all__ = [
     "WHOLE_ISSUE",
     "Audience",
     "AudienceChanged",
+    "Rendering",
     "DeliveryStore",
     "DeliveryTarget",
     "Enrolment",
@@ -54,6 +55,20 @@ class Audience:
     frequencies: tuple[Frequency, ...] | None = None
     key_of: Callable[[tuple[str, ...]], tuple[str, ...] | None] = lambda _sections: ()
     variants: Mapping[tuple[str, ...], int] = field(default_factory=lambda: {(): WHOLE_ISSUE})
+    # renders a key that has no rendering yet (a set chosen since the others were made); called
+    # while the audience is being fixed, so a reader cannot keep it from being fixed
+    render: Callable[[tuple[str, ...]], Rendering] | None = None
+
+
+class Rendering(NamedTuple):
+    """One rendering of an issue for a set of sections, as issue_variants stores it."""
+
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    story_count: int
+    placeholder_key: str | None
 
 
 class AudienceChanged(NewsletterError):

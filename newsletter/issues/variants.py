@@ -8,14 +8,15 @@ audience (delivery.claims.start_send) then names each reader's rendering once an
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..config import Settings
-from ..content.digest import Digest, assembled, narrowed
+from ..content.digest import Digest, DigestStory, assembled, narrowed
+from ..db import widths
 from ..db.models import Edition, Frequency, Issue, IssueStatus
-from ..delivery.records import WHOLE_ISSUE, Audience, AudienceChanged
+from ..delivery.records import WHOLE_ISSUE, Audience, Rendering
 from ..errors import NewsletterError
 from ..subscribers.rules import Choices, effective_sections
 from .build import digest_story
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     from ..store import Store
 
 __all__ = ["IssueSections", "audience_of", "fix_audience", "frequencies_of", "render_variants"]
-
-TRIES = 5  # readers who keep choosing new sets while an audience is fixed: give up after this many
 
 
 def frequencies_of(settings: Settings, issue: Issue) -> tuple[Frequency, ...] | None:
@@ -40,18 +39,30 @@ def frequencies_of(settings: Settings, issue: Issue) -> tuple[Frequency, ...] | 
 @dataclass(frozen=True)
 class IssueSections:
     """What decides a reader's rendering: the sections readers may choose (`offered`), those of
-    them the issue has stories in (`present`), and whether it has stories of no offered section
-    (in every reader's issue). A set of sections is spelled sorted, as it is stored (SectionSet)."""
+    them the issue has stories in (`present`), and whether it has stories of sources without a
+    section (in every reader's issue). A story's section is its source's, as the configuration
+    names it: a source without one is everyone's, whatever category its feed gives a story. A
+    set of sections is spelled sorted, as it is stored (SectionSet)."""
 
     offered: tuple[str, ...]
     present: tuple[str, ...]
     universal: bool
+    of_source: Mapping[str, str]  # a sectioned source's name (as stored) -> its section
 
     @classmethod
-    def of(cls, digest: Digest, choices: Choices) -> IssueSections:
-        told = {s.section for s in digest.stories}
-        present = tuple(sorted(s for s in choices.sections if s in told))
-        return cls(choices.sections, present, any(s not in choices.sections for s in told))
+    def of(cls, digest: Digest, settings: Settings) -> IssueSections:
+        of_source = {
+            src.name[: widths.NAME]: src.section
+            for src in settings.sources
+            if src.section and src.section.strip()
+        }
+        told = {of_source.get(s.source) for s in digest.stories}
+        present = tuple(sorted(s for s in told if s is not None))
+        return cls(settings.sections, present, None in told, of_source)
+
+    def section_of(self, story: DigestStory) -> str | None:
+        """The section a reader chooses to get this story; None: every reader gets it."""
+        return self.of_source.get(story.source)
 
     def key_of(self, chosen: tuple[str, ...]) -> tuple[str, ...] | None:
         """The sections a reader's issue holds: `present` itself for the issue's own rendering;
@@ -62,6 +73,9 @@ class IssueSections:
             return None
         return key
 
+    def narrowed(self, digest: Digest, key: tuple[str, ...]) -> Digest | None:
+        return narrowed(digest, lambda story: self.section_of(story) in (*key, None))
+
 
 def _digest(store: Store, issue: Issue) -> Digest | None:
     """The issue's stories as its digest told them; None for an issue without stories (one made
@@ -70,56 +84,62 @@ def _digest(store: Store, issue: Issue) -> Digest | None:
     return assembled(issue.issue_date, items, weekly=issue.edition is Edition.WEEKLY)
 
 
-def render_variants(
-    settings: Settings, store: Store, issue: Issue, *, also: Collection[tuple[str, ...]] = ()
-) -> int:
-    """Render the issue for each set of sections its audience holds now that has no rendering yet
-    (and for the sets in `also`); returns how many renderings the issue has, its own included."""
-    from ..content.render import render_issue
-
+def render_variants(settings: Settings, store: Store, issue: Issue) -> int:
+    """Render the issue for each set of sections its audience holds now that has no rendering yet;
+    returns how many renderings the issue has, its own included."""
     digest = _digest(store, issue)
     if digest is None:
         return 1
-    sections = IssueSections.of(digest, Choices.of(settings))
+    sections = IssueSections.of(digest, settings)
     held = store.audience_sections(frequencies_of(settings, issue))
-    keys = {sections.key_of(chosen) for chosen in held} | set(also)
+    keys = {sections.key_of(chosen) for chosen in held}
     made = {v.sections for v in store.issue_variants(issue.id)}
     for key in sorted(k for k in keys if k is not None and k != sections.present and k not in made):
-        part = narrowed(digest, key, sections.offered)
-        if part is None:  # nothing of theirs: key_of said so already
-            continue
-        rendered = render_issue(part, settings, issue_id=issue.id)
-        content = (rendered.subject, rendered.preheader, rendered.html, rendered.text, len(part.stories))
-        store.add_variant(issue.id, key, content, rendered.placeholders.key)
+        store.add_variant(issue.id, key, *_rendering(settings, issue, sections, digest, key))
     return 1 + len(store.issue_variants(issue.id))
 
 
+def _rendering(
+    settings: Settings, issue: Issue, sections: IssueSections, digest: Digest, key: tuple[str, ...]
+) -> tuple[tuple[str, str, str, str, int], str | None]:
+    from ..content.render import render_issue
+
+    part = sections.narrowed(digest, key)
+    if part is None:  # key_of gives only sets with stories: a bug, never a reader's doing
+        raise NewsletterError(f"issue {issue.id} has nothing for the sections {', '.join(key)}")
+    rendered = render_issue(part, settings, issue_id=issue.id)
+    content = (rendered.subject, rendered.preheader, rendered.html, rendered.text, len(part.stories))
+    return content, rendered.placeholders.key
+
+
 def audience_of(settings: Settings, store: Store, issue: Issue) -> Audience:
-    """The issue's audience as it stands: its frequencies, each reader's rendering by their sections."""
+    """The issue's audience as it stands: its frequencies, each reader's rendering by their
+    sections, and how to render a set chosen since (while the audience is fixed)."""
     digest = _digest(store, issue)
     if digest is None:
         return Audience(frequencies_of(settings, issue))
-    sections = IssueSections.of(digest, Choices.of(settings))
+    sections = IssueSections.of(digest, settings)
     variants = {v.sections: v.id for v in store.issue_variants(issue.id)}
+
+    def render(key: tuple[str, ...]) -> Rendering:
+        content, placeholder_key = _rendering(settings, issue, sections, digest, key)
+        return Rendering(*content, placeholder_key)
+
     return Audience(
-        frequencies_of(settings, issue), sections.key_of, variants | {sections.present: WHOLE_ISSUE}
+        frequencies_of(settings, issue),
+        sections.key_of,
+        variants | {sections.present: WHOLE_ISSUE},
+        render=render,
     )
 
 
 def fix_audience(settings: Settings, store: Store, issue: Issue) -> int:
-    """Fix the issue's audience, once (a no-op when its send began before): render any set of
-    sections that appeared since the build, then make the delivery rows. A reader who chooses a
-    new set in between only means one more rendering and another try. Returns the rows made."""
+    """Fix the issue's audience, once (a no-op when its send began before): render every set of
+    sections it holds that the build did not (outside any lock), then make the delivery rows. A
+    set first chosen in between is rendered while the rows are made: no reader can keep the
+    audience from being fixed. Returns the rows made."""
     current = store.get_issue(issue.id)
     if current is None or current.status is not IssueStatus.BUILT:
         return 0
-    missing: list[tuple[str, ...]] = []
-    for _ in range(TRIES):
-        render_variants(settings, store, issue, also=missing)
-        try:
-            return store.start_send(issue.id, audience_of(settings, store, issue))
-        except AudienceChanged as exc:
-            missing = exc.missing
-    raise NewsletterError(
-        f"the audience of issue {issue.id} could not be fixed: readers kept choosing new sections"
-    )
+    render_variants(settings, store, issue)
+    return store.start_send(issue.id, audience_of(settings, store, issue))

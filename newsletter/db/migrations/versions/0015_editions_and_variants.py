@@ -8,6 +8,8 @@ Revises: 0014
 Create Date: 2026-12-08
 """
 
+from collections.abc import Sequence
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -58,12 +60,26 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    bind = op.get_bind()
+    weekly = bind.execute(sa.text("SELECT count(*) FROM issues WHERE edition <> 'daily'")).scalar()
+    if weekly:  # before anything changes
+        raise RuntimeError(f"{weekly} weekly issues would lose their date's one place: delete them first")
+    # SQLite rebuilds the table to drop a column, and a rebuilt table has lost its triggers (the
+    # delivery tally's, migration 0007): they are made again as they were
+    triggers: Sequence[str] = []
+    if bind.dialect.name == "sqlite":
+        triggers = (
+            bind.execute(
+                sa.text("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'deliveries'")
+            )
+            .scalars()
+            .all()
+        )
     with op.batch_alter_table("deliveries") as batch:
         batch.drop_column("variant_id")
+    for sql in triggers:
+        op.execute(sql)
     op.drop_table("issue_variants")
-    weekly = op.get_bind().execute(sa.text("SELECT count(*) FROM issues WHERE edition <> 'daily'")).scalar()
-    if weekly:
-        raise RuntimeError(f"{weekly} weekly issues would lose their date's one place: delete them first")
     with op.batch_alter_table("issues") as batch:
         batch.drop_constraint("uq_issues_date_edition", type_="unique")
         batch.drop_column("edition")
