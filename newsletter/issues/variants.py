@@ -23,7 +23,15 @@ from .build import digest_story
 if TYPE_CHECKING:
     from ..store import Store
 
-__all__ = ["IssueSections", "audience_of", "fix_audience", "frequencies_of", "render_variants"]
+__all__ = [
+    "IssueSections",
+    "audience_of",
+    "fix_audience",
+    "frequencies_of",
+    "render_variant",
+    "render_variants",
+    "variant_keys",
+]
 
 TRIES = 5  # readers who keep choosing new sets while an audience is fixed: give up after this many
 
@@ -74,24 +82,60 @@ def render_variants(
     settings: Settings, store: Store, issue: Issue, *, also: Collection[tuple[str, ...]] = ()
 ) -> int:
     """Render the issue for each set of sections its audience holds now that has no rendering yet
-    (and for the sets in `also`); returns how many renderings the issue has, its own included."""
-    from ..content.render import render_issue
-
+    (and for the sets in `also`); returns how many renderings the issue has, its own included. A
+    rendering of a version an editor has since changed is not stored (issues.edits)."""
     digest = _digest(store, issue)
     if digest is None:
         return 1
     sections = IssueSections.of(digest, Choices.of(settings))
+    made = {v.sections for v in store.issue_variants(issue.id)}
+    for key in variant_keys(settings, store, issue, sections, also=also):
+        if key in made:
+            continue
+        found = render_variant(
+            settings, issue.id, digest, sections, key, subject=issue.chosen_subject, intro=issue.intro
+        )
+        if found is not None:
+            store.add_variant(issue.id, key, *found, version=issue.version)
+    return 1 + len(store.issue_variants(issue.id))
+
+
+def variant_keys(
+    settings: Settings,
+    store: Store,
+    issue: Issue,
+    sections: IssueSections,
+    *,
+    also: Collection[tuple[str, ...]] = (),
+) -> list[tuple[str, ...]]:
+    """The sets of sections the issue's audience holds (and `also`) that need a rendering of
+    their own: every set but the issue's own."""
     held = store.audience_sections(frequencies_of(settings, issue))
     keys = {sections.key_of(chosen) for chosen in held} | set(also)
-    made = {v.sections for v in store.issue_variants(issue.id)}
-    for key in sorted(k for k in keys if k is not None and k != sections.present and k not in made):
-        part = narrowed(digest, key, sections.offered)
-        if part is None:  # nothing of theirs: key_of said so already
-            continue
-        rendered = render_issue(part, settings, issue_id=issue.id)
-        content = (rendered.subject, rendered.preheader, rendered.html, rendered.text, len(part.stories))
-        store.add_variant(issue.id, key, content, rendered.placeholders.key)
-    return 1 + len(store.issue_variants(issue.id))
+    return sorted(k for k in keys if k is not None and k != sections.present)
+
+
+def render_variant(
+    settings: Settings,
+    issue_id: int,
+    digest: Digest,
+    sections: IssueSections,
+    key: tuple[str, ...],
+    *,
+    subject: str | None,
+    intro: str,
+) -> tuple[tuple[str, str, str, str, int], str | None] | None:
+    """The issue's rendering for one set of sections, with its editor's subject and intro:
+    ((subject, preheader, html, text, story count), placeholders' key); None when nothing in
+    it is theirs."""
+    from ..content.render import render_issue
+
+    part = narrowed(digest, key, sections.offered)
+    if part is None:  # nothing of theirs: key_of said so already
+        return None
+    rendered = render_issue(part, settings, issue_id=issue_id, subject=subject, intro=intro)
+    content = (rendered.subject, rendered.preheader, rendered.html, rendered.text, len(part.stories))
+    return content, rendered.placeholders.key
 
 
 def audience_of(settings: Settings, store: Store, issue: Issue) -> Audience:
@@ -102,7 +146,10 @@ def audience_of(settings: Settings, store: Store, issue: Issue) -> Audience:
     sections = IssueSections.of(digest, Choices.of(settings))
     variants = {v.sections: v.id for v in store.issue_variants(issue.id)}
     return Audience(
-        frequencies_of(settings, issue), sections.key_of, variants | {sections.present: WHOLE_ISSUE}
+        frequencies_of(settings, issue),
+        sections.key_of,
+        variants | {sections.present: WHOLE_ISSUE},
+        version=issue.version,
     )
 
 
@@ -110,16 +157,18 @@ def fix_audience(settings: Settings, store: Store, issue: Issue) -> int:
     """Fix the issue's audience, once (a no-op when its send began before): render any set of
     sections that appeared since the build, then make the delivery rows. A reader who chooses a
     new set in between only means one more rendering and another try. Returns the rows made."""
-    current = store.get_issue(issue.id)
-    if current is None or current.status is not IssueStatus.BUILT:
-        return 0
     missing: list[tuple[str, ...]] = []
     for _ in range(TRIES):
-        render_variants(settings, store, issue, also=missing)
+        # read again each try: an editor's change (issues.edits) means other renderings
+        current = store.get_issue(issue.id)
+        if current is None or current.status is not IssueStatus.BUILT:
+            return 0
+        render_variants(settings, store, current, also=missing)
         try:
-            return store.start_send(issue.id, audience_of(settings, store, issue))
+            return store.start_send(issue.id, audience_of(settings, store, current))
         except AudienceChanged as exc:
             missing = exc.missing
     raise NewsletterError(
-        f"the audience of issue {issue.id} could not be fixed: readers kept choosing new sections"
+        f"the audience of issue {issue.id} could not be fixed: readers kept choosing new sections "
+        "(or editors kept changing it)"
     )
