@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INTRO_LIMIT",
+    "STORY_ACTIONS",
     "Action",
+    "Change",
     "BadEdit",
     "Layout",
     "SendBegun",
@@ -256,4 +258,5 @@ def hold_issue(store: Store, issue_id: int, action: Action, *, who: str, now: da
     """Hold an issue, or approve it (for the cron time, or for a send now): logged, and refused
     (SendBegun) once its send has begun. True if that changed anything."""
     held = action is Action.HOLD
-    return store.set_held(issue_id, held, EditNote(who, action.value, "", now))
+    detail = "sent at once" if action is Action.SEND else ""  # logged even when it was approved
+    return store.set_held(issue_id, held, EditNote(who, action.value, detail, now))
