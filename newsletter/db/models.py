@@ -257,6 +257,9 @@ class Issue(Base):
     # Raised by every edit of what the issue tells: a rendering made from an older version is
     # never stored, and a send whose audience was fixed from one does not begin.
     version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # the "Review:" notes mailed to the editors (the first when built ahead, the second when the
+    # send time passed while held): claimed by raising it, so two schedulers mail each once
+    review_notes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (UniqueConstraint("issue_date", "edition", name="uq_issues_date_edition"),)
 

@@ -58,6 +58,7 @@ class IssueCounts:
     unsubscribed: int = 0
     edition: str = "daily"
     variants: int = 0  # renderings for sets of sections (SPEC 8); 0: one for every reader
+    held: bool = False  # an editor held it: the scheduler and `run` do not send it (SPEC 9)
 
     @property
     def hard_bounced(self) -> int:

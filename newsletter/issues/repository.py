@@ -189,6 +189,29 @@ class IssueRepository(Database):
                 s.add(IssueEdit(issue_id=issue_id, **note._asdict()))
             return changed
 
+    def claim_review_note(self, issue_id: int, note: int) -> bool:
+        """True for the one process that mails an issue's `note`th review note (1 or 2)."""
+        with self.write() as s:
+            claimed = s.execute(
+                update(Issue)
+                .where(Issue.id == issue_id, Issue.review_notes == note - 1)
+                .values(review_notes=note)
+            )
+            return bool(claimed.rowcount)  # type: ignore[attr-defined]
+
+    def approved_since_run(self, *, since: date) -> list[Issue]:
+        """Built issues of recent dates that a scheduled run found held, since approved: their
+        send time has passed, so they go now."""
+        with self.read() as s:
+            ran = select(ScheduledRun.issue_id).where(ScheduledRun.finished_at.is_not(None))
+            q = select(Issue).where(
+                Issue.status == IssueStatus.BUILT,
+                Issue.held.is_(False),
+                Issue.issue_date >= since,
+                Issue.id.in_(ran),
+            )
+            return list(s.scalars(q.order_by(Issue.issue_date)))
+
     def issue_edits(self, issue_id: int) -> list[EditNote]:
         """An issue's edit log, newest first."""
         with self.read() as s:
@@ -307,6 +330,7 @@ class IssueRepository(Database):
                 paused=i.paused,
                 edition=i.edition.value,
                 variants=variants.get(i.id, 0),
+                held=i.held,
             )
             for i in issues
         ]

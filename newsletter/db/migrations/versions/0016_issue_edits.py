@@ -1,6 +1,6 @@
 """The editor's hour (SPEC 9): an issue's edits are records of their own (`issue_edits`: who,
 when, what); an issue keeps the items an editor dropped, the subject and intro they wrote, whether
-it is held, and a version raised by every edit of what it tells.
+it is held, a version raised by every edit of what it tells, and the review notes mailed.
 
 Revision ID: 0016
 Revises: 0015
@@ -23,6 +23,7 @@ def upgrade() -> None:
     op.add_column("issues", sa.Column("intro", sa.Text, nullable=False, server_default=""))
     op.add_column("issues", sa.Column("held", sa.Boolean, nullable=False, server_default=sa.false()))
     op.add_column("issues", sa.Column("version", sa.Integer, nullable=False, server_default="0"))
+    op.add_column("issues", sa.Column("review_notes", sa.Integer, nullable=False, server_default="0"))
     op.create_table(
         "issue_edits",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -39,5 +40,5 @@ def downgrade() -> None:
     op.drop_index("ix_issue_edits_issue", "issue_edits")
     op.drop_table("issue_edits")
     with op.batch_alter_table("issues") as batch:
-        for column in ("version", "held", "intro", "chosen_subject", "dropped"):
+        for column in ("review_notes", "version", "held", "intro", "chosen_subject", "dropped"):
             batch.drop_column(column)
