@@ -40,6 +40,8 @@ class NewsletterSettings:
     postal_address: str
     reply_to: str | None = None
     timezone: str = "UTC"
+    # who gets the "Review:" note when an issue is built ahead of its send ([schedule] review_minutes)
+    editors: tuple[str, ...] = ()
     secret_key_file: str = ".secret_key"
 
     @property
@@ -74,6 +76,10 @@ class DatabaseSettings:
 class ScheduleSettings:
     cron: str = "0 7 * * *"
     misfire_grace_seconds: int = 3600
+    # The editor's hour (SPEC 9): build this many minutes before each cron time and mail the
+    # editors; 0 builds and sends at the cron time. "hold": nothing goes out until approved.
+    review_minutes: int = 0
+    review_default: Literal["send", "hold"] = "send"
 
 
 @dataclass(frozen=True)
@@ -356,6 +362,14 @@ def _check(s: Settings) -> None:
             ) from None
     need(len(s.schedule.cron.split()) == 5, "schedule.cron", "must have five fields")
     need(s.schedule.misfire_grace_seconds >= 0, "schedule.misfire_grace_seconds", "must not be negative")
+    need(0 <= s.schedule.review_minutes <= 24 * 60, "schedule.review_minutes", "must be 0 to 1440")
+    for i, editor in enumerate(n.editors):
+        need(_one_address(editor), f"newsletter.editors[{i}]", "must be one email address")
+    need(
+        bool(n.editors) or not s.schedule.review_minutes,
+        "newsletter.editors",
+        "must name at least one address when schedule.review_minutes is set",
+    )
     d = s.digest
     need(d.window_hours > 0, "digest.window_hours", "must be positive")
     need(d.max_stories > 0, "digest.max_stories", "must be positive")

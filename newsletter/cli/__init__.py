@@ -334,6 +334,13 @@ def _send_one(
     return report
 
 
+def _held(app: App, issue_id: int) -> str:
+    """What `run` says of an issue an editor holds ("" when it is not held)."""
+    from ..issues.review import held_reason
+
+    return held_reason(app.store, issue_id)
+
+
 def _sending_issue(app: App, issue_id: int | None) -> Issue:
     """The issue named, else the one being sent, else today's."""
     if issue_id is None:

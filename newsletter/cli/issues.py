@@ -1,7 +1,9 @@
-"""`init`, `gather`, `build`, `pause`, `resume` and `preview`: the issue before it is sent."""
+"""`init`, `gather`, `build`, `pause`, `resume`, `hold`, `approve` and `preview`: the issue before
+it is sent."""
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from . import (
     _gather,
     _issue,
     _issue_date,
+    _now,
     _print_json,
     _send,
     _sending_issue,
@@ -162,6 +165,41 @@ def resume(app: App, issue_id: int | None, no_send: bool, as_json: bool) -> None
         out.print(f"issue {issue.id} resumed; the scheduler or 'newsletter send' continues it", markup=False)
         return
     _send(app, [issue], resend_unknown=False, as_json=as_json)
+
+
+@main.command()
+@click.option("--issue", "issue_id", type=int, help="an issue id (default: today's)")
+@pass_app
+def hold(app: App, issue_id: int | None) -> None:
+    """Hold a built issue: the scheduler and `run` do not send it until it is approved."""
+    _hold_or_approve(app, issue_id, held=True)
+
+
+@main.command()
+@click.option("--issue", "issue_id", type=int, help="an issue id (default: today's)")
+@pass_app
+def approve(app: App, issue_id: int | None) -> None:
+    """Approve a built issue: it goes out at the scheduled time (or with `send` now)."""
+    _hold_or_approve(app, issue_id, held=False)
+
+
+def _hold_or_approve(app: App, issue_id: int | None, *, held: bool) -> None:
+    from ..issues.edits import Action, hold_issue
+
+    issue = _issue(app, issue_id, build_today=False)
+    action = Action.HOLD if held else Action.APPROVE
+    changed = hold_issue(app.store, issue.id, action, who=f"{getpass.getuser()} (command line)", now=_now())
+    state = "held" if held else "approved"
+    said = f"issue {issue.id} {'is now' if changed else 'was already'} {state}"
+    out.print(
+        said
+        + (
+            f"; the scheduler and 'run' do not send it until 'newsletter approve --issue {issue.id}'"
+            if held
+            else "; it goes out at the scheduled time, or now with 'newsletter send'"
+        ),
+        markup=False,
+    )
 
 
 @main.command()

@@ -10,7 +10,7 @@ from rich.table import Table
 from ..db.models import DeliveryStatus
 from ..errors import NotFoundError
 from ..reports import complaint_warning, engagement
-from . import App, _build, _issue, _issue_date, _now, _print_json, _send, err, main, out, pass_app
+from . import App, _build, _held, _issue, _issue_date, _now, _print_json, _send, err, main, out, pass_app
 
 # -- send, run, status --------------------------------------------------------------------------
 
@@ -39,7 +39,14 @@ def run(app: App, date_text: str | None) -> None:
     outcomes = _build(app, _issue_date(app, date_text))
     for outcome in outcomes:
         out.print(outcome.reason, markup=False)
-    built = [outcome.issue for outcome in outcomes if outcome.issue is not None]
+    built = []
+    for outcome in outcomes:
+        if outcome.issue is None:
+            continue
+        if held := _held(app, outcome.issue.id):
+            out.print(held, markup=False)
+            continue
+        built.append(outcome.issue)
     if built:
         _send(app, built, resend_unknown=False, as_json=False)
 
@@ -65,6 +72,7 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
                         "subject": r.subject,
                         "status": r.status,
                         "paused": r.paused,
+                        "held": r.held,
                         "stories": r.story_count,
                         "created_at": r.created_at,
                         "sent_at": r.sent_at,
@@ -96,7 +104,7 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
         table.add_row(
             str(r.issue_id),
             r.issue_date.isoformat() + ("" if r.edition == "daily" else f" {r.edition}"),
-            f"{r.status} (paused)" if r.paused else r.status,
+            f"{r.status} (paused)" if r.paused else f"{r.status} (held)" if r.held else r.status,
             r.subject,
             *(str(r.deliveries.get(s.value, 0)) for s in _SHOWN),
         )

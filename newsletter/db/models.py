@@ -34,6 +34,7 @@ __all__ = [
     "Edition",
     "FeedState",
     "Issue",
+    "IssueEdit",
     "IssueStatus",
     "IssueVariant",
     "ScheduledRun",
@@ -247,8 +248,35 @@ class Issue(Base):
     # The issue's items in reading order, each a list of story ids: the story shown first, then the
     # other sources that told the same event ("Also covered by"). None for an issue built before.
     items: Mapped[list[list[int]] | None] = mapped_column(StoredJSON())
+    # The editor's hour (SPEC 9): items an editor dropped (restorable), the subject they wrote
+    # (None: the configured one), their intro; held: the scheduler and `run` do not send it.
+    dropped: Mapped[list[list[int]] | None] = mapped_column(StoredJSON())
+    chosen_subject: Mapped[str | None] = mapped_column(StoredText())
+    intro: Mapped[str] = mapped_column(StoredText(), default="", server_default="")
+    held: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Raised by every edit of what the issue tells: a rendering made from an older version is
+    # never stored, and a send whose audience was fixed from one does not begin.
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # the "Review:" notes mailed to the editors (the first when built ahead, the second when the
+    # send time passed while held): claimed by raising it, so two schedulers mail each once
+    review_notes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (UniqueConstraint("issue_date", "edition", name="uq_issues_date_edition"),)
+
+
+class IssueEdit(Base):
+    """One editor's change to an issue before its send began (SPEC 9): who, when, what."""
+
+    __tablename__ = "issue_edits"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id"))
+    who: Mapped[str] = mapped_column(StoredString(widths.NAME))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    action: Mapped[str] = mapped_column(StoredString(widths.STATE))  # an issues.edits.Action
+    detail: Mapped[str] = mapped_column(StoredText(), default="")
+
+    __table_args__ = (Index("ix_issue_edits_issue", "issue_id", "id"),)
 
 
 class IssueVariant(Base):

@@ -78,6 +78,10 @@ def _decided(audience: Audience, spellings: Iterable[str]) -> tuple[dict[str, in
     return variant, skipped
 
 
+def _at(version: int | None) -> list[ColumnElement[bool]]:
+    return [] if version is None else [Issue.version == version]
+
+
 class DeliveryRepository(Database):
     """What the send loop asks of the database (delivery.records.DeliveryStore)."""
 
@@ -99,10 +103,14 @@ class DeliveryRepository(Database):
             # row lock (PostgreSQL) or the write lock (SQLite), then finds it moved and adds nothing
             began = s.execute(
                 update(Issue)
-                .where(Issue.id == issue_id, Issue.status == IssueStatus.BUILT)
+                .where(Issue.id == issue_id, Issue.status == IssueStatus.BUILT, *_at(audience.version))
                 .values(status=IssueStatus.SENDING, counts=None)
             )
             if not began.rowcount:  # type: ignore[attr-defined]
+                if audience.version is not None and s.scalar(
+                    select(Issue.id).where(Issue.id == issue_id, Issue.status == IssueStatus.BUILT)
+                ):  # an editor changed it since its renderings were read: read them again
+                    raise AudienceChanged([])
                 return 0
             if not self.is_sqlite:  # no reader changes their sections between the look and the rows
                 s.execute(text("LOCK TABLE subscribers IN SHARE MODE"))

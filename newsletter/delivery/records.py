@@ -50,11 +50,14 @@ class Audience:
     reader). `key_of` turns a reader's stored sections into the sections their issue holds
     (None: nothing of theirs is in it, so they get no mail, counted `skipped`); `variants` maps
     each such key to its rendering's id, or to WHOLE_ISSUE for the issue's own. None as a whole
-    is the issue's own rendering for every active reader."""
+    is the issue's own rendering for every active reader. An editor's change since `version`
+    means other renderings: the send does not begin (AudienceChanged)."""
 
     frequencies: tuple[Frequency, ...] | None = None
     key_of: Callable[[tuple[str, ...]], tuple[str, ...] | None] = lambda _sections: ()
     variants: Mapping[tuple[str, ...], int] = field(default_factory=lambda: {(): WHOLE_ISSUE})
+    # the issue's version (issues.edits) the renderings were read at: None, whatever it is now
+    version: int | None = None
     # renders a key that has no rendering yet (a set chosen since the others were made); called
     # while the audience is being fixed, so a reader cannot keep it from being fixed
     render: Callable[[tuple[str, ...]], Rendering] | None = None

@@ -16,7 +16,7 @@ from ..config import Settings
 from ..content.digest import Digest, DigestStory, assembled, narrowed
 from ..db import widths
 from ..db.models import Edition, Frequency, Issue, IssueStatus
-from ..delivery.records import WHOLE_ISSUE, Audience, Rendering
+from ..delivery.records import WHOLE_ISSUE, Audience, AudienceChanged, Rendering
 from ..errors import NewsletterError
 from ..subscribers.rules import Choices, effective_sections
 from .build import digest_story
@@ -24,7 +24,17 @@ from .build import digest_story
 if TYPE_CHECKING:
     from ..store import Store
 
-__all__ = ["IssueSections", "audience_of", "fix_audience", "frequencies_of", "render_variants"]
+TRIES = 5  # editors who keep changing the issue while its send begins: give up after this many
+
+__all__ = [
+    "IssueSections",
+    "audience_of",
+    "fix_audience",
+    "frequencies_of",
+    "render_variant",
+    "render_variants",
+    "variant_keys",
+]
 
 
 def frequencies_of(settings: Settings, issue: Issue) -> tuple[Frequency, ...] | None:
@@ -85,29 +95,52 @@ def _digest(store: Store, issue: Issue) -> Digest | None:
 
 
 def render_variants(settings: Settings, store: Store, issue: Issue) -> int:
-    """Render the issue for each set of sections its audience holds now that has no rendering yet;
-    returns how many renderings the issue has, its own included."""
+    """Render the issue for each set of sections its audience holds now that has no rendering
+    yet; returns how many renderings the issue has, its own included. A rendering of a version an
+    editor has since changed is not stored (issues.edits)."""
     digest = _digest(store, issue)
     if digest is None:
         return 1
     sections = IssueSections.of(digest, settings)
-    held = store.audience_sections(frequencies_of(settings, issue))
-    keys = {sections.key_of(chosen) for chosen in held}
     made = {v.sections for v in store.issue_variants(issue.id)}
-    for key in sorted(k for k in keys if k is not None and k != sections.present and k not in made):
-        store.add_variant(issue.id, key, *_rendering(settings, issue, sections, digest, key))
+    for key in variant_keys(settings, store, issue, sections):
+        if key in made:
+            continue
+        found = render_variant(
+            settings, issue.id, digest, sections, key, subject=issue.chosen_subject, intro=issue.intro
+        )
+        store.add_variant(issue.id, key, *found, version=issue.version)
     return 1 + len(store.issue_variants(issue.id))
 
 
-def _rendering(
-    settings: Settings, issue: Issue, sections: IssueSections, digest: Digest, key: tuple[str, ...]
+def variant_keys(
+    settings: Settings, store: Store, issue: Issue, sections: IssueSections
+) -> list[tuple[str, ...]]:
+    """The sets of sections the issue's audience holds that need a rendering of their own: every
+    set but the issue's own, and none for a reader with nothing in it."""
+    held = store.audience_sections(frequencies_of(settings, issue))
+    keys = {sections.key_of(chosen) for chosen in held}
+    return sorted(k for k in keys if k is not None and k != sections.present)
+
+
+def render_variant(
+    settings: Settings,
+    issue_id: int,
+    digest: Digest,
+    sections: IssueSections,
+    key: tuple[str, ...],
+    *,
+    subject: str | None,
+    intro: str,
 ) -> tuple[tuple[str, str, str, str, int], str | None]:
+    """The issue's rendering for one set of sections, with its editor's subject and intro:
+    ((subject, preheader, html, text, story count), placeholders' key)."""
     from ..content.render import render_issue
 
     part = sections.narrowed(digest, key)
     if part is None:  # key_of gives only sets with stories: a bug, never a reader's doing
-        raise NewsletterError(f"issue {issue.id} has nothing for the sections {', '.join(key)}")
-    rendered = render_issue(part, settings, issue_id=issue.id)
+        raise NewsletterError(f"issue {issue_id} has nothing for the sections {', '.join(key)}")
+    rendered = render_issue(part, settings, issue_id=issue_id, subject=subject, intro=intro)
     content = (rendered.subject, rendered.preheader, rendered.html, rendered.text, len(part.stories))
     return content, rendered.placeholders.key
 
@@ -117,18 +150,21 @@ def audience_of(settings: Settings, store: Store, issue: Issue) -> Audience:
     sections, and how to render a set chosen since (while the audience is fixed)."""
     digest = _digest(store, issue)
     if digest is None:
-        return Audience(frequencies_of(settings, issue))
+        return Audience(frequencies_of(settings, issue), version=issue.version)
     sections = IssueSections.of(digest, settings)
     variants = {v.sections: v.id for v in store.issue_variants(issue.id)}
 
     def render(key: tuple[str, ...]) -> Rendering:
-        content, placeholder_key = _rendering(settings, issue, sections, digest, key)
+        content, placeholder_key = render_variant(
+            settings, issue.id, digest, sections, key, subject=issue.chosen_subject, intro=issue.intro
+        )
         return Rendering(*content, placeholder_key)
 
     return Audience(
         frequencies_of(settings, issue),
         sections.key_of,
         variants | {sections.present: WHOLE_ISSUE},
+        version=issue.version,
         render=render,
     )
 
@@ -136,10 +172,16 @@ def audience_of(settings: Settings, store: Store, issue: Issue) -> Audience:
 def fix_audience(settings: Settings, store: Store, issue: Issue) -> int:
     """Fix the issue's audience, once (a no-op when its send began before): render every set of
     sections it holds that the build did not (outside any lock), then make the delivery rows. A
-    set first chosen in between is rendered while the rows are made: no reader can keep the
-    audience from being fixed. Returns the rows made."""
-    current = store.get_issue(issue.id)
-    if current is None or current.status is not IssueStatus.BUILT:
-        return 0
-    render_variants(settings, store, issue)
-    return store.start_send(issue.id, audience_of(settings, store, issue))
+    set first chosen in between is rendered while the rows are made, so no reader can keep the
+    audience from being fixed; an editor's change in between (issues.edits) means other
+    renderings, read again. Returns the rows made."""
+    for _ in range(TRIES):
+        current = store.get_issue(issue.id)
+        if current is None or current.status is not IssueStatus.BUILT:
+            return 0
+        render_variants(settings, store, current)
+        try:
+            return store.start_send(issue.id, audience_of(settings, store, current))
+        except AudienceChanged:
+            continue
+    raise NewsletterError(f"the audience of issue {issue.id} could not be fixed: editors kept changing it")

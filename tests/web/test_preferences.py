@@ -595,21 +595,16 @@ def test_the_console_shows_filters_and_counts_readers_by_choice(app: Flask) -> N
 @pytest.fixture
 def served(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[str, Path]]:
     """`newsletter serve` on a free loopback port, with three sections and a weekly edition."""
-    from ..support.helpers import free_port, start_cli, wait_for
-    from .test_server import _healthy
+    from ..support.helpers import free_port
+    from .test_server import serving
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     config = choices_config(tmp_path, smtp_sink)
     config.write_text(config.read_text().replace("https://news.example.com", url))
     run_cli(config, "init")
-    proc = start_cli(config, "serve", "--port", str(port))
-    try:
-        assert wait_for(lambda: _healthy(url), timeout=30), "newsletter serve did not come up"
+    with serving(config, port):
         yield url, config
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
 
 
 def _preference_link(sink: SmtpSink, address: str) -> str:

@@ -1,6 +1,7 @@
 """`newsletter serve` as a real server (waitress, a subprocess on a free loopback port), driven with
 httpx and in Debian's Chromium through Playwright. Mail goes to the aiosmtpd fixture."""
 
+import contextlib
 import email
 import json
 import os
@@ -327,6 +328,20 @@ def _healthy(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@contextlib.contextmanager
+def serving(config: Path, port: int) -> Iterator[None]:
+    """`newsletter serve` of `config` on `port`, up and healthy, stopped at the end."""
+    proc = start_cli(config, "serve", "--port", str(port))
+    try:
+        assert wait_for(lambda: _healthy(f"http://127.0.0.1:{port}"), timeout=30), (
+            "newsletter serve did not come up"
+        )
+        yield
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
 
 
 @pytest.mark.skipif(
