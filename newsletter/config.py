@@ -40,6 +40,8 @@ class NewsletterSettings:
     postal_address: str
     reply_to: str | None = None
     timezone: str = "UTC"
+    # who gets the "Review:" note when an issue is built ahead of its send ([schedule] review_minutes)
+    editors: tuple[str, ...] = ()
     secret_key_file: str = ".secret_key"
 
     @property
@@ -74,6 +76,10 @@ class DatabaseSettings:
 class ScheduleSettings:
     cron: str = "0 7 * * *"
     misfire_grace_seconds: int = 3600
+    # The editor's hour (SPEC 9): build this many minutes before each cron time and mail the
+    # editors; 0 builds and sends at the cron time. "hold": nothing goes out until approved.
+    review_minutes: int = 0
+    review_default: Literal["send", "hold"] = "send"
 
 
 @dataclass(frozen=True)
@@ -356,6 +362,14 @@ def _check(s: Settings) -> None:
             ) from None
     need(len(s.schedule.cron.split()) == 5, "schedule.cron", "must have five fields")
     need(s.schedule.misfire_grace_seconds >= 0, "schedule.misfire_grace_seconds", "must not be negative")
+    need(0 <= s.schedule.review_minutes <= 24 * 60, "schedule.review_minutes", "must be 0 to 1440")
+    for i, editor in enumerate(n.editors):
+        need(_one_address(editor), f"newsletter.editors[{i}]", "must be one email address")
+    need(
+        bool(n.editors) or not s.schedule.review_minutes,
+        "newsletter.editors",
+        "must name at least one address when schedule.review_minutes is set",
+    )
     d = s.digest
     need(d.window_hours > 0, "digest.window_hours", "must be positive")
     need(d.max_stories > 0, "digest.max_stories", "must be positive")
@@ -380,6 +394,16 @@ def _check(s: Settings) -> None:
         need(len(src.name) <= 200, f"sources[{i}].name", "must be at most 200 characters")
         need(len(src.url) <= 1000, f"sources[{i}].url", "must be at most 1000 characters")
         need(src.max_items > 0, f"sources[{i}].max_items", "must be positive")
+        section = src.section or ""
+        if section.strip():  # a name readers choose: one spelling on the page, the CLI and a CSV
+            need(section == section.strip(), f"sources[{i}].section", "must not begin or end with blanks")
+            need(len(section) <= 200, f"sources[{i}].section", "must be at most 200 characters")
+            need(
+                not any(c in ",;" or not c.isprintable() for c in section),
+                f"sources[{i}].section",
+                "must not hold a comma, a semicolon (they separate sections in a CSV and on the "
+                "command line) or a control character",
+            )
     need(s.delivery.rate_per_second >= 0, "delivery.rate_per_second", "must not be negative")
     need(s.delivery.max_attempts >= 1, "delivery.max_attempts", "must be at least 1")
     need(0 <= s.delivery.processes <= 64, "delivery.processes", "must be 0 (one per core) to 64")

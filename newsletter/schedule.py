@@ -24,10 +24,12 @@ from apscheduler.triggers.cron import CronTrigger
 
 from .bounces.processing import process_bounces
 from .config import Settings
+from .db.models import Edition
 from .delivery.engine import SendReport, process_alive
 from .delivery.sending import send, send_options
 from .errors import ConfigError, NewsletterError
 from .issues.build import gather_and_build
+from .issues.review import SECOND_NOTE, held_reason, mail_review_note, start_review
 from .store import Store
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "latest_fire",
     "missed_run",
     "next_fire",
+    "review_scheduled",
     "run_scheduled",
     "schedule_summary",
 ]
@@ -153,19 +156,33 @@ def run_scheduled(
     issue_date = fire_time.astimezone(settings.newsletter.tz).date()
     fields: dict[str, Any] = {"date": issue_date.isoformat(), "issue": None}
     try:
-        report, outcome = gather_and_build(settings, store, issue_date=issue_date, now=started)
+        report, outcomes = gather_and_build(settings, store, issue_date=issue_date, now=started)
         if report is not None:
             fields["new_stories"] = report.new_stories
             if report.failed:
                 fields["failed_feeds"] = ", ".join(r.source.name for r in report.failed)
-        if outcome.issue is None:
-            fields["reason"] = outcome.reason
-        else:
-            fields["issue"] = outcome.issue.id
+        for outcome in outcomes:  # the daily issue's fields as ever; the weekly one's named so
+            named = "" if outcome.edition is Edition.DAILY else f"{outcome.edition}_"
+            if outcome.issue is None:
+                fields[f"{named}reason"] = outcome.reason
+                continue
+            fields[f"{named}issue"] = outcome.issue.id
             store.attach_scheduled_issue(fire_time.astimezone(UTC), outcome.issue.id)
-            fields |= {"stories": outcome.issue.story_count} | _send_fields(
-                send(settings, store, outcome.issue, should_stop=should_stop)
-            )
+            if settings.schedule.review_minutes:  # built late (no scheduler was up): reviewed all the same
+                start_review(settings, store, outcome.issue, send_at=fire_time, now=started)
+            if held := held_reason(store, outcome.issue.id):
+                fields[f"{named}held"] = held
+                if settings.schedule.review_default == "hold" and store.claim_review_note(
+                    outcome.issue.id, SECOND_NOTE
+                ):
+                    mail_review_note(
+                        settings, store, outcome.issue.id, send_at=fire_time, note=SECOND_NOTE, now=started
+                    )
+                continue
+            sent = _send_fields(send(settings, store, outcome.issue, should_stop=should_stop))
+            fields |= {f"{named}{k}": v for k, v in ({"stories": outcome.issue.story_count} | sent).items()}
+            if should_stop():
+                break
     except NewsletterError as exc:
         fields["error"] = str(exc)
     except Exception as exc:  # noqa: BLE001 - a database or a bug: the run still ends, as failed
@@ -180,6 +197,30 @@ def run_scheduled(
     except Exception as exc:  # noqa: BLE001 - the database is down: the line is still logged
         result.fields["error"] = f"{fields.get('error', '')}; the run was not recorded: {exc}".lstrip("; ")
     return result
+
+
+def review_scheduled(
+    settings: Settings, store: Store, fire_time: datetime, *, now: datetime
+) -> dict[str, Any]:
+    """`[schedule] review_minutes` before a fire time: build its issues and mail the editors the
+    first note (once among all schedulers); the fire time itself sends them unless held."""
+    issue_date = fire_time.astimezone(settings.newsletter.tz).date()
+    fields: dict[str, Any] = {"date": issue_date.isoformat(), "send_at": fire_time.isoformat()}
+    try:
+        _, outcomes = gather_and_build(settings, store, issue_date=issue_date, now=now)
+        for outcome in outcomes:
+            named = "" if outcome.edition is Edition.DAILY else f"{outcome.edition}_"
+            if outcome.issue is None:
+                fields[f"{named}reason"] = outcome.reason
+                continue
+            fields[f"{named}issue"] = outcome.issue.id
+            fields[f"{named}notes"] = start_review(settings, store, outcome.issue, send_at=fire_time, now=now)
+    except NewsletterError as exc:
+        fields["error"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a database or a bug: logged, tried again next minute
+        log.exception("the review build for %s failed", fire_time.isoformat())
+        fields["error"] = f"unexpected {type(exc).__name__}: {exc}"[:500]
+    return fields
 
 
 def _send_fields(report: SendReport) -> dict[str, Any]:
@@ -225,6 +266,20 @@ class Scheduler:
         else:
             self.emit(f"run for {fire_time.isoformat()} was taken by another scheduler", result.fields)
 
+    def review_due(self) -> None:
+        """`[schedule] review_minutes` before the next fire time: build and mail the editors."""
+        minutes = self.settings.schedule.review_minutes
+        if not minutes or self.stopping.is_set():
+            return
+        now = self.now()
+        upcoming = next_fire(self.when, now=now)
+        if upcoming is None or upcoming - now > timedelta(minutes=minutes):
+            return
+        with self.lock:
+            fields = review_scheduled(self.settings, self.store, upcoming, now=now)
+        if fields.get("notes") or fields.get("error"):
+            self.emit(f"review {fields_line(fields)}", {"event": "review", **fields})
+
     def resume_unfinished(self) -> None:
         """Issues whose send began and did not end: resume them (retries due, a crash, a stop)."""
         if self.stopping.is_set() or not self.lock.acquire(blocking=False):
@@ -233,7 +288,9 @@ class Scheduler:
             since = (self.now() - timedelta(days=2)).date()
             # what is due goes now; deferred rows wait for their time, without holding this job
             options = send_options(self.settings, wait_for_retries=False)
-            for issue in self.store.unfinished_issues(since=since):
+            # and issues a run found held, approved since: their send time has passed
+            due = [*self.store.unfinished_issues(since=since), *self.store.approved_since_run(since=since)]
+            for issue in due:
                 started = self.now()
                 try:
                     report = send(
@@ -314,6 +371,11 @@ class Scheduler:
         self.scheduler.add_job(
             self.resume_unfinished, "interval", minutes=1, id="resume", coalesce=True, max_instances=1
         )
+        if s.review_minutes:
+            self.review_due()
+            self.scheduler.add_job(
+                self.review_due, "interval", minutes=1, id="review", coalesce=True, max_instances=1
+            )
         b = self.settings.bounces
         if b is not None and b.check_every_minutes > 0:
             self.scheduler.add_job(

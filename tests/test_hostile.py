@@ -310,7 +310,7 @@ def test_no_text_from_a_feed_becomes_a_readers_unsubscribe_link_or_name(
         first_names = [n.split()[0] for n, _ in readers.values()]
         everyones = own_and_others + first_names
 
-        report, outcome = gather_and_build(settings, store, issue_date=now.date(), now=now)
+        report, (outcome, *_) = gather_and_build(settings, store, issue_date=now.date(), now=now)
         assert report is not None and not report.failed and report.new_stories == 3
         issue = outcome.issue
         assert issue is not None and issue.story_count == 3, outcome.reason

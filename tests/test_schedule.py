@@ -372,7 +372,7 @@ def test_a_day_with_too_few_stories_sends_nothing_and_they_wait_for_the_next_day
 
     # one rule for the scheduler and the CLI: once the day's issue is built, no feed is fetched
     fetched = len(feed_server.requests)
-    later = run_scheduled(settings, store, fire + timedelta(days=1, hours=1), now=tomorrow)
+    later = run_scheduled(settings, store, fire + timedelta(days=1, seconds=1), now=tomorrow)  # same day
     assert later.ran and "new_stories" not in later.fields and len(feed_server.requests) == fetched
     built = store.get_issue(busy.issue_id)
     assert built is not None

@@ -11,10 +11,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
@@ -28,11 +28,14 @@ from rich.progress import (
 )
 
 from ..config import Settings, find_config_path, load_settings
-from ..db.models import DeliveryStatus, Issue, SubscriberStatus
+from ..db.models import DeliveryStatus, Edition, Issue, SubscriberStatus
 from ..errors import NewsletterError, NotFoundError, UsageError
 from ..issues.build import BuildOutcome, GatherReport, gather, gather_and_build, today
 from ..store import Store
 from ..subscribers.rules import InvalidSubscriber, check_name, normalise_email
+
+if TYPE_CHECKING:
+    from ..delivery.progress import SendReport
 
 # Piped into a log or a cron mail, tables get room rather than the 80 columns of no terminal.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -181,16 +184,17 @@ def _progress(label: str, *, total: int, quiet: bool) -> Iterator[Callable[..., 
 # -- shared by the command groups ----------------------------------------------------------
 
 
-def _build(app: App, issue_date: date, *, quiet: bool = False) -> BuildOutcome:
+def _build(app: App, issue_date: date, *, quiet: bool = False) -> list[BuildOutcome]:
+    """The date's issues, each edition's (the daily first): built now, built before, or none."""
     with _progress("gathering feeds", total=len(app.settings.sources), quiet=quiet) as tick:
-        report, outcome = gather_and_build(
+        report, outcomes = gather_and_build(
             app.settings, app.store, issue_date=issue_date, now=_now(), on_done=lambda _result: tick()
         )
     if report is not None:
         _say_gathered(report, quiet=quiet)
         if report.results and len(report.failed) == len(report.results):
             err.print("no source could be read; building from the stories already stored", markup=False)
-    return outcome
+    return outcomes
 
 
 def _checked(email: str, name: str | None) -> tuple[str, str | None]:
@@ -216,7 +220,7 @@ def _issue(app: App, issue_id: int | None, *, build_today: bool) -> Issue:
     day = today(app.settings, _now())
     issue = app.store.issue_for_date(day)
     if issue is None and build_today:
-        issue = _build(app, day).issue
+        issue = _build(app, day)[0].issue
     if issue is None:
         raise NotFoundError(f"there is no issue for today ({day}); too few new stories to build one")
     return issue
@@ -242,7 +246,38 @@ def _say_gathered(report: GatherReport, *, quiet: bool) -> None:
         )
 
 
-def _send(app: App, issue: Issue, *, resend_unknown: bool, as_json: bool, wait: bool = False) -> None:
+def _send(
+    app: App, sent: Sequence[Issue], *, resend_unknown: bool, as_json: bool, wait: bool = False
+) -> None:
+    """Send each issue in turn (a day's daily, then its weekly); a pause or a signal ends the
+    sending there. `--json` prints one document: the first issue's keys at the top, as before
+    editions, and every issue's under "issues"."""
+    shown: list[dict[str, Any]] = []
+    try:
+        for issue in sent:
+            report = _send_one(
+                app, issue, resend_unknown=resend_unknown, as_json=as_json, wait=wait, shown=shown
+            )
+            if report.paused:
+                (err if as_json else out).print(
+                    f"issue {issue.id} is paused: stopped claiming after {report.sent} messages, with what "
+                    f"was in flight recorded; 'newsletter resume --issue {issue.id}' continues",
+                    markup=False,
+                )
+                return
+            if report.stopped:
+                raise NewsletterError(
+                    f"stopped by a signal after {report.sent} messages; what was in flight is "
+                    f"recorded, and 'newsletter send --issue {issue.id}' finishes the rest"
+                )
+    finally:
+        if as_json and shown:
+            _print_json(shown[0] | {"issues": shown})
+
+
+def _send_one(
+    app: App, issue: Issue, *, resend_unknown: bool, as_json: bool, wait: bool, shown: list[dict[str, Any]]
+) -> SendReport:
     from ..delivery.sending import send, send_options  # compose, DKIM, the engine: for sends alone
 
     active = app.store.subscriber_counts().get(SubscriberStatus.ACTIVE.value, 0)
@@ -258,53 +293,52 @@ def _send(app: App, issue: Issue, *, resend_unknown: bool, as_json: bool, wait: 
             should_stop=stop.is_set,
         )
     counts = {k: v for k, v in app.store.issue_counts(issue.id)[0].deliveries.items() if v}  # final states
+    shown.append(
+        {
+            "issue": issue.id,
+            "finished": report.finished,
+            "stopped": report.stopped,
+            "paused": report.paused,
+            "seconds": round(report.seconds, 3),
+            "unknown_found": report.unknown_found,
+            "throttled": report.throttled,
+            "edition": issue.edition.value,
+            "variants": report.variants,
+            "this_run": report.counts,  # every attempt's outcome in this run
+            "counts": counts,  # the deliveries' final states
+        }
+    )
     if as_json:
-        _print_json(
-            {
-                "issue": issue.id,
-                "finished": report.finished,
-                "stopped": report.stopped,
-                "paused": report.paused,
-                "seconds": round(report.seconds, 3),
-                "unknown_found": report.unknown_found,
-                "throttled": report.throttled,
-                "this_run": report.counts,  # every attempt's outcome in this run
-                "counts": counts,  # the deliveries' final states
-            }
-        )
-    else:
-        parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        if not report.counts:
-            parts = f"nothing to send ({parts})" if parts else "nothing to send"
-        rate = f" ({report.sent / report.seconds:,.0f} msg/s)" if report.sent and report.seconds else ""
-        out.print(f"issue {issue.id}: {parts} in {report.seconds:.1f} s{rate}", markup=False)
-        if report.unknown_found:
-            err.print(
-                f"{report.unknown_found} messages were in flight when a sender stopped; their fate is "
-                f"unknown (resend them with --resend-unknown)",
-                markup=False,
-            )
-        lost = report.counts.get(DeliveryStatus.UNKNOWN.value, 0)
-        if lost:
-            err.print(
-                f"{lost} messages lost their reply after the final dot: they may have been delivered, "
-                f"so they are not resent unless you say so (send --resend-unknown)",
-                markup=False,
-            )
-        if not report.finished and not report.stopped and not report.paused:
-            out.print("some messages wait for a retry; run send again later to finish", markup=False)
-    if report.paused:
-        out.print(
-            f"issue {issue.id} is paused: stopped claiming after {report.sent} messages, with what was in "
-            f"flight recorded; 'newsletter resume --issue {issue.id}' continues",
+        return report
+    parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    if not report.counts:
+        parts = f"nothing to send ({parts})" if parts else "nothing to send"
+    rate = f" ({report.sent / report.seconds:,.0f} msg/s)" if report.sent and report.seconds else ""
+    label = "" if issue.edition is Edition.DAILY else f" ({issue.edition})"
+    out.print(f"issue {issue.id}{label}: {parts} in {report.seconds:.1f} s{rate}", markup=False)
+    if report.unknown_found:
+        err.print(
+            f"{report.unknown_found} messages were in flight when a sender stopped; their fate is "
+            f"unknown (resend them with --resend-unknown)",
             markup=False,
         )
-        return
-    if report.stopped:
-        raise NewsletterError(
-            f"stopped by a signal after {report.sent} messages; what was in flight is "
-            f"recorded, and 'newsletter send --issue {issue.id}' finishes the rest"
+    lost = report.counts.get(DeliveryStatus.UNKNOWN.value, 0)
+    if lost:
+        err.print(
+            f"{lost} messages lost their reply after the final dot: they may have been delivered, "
+            f"so they are not resent unless you say so (send --resend-unknown)",
+            markup=False,
         )
+    if not report.finished and not report.stopped and not report.paused:
+        out.print("some messages wait for a retry; run send again later to finish", markup=False)
+    return report
+
+
+def _held(app: App, issue_id: int) -> str:
+    """What `run` says of an issue an editor holds ("" when it is not held)."""
+    from ..issues.review import held_reason
+
+    return held_reason(app.store, issue_id)
 
 
 def _sending_issue(app: App, issue_id: int | None) -> Issue:

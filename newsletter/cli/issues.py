@@ -1,7 +1,9 @@
-"""`init`, `gather`, `build`, `pause`, `resume` and `preview`: the issue before it is sent."""
+"""`init`, `gather`, `build`, `pause`, `resume`, `hold`, `approve` and `preview`: the issue before
+it is sent."""
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import click
 from ..config import ensure_secret_key
 from ..db.models import Story
 from ..errors import NewsletterError
+from ..issues.build import BuildOutcome
 from ..private import open_private, private_folder
 from . import (
     App,
@@ -18,6 +21,7 @@ from . import (
     _gather,
     _issue,
     _issue_date,
+    _now,
     _print_json,
     _send,
     _sending_issue,
@@ -83,20 +87,43 @@ def gather(app: App, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def build(app: App, date_text: str | None, as_json: bool) -> None:
-    """Gather, choose the day's stories and store the rendered issue (one per date)."""
-    outcome = _build(app, _issue_date(app, date_text), quiet=as_json)
+    """Gather, choose the day's stories and store the rendered issue (one per date and edition;
+    on the weekly day the weekly edition too)."""
+    outcomes = _build(app, _issue_date(app, date_text), quiet=as_json)
     if as_json:
-        issue = outcome.issue
-        shown: dict[str, Any] | None = None
-        items: list[dict[str, Any]] = []
-        if issue is not None:
-            shown = dict(id=issue.id, date=issue.issue_date, subject=issue.subject, stories=issue.story_count)
-            items = [_item_json(item) for item in app.store.issue_items(issue)]
-        _print_json({"issue": shown, "created": outcome.created, "message": outcome.reason, "items": items})
+        shown = [_outcome_json(app, o) for o in outcomes]
+        # the daily issue's keys at the top, as before editions; every edition's in "issues"
+        _print_json(shown[0] | {"issues": shown})
         return
-    out.print(outcome.reason, markup=False)
-    if outcome.issue is not None:
-        out.print(f"issue {outcome.issue.id}: {outcome.issue.subject}", markup=False)
+    for outcome in outcomes:
+        out.print(outcome.reason, markup=False)
+        if outcome.issue is not None:
+            out.print(f"issue {outcome.issue.id}: {outcome.issue.subject}", markup=False)
+
+
+def _outcome_json(app: App, outcome: BuildOutcome) -> dict[str, Any]:
+    issue = outcome.issue
+    shown: dict[str, Any] | None = None
+    items: list[dict[str, Any]] = []
+    variants = 0
+    if issue is not None:
+        shown = dict(
+            id=issue.id,
+            date=issue.issue_date,
+            edition=issue.edition.value,
+            subject=issue.subject,
+            stories=issue.story_count,
+        )
+        items = [_item_json(item) for item in app.store.issue_items(issue)]
+        variants = 1 + len(app.store.issue_variants(issue.id))
+    return {
+        "issue": shown,
+        "edition": outcome.edition.value,
+        "created": outcome.created,
+        "message": outcome.reason,
+        "variants": variants,
+        "items": items,
+    }
 
 
 def _item_json(item: list[Story]) -> dict[str, Any]:
@@ -137,7 +164,42 @@ def resume(app: App, issue_id: int | None, no_send: bool, as_json: bool) -> None
     if no_send:
         out.print(f"issue {issue.id} resumed; the scheduler or 'newsletter send' continues it", markup=False)
         return
-    _send(app, issue, resend_unknown=False, as_json=as_json)
+    _send(app, [issue], resend_unknown=False, as_json=as_json)
+
+
+@main.command()
+@click.option("--issue", "issue_id", type=int, help="an issue id (default: today's)")
+@pass_app
+def hold(app: App, issue_id: int | None) -> None:
+    """Hold a built issue: the scheduler and `run` do not send it until it is approved."""
+    _hold_or_approve(app, issue_id, held=True)
+
+
+@main.command()
+@click.option("--issue", "issue_id", type=int, help="an issue id (default: today's)")
+@pass_app
+def approve(app: App, issue_id: int | None) -> None:
+    """Approve a built issue: it goes out at the scheduled time (or with `send` now)."""
+    _hold_or_approve(app, issue_id, held=False)
+
+
+def _hold_or_approve(app: App, issue_id: int | None, *, held: bool) -> None:
+    from ..issues.edits import Action, hold_issue
+
+    issue = _issue(app, issue_id, build_today=False)
+    action = Action.HOLD if held else Action.APPROVE
+    changed = hold_issue(app.store, issue.id, action, who=f"{getpass.getuser()} (command line)", now=_now())
+    state = "held" if held else "approved"
+    said = f"issue {issue.id} {'is now' if changed else 'was already'} {state}"
+    out.print(
+        said
+        + (
+            f"; the scheduler and 'run' do not send it until 'newsletter approve --issue {issue.id}'"
+            if held
+            else "; it goes out at the scheduled time, or now with 'newsletter send'"
+        ),
+        markup=False,
+    )
 
 
 @main.command()

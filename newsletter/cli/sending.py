@@ -10,7 +10,7 @@ from rich.table import Table
 from ..db.models import DeliveryStatus
 from ..errors import NotFoundError
 from ..reports import complaint_warning, engagement
-from . import App, _build, _issue, _issue_date, _now, _print_json, _send, err, main, out, pass_app
+from . import App, _build, _held, _issue, _issue_date, _now, _print_json, _send, err, main, out, pass_app
 
 # -- send, run, status --------------------------------------------------------------------------
 
@@ -22,21 +22,33 @@ from . import App, _build, _issue, _issue_date, _now, _print_json, _send, err, m
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def send(app: App, issue_id: int | None, wait: bool, resend_unknown: bool, as_json: bool) -> None:
-    """Deliver an issue to every active subscriber who has not had it (resumes, never repeats)."""
+    """Deliver an issue to every active subscriber who has not had it (resumes, never repeats);
+    without --issue, today's (the daily, then the weekly on its day)."""
     issue = _issue(app, issue_id, build_today=False)
-    _send(app, issue, resend_unknown=resend_unknown, as_json=as_json, wait=wait)
+    issues = [issue]
+    if issue_id is None and app.settings.digest.weekly:  # the weekly edition only while there is one
+        issues += app.store.issues_of_date(issue.issue_date)[1:]
+    _send(app, issues, resend_unknown=resend_unknown, as_json=as_json, wait=wait)
 
 
 @main.command()
 @click.option("--date", "date_text", metavar="YYYY-MM-DD", help="the issue's date (default: today)")
 @pass_app
 def run(app: App, date_text: str | None) -> None:
-    """The main job once: build the day's issue, then send it."""
-    outcome = _build(app, _issue_date(app, date_text))
-    out.print(outcome.reason, markup=False)
-    if outcome.issue is None:
-        return
-    _send(app, outcome.issue, resend_unknown=False, as_json=False)
+    """The main job once: build the day's issue (and on the weekly day the weekly one), then send it."""
+    outcomes = _build(app, _issue_date(app, date_text))
+    for outcome in outcomes:
+        out.print(outcome.reason, markup=False)
+    built = []
+    for outcome in outcomes:
+        if outcome.issue is None:
+            continue
+        if held := _held(app, outcome.issue.id):
+            out.print(held, markup=False)
+            continue
+        built.append(outcome.issue)
+    if built:
+        _send(app, built, resend_unknown=False, as_json=False)
 
 
 @main.command()
@@ -55,9 +67,12 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
                     {
                         "id": r.issue_id,
                         "date": r.issue_date,
+                        "edition": r.edition,
+                        "variants": r.variants + 1,
                         "subject": r.subject,
                         "status": r.status,
                         "paused": r.paused,
+                        "held": r.held,
                         "stories": r.story_count,
                         "created_at": r.created_at,
                         "sent_at": r.sent_at,
@@ -88,8 +103,8 @@ def status(app: App, issue_id: int | None, as_json: bool) -> None:
     for r in rows:
         table.add_row(
             str(r.issue_id),
-            r.issue_date.isoformat(),
-            f"{r.status} (paused)" if r.paused else r.status,
+            r.issue_date.isoformat() + ("" if r.edition == "daily" else f" {r.edition}"),
+            f"{r.status} (paused)" if r.paused else f"{r.status} (held)" if r.held else r.status,
             r.subject,
             *(str(r.deliveries.get(s.value, 0)) for s in _SHOWN),
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-__all__ = ["Digest", "Section", "DigestStory", "choose", "issue_window"]
+__all__ = ["Digest", "Section", "DigestStory", "assembled", "choose", "issue_window", "narrowed"]
 
 # A story with a picture or a summary beats a slightly newer bare headline.
 IMAGE_BONUS = timedelta(hours=2)
@@ -87,6 +87,7 @@ class Digest:
     sections: tuple[Section, ...]
     # stories left out as exact copies of a chosen one (same link or headline): used all the same
     copies: tuple[int, ...] = ()
+    weekly: bool = False  # the weekly edition: the best of the seven days to issue_date
 
     @property
     def stories(self) -> tuple[DigestStory, ...]:
@@ -137,14 +138,46 @@ def choose(
     chosen = sorted(items, key=lambda s: (s.coverage, s.score, s.id), reverse=True)[:max_stories]
     if not chosen or len(chosen) < min_stories:
         return None
-    # an undated story (or one dated in the future) may be chosen, never the lead by its newness
-    lead = max(chosen, key=lambda s: (s.coverage, s.dated, s.score, bool(s.image), s.id))
+    lead = max(chosen, key=_as_lead)
     rest = [s for s in chosen if s is not lead]
     order = {name: i for i, name in enumerate(dict.fromkeys(section_order))}
     names = sorted({s.section for s in rest}, key=lambda n: (order.get(n, len(order)), n.lower()))
     sections = tuple(Section(n, tuple(s for s in rest if s.section == n)) for n in names)
     told = {t.id for s in chosen for t in (s, *s.also)}
     return Digest(issue_date, lead, sections, copies=tuple(c for c, of in hidden if of in told))
+
+
+def _as_lead(s: DigestStory) -> tuple[int, bool, datetime, bool, int]:
+    """How an item ranks for the lead: the widest covered; an undated story (or one dated in the
+    future) may be chosen, never the lead by its newness."""
+    return (s.coverage, s.dated, s.score, bool(s.image), s.id)
+
+
+def assembled(issue_date: date, items: Sequence[DigestStory], *, weekly: bool = False) -> Digest | None:
+    """A stored issue as a digest again: its items in reading order (the lead first, then each
+    section's), each with its other sources in `also`. None for an issue without items."""
+    if not items:
+        return None
+    lead, *rest = items
+    names = list(dict.fromkeys(s.section for s in rest))
+    sections = tuple(Section(n, tuple(s for s in rest if s.section == n)) for n in names)
+    return Digest(issue_date, lead, sections, weekly=weekly)
+
+
+def narrowed(digest: Digest, theirs: Callable[[DigestStory], bool]) -> Digest | None:
+    """The digest as a reader gets it (SPEC 8): the items `theirs` keeps (their sections', and those
+    of sources without a section), in the issue's order; the lead is the best of them by the
+    lead's own rule. None when nothing is left for the reader."""
+    kept = [s for s in digest.stories if theirs(s)]
+    if not kept:
+        return None
+    lead = digest.lead if theirs(digest.lead) else max(kept, key=_as_lead)
+    sections = tuple(
+        Section(sec.name, tuple(s for s in sec.stories if theirs(s) and s is not lead))
+        for sec in digest.sections
+    )
+    kept_sections = tuple(sec for sec in sections if sec.stories)
+    return replace(digest, lead=lead, sections=kept_sections)
 
 
 def _embeddings(stories: Sequence[DigestStory]) -> NDArray[np.float32] | None:

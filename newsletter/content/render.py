@@ -104,14 +104,17 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def render_issue(digest: Digest, settings: Settings, *, issue_id: int | None) -> RenderedIssue:
+def render_issue(
+    digest: Digest, settings: Settings, *, issue_id: int | None, subject: str | None = None, intro: str = ""
+) -> RenderedIssue:
     """The issue's HTML (CSS inlined) and text with new placeholders; `issue_id` None leaves its
-    placeholder in its place."""
+    placeholder in its place. `subject` and `intro` are an editor's (SPEC 9): plain text, escaped
+    like a feed's; None is the configured subject."""
     n = settings.newsletter
     links = Links(n.base_url)
     names = Placeholders.new()
     tz = n.tz
-    subject = render_subject(settings.digest.subject, digest)
+    subject = one_line(subject) if subject else render_subject(settings.digest.subject, digest)
     preheader = _preheader(digest)
 
     def when(story: DigestStory) -> str:
@@ -124,7 +127,8 @@ def render_issue(digest: Digest, settings: Settings, *, issue_id: int | None) ->
         "newsletter": n,
         "subject": subject,
         "preheader": preheader,
-        "date_label": long_date(digest.issue_date),
+        "date_label": ("The week to " if digest.weekly else "") + long_date(digest.issue_date),
+        "weekly": digest.weekly,
         "lead": digest.lead,
         "sections": digest.sections,
         "story_count": len(digest.stories),
@@ -132,6 +136,7 @@ def render_issue(digest: Digest, settings: Settings, *, issue_id: int | None) ->
         "archive_url": links.archived_issue(names.issue_id if issue_id is None else issue_id),
         "signup_url": links.signup(),
         "greeting": names.greeting,
+        "intro": intro,
         "unsubscribe_url": names.unsubscribe_url,
         "preferences_url": names.preferences_url,
     }
@@ -144,13 +149,19 @@ def render_issue(digest: Digest, settings: Settings, *, issue_id: int | None) ->
 def render_subject(expression: str, digest: Digest) -> str:
     template = SandboxedEnvironment(autoescape=False).from_string(expression)
     subject = template.render(
-        date=short_date(digest.issue_date),
+        date=("Week to " if digest.weekly else "") + short_date(digest.issue_date),
+        weekly=digest.weekly,
         issue_date=digest.issue_date,
         lead=digest.lead,
         stories=digest.stories,
         sections=digest.sections,
     )
-    return " ".join(subject.split())[:250]  # one line: no CR or LF can reach the header
+    return one_line(subject)
+
+
+def one_line(text: str) -> str:
+    """A subject as a header takes it: one line (no CR or LF can reach the header), 250 at most."""
+    return " ".join(text.split())[:250]
 
 
 def inline_css(html: str) -> str:

@@ -133,9 +133,12 @@ class StoryRepository(Database):
             st.embedding = b
         return len(lacking)
 
-    def unused_stories(self, *, since: datetime, until: datetime) -> list[Story]:
-        """Stories in no issue yet, published (or, undated, fetched) within [since, until]."""
+    def unused_stories(self, *, since: datetime, until: datetime, used_too: bool = False) -> list[Story]:
+        """Stories in no issue yet, published (or, undated, fetched) within [since, until]; with
+        `used_too`, those a daily issue told as well (the weekly edition retells the week)."""
         when = func.coalesce(Story.published_at, Story.fetched_at)
         with self.read() as s:
-            q = select(Story).where(Story.issue_id.is_(None), when >= since, when <= until)
+            q = select(Story).where(when >= since, when <= until)
+            if not used_too:
+                q = q.where(Story.issue_id.is_(None))
             return list(s.scalars(q.order_by(Story.id)))

@@ -109,9 +109,22 @@ class Database:
         cfg = Config()
         cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
         with self.guarded():
-            with self.engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+            with self.engine.connect() as conn:
+                raw = conn.connection.dbapi_connection if self.is_sqlite else None
+                if raw is not None:  # SQLite's way to rebuild a table others point at: keys off,
+                    raw.execute("PRAGMA foreign_keys=OFF")  # outside the transaction, then checked
+                try:
+                    with conn.begin():
+                        cfg.attributes["connection"] = conn
+                        command.upgrade(cfg, "head")
+                        if raw is not None and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
+                            raise DatabaseError(
+                                f"{self.described} could not be migrated: a row would point at nothing",
+                                "foreign key check failed",
+                            )
+                finally:
+                    if raw is not None:
+                        raw.execute("PRAGMA foreign_keys=ON")
             with self.engine.connect() as conn:
                 return MigrationContext.configure(conn).get_current_revision() or ""
 

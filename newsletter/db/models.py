@@ -12,6 +12,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    UniqueConstraint,
     false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -30,9 +31,12 @@ __all__ = [
     "Delivery",
     "DeliveryStatus",
     "DeliveryTally",
+    "Edition",
     "FeedState",
     "Issue",
+    "IssueEdit",
     "IssueStatus",
+    "IssueVariant",
     "ScheduledRun",
     "Frequency",
     "PreferenceTally",
@@ -86,6 +90,14 @@ class IssueStatus(enum.StrEnum):
     BUILT = "built"
     SENDING = "sending"
     SENT = "sent"
+
+
+class Edition(enum.StrEnum):
+    """Which issue of a date: the daily one (daily readers), or the weekly one on `weekly_day`
+    (weekly readers). One issue per (date, edition)."""
+
+    DAILY = "daily"
+    WEEKLY = "weekly"
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -213,7 +225,10 @@ class Issue(Base):
     __tablename__ = "issues"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    issue_date: Mapped[date] = mapped_column(Date, unique=True)
+    issue_date: Mapped[date] = mapped_column(Date)
+    edition: Mapped[Edition] = mapped_column(
+        StateColumn(Edition), default=Edition.DAILY, server_default=Edition.DAILY.value
+    )
     subject: Mapped[str] = mapped_column(StoredText())
     preheader: Mapped[str] = mapped_column(StoredText(), default="")
     html: Mapped[str] = mapped_column(StoredText())
@@ -233,6 +248,56 @@ class Issue(Base):
     # The issue's items in reading order, each a list of story ids: the story shown first, then the
     # other sources that told the same event ("Also covered by"). None for an issue built before.
     items: Mapped[list[list[int]] | None] = mapped_column(StoredJSON())
+    # The editor's hour (SPEC 9): items an editor dropped (restorable), the subject they wrote
+    # (None: the configured one), their intro; held: the scheduler and `run` do not send it.
+    dropped: Mapped[list[list[int]] | None] = mapped_column(StoredJSON())
+    chosen_subject: Mapped[str | None] = mapped_column(StoredText())
+    intro: Mapped[str] = mapped_column(StoredText(), default="", server_default="")
+    held: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Raised by every edit of what the issue tells: a rendering made from an older version is
+    # never stored, and a send whose audience was fixed from one does not begin.
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # the "Review:" notes mailed to the editors (the first when built ahead, the second when the
+    # send time passed while held): claimed by raising it, so two schedulers mail each once
+    review_notes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+    __table_args__ = (UniqueConstraint("issue_date", "edition", name="uq_issues_date_edition"),)
+
+
+class IssueEdit(Base):
+    """One editor's change to an issue before its send began (SPEC 9): who, when, what."""
+
+    __tablename__ = "issue_edits"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id"))
+    who: Mapped[str] = mapped_column(StoredString(widths.NAME))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    action: Mapped[str] = mapped_column(StoredString(widths.STATE))  # an issues.edits.Action
+    detail: Mapped[str] = mapped_column(StoredText(), default="")
+
+    __table_args__ = (Index("ix_issue_edits_issue", "issue_id", "id"),)
+
+
+class IssueVariant(Base):
+    """One rendering of an issue for one set of sections its audience holds (SPEC 8): made at
+    build time and when the send's audience is fixed, never per reader. A delivery names its
+    variant; a delivery without one gets the issue's own rendering (every section)."""
+
+    __tablename__ = "issue_variants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id"))
+    # the sections this rendering holds, in one spelling (SectionSet: a sorted JSON list)
+    sections: Mapped[tuple[str, ...]] = mapped_column(SectionSet())
+    subject: Mapped[str] = mapped_column(StoredText())
+    preheader: Mapped[str] = mapped_column(StoredText(), default="")
+    html: Mapped[str] = mapped_column(StoredText())
+    text: Mapped[str] = mapped_column(StoredText())
+    story_count: Mapped[int] = mapped_column(Integer, default=0)
+    placeholder_key: Mapped[str | None] = mapped_column(StoredString(widths.PLACEHOLDER_KEY))
+
+    __table_args__ = (UniqueConstraint("issue_id", "sections", name="uq_issue_variants_sections"),)
 
 
 class Story(Base):
@@ -273,6 +338,8 @@ class Delivery(Base):
     # The sender that holds the row; a claim is a lease, never a sign that the message is in flight.
     claimed_by: Mapped[str | None] = mapped_column(StoredString(widths.SENDER_ID))
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The rendering this reader gets, fixed with the audience (None: the issue's own, every section).
+    variant_id: Mapped[int | None] = mapped_column(ForeignKey("issue_variants.id"))
 
     __table_args__ = (Index("ix_deliveries_issue_status", "issue_id", "status", "subscriber_id"),)
 

@@ -101,7 +101,10 @@ class SectionSet(TypeDecorator[tuple[str, ...]]):
     def process_result_value(self, value: Any, dialect: Dialect) -> tuple[str, ...] | None:
         if value is None:
             return None
-        found = json.loads(value)
+        try:
+            found = json.loads(value)
+        except ValueError:  # a value edited by hand: every section
+            return ()
         return tuple(str(v) for v in found) if isinstance(found, list) else ()
 
 

@@ -3,21 +3,29 @@ recorded by the ledger, counted at the end. DeliveryRepository is the engine's D
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Text,
     and_,
     case,
     delete,
     func,
     literal,
+    null,
     or_,
     select,
     text,
+    type_coerce,
     update,
 )
+from sqlalchemy.orm import Session
 
 from ..db.engine import Database
 from ..db.models import (
@@ -25,6 +33,7 @@ from ..db.models import (
     DeliveryStatus,
     Issue,
     IssueStatus,
+    IssueVariant,
     Sender,
     Subscriber,
     SubscriberStatus,
@@ -32,39 +41,107 @@ from ..db.models import (
 from ..db.tallies import ACCEPTED, count_deliveries
 from ..errors import SendBusyError
 from .ledger import DeliveryLedger
-from .records import Enrolment
+from .records import WHOLE_ISSUE, Audience, AudienceChanged, Enrolment, Rendering
 
-__all__ = ["DeliveryRepository"]
+__all__ = ["NOTHING_OF_THEIRS", "DeliveryRepository"]
+
+NOTHING_OF_THEIRS = "no story of the reader's sections is in this issue"
+
+
+def _stored_sections(spelling: str | None) -> tuple[str, ...]:
+    """A stored set of sections as SectionSet reads it; a value edited by hand into something else
+    is every section (as SectionSet reads it too), never a failed send."""
+    try:
+        found = json.loads(spelling or "[]")
+    except ValueError:
+        return ()
+    return tuple(str(v) for v in found) if isinstance(found, list) else ()
+
+
+def _decided(audience: Audience, spellings: Iterable[str]) -> tuple[dict[str, int], list[str]]:
+    """For each stored set of sections among the readers: its rendering (those that get a variant
+    of their own), and the sets whose readers get nothing. AudienceChanged names the sets whose
+    rendering is missing."""
+    variant: dict[str, int] = {}
+    skipped: list[str] = []
+    missing: list[tuple[str, ...]] = []
+    for spelling in spellings:
+        key = audience.key_of(_stored_sections(spelling))
+        if key is None:
+            skipped.append(spelling)
+        elif key not in audience.variants:
+            missing.append(key)
+        elif audience.variants[key] != WHOLE_ISSUE:
+            variant[spelling] = audience.variants[key]
+    if missing:
+        raise AudienceChanged(sorted(set(missing)))
+    return variant, skipped
+
+
+def _at(version: int | None) -> list[ColumnElement[bool]]:
+    return [] if version is None else [Issue.version == version]
 
 
 class DeliveryRepository(Database):
     """What the send loop asks of the database (delivery.records.DeliveryStore)."""
 
-    def start_send(self, issue_id: int) -> int:
+    def start_send(self, issue_id: int, audience: Audience | None = None) -> int:
         """The issue's audience, fixed once: when its send first begins (the issue leaves `built`),
-        one delivery row per subscriber active at that moment. Any later call adds nobody, so a
-        re-run, a resume or a resend never reaches a reader who joined after the issue went out.
-        Returns the rows made."""
-        stmt = self._insert(Delivery).from_select(
-            ["issue_id", "subscriber_id", "status", "attempts"],
-            select(
-                literal(issue_id),
-                Subscriber.id,
-                literal(DeliveryStatus.PENDING.value),
-                literal(0),
-            ).where(Subscriber.status == SubscriberStatus.ACTIVE),
-        )
+        one delivery row per subscriber active at that moment (of the audience's frequencies),
+        naming the rendering each gets; a reader with nothing in the issue gets a `skipped` row,
+        counted and never sent. Any later call adds nobody, so a re-run, a resume or a resend never
+        reaches a reader who joined after the issue went out, and a reader who changes their
+        choice after it gets what was decided. Returns the rows made. AudienceChanged (and nothing
+        done) when a reader's sections need a rendering that `audience` does not have."""
+        audience = audience or Audience()
+        readers = Subscriber.status == SubscriberStatus.ACTIVE
+        if audience.frequencies is not None:
+            readers = and_(readers, Subscriber.frequency.in_(audience.frequencies))
+        stored = type_coerce(Subscriber.sections, Text)  # each set's one spelling (SectionSet)
         with self.write() as s:
             # the first caller moves the issue on and makes the rows; a concurrent one waits on this
             # row lock (PostgreSQL) or the write lock (SQLite), then finds it moved and adds nothing
             began = s.execute(
                 update(Issue)
-                .where(Issue.id == issue_id, Issue.status == IssueStatus.BUILT)
+                .where(Issue.id == issue_id, Issue.status == IssueStatus.BUILT, *_at(audience.version))
                 .values(status=IssueStatus.SENDING, counts=None)
             )
             if not began.rowcount:  # type: ignore[attr-defined]
+                if audience.version is not None and s.scalar(
+                    select(Issue.id).where(Issue.id == issue_id, Issue.status == IssueStatus.BUILT)
+                ):  # an editor changed it since its renderings were read: read them again
+                    raise AudienceChanged([])
                 return 0
-            s.execute(stmt)
+            if not self.is_sqlite:  # no reader changes their sections between the look and the rows
+                s.execute(text("LOCK TABLE subscribers IN SHARE MODE"))
+            spellings = list(s.scalars(select(stored).where(readers).group_by(stored)))
+            try:
+                variant, skipped = _decided(audience, spellings)
+            except AudienceChanged as changed:
+                if audience.render is None:
+                    raise
+                made = {
+                    key: self._add_rendering(s, issue_id, key, audience.render(key))
+                    for key in changed.missing
+                }
+                audience = replace(audience, variants={**audience.variants, **made})
+                variant, skipped = _decided(audience, spellings)
+            reply: ColumnElement[Any] = literal(None, Text)
+            status: ColumnElement[Any] = literal(DeliveryStatus.PENDING.value)
+            if skipped:
+                status = case(
+                    {sp: DeliveryStatus.SKIPPED.value for sp in skipped}, value=stored, else_=status
+                )
+                reply = case({sp: NOTHING_OF_THEIRS for sp in skipped}, value=stored, else_=reply)
+            chosen = case(variant, value=stored, else_=null()) if variant else literal(None, Integer)
+            s.execute(
+                self._insert(Delivery).from_select(
+                    ["issue_id", "subscriber_id", "status", "attempts", "last_reply", "variant_id"],
+                    select(literal(issue_id), Subscriber.id, status, literal(0), reply, chosen).where(
+                        readers
+                    ),
+                )
+            )
             # INSERT's rowcount is not reported on every driver: the issue's tally says how many
             added = sum(count_deliveries(s, [issue_id])[0][issue_id].values())
         if added and not self.is_sqlite:  # fresh statistics, so the claims' plans use the indexes
@@ -72,6 +149,16 @@ class DeliveryRepository(Database):
                 conn.execute(text("ANALYZE deliveries"))
                 conn.commit()
         return added
+
+    def _add_rendering(self, s: Session, issue_id: int, key: tuple[str, ...], rendering: Rendering) -> int:
+        """Store a rendering within the transaction fixing the audience; one another process
+        stored first for the same set is used instead."""
+        values = rendering._asdict() | {"issue_id": issue_id, "sections": key}
+        s.execute(self._insert(IssueVariant).values(values).on_conflict_do_nothing())
+        found: int = s.scalars(
+            select(IssueVariant.id).where(IssueVariant.issue_id == issue_id, IssueVariant.sections == key)
+        ).one()
+        return found
 
     def register_sender(self, enrolment: Enrolment) -> int:
         """Enrol a sender for an issue; returns how many rows of dead senders became `unknown`.

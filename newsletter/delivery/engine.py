@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from ..db.models import DeliveryStatus
@@ -295,6 +295,7 @@ def send_issue(
     tokens: Tokens,
     *,
     issue_id: int,
+    variants: Mapping[int, MessageTemplate] | None = None,
     mail_from: str | Callable[[int], str],
     options: SendOptions = SendOptions(),  # noqa: B008 - frozen
     resend_unknown: bool = False,
@@ -306,7 +307,8 @@ def send_issue(
     """Send an issue to every active subscriber who has not had it, over `options.connections`
     transports made by `connect`. Re-running it resumes; it never sends a row twice; a paused
     issue is refused. `mail_from` is the envelope sender, or a function of the subscriber id that
-    makes it (VERP)."""
+    makes it (VERP). `variants`: the renderings for readers of some sections (SPEC 8), by id; the
+    audience names each reader's (delivery.sending fixes it before it calls this)."""
     job = SenderJob(
         connect,
         template,
@@ -314,6 +316,7 @@ def send_issue(
         mail_from if callable(mail_from) else _constant(mail_from),
         issue_id,
         reconnect_seconds=options.reconnect_seconds,
+        variants=variants or {},
     )
     sender = _Send(
         store,

@@ -120,17 +120,15 @@ class DeliveryLedger:
             claimed: list[DeliveryTarget] = []
             if g.claim_args["limit"] > 0:
                 cur.execute(sql["claim"], g.claim_args)
-                attempts = dict(cur.fetchall())
-                if attempts:
-                    ids = sorted(attempts)
+                rows = {i: (attempts, variant) for i, attempts, variant in cur.fetchall()}
+                if rows:
+                    ids = sorted(rows)
                     cur.execute(
                         f"SELECT id, email, name FROM subscribers WHERE id IN ({','.join('?' * len(ids))})",
                         ids,
                     )
                     people = {i: (e, n) for i, e, n in cur.fetchall()}
-                    claimed = [
-                        DeliveryTarget(i, people[i][0], people[i][1], attempts[i]) for i in ids if i in people
-                    ]
+                    claimed = [DeliveryTarget(i, *people[i], *rows[i]) for i in ids if i in people]
             if g.beat:
                 cur.execute(sql["heartbeat"], (self._time(g.now), self.sender_id))
                 if cur.rowcount != 1:
@@ -237,7 +235,7 @@ _SQLITE_SQL = {  # one sender per issue on SQLite, and one host: its clock is th
     "SELECT subscriber_id FROM deliveries WHERE issue_id = :issue "
     "AND (status = {pending} OR (status = {deferred} AND next_attempt_at <= :now)) "
     "AND (claimed_by IS NULL OR claimed_until < :now) ORDER BY subscriber_id LIMIT :limit) "
-    "RETURNING subscriber_id, attempts",
+    "RETURNING subscriber_id, attempts, COALESCE(variant_id, 0)",
     "enrolled": "SELECT 1 FROM senders WHERE id = ?",
     "heartbeat": "UPDATE senders SET heartbeat_at = ? WHERE id = ?",
 }
@@ -252,8 +250,8 @@ _POSTGRES_SQL = {
     "FOR UPDATE SKIP LOCKED), "
     "claimed AS (UPDATE deliveries d SET claimed_by = %(sender)s, claimed_until = %(until)s FROM picked "
     "WHERE d.issue_id = %(issue)s AND d.subscriber_id = picked.subscriber_id "
-    "RETURNING d.subscriber_id, d.attempts) "
-    "SELECT c.subscriber_id, s.email, s.name, c.attempts FROM claimed c "
+    "RETURNING d.subscriber_id, d.attempts, COALESCE(d.variant_id, 0) AS variant) "
+    "SELECT c.subscriber_id, s.email, s.name, c.attempts, c.variant FROM claimed c "
     "JOIN subscribers s ON s.id = c.subscriber_id",
     "enrolled": "SELECT 1 FROM senders WHERE id = ? FOR KEY SHARE",
     "heartbeat": "UPDATE senders SET heartbeat_at = COALESCE(now(), ?) WHERE id = ?",

@@ -66,6 +66,7 @@ class SendReport:
     paused: bool = False  # the operator paused the issue: this send stopped claiming and ended
     throttled: int = 0
     seconds: float = 0.0
+    variants: int = 1  # renderings the messages were composed from (SPEC 8)
 
     def add(self, status: DeliveryStatus) -> None:
         self.counts[status.value] = self.counts.get(status.value, 0) + 1

@@ -4,15 +4,21 @@ of the database (`Ledger`, `DeliveryStore`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import NamedTuple, Protocol
 
-from ..db.models import DeliveryStatus
+from ..db.models import DeliveryStatus, Frequency
+from ..errors import NewsletterError
 
 __all__ = [
     "NO_ISSUE",
+    "WHOLE_ISSUE",
+    "Audience",
+    "AudienceChanged",
+    "Rendering",
     "DeliveryStore",
     "DeliveryTarget",
     "Enrolment",
@@ -26,11 +32,55 @@ __all__ = [
 NO_ISSUE = 0  # in a VERP token: a mail of no issue (a signup's confirmation)
 
 
+WHOLE_ISSUE = 0  # a delivery's variant when it gets the issue's own rendering (every section)
+
+
 class DeliveryTarget(NamedTuple):
     subscriber_id: int
     email: str
     name: str | None
     attempts: int
+    variant: int = WHOLE_ISSUE  # the rendering this reader gets (an issue_variants id)
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who an issue goes to and which rendering each reader gets, decided when its send first
+    starts (SPEC 8). `frequencies`: the readers' frequencies it goes to (None: every active
+    reader). `key_of` turns a reader's stored sections into the sections their issue holds
+    (None: nothing of theirs is in it, so they get no mail, counted `skipped`); `variants` maps
+    each such key to its rendering's id, or to WHOLE_ISSUE for the issue's own. None as a whole
+    is the issue's own rendering for every active reader. An editor's change since `version`
+    means other renderings: the send does not begin (AudienceChanged)."""
+
+    frequencies: tuple[Frequency, ...] | None = None
+    key_of: Callable[[tuple[str, ...]], tuple[str, ...] | None] = lambda _sections: ()
+    variants: Mapping[tuple[str, ...], int] = field(default_factory=lambda: {(): WHOLE_ISSUE})
+    # the issue's version (issues.edits) the renderings were read at: None, whatever it is now
+    version: int | None = None
+    # renders a key that has no rendering yet (a set chosen since the others were made); called
+    # while the audience is being fixed, so a reader cannot keep it from being fixed
+    render: Callable[[tuple[str, ...]], Rendering] | None = None
+
+
+class Rendering(NamedTuple):
+    """One rendering of an issue for a set of sections, as issue_variants stores it."""
+
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    story_count: int
+    placeholder_key: str | None
+
+
+class AudienceChanged(NewsletterError):
+    """Readers chose a set of sections that has no rendering yet, after the renderings were made:
+    the audience is not fixed; render `missing` and try again."""
+
+    def __init__(self, missing: Sequence[tuple[str, ...]]) -> None:
+        super().__init__(f"{len(missing)} sets of sections have no rendering yet")
+        self.missing = list(missing)
 
 
 class MarkResult(Enum):
@@ -107,7 +157,7 @@ class DeliveryStore(Protocol):
     def register_sender(self, enrolment: Enrolment) -> int: ...
     def deregister_sender(self, sender_id: str) -> None: ...
     def requeue_unknown(self, issue_id: int) -> int: ...
-    def start_send(self, issue_id: int) -> int: ...
+    def start_send(self, issue_id: int, audience: Audience | None = None) -> int: ...
     def release(self, issue_id: int, sender_id: str, subscriber_ids: list[int]) -> None: ...
     def ledger(self, issue_id: int, sender_id: str) -> Ledger: ...
     def next_deferred_at(self, issue_id: int) -> datetime | None: ...

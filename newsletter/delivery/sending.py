@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Settings, read_secret_key
 from ..content.render import Placeholders, RenderedIssue
-from ..db.models import DeliveryStatus, Issue
+from ..db.models import DeliveryStatus, Issue, IssueVariant
 from ..errors import NewsletterError
 from ..links import TEST_COPIES, outbox_copies_of, test_copy_key
 from .compose import MessageTemplate, Recipient
@@ -34,16 +34,20 @@ __all__ = [
 ]
 
 
-def issue_template(settings: Settings, issue: Issue, *, subject_prefix: str = "") -> MessageTemplate:
-    """The issue encoded once, signed per message when `[dkim]` is set (the key read here, once);
-    each reader's preference link signed as it is composed."""
+def issue_template(
+    settings: Settings, issue: Issue, *, subject_prefix: str = "", rendering: IssueVariant | None = None
+) -> MessageTemplate:
+    """The issue encoded once (or one of its renderings for readers of some sections), signed per
+    message when `[dkim]` is set (the key read here, once); each reader's preference link signed as
+    it is composed."""
     n = settings.newsletter
+    shown: Issue | IssueVariant = rendering or issue
     rendered = RenderedIssue(
-        issue.subject,
-        issue.preheader,
-        html=issue.html,
-        text=issue.text,
-        placeholders=Placeholders.of(issue.placeholder_key),
+        shown.subject,
+        shown.preheader,
+        html=shown.html,
+        text=shown.text,
+        placeholders=Placeholders.of(shown.placeholder_key),
     )
     return MessageTemplate(
         rendered,
@@ -93,21 +97,30 @@ def send(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> SendReport:
     """Send an issue over the configured transport, one connection per `[smtp] connections`; a
-    paused issue is refused."""
+    paused issue is refused. Its audience is fixed first (issues.variants), when its send begins:
+    each reader of its edition with the rendering of their sections."""
+    from ..issues.variants import fix_audience
+
     options = options or send_options(settings)
     tokens = Tokens(read_secret_key(settings))
-    return send_issue(
+    added = 0 if store.is_paused(issue.id) else fix_audience(settings, store, issue)
+    variants = {v.id: issue_template(settings, issue, rendering=v) for v in store.issue_variants(issue.id)}
+    report = send_issue(
         store,
         lambda: open_transport(settings),
         issue_template(settings, issue),
         tokens,
         issue_id=issue.id,
+        variants=variants,
         mail_from=envelope_sender(settings, tokens, issue.id),
         options=options,
         resend_unknown=resend_unknown,
         on_result=on_result,
         should_stop=should_stop,
     )
+    report.added += added
+    report.variants = 1 + len(variants)
+    return report
 
 
 def send_test_copy(settings: Settings, store: Store, issue: Issue, address: str) -> None:

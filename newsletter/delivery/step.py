@@ -8,8 +8,8 @@ what differs: a queue and the ledger thread, or a pipe to the owner."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..errors import NewsletterError, TransportError
@@ -17,7 +17,7 @@ from ..links import issue_copy_key
 from .compose import MessageTemplate, Recipient
 from .pacing import reconnect_wait
 from .progress import Progress
-from .records import DeliveryStore, DeliveryTarget
+from .records import WHOLE_ISSUE, DeliveryStore, DeliveryTarget
 from .replies import SendResult
 from .tokens import Tokens
 from .transport import Envelope, Transport
@@ -34,11 +34,12 @@ class SenderJob:
     inherits it at the fork)."""
 
     connect: Callable[[], Transport]
-    template: MessageTemplate
+    template: MessageTemplate  # the issue's own rendering (every section)
     tokens: Tokens
     mail_from: Callable[[int], str]
     issue_id: int
     reconnect_seconds: float = 2.0
+    variants: Mapping[int, MessageTemplate] = field(default_factory=dict)  # by issue_variants id
 
     def open(self) -> Transport:
         try:
@@ -52,7 +53,8 @@ class SenderJob:
         who = target.subscriber_id
         try:
             token = self.tokens.unsubscribe(who)
-            return self.template.compose(Recipient(who, target.email, target.name, token))
+            template = self.template if target.variant == WHOLE_ISSUE else self.variants[target.variant]
+            return template.compose(Recipient(who, target.email, target.name, token))
         except Exception as exc:
             raise NewsletterError(f"composing the message to subscriber {who} failed: {_named(exc)}") from exc
 

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..config import Settings
+from ..config import WEEKDAYS, Settings
 from ..content.digest import DigestStory, choose, issue_window
-from ..db.models import Issue, Story
+from ..db.models import Edition, Issue, Story
 from ..errors import DatabaseError
 
 # sources (httpx, feedparser) and render (jinja2, premailer) are imported where they are used: every
@@ -25,7 +25,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BuildOutcome", "GatherReport", "build", "gather", "gather_and_build", "today"]
+__all__ = [
+    "BuildOutcome",
+    "GatherReport",
+    "build",
+    "digest_story",
+    "editions",
+    "gather",
+    "gather_and_build",
+    "today",
+]
+
+WEEK_HOURS = 7 * 24  # the weekly edition's window
 
 
 def today(settings: Settings, now: datetime) -> date:
@@ -110,22 +121,39 @@ class BuildOutcome:
     issue: Issue | None
     created: bool
     reason: str  # why there is no issue, or how it came to be
+    edition: Edition = Edition.DAILY
 
 
-def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) -> BuildOutcome:
-    """The issue for a date: the one already built, a new one, or none (too few new stories)."""
-    existing = store.issue_for_date(issue_date)
+def editions(settings: Settings, issue_date: date) -> list[Edition]:
+    """The issues a date has (SPEC 8): the daily one, and on `weekly_day` the weekly one too."""
+    weekly = settings.digest.weekly and WEEKDAYS[issue_date.weekday()] == settings.digest.weekly_day.lower()
+    return [Edition.DAILY, Edition.WEEKLY] if weekly else [Edition.DAILY]
+
+
+def build(
+    settings: Settings, store: Store, *, issue_date: date, now: datetime, edition: Edition = Edition.DAILY
+) -> BuildOutcome:
+    """The issue of an edition for a date: the one already built, a new one, or none (too few
+    stories). A daily issue tells the window's stories no issue told; the weekly one the best
+    clusters of the seven days to the issue moment, told by a daily issue or not. Its renderings
+    for the sets of sections its audience holds are made here too (issues.variants)."""
+    existing = store.issue_for_date(issue_date, edition)
+    label = "" if edition is Edition.DAILY else f"{edition} "
     if existing is not None:
-        return BuildOutcome(existing, False, f"issue {existing.id} for {issue_date} was already built")
+        return BuildOutcome(
+            existing, False, f"{label}issue {existing.id} for {issue_date} was already built", edition
+        )
     d = settings.digest
-    since, until = issue_window(issue_date, now=now, tz=settings.newsletter.tz, window_hours=d.window_hours)
-    stored = store.unused_stories(since=since, until=until)
+    weekly = edition is Edition.WEEKLY
+    hours = WEEK_HOURS if weekly else d.window_hours
+    since, until = issue_window(issue_date, now=now, tz=settings.newsletter.tz, window_hours=hours)
+    stored = store.unused_stories(since=since, until=until, used_too=weekly)
     caveat = _fill_embeddings(store, stored) if d.cluster else ""
     candidates = [_item(s) for s in stored]
     digest = choose(
         candidates,
         issue_date=issue_date,
-        max_stories=d.max_stories,
+        max_stories=d.weekly_max_stories if weekly else d.max_stories,
         min_stories=d.min_stories,
         section_order=[s.section or "" for s in settings.sources],
         cluster=d.cluster,
@@ -135,10 +163,12 @@ def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) 
         return BuildOutcome(
             None,
             False,
-            f"no issue for {issue_date}: {len(candidates)} new "
-            f"{'story' if len(candidates) == 1 else 'stories'} in the last "
-            f"{d.window_hours} hours, {d.min_stories} needed",
+            f"no {label}issue for {issue_date}: {len(candidates)} {'' if weekly else 'new '}"
+            f"{'story' if len(candidates) == 1 else 'stories'} in the last {hours} hours, "
+            f"{d.min_stories} needed",
+            edition,
         )
+    digest = dataclasses.replace(digest, weekly=weekly)
 
     from ..content.render import render_issue
 
@@ -146,6 +176,7 @@ def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) 
     items = [[s.id, *(o.id for o in s.also)] for s in digest.stories]
     issue = store.create_issue(
         issue_date,
+        edition=edition,
         story_ids=digest.used,
         items=items,
         content=rendered.for_issue,
@@ -153,10 +184,19 @@ def build(settings: Settings, store: Store, *, issue_date: date, now: datetime) 
         now=now,
     )
     if issue is None:  # another builder stored this date's issue first
-        issue = store.issue_for_date(issue_date)
-        return BuildOutcome(issue, False, f"issue for {issue_date} was built by another process")
+        issue = store.issue_for_date(issue_date, edition)
+        return BuildOutcome(
+            issue, False, f"{label}issue for {issue_date} was built by another process", edition
+        )
+    from .variants import render_variants
+
+    renderings = render_variants(settings, store, issue)
+    shown = f", {renderings} renderings for its readers' sections" if renderings > 1 else ""
     return BuildOutcome(
-        issue, True, f"built issue {issue.id} for {issue_date} with {issue.story_count} stories{caveat}"
+        issue,
+        True,
+        f"built {label}issue {issue.id} for {issue_date} with {issue.story_count} stories{shown}{caveat}",
+        edition,
     )
 
 
@@ -167,14 +207,16 @@ def gather_and_build(
     issue_date: date,
     now: datetime,
     on_done: Callable[[FeedResult], None] | None = None,
-) -> tuple[GatherReport | None, BuildOutcome]:
+) -> tuple[GatherReport | None, list[BuildOutcome]]:
     """The one rule for `build`, `run` and the scheduler: the feeds are gathered only when the
-    date has no issue yet (a built issue never changes), then the issue is built from what is
-    stored, even when no feed could be read (yesterday's unused stories may be enough)."""
+    date lacks an issue (a built issue never changes), then each edition of the date is built
+    from what is stored, even when no feed could be read (yesterday's unused stories may be
+    enough). The daily issue first: it takes the day's stories that the weekly one retells."""
     report = None
-    if store.issue_for_date(issue_date) is None:
+    wanted = editions(settings, issue_date)
+    if any(store.issue_for_date(issue_date, e) is None for e in wanted):
         report = gather(settings, store, now=now, on_done=on_done)
-    return report, build(settings, store, issue_date=issue_date, now=now)
+    return report, [build(settings, store, issue_date=issue_date, now=now, edition=e) for e in wanted]
 
 
 def _fill_embeddings(store: Store, stories: list[Story]) -> str:
@@ -195,3 +237,9 @@ def _item(s: Story) -> DigestStory:
     """A stored story as the digest reads it: the same fields, the bullets as a tuple."""
     same = {f.name: getattr(s, f.name) for f in dataclasses.fields(DigestStory) if f.name != "also"}
     return DigestStory(**same | {"bullets": tuple(s.bullets or ())})
+
+
+def digest_story(item: list[Story]) -> DigestStory:
+    """A stored issue's item as the digest told it: its face story, the others in `also`."""
+    face, *others = item
+    return dataclasses.replace(_item(face), also=tuple(_item(o) for o in others))

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import (
+    Select,
     and_,
+    delete,
     func,
     select,
     union_all,
@@ -22,15 +25,18 @@ from ..db.models import (
     BounceKind,
     Delivery,
     DeliveryStatus,
+    Edition,
     Issue,
+    IssueEdit,
     IssueStatus,
+    IssueVariant,
     ScheduledRun,
     Story,
     Subscriber,
 )
 from ..db.tallies import ACCEPTED, count_deliveries
-from ..errors import NewsletterError
-from .records import IssueCounts
+from ..errors import NewsletterError, NotFoundError
+from .records import EditNote, IssueCounts, Rewrite, SendBegun
 
 __all__ = ["IssueRepository", "ScheduledRunRepository"]
 
@@ -48,6 +54,7 @@ class IssueRepository(Database):
         self,
         issue_date: date,
         *,
+        edition: Edition = Edition.DAILY,
         story_ids: Sequence[int],
         items: Sequence[Sequence[int]] | None = None,
         content: Callable[[int], tuple[str, str, str, str]],
@@ -59,13 +66,16 @@ class IssueRepository(Database):
         `content(issue_id)` gives (subject, preheader, html, text) once the row has its id. It runs
         while the write lock is held, so it renders nothing: RenderedIssue.for_issue puts the id
         into an issue rendered before. `placeholder_key` is the key in its placeholders' names
-        (RenderedIssue.placeholders). None when the date already has an issue (another builder won)."""
+        (RenderedIssue.placeholders). None when the date already has an issue of this edition
+        (another builder won). A daily issue takes its stories (each is told by one daily issue at
+        most); a weekly one retells stories of the week and takes none."""
         try:
             with self.write() as s:
-                if s.scalar(select(Issue.id).where(Issue.issue_date == issue_date)) is not None:
+                if s.scalar(_of_date(select(Issue.id), issue_date, edition)) is not None:
                     return None
                 issue = Issue(
                     issue_date=issue_date,
+                    edition=edition,
                     subject="",
                     html="",
                     text="",
@@ -78,6 +88,8 @@ class IssueRepository(Database):
                 s.add(issue)
                 s.flush()
                 issue.subject, issue.preheader, issue.html, issue.text = content(issue.id)
+                if edition is not Edition.DAILY:
+                    return issue
                 taken = s.execute(
                     update(Story)
                     .where(Story.id.in_(story_ids), Story.issue_id.is_(None))
@@ -106,18 +118,141 @@ class IssueRepository(Database):
         with self.read() as s:
             return s.get(Issue, issue_id)
 
-    def issue_for_date(self, issue_date: date) -> Issue | None:
+    def issue_for_date(self, issue_date: date, edition: Edition = Edition.DAILY) -> Issue | None:
         with self.read() as s:
-            return s.scalar(select(Issue).where(Issue.issue_date == issue_date))
+            found: Issue | None = s.scalar(_of_date(select(Issue), issue_date, edition))
+            return found
+
+    def issues_of_date(self, issue_date: date) -> list[Issue]:
+        """A date's issues, the daily one first."""
+        with self.read() as s:
+            found = s.scalars(select(Issue).where(Issue.issue_date == issue_date))
+            return sorted(found, key=lambda i: list(Edition).index(i.edition))
+
+    def add_variant(
+        self,
+        issue_id: int,
+        sections: Sequence[str],
+        content: tuple[str, str, str, str, int],
+        key: str | None,
+        *,
+        version: int | None = None,
+    ) -> None:
+        """Store one rendering of an issue for a set of sections: `content` is (subject, preheader,
+        html, text, story count), `key` its placeholders' key. A set already stored (another
+        process rendered it first) is left as it was: both renderings tell the same stories. One
+        rendered from a `version` an editor has since changed is not stored."""
+        try:
+            with self.write() as s:
+                if (
+                    version is not None
+                    and s.scalar(select(Issue.version).where(Issue.id == issue_id)) != version
+                ):
+                    return
+                found = s.scalar(
+                    select(IssueVariant.id).where(
+                        IssueVariant.issue_id == issue_id, IssueVariant.sections == tuple(sections)
+                    )
+                )
+                if found is None:
+                    s.add(_variant_row(issue_id, sections, content, key))
+        except IntegrityError:
+            pass
+
+    def rewrite_issue(self, issue_id: int, *, version: int, rewrite: Rewrite, note: EditNote) -> bool:
+        """Store an editor's change and its renderings, and log it, in one transaction that first
+        checks the issue is still `built`: an edit and the start of its send (which moves it on in
+        one transaction too) never both win. SendBegun when the send began; False, and nothing
+        stored, when another edit changed it since `version` (the renderings are of the old)."""
+        with self.write() as s:
+            issue = self._editable(s, issue_id)
+            if issue.version != version:
+                return False
+            issue.items, issue.dropped = rewrite.items, rewrite.dropped
+            issue.chosen_subject, issue.intro = rewrite.chosen_subject, rewrite.intro
+            issue.subject, issue.preheader, issue.html, issue.text = rewrite.rendered
+            issue.placeholder_key, issue.story_count = rewrite.placeholder_key, len(rewrite.items)
+            issue.version = version + 1
+            s.execute(delete(IssueVariant).where(IssueVariant.issue_id == issue_id))
+            s.add_all(_variant_row(issue_id, *variant) for variant in rewrite.variants)
+            s.add(IssueEdit(issue_id=issue_id, **note._asdict()))
+            return True
+
+    def set_held(self, issue_id: int, held: bool, note: EditNote) -> bool:
+        """Hold an issue (the scheduler and `run` do not send it) or approve it, and log it, once
+        its send has not begun (else SendBegun); True if that changed anything."""
+        with self.write() as s:
+            issue = self._editable(s, issue_id)
+            changed = issue.held != held
+            issue.held = held
+            if changed or note.detail:
+                s.add(IssueEdit(issue_id=issue_id, **note._asdict()))
+            return changed
+
+    def claim_review_note(self, issue_id: int, note: int) -> bool:
+        """True for the one process that mails an issue's `note`th review note (1 or 2)."""
+        with self.write() as s:
+            claimed = s.execute(
+                update(Issue)
+                .where(Issue.id == issue_id, Issue.review_notes == note - 1)
+                .values(review_notes=note)
+            )
+            return bool(claimed.rowcount)  # type: ignore[attr-defined]
+
+    def approved_since_run(self, *, since: date) -> list[Issue]:
+        """Built issues of recent dates that a scheduled run found held, since approved: their
+        send time has passed, so they go now."""
+        with self.read() as s:
+            ran = select(ScheduledRun.issue_id).where(ScheduledRun.finished_at.is_not(None))
+            q = select(Issue).where(
+                Issue.status == IssueStatus.BUILT,
+                Issue.held.is_(False),
+                Issue.issue_date >= since,
+                Issue.id.in_(ran),
+            )
+            return list(s.scalars(q.order_by(Issue.issue_date)))
+
+    def issue_edits(self, issue_id: int) -> list[EditNote]:
+        """An issue's edit log, newest first."""
+        with self.read() as s:
+            q = select(IssueEdit).where(IssueEdit.issue_id == issue_id).order_by(IssueEdit.id.desc())
+            return [EditNote(e.who, e.action, e.detail, e.at) for e in s.scalars(q)]
+
+    def stories_by_id(self, ids: Sequence[int]) -> dict[int, Story]:
+        with self.read() as s:
+            return {story.id: story for story in s.scalars(select(Story).where(Story.id.in_(ids)))}
+
+    @staticmethod
+    def _editable(s: Any, issue_id: int) -> Issue:
+        """The issue, its row locked (PostgreSQL; SQLite's write lock is taken at BEGIN) and its
+        send not begun."""
+        issue: Issue | None = s.scalar(select(Issue).where(Issue.id == issue_id).with_for_update())
+        if issue is None:
+            raise NotFoundError(f"there is no issue {issue_id}")
+        if issue.status is not IssueStatus.BUILT:
+            raise SendBegun(f"issue {issue_id} is {issue.status}: its send has begun, so it is not changed")
+        return issue
+
+    def issue_variants(self, issue_id: int) -> list[IssueVariant]:
+        with self.read() as s:
+            q = select(IssueVariant).where(IssueVariant.issue_id == issue_id).order_by(IssueVariant.id)
+            return list(s.scalars(q))
 
     def list_issues(self, *, limit: int = 100) -> list[Issue]:
         with self.read() as s:
-            return list(s.scalars(select(Issue).order_by(Issue.issue_date.desc()).limit(limit)))
+            return list(
+                s.scalars(select(Issue).order_by(Issue.issue_date.desc(), Issue.id.desc()).limit(limit))
+            )
 
     def archived_issues(self, *, limit: int = 365) -> list[Issue]:
         """The public archive: issues whose send has begun and is not paused, newest first."""
         with self.read() as s:
-            q = select(Issue).where(_IN_ARCHIVE).order_by(Issue.issue_date.desc()).limit(limit)
+            q = (
+                select(Issue)
+                .where(_IN_ARCHIVE)
+                .order_by(Issue.issue_date.desc(), Issue.id.desc())
+                .limit(limit)
+            )
             return list(s.scalars(q))
 
     def archived_issue(self, issue_id: int) -> Issue | None:
@@ -126,12 +261,12 @@ class IssueRepository(Database):
 
     def latest_issue(self) -> Issue | None:
         with self.read() as s:
-            return s.scalar(select(Issue).order_by(Issue.issue_date.desc()).limit(1))
+            return s.scalar(select(Issue).order_by(Issue.issue_date.desc(), Issue.id.desc()).limit(1))
 
     def issue_counts(self, issue_id: int | None = None, *, limit: int = 30) -> list[IssueCounts]:
         """Issues, newest first, with their deliveries counted by state (one aggregate query)."""
         with self.read() as s:
-            q = select(Issue).order_by(Issue.issue_date.desc()).limit(limit)
+            q = select(Issue).order_by(Issue.issue_date.desc(), Issue.id.desc()).limit(limit)
             if issue_id is not None:
                 q = select(Issue).where(Issue.id == issue_id)
             issues = list(s.scalars(q))
@@ -140,6 +275,7 @@ class IssueRepository(Database):
             accepted: dict[int, int] = dict.fromkeys(ids, 0)
             events: dict[tuple[int, str], int] = {}
             unsubscribed: dict[int, int] = {}
+            variants: dict[int, int] = {}
             if ids:
                 frozen = {i.id: i.counts for i in issues if i.counts is not None}
                 for iid, c in frozen.items():
@@ -161,6 +297,13 @@ class IssueRepository(Database):
                 ):
                     if eid is not None:
                         events[(eid, kind)] = n
+                variants = dict(
+                    s.execute(
+                        select(IssueVariant.issue_id, func.count())
+                        .where(IssueVariant.issue_id.in_(ids))
+                        .group_by(IssueVariant.issue_id)
+                    ).all()
+                )
                 unsubscribed = {
                     iid: n
                     for iid, n in s.execute(
@@ -185,6 +328,9 @@ class IssueRepository(Database):
                 complained=events.get((i.id, BounceKind.COMPLAINT), 0),
                 unsubscribed=unsubscribed.get(i.id, 0),
                 paused=i.paused,
+                edition=i.edition.value,
+                variants=variants.get(i.id, 0),
+                held=i.held,
             )
             for i in issues
         ]
@@ -275,6 +421,26 @@ class ScheduledRunRepository(Database):
     def last_scheduled_run(self) -> ScheduledRun | None:
         with self.read() as s:
             return s.scalar(select(ScheduledRun).order_by(ScheduledRun.scheduled_for.desc()).limit(1))
+
+
+def _variant_row(
+    issue_id: int, sections: Sequence[str], content: tuple[str, str, str, str, int], key: str | None
+) -> IssueVariant:
+    subject, preheader, html, text, count = content
+    return IssueVariant(
+        issue_id=issue_id,
+        sections=tuple(sections),
+        subject=subject,
+        preheader=preheader,
+        html=html,
+        text=text,
+        story_count=count,
+        placeholder_key=key,
+    )
+
+
+def _of_date(q: Select[Any], issue_date: date, edition: Edition) -> Select[Any]:
+    return q.where(Issue.issue_date == issue_date, Issue.edition == edition)
 
 
 def _readable(items: object) -> list[list[int]] | None:

@@ -229,6 +229,17 @@ class SubscriberRepository(Database):
             yield from page
             last = page[-1].id
 
+    def audience_sections(self, frequencies: Sequence[Frequency] | None) -> list[tuple[str, ...]]:
+        """The sets of sections the active readers of these frequencies (None: all) hold, from the
+        tally the triggers keep: a few rows, whatever the list's size."""
+        q = select(PreferenceTally.sections).where(
+            PreferenceTally.status == SubscriberStatus.ACTIVE, PreferenceTally.n > 0
+        )
+        if frequencies is not None:
+            q = q.where(PreferenceTally.frequency.in_(frequencies))
+        with self.read() as s:
+            return list(dict.fromkeys(s.scalars(q)))
+
     def subscriber_counts(self) -> dict[str, int]:
         """Subscribers by status, from the tally the triggers keep: no count over the table."""
         with self.read() as s:

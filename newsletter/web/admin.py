@@ -35,9 +35,19 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from ..content.render import render_web
 from ..db import widths
-from ..db.models import Frequency, Operator, SubscriberStatus
+from ..db.models import Frequency, IssueStatus, Operator, SubscriberStatus
 from ..delivery.sending import erase_outbox_copies, send, send_test_copy
 from ..errors import NewsletterError
+from ..issues.edits import (
+    INTRO_LIMIT,
+    STORY_ACTIONS,
+    Action,
+    BadEdit,
+    Change,
+    SendBegun,
+    edit_issue,
+    hold_issue,
+)
 from ..links import Links
 from ..operators import password_matches, rehash_if_needed, session_id
 from ..reports import DELIVERY_COLUMNS, complaint_warning
@@ -219,6 +229,10 @@ def dashboard() -> str:
 @bp.get("/issues/<int:issue_id>")
 @login_required
 def issue(issue_id: int) -> str:
+    return _issue_page(issue_id)
+
+
+def _issue_page(issue_id: int) -> str:
     svc = services()
     found = svc.store.get_issue(issue_id)
     counts = svc.store.issue_counts(issue_id)
@@ -244,7 +258,81 @@ def issue(issue_id: int) -> str:
         problems=problems,
         next_after=problems[-1][0] if len(problems) == PAGE else None,
         sending=svc.background.running(issue_id),
+        dropped=[[svc.store.stories_by_id(item).get(i) for i in item] for item in found.dropped or []],
+        edits=svc.store.issue_edits(issue_id),
+        editable=found.status is IssueStatus.BUILT,
+        story_actions=STORY_ACTIONS,
+        intro_limit=INTRO_LIMIT,
     )
+
+
+# -- the editor's hour (SPEC 9) -----------------------------------------------------------------------
+
+
+@bp.post("/issues/<int:issue_id>/stories")
+@login_required
+def edit_stories(issue_id: int) -> BaseResponse | tuple[str, int]:
+    """Drop, restore, move up or down, make the lead; split a cluster, or merge another into it."""
+    action = request.form.get("action", "")
+    story = request.form.get("story", None, type=row_id)
+    if action not in STORY_ACTIONS or story is None:
+        return _refused(issue_id, "Choose a story of the issue and what to do with it.", 400)
+    return _edit(issue_id, Change(Action(action), story, other=request.form.get("with", None, type=row_id)))
+
+
+@bp.post("/issues/<int:issue_id>/edit")
+@login_required
+def edit_text(issue_id: int) -> BaseResponse | tuple[str, int]:
+    """The subject and the intro, the editor's own text (escaped in the mail like a feed's)."""
+    form = request.form
+    return _edit(issue_id, Change(Action.EDIT, subject=form.get("subject", ""), intro=form.get("intro", "")))
+
+
+@bp.post("/issues/<int:issue_id>/hold")
+@login_required
+def hold(issue_id: int) -> BaseResponse | tuple[str, int]:
+    return _edit(issue_id, Action.HOLD)
+
+
+@bp.post("/issues/<int:issue_id>/approve")
+@login_required
+def approve(issue_id: int) -> BaseResponse | tuple[str, int]:
+    return _edit(issue_id, Action.APPROVE)
+
+
+@bp.post("/issues/<int:issue_id>/send")
+@login_required
+def send_now(issue_id: int) -> BaseResponse | tuple[str, int]:
+    """Approve the issue and send it at once, from this process."""
+    answer = _edit(issue_id, Action.SEND)
+    if not isinstance(answer, tuple):
+        flash(f"Issue {issue_id} is approved; " + _send_in_background(issue_id))
+    return answer
+
+
+def _edit(issue_id: int, change: Change | Action) -> BaseResponse | tuple[str, int]:
+    """One edit (or a hold, an approval) as the operator logged in; 409 once the send has begun
+    (nothing changed), 400 for an edit the issue cannot take."""
+    svc = services()
+    _issue_or_404(issue_id)
+    who, now = current_user.name, svc.now()
+    try:
+        if isinstance(change, Change):
+            edit_issue(svc.settings, svc.store, issue_id, change, who=who, now=now)
+        else:
+            hold_issue(svc.store, issue_id, change, who=who, now=now)
+    except SendBegun as exc:
+        return _refused(issue_id, str(exc), 409)
+    except BadEdit as exc:
+        return _refused(issue_id, str(exc), 400)
+    action = change.action if isinstance(change, Change) else change
+    log.info("admin %s edited issue %s: %s", who, issue_id, action)
+    return redirect(url_for(".issue", issue_id=issue_id), code=303)
+
+
+def _refused(issue_id: int, message: str, status: int) -> tuple[str, int]:
+    flash(message, "error")
+    return _issue_page(issue_id), status
 
 
 @bp.get("/issues/<int:issue_id>/html")

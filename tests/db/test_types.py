@@ -193,7 +193,7 @@ def test_a_feed_with_nul_in_author_category_link_and_guid_is_gathered_with_the_o
     )
     settings = load_settings(config)
     now = datetime.now(UTC)
-    report, outcome = gather_and_build(settings, store, issue_date=today(settings, now), now=now)
+    report, (outcome, *_) = gather_and_build(settings, store, issue_date=today(settings, now), now=now)
     assert report is not None and [r.error for r in report.results] == [None, None]
     assert report.new_stories == 3
     with store.read() as s:
@@ -254,7 +254,7 @@ def test_a_feed_that_cannot_be_stored_is_reported_and_the_others_are_kept(
     settings = load_settings(write_config(tmp_path, sources=sources_))
     now = datetime.now(UTC)
     with refusing_stories_of(store, "Refused"):
-        report, outcome = gather_and_build(settings, store, issue_date=today(settings, now), now=now)
+        report, (outcome, *_) = gather_and_build(settings, store, issue_date=today(settings, now), now=now)
     assert report is not None and report.new_stories == 1
     refused, good = report.results
     assert good.ok and [r.source.name for r in report.failed] == ["Refused"]

@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -341,14 +341,18 @@ def free_port() -> int:
 def write_config(
     folder: Path,
     *,
-    sources: list[tuple[str, str]] | None = None,
+    sources: Sequence[tuple[str, str] | tuple[str, str, str | None]] | None = None,
     database_url: str | None = None,
     extra: str = "",
     delivery: str = 'transport = "outbox"',
 ) -> Path:
-    """A config.toml in `folder`; sources are (name, url) pairs."""
+    """A config.toml in `folder`; sources are (name, url) or (name, url, section)."""
     sources = sources or [("Sample Tech", str(ROOT / "samples/feeds/tech-news.xml"))]
-    src = "".join(f'\n[[sources]]\nname = "{n}"\nurl = "{u}"\n' for n, u in sources)
+    src = "".join(
+        f'\n[[sources]]\nname = "{s[0]}"\nurl = "{s[1]}"\n'
+        + (f'section = "{s[2]}"\n' if s[2:] and s[2] else "")
+        for s in sources
+    )
     db = database_url or "sqlite:///subscribers.db"
     text = f"""
 [newsletter]

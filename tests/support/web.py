@@ -21,7 +21,7 @@ from flask import Flask
 from newsletter.store import Store
 from newsletter.web.confirmations import ConfirmationMailer
 
-from .helpers import Received, SmtpSink, free_port, run_cli, start_cli, write_config
+from .helpers import Received, SmtpSink, free_port, run_cli, start_cli, wait_for, write_config
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -92,6 +92,20 @@ def healthy(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@contextmanager
+def serving(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """`newsletter serve` of `config` on `port`, up and healthy, stopped at the end (SIGTERM)."""
+    proc = start_server(config, port)
+    try:
+        assert wait_for(lambda: healthy(f"http://127.0.0.1:{port}"), timeout=30), (
+            "newsletter serve did not come up"
+        )
+        yield proc
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
 
 
 # -- Debian's Chromium, through Playwright ------------------------------------------------------

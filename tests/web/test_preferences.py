@@ -11,7 +11,7 @@ import io
 import json
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import policy
 from pathlib import Path
 
@@ -27,8 +27,8 @@ from newsletter.store import Store
 from newsletter.subscribers.records import Preferences
 from newsletter.web import PUBLIC_BODY_LIMIT, create_app
 
-from ..support.helpers import ROOT, SECRET, SmtpSink, free_port, log_in, run_cli, wait_for, write_config
-from ..support.web import chromium, healthy, needs_chromium, screenshots, start_server, store_of
+from ..support.helpers import ROOT, SECRET, SmtpSink, free_port, log_in, run_cli, write_config
+from ..support.web import chromium, needs_chromium, screenshots, serving, store_of
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 SAMPLES = [
@@ -43,17 +43,13 @@ JSON = {"Accept": "application/json"}
 def choices_config(
     tmp_path: Path, sink: SmtpSink, *, weekly_day: str = "friday", sources: list = SAMPLES
 ) -> Path:  # type: ignore[type-arg]
-    path = write_config(
+    return write_config(
         tmp_path,
+        sources=[(name, str(url), section) for name, url, section in sources],
         delivery='transport = "smtp"',
         extra=f'[smtp]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\n'
         f'[digest]\nweekly_day = "{weekly_day}"\n',
     )
-    text = path.read_text().split("\n[[sources]]")[0]
-    for name, url, section in sources:
-        text += f'\n[[sources]]\nname = "{name}"\nurl = "{url}"\nsection = "{section}"\n'
-    path.write_text(text)
-    return path
 
 
 @pytest.fixture
@@ -331,7 +327,7 @@ def test_every_digest_mail_links_its_readers_own_preference_page(app: Flask, smt
     store, settings = store_of(app), app.extensions["newsletter"].settings
     readers = [store.add_subscriber(f"r{i}@example.com", f"R & {i}", now=NOW)[0] for i in range(3)]
     now = datetime.now(UTC)
-    _, outcome = gather_and_build(settings, store, issue_date=today(settings, now), now=now)
+    _, (outcome, *_) = gather_and_build(settings, store, issue_date=today(settings, now), now=now)
     assert outcome.issue is not None
     send(settings, store, outcome.issue)
     tokens = Tokens(SECRET)
@@ -604,13 +600,8 @@ def served(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[tuple[str, Path]]:
     config = choices_config(tmp_path, smtp_sink)
     config.write_text(config.read_text().replace("https://news.example.com", url))
     run_cli(config, "init")
-    proc = start_server(config, port)
-    try:
-        assert wait_for(lambda: healthy(url), timeout=30), "newsletter serve did not come up"
+    with serving(config, port):
         yield url, config
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
 
 
 def _preference_link(sink: SmtpSink, address: str) -> str:
@@ -679,7 +670,30 @@ def test_a_reader_chooses_one_section_weekly_from_the_link_in_their_mail_in_chro
         "weekly",
         "active",
     )
-    assert sorted(f.name for f in shots.iterdir()) == ["1-choices.png", "2-saved.png", "3-empty-refused.png"]
+    # the next weekly issue (the coming Friday's) holds only that section; no daily issue reaches them
+    day = datetime.now(UTC).date()  # the config's timezone is UTC
+    friday = day + timedelta(days=(4 - day.weekday()) % 7 or 7)
+    run_cli(config, "run", "--date", friday.isoformat())
+    mails = smtp_sink.by_recipient()["reader@example.com"]
+    assert len(mails) == 2  # today's daily issue, then the weekly one
+    weekly = email.message_from_bytes(mails[-1].data, policy=policy.default)
+    assert str(weekly["Subject"]).startswith("Week to ")
+    text, html = _parts(mails[-1].data)
+    assert "== EXPERT REVIEWS ==" in text or "/ Expert Reviews" in text
+    for other in ("Tech News", "In-Depth"):
+        assert f"== {other.upper()} ==" not in text and f"/ {other}" not in text
+        assert f">{other}</" not in html  # no heading nor kicker of it
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 900, "height": 1100})
+        page.set_content(html)
+        assert "Expert Reviews" in page.inner_text("body") and "week" in page.inner_text("body")
+        page.screenshot(path=str(shots / "4-weekly-issue.png"), full_page=True)
+    assert sorted(f.name for f in shots.iterdir()) == [
+        "1-choices.png",
+        "2-saved.png",
+        "3-empty-refused.png",
+        "4-weekly-issue.png",
+    ]
 
 
 def context_cookies(page: object) -> list[object]:
