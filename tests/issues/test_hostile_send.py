@@ -121,6 +121,7 @@ def test_kill_9_mid_send_with_renderings_then_send_again(
             (address,) = m.rcpt_tos
             assert set(titles(m.data)[2]) == EXPECT[chosen[address]], address
             _links_are_their_own(m.data, address, store)
+    store.close()
 
 
 def test_unsubscribe_during_the_send_never_gives_a_second_copy(
@@ -148,6 +149,7 @@ def test_unsubscribe_during_the_send_never_gives_a_second_copy(
         "deliveries"
     ]
     assert counts["sent"] + counts["skipped"] == 200 and counts["pending"] == 0, counts
+    store.close()
 
 
 @pytest.mark.postgres
@@ -175,3 +177,4 @@ def test_two_senders_on_postgres_race_to_fix_the_audience_and_render(
     assert status["deliveries"]["sent"] == 301
     with store.read() as s:
         assert s.execute(text("SELECT count(*) FROM issue_variants")).scalar() == 4
+    store.close()
