@@ -330,6 +330,16 @@ def _convert(hint: Any, value: Any, dotted: str) -> Any:
     raise ConfigError(f"configuration key '{dotted}' has an unsupported type")  # pragma: no cover
 
 
+def _joins_sections(section: str, sections: tuple[str, ...]) -> bool:
+    """Whether a section's name is others' joined by a separator ("A;B" beside "A" and "B")."""
+    known = {n.casefold() for n in sections if n != section}
+    for separator in ";,":
+        pieces = [p.strip().casefold() for p in section.split(separator)]
+        if len(pieces) > 1 and all(p in known for p in pieces):
+            return True
+    return False
+
+
 def _check(s: Settings) -> None:
     """Rules beyond types: ranges, formats, things that must parse."""
 
@@ -398,11 +408,12 @@ def _check(s: Settings) -> None:
         if section.strip():  # a name readers choose: one spelling on the page, the CLI and a CSV
             need(section == section.strip(), f"sources[{i}].section", "must not begin or end with blanks")
             need(len(section) <= 200, f"sources[{i}].section", "must be at most 200 characters")
+            need(section.isprintable(), f"sources[{i}].section", "must not hold a control character")
             need(
-                not any(c in ",;" or not c.isprintable() for c in section),
+                not _joins_sections(section, s.sections),
                 f"sources[{i}].section",
-                "must not hold a comma, a semicolon (they separate sections in a CSV and on the "
-                "command line) or a control character",
+                "must not be other sections joined by ';' or ',' (a CSV cell or the command line "
+                "could not tell it from them)",
             )
     need(s.delivery.rate_per_second >= 0, "delivery.rate_per_second", "must not be negative")
     need(s.delivery.max_attempts >= 1, "delivery.max_attempts", "must be at least 1")
