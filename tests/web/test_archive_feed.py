@@ -20,7 +20,8 @@ HOSTILE = "Council <script>alert(1)</script> & \x0bthe ]]> budget"
 
 
 def fetched(n: int, title: str, summary: str = "") -> FetchedStory:
-    return replace(embedded(n, title, summary), link=f"https://wire.example/{n}?a=1&b=2")
+    story = embedded(n, title, summary)
+    return replace(story, link=f"https://wire.example/{n}?a=1&b=2", published_at=NOW - timedelta(hours=n))
 
 
 def issue_of(store: Store, day: int, story_ids: list[int], subject: str) -> int:
