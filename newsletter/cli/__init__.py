@@ -351,4 +351,4 @@ def _sending_issue(app: App, issue_id: int | None) -> Issue:
 
 
 # The command groups register their commands on `main` as they are imported.
-from . import issues, operations, sending, subscribers  # noqa: E402, F401
+from . import issues, operations, sending, subscribers, templates  # noqa: E402, F401

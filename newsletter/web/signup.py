@@ -148,6 +148,10 @@ def confirm(token: str) -> tuple[str, int]:
             title="Link not valid",
             message="This confirmation link is no longer valid: sign up again for a new one.",
         ), 400
+    if (
+        svc.settings.subscribers.welcome and sub.welcomed_at is None
+    ):  # the one welcome, mailed after this answer
+        svc.confirmations.submit(sub.id, sub.email, sub.name, welcome=True)
     return render_template(
         "web/message.html.j2",
         title="You're subscribed",
