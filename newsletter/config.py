@@ -389,6 +389,11 @@ def _check(s: Settings) -> None:
     need(len(s.schedule.cron.split()) == 5, "schedule.cron", "must have five fields")
     need(s.schedule.misfire_grace_seconds >= 0, "schedule.misfire_grace_seconds", "must not be negative")
     need(0 <= s.schedule.review_minutes <= 24 * 60, "schedule.review_minutes", "must be 0 to 1440")
+    need(
+        s.schedule.review_default == "send" or s.schedule.review_minutes > 0,
+        "schedule.review_default",
+        'is "hold" only with schedule.review_minutes set (an issue held with no review would never go)',
+    )
     for i, editor in enumerate(n.editors):
         need(_one_address(editor), f"newsletter.editors[{i}]", "must be one email address")
     need(

@@ -30,7 +30,7 @@ from .delivery.sending import send, send_options
 from .delivery.tokens import Tokens
 from .errors import ConfigError, NewsletterError
 from .issues.build import gather_and_build
-from .issues.review import SECOND_NOTE, held_reason, mail_review_note, start_review
+from .issues.review import SECOND_NOTE, held_reason, send_review_note, start_review
 from .store import Store
 from .subscribers.tidy import tidy
 
@@ -177,11 +177,11 @@ def run_scheduled(
                 if settings.schedule.review_default == "hold" and store.claim_review_note(
                     outcome.issue.id, SECOND_NOTE
                 ):
-                    mail_review_note(
+                    send_review_note(
                         settings, store, outcome.issue.id, send_at=fire_time, note=SECOND_NOTE, now=started
                     )
                 continue
-            sent = _send_fields(send(settings, store, outcome.issue, should_stop=should_stop))
+            sent = _send_fields(send(settings, store, outcome.issue, should_stop=should_stop, held_ok=False))
             fields |= {f"{named}{k}": v for k, v in ({"stories": outcome.issue.story_count} | sent).items()}
             if should_stop():
                 break

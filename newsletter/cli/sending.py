@@ -50,7 +50,7 @@ def run(app: App, date_text: str | None) -> None:
             continue
         built.append(outcome.issue)
     if built:
-        _send(app, built, resend_unknown=False, as_json=False)
+        _send(app, built, resend_unknown=False, as_json=False, held_ok=False)
 
 
 @main.command()

@@ -157,6 +157,9 @@ def subscribers_tidy(app: App, dry_run: bool, as_json: bool) -> None:
     from ..config import read_secret_key
     from ..delivery.tokens import Tokens
     from ..subscribers.tidy import tidy
+    from .templates import require_templates
+
+    require_templates(app)  # a reminder is the operator's confirm template: checked before any is sent
 
     report = tidy(app.settings, app.store, Tokens(read_secret_key(app.settings)), now=_now(), dry_run=dry_run)
     if as_json:

@@ -21,7 +21,7 @@ import jinja2
 from jinja2 import meta, nodes
 
 from ..config import Settings
-from ..errors import UsageError
+from ..errors import ConfigError, UsageError
 from .digest import Digest, DigestStory, Section
 from .render import (
     Placeholders,
@@ -70,6 +70,10 @@ def _walk(folder: Any, prefix: str) -> Iterable[str]:
 
 def overrides(folder: Path) -> list[str]:
     """The templates in the operator's folder, by relative name ("" when there is no folder)."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(
+            f"configuration key 'newsletter.templates_dir' names {folder}, which is not a folder"
+        )
     if not folder.is_dir():
         return []
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.j2") if p.is_file())
@@ -86,10 +90,16 @@ def eject(folder: Path, *, force: bool) -> list[Path]:
             f"{there[0]} exists ({len(there)} of the {len(names)} templates are there already); "
             f"nothing was copied: --force overwrites them"
         )
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(
+            f"configuration key 'newsletter.templates_dir' names {folder}, which is not a folder"
+        )
     written = []
     for name in names:
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink():  # --force replaces the link, never writes through it
+            target.unlink()
         with resources.as_file(root.joinpath(*name.split("/"))) as source:
             shutil.copyfile(source, target)
         written.append(target)
@@ -113,18 +123,37 @@ def problems_of(
         template = env.get_template(name)
     except jinja2.TemplateSyntaxError as exc:
         return [TemplateProblem(exc.filename or name, exc.lineno, exc.message or "syntax error")]
+    except UnicodeDecodeError as exc:
+        folders = [
+            Path(p)
+            for loader in getattr(env.loader, "loaders", [env.loader])
+            for p in getattr(loader, "searchpath", [])
+        ]
+        where = next((str(f / name) for f in folders if (f / name).is_file()), name)
+        return [TemplateProblem(where, 1, f"is not UTF-8 text ({exc.reason} at byte {exc.start})")]
     file = filename or name
     found = []
     for var in sorted(meta.find_undeclared_variables(tree) - known - set(env.globals)):
         found.append(
             TemplateProblem(file, _first_read(tree, var), f"uses '{var}', which this template is not given")
         )
+    # a filter or test that does not exist fails only when its line runs: on a branch the sample
+    # does not take, it would pass the check and fail a later send
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        kind, known_names = ("filter", env.filters) if isinstance(node, nodes.Filter) else ("test", env.tests)
+        if node.name not in known_names:
+            found.append(
+                TemplateProblem(file, node.lineno, f"uses the {kind} '{node.name}', which does not exist")
+            )
     if sample is not None and not found:
-        try:
-            render(template, sample)
-        except Exception as exc:  # noqa: BLE001 - whatever a template raises is reported, not raised
-            where, line = _template_frame(exc, file)
-            found.append(TemplateProblem(where, line, f"{type(exc).__name__}: {exc}"))
+        contexts = [sample, {**sample, "weekly": True}] if "weekly" in sample else [sample]
+        for context in contexts:  # the weekly edition's branch too
+            try:
+                render(template, context)
+            except Exception as exc:  # noqa: BLE001 - whatever a template raises is reported, not raised
+                where, line = _template_frame(exc, file)
+                found.append(TemplateProblem(where, line, f"{type(exc).__name__}: {exc}"))
+                break
     return found
 
 
@@ -152,8 +181,8 @@ def stored_names(env: jinja2.Environment, names: Iterable[str]) -> set[str]:
         try:
             source, filename, _ = env.loader.get_source(env, name)  # type: ignore[union-attr]
             tree = env.parse(source, name, filename)
-        except (jinja2.TemplateSyntaxError, jinja2.TemplateNotFound):
-            continue
+        except (jinja2.TemplateSyntaxError, jinja2.TemplateNotFound, UnicodeDecodeError):
+            continue  # its own check names it
         found |= {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
     return found
 

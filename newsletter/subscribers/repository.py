@@ -174,7 +174,12 @@ class SubscriberRepository(Database):
             s.execute(update(Subscriber).where(Subscriber.id == subscriber_id).values(confirm_sent_at=now))
 
     def confirm_subscriber(
-        self, subscriber_id: int, *, now: datetime, preferences: Preferences | None = None
+        self,
+        subscriber_id: int,
+        *,
+        now: datetime,
+        preferences: Preferences | None = None,
+        issued_at: datetime | None = None,
     ) -> Subscriber | None:
         """Double opt-in done: `pending` becomes `active` (idempotent for an active one), and so
         does a closed address (complained, bounced) that was sent a confirmation after its closing,
@@ -184,6 +189,8 @@ class SubscriberRepository(Database):
             sub = s.get(Subscriber, subscriber_id)
             if sub is None:
                 return None
+            if issued_at is not None and int(issued_at.timestamp()) < int(sub.created_at.timestamp()):
+                return None  # a link older than the row: a pruned signup's, whose id this one took
             closed_at = _closed_at(sub)
             reopened = (
                 sub.status in CLOSED_STATUSES
@@ -248,7 +255,7 @@ class SubscriberRepository(Database):
             )
             kept = s.execute(
                 update(Subscriber)
-                .where(Subscriber.id.in_(ids), history)
+                .where(Subscriber.id.in_(ids), Subscriber.status == SubscriberStatus.PENDING, history)
                 .values(status=SubscriberStatus.UNSUBSCRIBED, unsubscribed_at=now, name=None, consent_ip=None)
             ).rowcount  # type: ignore[attr-defined]
             gone = s.execute(

@@ -78,13 +78,17 @@ def tidy(
         for sub in due:
             if not store.claim_mail(sub.id, OneMail.REMINDER, now=now):
                 continue  # confirmed, pruned or reminded by another tidy since it was read
-            message = confirmation_message(
-                settings,
-                to_email=sub.email,
-                to_name=sub.name,
-                confirm_url=links.confirm(tokens.confirm(sub.id)),
-                signer=signer,
-            )
+            try:  # the operator's confirm template may fail: the reminder is not used up by it
+                message = confirmation_message(
+                    settings,
+                    to_email=sub.email,
+                    to_name=sub.name,
+                    confirm_url=links.confirm(tokens.confirm(sub.id)),
+                    signer=signer,
+                )
+            except BaseException:
+                store.release_mail(sub.id, OneMail.REMINDER)
+                raise
             result = send(Envelope(mail_from(sub.id), sub.email, confirmation_key(sub.id, now)), message)
             if result.status == DeliveryStatus.SENT or result.own_failure:
                 reminded += result.status == DeliveryStatus.SENT

@@ -136,11 +136,14 @@ def confirm_page(token: str) -> tuple[str, int]:
 def confirm(token: str) -> tuple[str, int]:
     svc = services()
     try:
-        subscriber_id, choice = svc.tokens.read_confirm_choice(token)
+        subscriber_id, choice, issued = svc.tokens.read_confirm_issued(token)
     except BadToken as exc:
         return render_template("web/message.html.j2", title="Link not valid", message=str(exc)), 400
     sub = svc.store.confirm_subscriber(
-        subscriber_id, now=svc.now(), preferences=_confirmed_choice(choice, Choices.of(svc.settings))
+        subscriber_id,
+        now=svc.now(),
+        preferences=_confirmed_choice(choice, Choices.of(svc.settings)),
+        issued_at=issued,
     )
     if sub is None or sub.status != SubscriberStatus.ACTIVE:  # gone since, or closed before it was sent
         return render_template(

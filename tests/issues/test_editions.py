@@ -5,62 +5,25 @@ nothing decided."""
 
 from __future__ import annotations
 
-import email
 import json
 import threading
-from datetime import UTC, datetime, timedelta
-from email import policy
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from newsletter.config import WEEKDAYS, Settings, load_settings
-from newsletter.db.models import Edition, Frequency, Subscriber
+from newsletter.config import WEEKDAYS, Settings
+from newsletter.db.models import Edition, Frequency
 from newsletter.delivery.sending import send
 from newsletter.issues.build import build, gather, gather_and_build, today
 from newsletter.store import Store
 from newsletter.subscribers.records import Preferences
 
-from ..support.helpers import FeedServer, Gate, Route, SmtpSink, recent, rss, run_cli, write_config
+from ..support.editions import ALERTS, SPORT, TECH, WORLD, add, sectioned_config, titles, week_of_stories
+from ..support.helpers import FeedServer, Gate, SmtpSink, run_cli
 
 # three sections a reader may choose, and a source without one (in every reader's issue)
-WORLD = [
-    ("Harbour cranes stand idle as dock workers strike over pay", 1),
-    ("Parliament passes a budget that raises pensions", 3),
-]
-SPORT = [
-    ("Cyclist wins the mountain stage after a late solo attack", 2),
-    ("Tennis final postponed by rain until Monday afternoon", 4),
-]
-TECH = [("Chip maker opens a second fabrication plant in the desert", 3)]
-ALERTS = [("Road closures for the marathon on Sunday morning", 5)]
-
-
-def _items(stories: list[tuple[str, float]], prefix: str) -> list[dict[str, Any]]:
-    return [
-        {"title": t, "link": f"https://example.com/{prefix}{i}", "date": recent(h), "description": t + "."}
-        for i, (t, h) in enumerate(stories)
-    ]
-
-
-def sectioned_config(
-    tmp_path: Path, feeds: FeedServer, sink: SmtpSink, *, weekly_day: str = "", extra: str = ""
-) -> Settings:
-    feeds.routes["/world"] = Route(rss(_items(WORLD, "w")))
-    feeds.routes["/sport"] = Route(rss(_items(SPORT, "s")))
-    feeds.routes["/tech"] = Route(rss(_items(TECH, "t")))
-    feeds.routes["/culture"] = Route(rss([]))  # a section with nothing today
-    feeds.routes["/alerts"] = Route(rss(_items(ALERTS, "a")))
-    desks = [(f"{n} Desk", feeds.url("/" + n.lower()), n) for n in ("World", "Sport", "Tech", "Culture")]
-    path = write_config(
-        tmp_path,
-        sources=[*desks, ("Alerts", feeds.url("/alerts"), None)],
-        delivery='transport = "smtp"',
-        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\nconnections = 2\n'
-        f'[digest]\nweekly_day = "{weekly_day}"\nmin_stories = 1\n{extra}',
-    )
-    return load_settings(path)
 
 
 @pytest.fixture
@@ -70,24 +33,6 @@ def sectioned(
     """Sections and readers on a SQLite file and on the local PostgreSQL (the CLI's tests, below,
     use the config's SQLite file)."""
     return sectioned_config(tmp_path, feed_server, smtp_sink), store
-
-
-def add(store: Store, address: str, *sections: str, frequency: Frequency = Frequency.DAILY) -> Subscriber:
-    sub, _ = store.add_subscriber(
-        address, None, now=datetime.now(UTC), preferences=Preferences(tuple(sections), frequency)
-    )
-    return sub
-
-
-def titles(raw: bytes) -> tuple[str, str, list[str]]:
-    """A received digest's subject, its lead's title (the first story of the text part) and every
-    story title it holds, in order."""
-    msg = email.message_from_bytes(raw, policy=policy.default)
-    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    everything = [t for t, _ in WORLD + SPORT + TECH + ALERTS]
-    found = sorted((text.index(t), t) for t in everything if t in text)
-    lead = next(line for line in text.split("== TOP STORY ==", 1)[1].splitlines() if line.strip())
-    return str(msg["Subject"]), lead.strip(), [t for _, t in found]
 
 
 def test_each_reader_gets_only_their_sections_rendered_once_per_set(
@@ -212,48 +157,6 @@ def test_a_preference_change_during_the_send_changes_nothing_decided(
         assert (told == sport) if i % 2 else (len(told) == 6), sub.email  # what the freeze decided
 
 
-def _week_of_stories(feeds: FeedServer) -> None:
-    """A week: one event told by three desks five days ago (the week's widest), a few single
-    stories spread over the days, and today's."""
-    old = recent(24 * 5)
-    big = [
-        {
-            "title": t,
-            "link": f"https://example.com/big{i}",
-            "date": old + timedelta(minutes=10 * i),
-            "description": d,
-        }
-        for i, (t, d) in enumerate(
-            [
-                (
-                    "Flood barrier fails as river bursts its banks in the old town",
-                    "The river rose overnight.",
-                ),
-                ("River floods old town after barrier gives way", "Residents were moved to the school hall."),
-                ("Old town under water as flood barrier breaks", "The barrier failed before dawn."),
-            ]
-        )
-    ]
-    days = [
-        {
-            "title": t,
-            "link": f"https://example.com/d{i}",
-            "date": recent(24 * (i + 1) + 3),
-            "description": t + ".",
-        }
-        for i, t in enumerate(
-            [
-                "Museum reopens its east wing after a long restoration",
-                "Ferry operator adds a night crossing for the summer",
-                "Orchestra names a new principal conductor from Lisbon",
-            ]
-        )
-    ]
-    feeds.routes["/world"] = Route(rss([big[0], *_items(WORLD, "w")]))
-    feeds.routes["/sport"] = Route(rss([big[1], *_items(SPORT, "s")]))
-    feeds.routes["/tech"] = Route(rss([big[2], *days, *_items(TECH, "t")]))
-
-
 def test_the_weekly_edition_on_its_day_goes_to_weekly_readers_only(
     tmp_path: Path, feed_server: FeedServer, smtp_sink: SmtpSink, env: None
 ) -> None:
@@ -262,7 +165,7 @@ def test_the_weekly_edition_on_its_day_goes_to_weekly_readers_only(
     settings = sectioned_config(
         tmp_path, feed_server, smtp_sink, weekly_day=day, extra="weekly_max_stories = 4\nwindow_hours = 24\n"
     )
-    _week_of_stories(feed_server)
+    week_of_stories(feed_server)
     store = Store(settings.database_url)
     store.migrate()
     daily = add(store, "daily@example.com")

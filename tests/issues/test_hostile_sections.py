@@ -71,7 +71,7 @@ def _add(store: Store, address: str, *sections: str) -> Subscriber:
     return sub
 
 
-def test_sectionless_feed_naming_a_section_as_its_category_hides_its_stories(
+def test_sectionless_feed_naming_a_section_as_its_category_reaches_every_reader(
     tmp_path: Path, feed_server: FeedServer, smtp_sink: SmtpSink, env: None
 ) -> None:
     """SPEC 8: stories from a source without a `section` are in every reader's issue. A feed
