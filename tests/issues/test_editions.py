@@ -20,7 +20,17 @@ from newsletter.issues.build import build, gather, gather_and_build, today
 from newsletter.store import Store
 from newsletter.subscribers.records import Preferences
 
-from ..support.editions import ALERTS, SPORT, TECH, WORLD, add, sectioned_config, titles, week_of_stories
+from ..support.editions import (
+    ALERTS,
+    SPORT,
+    TECH,
+    WORLD,
+    add,
+    sectioned_config,
+    sectioned_store,
+    titles,
+    weekly_today,
+)
 from ..support.helpers import FeedServer, Gate, SmtpSink, run_cli
 
 # three sections a reader may choose, and a source without one (in every reader's issue)
@@ -73,9 +83,7 @@ def test_each_reader_gets_only_their_sections_rendered_once_per_set(
 def test_a_reader_with_nothing_in_the_issue_gets_no_mail_and_is_counted(
     tmp_path: Path, feed_server: FeedServer, smtp_sink: SmtpSink, env: None
 ) -> None:
-    settings = sectioned_config(tmp_path, feed_server, smtp_sink)
-    store = Store(settings.database_url)
-    store.migrate()
+    settings, store = sectioned_store(tmp_path, feed_server, smtp_sink)
     # without the sectionless source, a Culture reader has nothing today
     config = tmp_path / "config.toml"
     config.write_text(config.read_text().split('\n[[sources]]\nname = "Alerts"')[0])
@@ -160,14 +168,7 @@ def test_a_preference_change_during_the_send_changes_nothing_decided(
 def test_the_weekly_edition_on_its_day_goes_to_weekly_readers_only(
     tmp_path: Path, feed_server: FeedServer, smtp_sink: SmtpSink, env: None
 ) -> None:
-    now = datetime.now(UTC)
-    day = WEEKDAYS[now.date().weekday()]
-    settings = sectioned_config(
-        tmp_path, feed_server, smtp_sink, weekly_day=day, extra="weekly_max_stories = 4\nwindow_hours = 24\n"
-    )
-    week_of_stories(feed_server)
-    store = Store(settings.database_url)
-    store.migrate()
+    settings, store = weekly_today(tmp_path, feed_server, smtp_sink)
     daily = add(store, "daily@example.com")
     weekly = add(store, "weekly@example.com", frequency=Frequency.WEEKLY)
     weekly_sport = add(store, "ws@example.com", "Sport", frequency=Frequency.WEEKLY)

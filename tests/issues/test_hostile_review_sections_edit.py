@@ -10,18 +10,15 @@ from pathlib import Path
 
 from newsletter.delivery.sending import send
 from newsletter.issues.edits import Action, Change, edit_issue
-from newsletter.store import Store
 
-from ..support.editions import SPORT, add, sectioned_config
+from ..support.editions import SPORT, add, sectioned_store
 from ..support.helpers import FeedServer, SmtpSink, run_cli
 
 
 def test_dropping_a_sections_last_story_skips_its_readers_and_every_variant_follows(
     tmp_path: Path, feed_server: FeedServer, smtp_sink: SmtpSink, env: None
 ) -> None:
-    settings = sectioned_config(tmp_path, feed_server, smtp_sink)
-    store = Store(settings.database_url)
-    store.migrate()
+    settings, store = sectioned_store(tmp_path, feed_server, smtp_sink)
     add(store, "all@example.com")
     add(store, "sport@example.com", "Sport")
     add(store, "tech@example.com", "Tech")

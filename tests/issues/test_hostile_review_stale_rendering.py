@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 from email import policy
 from pathlib import Path
 
-from newsletter.config import WEEKDAYS
-from newsletter.db.models import Edition, Frequency
+from newsletter.config import Settings
+from newsletter.db.models import Edition, Frequency, Issue
 from newsletter.delivery.sending import send
 from newsletter.issues.edits import Action, Change, edit_issue
 from newsletter.schedule import run_scheduled
 from newsletter.store import Store
 
-from ..support.editions import add, sectioned_config, week_of_stories
+from ..support.editions import add, sectioned_store, weekly_today
 from ..support.helpers import FeedServer, Gate, SmtpSink, run_cli
 
 
@@ -30,9 +30,7 @@ def test_an_edit_between_reading_the_issue_and_its_send_reaches_whole_issue_read
 ) -> None:
     """What the console's "Send now" thread, `send --issue` and the scheduler do: read the issue,
     then send() it. An editor's edit lands in between (it commits: the issue is still built)."""
-    settings = sectioned_config(tmp_path, feed_server, smtp_sink)
-    store = Store(settings.database_url)
-    store.migrate()
+    settings, store = sectioned_store(tmp_path, feed_server, smtp_sink)
     add(store, "all@example.com")  # every section: the issue's own rendering
     add(store, "sport@example.com", "Sport")  # a variant
     run_cli(tmp_path / "config.toml", "build")
@@ -42,14 +40,7 @@ def test_an_edit_between_reading_the_issue_and_its_send_reaches_whole_issue_read
     edited = edit_issue(
         settings, store, read_by_sender.id, Change(Action.DROP, victim.id), who="ed", now=datetime.now(UTC)
     )
-    edited = edit_issue(
-        settings,
-        store,
-        edited.id,
-        Change(Action.EDIT, subject="EDITED SUBJECT", intro="Edited intro."),
-        who="ed",
-        now=datetime.now(UTC),
-    )
+    edited = _retitled(settings, store, edited.id, "EDITED SUBJECT", "Edited intro.")
     assert edited.version == read_by_sender.version + 2 and victim.title not in edited.text
     send(settings, store, read_by_sender)  # the sender's copy, read before the edits
     got = smtp_sink.by_recipient()
@@ -73,13 +64,7 @@ def test_weekly_edit_during_the_daily_send_of_a_scheduled_run_is_sent(
     it read before: an editor's change to the (still built) weekly issue meanwhile is stored, shown
     in the console, logged - and not what the weekly readers get."""
     now = datetime.now(UTC)
-    day = WEEKDAYS[now.date().weekday()]
-    settings = sectioned_config(
-        tmp_path, feed_server, smtp_sink, weekly_day=day, extra="weekly_max_stories = 4\nwindow_hours = 24\n"
-    )
-    week_of_stories(feed_server)
-    store = Store(settings.database_url)
-    store.migrate()
+    settings, store = weekly_today(tmp_path, feed_server, smtp_sink)
     add(store, "daily@example.com")
     add(store, "weekly@example.com", frequency=Frequency.WEEKLY)
     run_cli(tmp_path / "config.toml", "build")
@@ -90,17 +75,16 @@ def test_weekly_edit_during_the_daily_send_of_a_scheduled_run_is_sent(
     run.start()
     assert gate.reached.wait(30)  # the daily is on the wire; the weekly is still built
     assert store.get_issue(weekly.id).status == "built"  # type: ignore[union-attr]
-    edit_issue(
-        settings,
-        store,
-        weekly.id,
-        Change(Action.EDIT, subject="WEEKLY EDITED", intro="From the desk."),
-        who="ed",
-        now=datetime.now(UTC),
-    )
+    _retitled(settings, store, weekly.id, "WEEKLY EDITED", "From the desk.")
     gate.opened.set()
     run.join(60)
     subject, body = _subject_and_body(smtp_sink.by_recipient()["weekly@example.com"][0].data)
     assert store.issue_edits(weekly.id)[0].action == "edit"
     assert (subject, "From the desk." in body) == ("WEEKLY EDITED", True), subject
     store.close()
+
+
+def _retitled(settings: Settings, store: Store, issue_id: int, subject: str, intro: str) -> Issue:
+    """An editor's new subject and intro for the issue."""
+    change = Change(Action.EDIT, subject=subject, intro=intro)
+    return edit_issue(settings, store, issue_id, change, who="ed", now=datetime.now(UTC))

@@ -9,7 +9,7 @@ from email import policy
 from pathlib import Path
 from typing import Any
 
-from newsletter.config import Settings, load_settings
+from newsletter.config import WEEKDAYS, Settings, load_settings
 from newsletter.db.models import Frequency, Subscriber
 from newsletter.store import Store
 from newsletter.subscribers.records import Preferences
@@ -119,3 +119,24 @@ def week_of_stories(feeds: FeedServer) -> None:
     feeds.routes["/world"] = Route(rss([big[0], *story_items(WORLD, "w")]))
     feeds.routes["/sport"] = Route(rss([big[1], *story_items(SPORT, "s")]))
     feeds.routes["/tech"] = Route(rss([big[2], *days, *story_items(TECH, "t")]))
+
+
+def sectioned_store(
+    tmp_path: Path, feeds: FeedServer, sink: SmtpSink, **config: str
+) -> tuple[Settings, Store]:
+    """sectioned_config's settings and its migrated SQLite store."""
+    settings = sectioned_config(tmp_path, feeds, sink, **config)
+    store = Store(settings.database_url)
+    store.migrate()
+    return settings, store
+
+
+def weekly_today(tmp_path: Path, feeds: FeedServer, sink: SmtpSink) -> tuple[Settings, Store]:
+    """Today is the weekly day (at most 4 stories a week, a 24-hour daily window), a week of
+    stories in the feeds, and the store."""
+    day = WEEKDAYS[datetime.now(UTC).date().weekday()]
+    settings, store = sectioned_store(
+        tmp_path, feeds, sink, weekly_day=day, extra="weekly_max_stories = 4\nwindow_hours = 24\n"
+    )
+    week_of_stories(feeds)
+    return settings, store

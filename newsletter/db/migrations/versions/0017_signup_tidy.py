@@ -25,6 +25,18 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # SQLite rebuilds the table to drop a column, and a rebuilt table has lost its triggers (the
+    # subscriber and preference tallies', migrations 0006 and 0014): they are made again as they were
+    bind = op.get_bind()
+    triggers: list[str] = []
+    if bind.dialect.name == "sqlite":
+        triggers = list(
+            bind.execute(
+                sa.text("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'subscribers'")
+            ).scalars()
+        )
     with op.batch_alter_table("subscribers") as batch:
         batch.drop_column("welcomed_at")
         batch.drop_column("reminded_at")
+    for sql in triggers:
+        op.execute(sql)

@@ -5,29 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from flask.testing import FlaskClient
 
 from newsletter.db.models import Issue
 from newsletter.operators import hash_password
 
-from ..support.helpers import PASSWORD, Console, log_in, run_cli, token
-
-
-@pytest.fixture
-def client(console: Console) -> FlaskClient:
-    c = console.app.test_client()
-    assert log_in(c) == 302
-    return c
-
-
-@pytest.fixture
-def built(console: Console) -> Issue:
-    console.store.add_subscriber(
-        "reader@example.org", "Reader", now=console.app.extensions["newsletter"].now()
-    )
-    run_cli(console.config, "build")
-    return console.store.list_issues()[0]
+from ..support.helpers import PASSWORD, Console, log_in, token
 
 
 def _post(client: FlaskClient, issue_id: int, path: str, **form: Any) -> Any:
