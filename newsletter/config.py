@@ -43,6 +43,8 @@ class NewsletterSettings:
     # who gets the "Review:" note when an issue is built ahead of its send ([schedule] review_minutes)
     editors: tuple[str, ...] = ()
     secret_key_file: str = ".secret_key"
+    # the operator's own templates: a file here overrides the packaged one of the same path (SPEC 10)
+    templates_dir: str = "templates"
 
     @property
     def tz(self) -> ZoneInfo:
@@ -99,6 +101,8 @@ class DigestSettings:
         """Whether there is a weekly edition, so readers may choose it."""
         return bool(self.weekly_day)
 
+
+MAX_HOURS = 24 * 365 * 10  # ten years: beyond it a timedelta overflows soon enough to matter
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
@@ -172,6 +176,13 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class SubscriberSettings:
+    welcome: bool = True  # a reader who confirms gets one welcome mail
+    remind_after_hours: float = 48  # one reminder to a pending signup after this long; 0: never
+    prune_pending_after_hours: float = 336  # a signup still pending this long is deleted; 0: never
+
+
+@dataclass(frozen=True)
 class Settings:
     newsletter: NewsletterSettings
     sources: tuple[SourceSettings, ...]
@@ -183,6 +194,7 @@ class Settings:
     dkim: DkimSettings | None = None
     bounces: BounceSettings | None = None
     web: WebSettings = field(default_factory=WebSettings)
+    subscribers: SubscriberSettings = field(default_factory=SubscriberSettings)
     # Not keys of the file: where it was, and what came from the environment.
     config_dir: Path = Path(".")
     smtp_password: str = ""
@@ -201,6 +213,10 @@ class Settings:
         """What a reader may choose from: the distinct `section` values of the sources, in the
         order of the file (a source without one is in every reader's issue)."""
         return tuple(dict.fromkeys(s.section for s in self.sources if s.section and s.section.strip()))
+
+    @property
+    def templates_path(self) -> Path:
+        return self.path(self.newsletter.templates_dir)
 
     @property
     def secret_key_path(self) -> Path:
@@ -330,6 +346,16 @@ def _convert(hint: Any, value: Any, dotted: str) -> Any:
     raise ConfigError(f"configuration key '{dotted}' has an unsupported type")  # pragma: no cover
 
 
+def _joins_sections(section: str, sections: tuple[str, ...]) -> bool:
+    """Whether a section's name is others' joined by a separator ("A;B" beside "A" and "B")."""
+    known = {n.casefold() for n in sections if n != section}
+    for separator in ";,":
+        pieces = [p.strip().casefold() for p in section.split(separator)]
+        if len(pieces) > 1 and all(p in known for p in pieces):
+            return True
+    return False
+
+
 def _check(s: Settings) -> None:
     """Rules beyond types: ranges, formats, things that must parse."""
 
@@ -363,6 +389,11 @@ def _check(s: Settings) -> None:
     need(len(s.schedule.cron.split()) == 5, "schedule.cron", "must have five fields")
     need(s.schedule.misfire_grace_seconds >= 0, "schedule.misfire_grace_seconds", "must not be negative")
     need(0 <= s.schedule.review_minutes <= 24 * 60, "schedule.review_minutes", "must be 0 to 1440")
+    need(
+        s.schedule.review_default == "send" or s.schedule.review_minutes > 0,
+        "schedule.review_default",
+        'is "hold" only with schedule.review_minutes set (an issue held with no review would never go)',
+    )
     for i, editor in enumerate(n.editors):
         need(_one_address(editor), f"newsletter.editors[{i}]", "must be one email address")
     need(
@@ -398,11 +429,12 @@ def _check(s: Settings) -> None:
         if section.strip():  # a name readers choose: one spelling on the page, the CLI and a CSV
             need(section == section.strip(), f"sources[{i}].section", "must not begin or end with blanks")
             need(len(section) <= 200, f"sources[{i}].section", "must be at most 200 characters")
+            need(section.isprintable(), f"sources[{i}].section", "must not hold a control character")
             need(
-                not any(c in ",;" or not c.isprintable() for c in section),
+                not _joins_sections(section, s.sections),
                 f"sources[{i}].section",
-                "must not hold a comma, a semicolon (they separate sections in a CSV and on the "
-                "command line) or a control character",
+                "must not be other sections joined by ';' or ',' (a CSV cell or the command line "
+                "could not tell it from them)",
             )
     need(s.delivery.rate_per_second >= 0, "delivery.rate_per_second", "must not be negative")
     need(s.delivery.max_attempts >= 1, "delivery.max_attempts", "must be at least 1")
@@ -412,6 +444,14 @@ def _check(s: Settings) -> None:
     need(s.smtp.timeout_seconds > 0, "smtp.timeout_seconds", "must be positive")
     need(1 <= s.web.port <= 65535, "web.port", "must be a port number")
     need(s.web.signups_per_ip_per_hour >= 1, "web.signups_per_ip_per_hour", "must be at least 1")
+    for key in ("remind_after_hours", "prune_pending_after_hours"):  # nan and inf are TOML floats too
+        hours = getattr(s.subscribers, key)
+        need(
+            0 <= hours <= MAX_HOURS,
+            f"subscribers.{key}",
+            f"must be a number of hours from 0 (never) to {MAX_HOURS}",
+        )
+    need(bool(n.templates_dir.strip()), "newsletter.templates_dir", "must not be empty")
     if s.bounces is not None:
         need("@" in s.bounces.return_path, "bounces.return_path", "must be an email address")
 

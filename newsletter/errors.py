@@ -12,6 +12,7 @@ __all__ = [
     "NotFoundError",
     "SendBusyError",
     "SenderFenced",
+    "TemplateError",
     "TransportError",
     "UsageError",
 ]
@@ -25,6 +26,13 @@ class NewsletterError(Exception):
 
 class ConfigError(NewsletterError):
     """Bad configuration: the file, a key, the environment, a key file it names (exit 2)."""
+
+    exit_code = 2
+
+
+class TemplateError(NewsletterError):
+    """A template of the operator's (or one it includes) fails the check: each problem as
+    FILE:LINE: reason, one a line (exit 2)."""
 
     exit_code = 2
 

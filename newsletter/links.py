@@ -22,6 +22,7 @@ __all__ = [
     "outbox_copies_of",
     "read_feedback_id",
     "test_copy_key",
+    "welcome_key",
     "TEST_COPIES",
 ]
 
@@ -96,6 +97,10 @@ def issue_copy_key(issue_id: int, subscriber_id: int) -> str:
 
 def confirmation_key(subscriber_id: int, sent_at: datetime) -> str:
     return f"confirm/{subscriber_id}-{int(sent_at.timestamp())}"
+
+
+def welcome_key(subscriber_id: int, sent_at: datetime) -> str:
+    return f"welcome/{subscriber_id}-{int(sent_at.timestamp())}"
 
 
 def test_copy_key(issue_id: int, sent_at: datetime) -> str:

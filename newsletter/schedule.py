@@ -23,14 +23,16 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from .bounces.processing import process_bounces
-from .config import Settings
+from .config import Settings, read_secret_key
 from .db.models import Edition
 from .delivery.engine import SendReport, process_alive
 from .delivery.sending import send, send_options
+from .delivery.tokens import Tokens
 from .errors import ConfigError, NewsletterError
 from .issues.build import gather_and_build
-from .issues.review import SECOND_NOTE, held_reason, mail_review_note, start_review
+from .issues.review import SECOND_NOTE, held_reason, send_review_note, start_review
 from .store import Store
+from .subscribers.tidy import tidy
 
 __all__ = [
     "MissedRun",
@@ -175,11 +177,11 @@ def run_scheduled(
                 if settings.schedule.review_default == "hold" and store.claim_review_note(
                     outcome.issue.id, SECOND_NOTE
                 ):
-                    mail_review_note(
+                    send_review_note(
                         settings, store, outcome.issue.id, send_at=fire_time, note=SECOND_NOTE, now=started
                     )
                 continue
-            sent = _send_fields(send(settings, store, outcome.issue, should_stop=should_stop))
+            sent = _send_fields(send(settings, store, outcome.issue, should_stop=should_stop, held_ok=False))
             fields |= {f"{named}{k}": v for k, v in ({"stories": outcome.issue.story_count} | sent).items()}
             if should_stop():
                 break
@@ -339,6 +341,19 @@ class Scheduler:
                 {"event": "bounce", "unrecognised": line},
             )
 
+    def tidy_signups(self) -> None:
+        """Every hour: remind pending signups once, delete those pending too long (SPEC 10)."""
+        if self.stopping.is_set():
+            return
+        try:
+            report = tidy(self.settings, self.store, Tokens(read_secret_key(self.settings)), now=self.now())
+        except Exception as exc:  # noqa: BLE001 - the relay or the database: logged, tried next hour
+            self.emit(f"tidy not done: {exc}", {"event": "tidy", "error": str(exc)})
+            return
+        fields = {k: v for k, v in report.as_dict().items() if k != "dry_run"}
+        if report.reminded or report.pruned or report.not_sent:
+            self.emit(f"tidy {fields_line(fields)}", {"event": "tidy", **fields})
+
     def start(self) -> None:
         s = self.settings.schedule
         grace = timedelta(seconds=s.misfire_grace_seconds)
@@ -376,6 +391,15 @@ class Scheduler:
             self.scheduler.add_job(
                 self.review_due, "interval", minutes=1, id="review", coalesce=True, max_instances=1
             )
+        self.scheduler.add_job(
+            self.tidy_signups,
+            "interval",
+            hours=1,
+            id="tidy",
+            coalesce=True,
+            max_instances=1,
+            next_run_time=datetime.now(self.tz),
+        )
         b = self.settings.bounces
         if b is not None and b.check_every_minutes > 0:
             self.scheduler.add_job(

@@ -48,6 +48,11 @@ def test_the_shipped_config_documents_clustering_with_the_measured_default() -> 
         ('[web]\ntrusted_proxies = "10.0.0.1"\n', "web.trusted_proxies"),
         ('[web]\ntrusted_proxies = ["10.0.0.1", "proxy.local"]\n', "web.trusted_proxies[1]"),
         ("[web]\ntrusted_proxies = [3]\n", "web.trusted_proxies[0]"),
+        ('[subscribers]\nremind_after_hours = "48"\n', "subscribers.remind_after_hours"),
+        ("[subscribers]\nremind_after_hours = nan\n", "subscribers.remind_after_hours"),
+        ("[subscribers]\nprune_pending_after_hours = inf\n", "subscribers.prune_pending_after_hours"),
+        ("[subscribers]\nprune_pending_after_hours = -1\n", "subscribers.prune_pending_after_hours"),
+        ('[subscribers]\nwelcome = "yes"\n', "subscribers.welcome"),
     ],
 )
 def test_a_bad_key_is_refused_by_name(tmp_path: Path, extra: str, named: str) -> None:
@@ -63,6 +68,15 @@ def test_a_bad_key_is_refused_by_name(tmp_path: Path, extra: str, named: str) ->
     path.write_text(base)
     with pytest.raises(ConfigError, match=re.escape(named)):
         load_settings(path)
+
+
+def test_the_tidy_hours_take_fractions_and_zero(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path, extra="[subscribers]\nremind_after_hours = 0.5\nprune_pending_after_hours = 0\n"
+    )
+    subscribers = load_settings(path).subscribers
+    assert subscribers.remind_after_hours == 0.5 and subscribers.prune_pending_after_hours == 0
+    assert subscribers.welcome
 
 
 def test_missing_required_key_is_named(tmp_path: Path) -> None:

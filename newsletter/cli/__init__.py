@@ -247,7 +247,13 @@ def _say_gathered(report: GatherReport, *, quiet: bool) -> None:
 
 
 def _send(
-    app: App, sent: Sequence[Issue], *, resend_unknown: bool, as_json: bool, wait: bool = False
+    app: App,
+    sent: Sequence[Issue],
+    *,
+    resend_unknown: bool,
+    as_json: bool,
+    wait: bool = False,
+    held_ok: bool = True,
 ) -> None:
     """Send each issue in turn (a day's daily, then its weekly); a pause or a signal ends the
     sending there. `--json` prints one document: the first issue's keys at the top, as before
@@ -256,7 +262,13 @@ def _send(
     try:
         for issue in sent:
             report = _send_one(
-                app, issue, resend_unknown=resend_unknown, as_json=as_json, wait=wait, shown=shown
+                app,
+                issue,
+                resend_unknown=resend_unknown,
+                as_json=as_json,
+                wait=wait,
+                shown=shown,
+                held_ok=held_ok,
             )
             if report.paused:
                 (err if as_json else out).print(
@@ -276,7 +288,14 @@ def _send(
 
 
 def _send_one(
-    app: App, issue: Issue, *, resend_unknown: bool, as_json: bool, wait: bool, shown: list[dict[str, Any]]
+    app: App,
+    issue: Issue,
+    *,
+    resend_unknown: bool,
+    as_json: bool,
+    wait: bool,
+    shown: list[dict[str, Any]],
+    held_ok: bool = True,
 ) -> SendReport:
     from ..delivery.sending import send, send_options  # compose, DKIM, the engine: for sends alone
 
@@ -291,6 +310,7 @@ def _send_one(
             options=options,
             on_result=tick,
             should_stop=stop.is_set,
+            held_ok=held_ok,
         )
     counts = {k: v for k, v in app.store.issue_counts(issue.id)[0].deliveries.items() if v}  # final states
     shown.append(
@@ -351,4 +371,4 @@ def _sending_issue(app: App, issue_id: int | None) -> Issue:
 
 
 # The command groups register their commands on `main` as they are imported.
-from . import issues, operations, sending, subscribers  # noqa: E402, F401
+from . import issues, operations, sending, subscribers, templates  # noqa: E402, F401

@@ -29,6 +29,7 @@ from . import (
     out,
     pass_app,
 )
+from .templates import require_templates
 
 # -- init ---------------------------------------------------------------------------------------
 
@@ -89,6 +90,7 @@ def gather(app: App, as_json: bool) -> None:
 def build(app: App, date_text: str | None, as_json: bool) -> None:
     """Gather, choose the day's stories and store the rendered issue (one per date and edition;
     on the weekly day the weekly edition too)."""
+    require_templates(app)
     outcomes = _build(app, _issue_date(app, date_text), quiet=as_json)
     if as_json:
         shown = [_outcome_json(app, o) for o in outcomes]
@@ -211,6 +213,7 @@ def _hold_or_approve(app: App, issue_id: int | None, *, held: bool) -> None:
 @pass_app
 def preview(app: App, issue_id: int | None, out_file: Path | None, to_address: str | None) -> None:
     """Write the inlined HTML of an issue for a browser, or mail a [Test] copy."""
+    require_templates(app)
     issue = _issue(app, issue_id, build_today=True)
     if to_address:
         address, _ = _checked(to_address, None)

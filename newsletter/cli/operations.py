@@ -14,6 +14,7 @@ import click
 from .. import operators
 from ..links import Links
 from . import App, _log, _now, _print_json, err, main, out, pass_app
+from .templates import require_templates
 
 
 @main.command()
@@ -100,6 +101,7 @@ def schedule(app: App, log_file: Path | None, log_json: bool) -> None:
     """Run the main job at every [schedule] cron time until stopped (SIGTERM or Ctrl-C)."""
     from ..schedule import Scheduler
 
+    require_templates(app)
     configure_log(log_file, as_json=log_json)
     scheduler = Scheduler(app.settings, app.store)
     scheduler.install_signals()
@@ -147,6 +149,7 @@ def serve(app: App, host: str | None, port: int | None) -> None:
     from ..web import create_app
     from ..web.server import create_server
 
+    require_templates(app)
     web = create_app(app.settings, store=app.store)
     host, port = host or app.settings.web.host, port or app.settings.web.port
     server = create_server(web, host, port)

@@ -11,6 +11,7 @@ from ..db.models import DeliveryStatus
 from ..errors import NotFoundError
 from ..reports import complaint_warning, engagement
 from . import App, _build, _held, _issue, _issue_date, _now, _print_json, _send, err, main, out, pass_app
+from .templates import require_templates
 
 # -- send, run, status --------------------------------------------------------------------------
 
@@ -36,6 +37,7 @@ def send(app: App, issue_id: int | None, wait: bool, resend_unknown: bool, as_js
 @pass_app
 def run(app: App, date_text: str | None) -> None:
     """The main job once: build the day's issue (and on the weekly day the weekly one), then send it."""
+    require_templates(app)
     outcomes = _build(app, _issue_date(app, date_text))
     for outcome in outcomes:
         out.print(outcome.reason, markup=False)
@@ -48,7 +50,7 @@ def run(app: App, date_text: str | None) -> None:
             continue
         built.append(outcome.issue)
     if built:
-        _send(app, built, resend_unknown=False, as_json=False)
+        _send(app, built, resend_unknown=False, as_json=False, held_ok=False)
 
 
 @main.command()

@@ -1,4 +1,4 @@
-"""`newsletter subscribers ...`: add, import, export, list, remove."""
+"""`newsletter subscribers ...`: add, import, export, list, remove, tidy."""
 
 from __future__ import annotations
 
@@ -146,3 +146,28 @@ def subscribers_remove(app: App, email: str) -> None:
         raise NotFoundError(f"no subscriber {address}")
     changed = app.store.unsubscribe(sub.id, now=_now())
     out.print(f"{'unsubscribed' if changed else 'already unsubscribed'}: {address}", markup=False)
+
+
+@subscribers.command("tidy")
+@click.option("--dry-run", is_flag=True, help="say what would be done, changing nothing")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def subscribers_tidy(app: App, dry_run: bool, as_json: bool) -> None:
+    """Remind pending signups once and delete those pending too long ([subscribers])."""
+    from ..config import read_secret_key
+    from ..delivery.tokens import Tokens
+    from ..subscribers.tidy import tidy
+    from .templates import require_templates
+
+    require_templates(app)  # a reminder is the operator's confirm template: checked before any is sent
+
+    report = tidy(app.settings, app.store, Tokens(read_secret_key(app.settings)), now=_now(), dry_run=dry_run)
+    if as_json:
+        _print_json(report.as_dict())
+        return
+    verb = ("would remind", "would delete") if dry_run else ("reminded", "deleted")
+    line = f"{verb[0]} {report.reminded} pending signups; {verb[1]} {report.pruned} pending too long"
+    out.print(
+        line + (f"; {report.not_sent} reminders not sent (tried again next time)" if report.not_sent else ""),
+        markup=False,
+    )

@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import date
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -31,6 +32,9 @@ __all__ = [
     "RenderedIssue",
     "environment",
     "fill",
+    "issue_context",
+    "render_welcome",
+    "template_loader",
     "greeting_for",
     "inline_css",
     "render_issue",
@@ -90,10 +94,18 @@ class RenderedIssue:
         )
 
 
+def template_loader(folder: Path) -> jinja2.BaseLoader:
+    """The operator's folder first, file by file, then the package's templates (SPEC 10)."""
+    return jinja2.ChoiceLoader(
+        [jinja2.FileSystemLoader(folder), jinja2.PackageLoader("newsletter", "templates")]
+    )
+
+
 @cache
-def environment() -> jinja2.Environment:
+def environment(folder: Path) -> jinja2.Environment:
+    """The mails' environment over `folder` (settings.templates_path) and the package."""
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("newsletter", "templates"),
+        loader=template_loader(folder),
         autoescape=jinja2.select_autoescape(["html", "html.j2"]),
         trim_blocks=True,
         lstrip_blocks=True,
@@ -110,9 +122,24 @@ def render_issue(
     """The issue's HTML (CSS inlined) and text with new placeholders; `issue_id` None leaves its
     placeholder in its place. `subject` and `intro` are an editor's (SPEC 9): plain text, escaped
     like a feed's; None is the configured subject."""
+    names = Placeholders.new()
+    context = issue_context(digest, settings, issue_id=issue_id, names=names, subject=subject, intro=intro)
+    html, text = render_mail("digest", settings, context)
+    return RenderedIssue(context["subject"], context["preheader"], html=html, text=text, placeholders=names)
+
+
+def issue_context(
+    digest: Digest,
+    settings: Settings,
+    *,
+    issue_id: int | None,
+    names: Placeholders,
+    subject: str | None = None,
+    intro: str = "",
+) -> dict[str, Any]:
+    """What the issue's templates are given: the names an operator's copy may use."""
     n = settings.newsletter
     links = Links(n.base_url)
-    names = Placeholders.new()
     tz = n.tz
     subject = one_line(subject) if subject else render_subject(settings.digest.subject, digest)
     preheader = _preheader(digest)
@@ -123,7 +150,7 @@ def render_issue(
         local = story.published_at.astimezone(tz)
         return f"{local:%H:%M} {local.tzname()}"
 
-    context: dict[str, Any] = {
+    return {
         "newsletter": n,
         "subject": subject,
         "preheader": preheader,
@@ -140,10 +167,6 @@ def render_issue(
         "unsubscribe_url": names.unsubscribe_url,
         "preferences_url": names.preferences_url,
     }
-    env = environment()
-    html = env.get_template("email/digest.html.j2").render(context)
-    text = env.get_template("email/digest.txt.j2").render(context)
-    return RenderedIssue(subject, preheader, html=inline_css(html), text=text, placeholders=names)
 
 
 def render_subject(expression: str, digest: Digest) -> str:
@@ -260,9 +283,41 @@ def render_web(
 
 def render_confirmation(settings: Settings, *, confirm_url: str) -> tuple[str, str, str]:
     """(subject, inlined HTML, text) of the double opt-in mail."""
+    html, text = render_mail("confirm", settings, confirmation_context(settings, confirm_url=confirm_url))
+    return f"Confirm your subscription to {settings.newsletter.name}", html, text
+
+
+def confirmation_context(settings: Settings, *, confirm_url: str) -> dict[str, Any]:
     n = settings.newsletter
-    context = {"newsletter": n, "confirm_url": confirm_url, "signup_url": Links(n.base_url).signup()}
-    env = environment()
-    html = env.get_template("email/confirm.html.j2").render(context)
-    text = env.get_template("email/confirm.txt.j2").render(context)
-    return f"Confirm your subscription to {n.name}", inline_css(html), text
+    return {"newsletter": n, "confirm_url": confirm_url, "signup_url": Links(n.base_url).signup()}
+
+
+def render_welcome(
+    settings: Settings, *, preferences_url: str, latest_issue_url: str | None
+) -> tuple[str, str, str]:
+    """(subject, inlined HTML, text) of the one welcome mail a reader gets on confirming (SPEC 10)."""
+    context = welcome_context(settings, preferences_url=preferences_url, latest_issue_url=latest_issue_url)
+    html, text = render_mail("welcome", settings, context)
+    return f"Welcome to {settings.newsletter.name}", html, text
+
+
+def welcome_context(
+    settings: Settings, *, preferences_url: str, latest_issue_url: str | None
+) -> dict[str, Any]:
+    n = settings.newsletter
+    links = Links(n.base_url)
+    return {
+        "newsletter": n,
+        "preferences_url": preferences_url,
+        "archive_url": links.archive(),
+        "latest_issue_url": latest_issue_url or "",  # "" before the first issue is sent
+        "signup_url": links.signup(),
+    }
+
+
+def render_mail(name: str, settings: Settings, context: dict[str, Any]) -> tuple[str, str]:
+    """email/NAME.html.j2 (CSS inlined) and email/NAME.txt.j2 with `context`."""
+    env = environment(settings.templates_path)
+    html = env.get_template(f"email/{name}.html.j2").render(context)
+    text = env.get_template(f"email/{name}.txt.j2").render(context)
+    return inline_css(html), text

@@ -9,6 +9,7 @@ import calendar
 import hashlib
 import heapq
 import logging
+import re
 import socket
 import threading
 import zlib
@@ -283,9 +284,20 @@ def _read_local(base_dir: Path, url: str, limits: Limits) -> bytes:
         raise FeedError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+_REFERENCE = re.compile(rb"&#(?:[xX]([0-9a-fA-F]{1,8})|([0-9]{1,10}));")
+
+
+def _no_surrogate(m: re.Match[bytes]) -> bytes:
+    value = int(m.group(1), 16) if m.group(1) else int(m.group(2))
+    return b"&#xFFFD;" if 0xD800 <= value <= 0xDFFF else m.group(0)
+
+
 def parse_feed(body: bytes, source: SourceSettings, *, now: datetime) -> list[FetchedStory]:
     """Stories of one feed document (RSS 0.9x/1.0/2.0, Atom): at most `source.max_items`, the
     newest, in the order the feed gave them."""
+    # a character reference to a lone surrogate is no character: one such item would make the whole
+    # document unreadable, so it becomes U+FFFD (the others' stories are kept)
+    body = _REFERENCE.sub(_no_surrogate, body)
     try:
         parsed: Any = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False)
     except (ValueError, OverflowError) as exc:  # feedparser's loose parser on a reference like &#xD800;

@@ -174,6 +174,9 @@ class Subscriber(Base):
     bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # when a complaint closed the address: a confirmation sent after it may reopen it (the form's)
     complained_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # a pending signup's one reminder (SPEC 10), and a reader's one welcome mail
+    reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    welcomed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # what the reader chose (subscribers.rules checks it): how often, and which sections (() = all)
     frequency: Mapped[Frequency] = mapped_column(
         StateColumn(Frequency), default=Frequency.DAILY, server_default=Frequency.DAILY.value

@@ -267,6 +267,20 @@ def confirmation_message(
 ) -> bytes:
     """The double opt-in mail, built by the standard library (one per signup, no need to splice)."""
     subject, html, text = render_confirmation(settings, confirm_url=confirm_url)
+    return one_off_message(settings, (subject, html, text), to_email=to_email, to_name=to_name, signer=signer)
+
+
+def one_off_message(
+    settings: Settings,
+    rendered: tuple[str, str, str],
+    *,
+    to_email: str,
+    to_name: str | None,
+    signer: DkimSigner | None = None,
+) -> bytes:
+    """A mail to one reader, not an issue (a confirmation, a reminder, a welcome): (subject, HTML,
+    text) as rendered, built by the standard library."""
+    subject, html, text = rendered
     n = settings.newsletter
     msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = n.sender_mailbox

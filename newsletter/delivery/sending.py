@@ -95,15 +95,19 @@ def send(
     options: SendOptions | None = None,
     on_result: Callable[[DeliveryStatus], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    held_ok: bool = True,
 ) -> SendReport:
     """Send an issue over the configured transport, one connection per `[smtp] connections`; a
     paused issue is refused. Its audience is fixed first (issues.variants), when its send begins:
-    each reader of its edition with the rendering of their sections."""
+    each reader of its edition with the rendering of their sections. `held_ok` False (the
+    scheduler, `run`): an issue an editor holds is not sent (IssueHeld), even when the hold comes
+    in the instant before its send begins."""
     from ..issues.variants import fix_audience
 
     options = options or send_options(settings)
     tokens = Tokens(read_secret_key(settings))
-    added = 0 if store.is_paused(issue.id) else fix_audience(settings, store, issue)
+    added = 0 if store.is_paused(issue.id) else fix_audience(settings, store, issue, held_ok=held_ok)
+    issue = store.get_issue(issue.id) or issue  # as its audience was fixed: an editor may have changed it
     variants = {v.id: issue_template(settings, issue, rendering=v) for v in store.issue_variants(issue.id)}
     report = send_issue(
         store,

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Sequence
+from datetime import datetime
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
@@ -84,15 +85,23 @@ class Tokens:
         self, token: str, *, max_age: int = CONFIRM_MAX_AGE_SECONDS
     ) -> tuple[int, list[object]]:
         """(subscriber id, the signup's choice: [] when it made none)."""
+        subscriber_id, choice, _issued = self.read_confirm_issued(token, max_age=max_age)
+        return subscriber_id, choice
+
+    def read_confirm_issued(
+        self, token: str, *, max_age: int = CONFIRM_MAX_AGE_SECONDS
+    ) -> tuple[int, list[object], datetime]:
+        """(subscriber id, the signup's choice, when the link was made): a link made before its
+        subscriber's row is another signup's (a pruned one whose id a new row took)."""
         try:
-            value = self._confirm.loads(token, max_age=max_age)
+            value, issued = self._confirm.loads(token, max_age=max_age, return_timestamp=True)
         except SignatureExpired:
             raise BadToken("this confirmation link has expired") from None
         except BadSignature:
             raise BadToken("this confirmation link is not valid") from None
         if isinstance(value, list) and value:
-            return _subscriber_id(value[0]), value[1:]
-        return _subscriber_id(value), []
+            return _subscriber_id(value[0]), value[1:], issued
+        return _subscriber_id(value), [], issued
 
     def bounce(self, issue_id: int, subscriber_id: int) -> str:
         """The VERP token of one delivery: `ISSUE-SUBSCRIBER-MAC`, lower case (some servers fold the

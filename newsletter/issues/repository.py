@@ -115,6 +115,8 @@ class IssueRepository(Database):
             return [item for item in found if item]
 
     def get_issue(self, issue_id: int) -> Issue | None:
+        if not 0 < issue_id < 2**63:  # an id typed by hand: no such issue, not an overflow
+            return None
         with self.read() as s:
             return s.get(Issue, issue_id)
 
@@ -185,9 +187,20 @@ class IssueRepository(Database):
             issue = self._editable(s, issue_id)
             changed = issue.held != held
             issue.held = held
+            if changed:  # a send about to begin at the version it read does not begin: it reads again
+                issue.version += 1
             if changed or note.detail:
                 s.add(IssueEdit(issue_id=issue_id, **note._asdict()))
             return changed
+
+    def release_review_note(self, issue_id: int, note: int) -> None:
+        """Give a claimed note back (no editor could take it yet): the next minute mails it."""
+        with self.write() as s:
+            s.execute(
+                update(Issue)
+                .where(Issue.id == issue_id, Issue.review_notes == note)
+                .values(review_notes=note - 1)
+            )
 
     def claim_review_note(self, issue_id: int, note: int) -> bool:
         """True for the one process that mails an issue's `note`th review note (1 or 2)."""

@@ -13,16 +13,25 @@ from typing import TYPE_CHECKING
 
 from ..config import Settings, mailbox
 from ..content.render import render_web
-from ..db.models import Issue, IssueStatus
+from ..db.models import DeliveryStatus, Issue, IssueStatus
 from ..delivery.transport import Envelope, open_transport
-from ..errors import NewsletterError
+from ..errors import NewsletterError, TransportError
 from ..links import Links
 from .edits import Action, hold_issue
 
 if TYPE_CHECKING:
     from ..store import Store
 
-__all__ = ["FIRST_NOTE", "SECOND_NOTE", "held_reason", "mail_review_note", "review_link", "start_review"]
+__all__ = [
+    "FIRST_NOTE",
+    "SECOND_NOTE",
+    "ReviewNoteError",
+    "held_reason",
+    "mail_review_note",
+    "review_link",
+    "send_review_note",
+    "start_review",
+]
 
 FIRST_NOTE, SECOND_NOTE = 1, 2
 SCHEDULER = "scheduler"  # who the edit log names for the scheduler's own hold
@@ -50,7 +59,33 @@ def start_review(settings: Settings, store: Store, issue: Issue, *, send_at: dat
         return 0
     if settings.schedule.review_default == "hold":
         hold_issue(store, issue.id, Action.HOLD, who=SCHEDULER, now=now)
-    return mail_review_note(settings, store, issue.id, send_at=send_at, note=FIRST_NOTE, now=now)
+    return send_review_note(settings, store, issue.id, send_at=send_at, note=FIRST_NOTE, now=now)
+
+
+def send_review_note(
+    settings: Settings, store: Store, issue_id: int, *, send_at: datetime, note: int, now: datetime
+) -> int:
+    """Mail a note this process has claimed. When no editor could take it for a reason that may
+    pass (the relay down, a 4xx), the claim goes back, so the next minute tries again; an address
+    refused for good is named in the error, after every other editor has had the note."""
+    try:
+        return mail_review_note(settings, store, issue_id, send_at=send_at, note=note, now=now)
+    except ReviewNoteError as exc:
+        if exc.taken == 0 and exc.passing:
+            store.release_review_note(issue_id, note)
+        raise
+    except TransportError:
+        store.release_review_note(issue_id, note)
+        raise
+
+
+class ReviewNoteError(NewsletterError):
+    """Editors who did not take a review note: `taken` others did; `passing`, whether a refusal
+    may pass (a 4xx, a dropped session) rather than be final."""
+
+    def __init__(self, message: str, *, taken: int, passing: bool) -> None:
+        super().__init__(message)
+        self.taken, self.passing = taken, passing
 
 
 def mail_review_note(
@@ -85,7 +120,7 @@ def mail_review_note(
     text = render_web(issue.text, issue.placeholder_key, settings, for_html=False)
     body = f"{lead}\n\nReview, edit, hold or approve it: {link}\n\n-- the issue as built --\n\n{text}"
     transport = open_transport(settings)
-    taken = 0
+    taken, refused, passing = 0, [], False
     try:
         for i, editor in enumerate(n.editors):
             msg = EmailMessage(policy=policy.SMTP)
@@ -98,9 +133,17 @@ def mail_review_note(
             msg.set_content(body, cte="quoted-printable")
             key = f"review/issue-{issue.id}-note-{note}-{i}"  # the outbox file it lands in
             result = transport.send(Envelope(settings.return_path, editor, key), msg.as_bytes())
-            if result.status != "sent":
-                raise NewsletterError(f"the review note to {editor} was not accepted: {result.reply}")
-            taken += 1
+            if result.status == DeliveryStatus.SENT:
+                taken += 1
+                continue
+            refused.append(f"{editor} ({result.reply})")
+            passing = passing or result.status != DeliveryStatus.BOUNCED
     finally:
         transport.close()
+    if refused:
+        raise ReviewNoteError(
+            f"the review note was not accepted for {', '.join(refused)}; {taken} editors have it",
+            taken=taken,
+            passing=passing,
+        )
     return taken

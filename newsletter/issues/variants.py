@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 TRIES = 5  # editors who keep changing the issue while its send begins: give up after this many
 
 __all__ = [
+    "IssueHeld",
     "IssueSections",
     "audience_of",
     "fix_audience",
@@ -169,7 +170,11 @@ def audience_of(settings: Settings, store: Store, issue: Issue) -> Audience:
     )
 
 
-def fix_audience(settings: Settings, store: Store, issue: Issue) -> int:
+class IssueHeld(NewsletterError):
+    """An editor holds the issue: its send does not begin."""
+
+
+def fix_audience(settings: Settings, store: Store, issue: Issue, *, held_ok: bool = True) -> int:
     """Fix the issue's audience, once (a no-op when its send began before): render every set of
     sections it holds that the build did not (outside any lock), then make the delivery rows. A
     set first chosen in between is rendered while the rows are made, so no reader can keep the
@@ -179,6 +184,11 @@ def fix_audience(settings: Settings, store: Store, issue: Issue) -> int:
         current = store.get_issue(issue.id)
         if current is None or current.status is not IssueStatus.BUILT:
             return 0
+        if current.held and not held_ok:  # a hold moves the version: one in between is seen here
+            raise IssueHeld(
+                f"issue {issue.id} is held by an editor: not sent; 'newsletter approve --issue {issue.id}' "
+                "(or the console's Approve) lets it go"
+            )
         render_variants(settings, store, current)
         try:
             return store.start_send(issue.id, audience_of(settings, store, current))

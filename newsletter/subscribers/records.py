@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import NamedTuple
 
 from ..db.models import Frequency
 
-__all__ = ["ERASED_DOMAIN", "NewSubscriber", "Preferences", "DEFAULT_PREFERENCES"]
+__all__ = ["ERASED_DOMAIN", "NewSubscriber", "OneMail", "Preferences", "DEFAULT_PREFERENCES"]
 
 ERASED_DOMAIN = "@erased.invalid"  # RFC 2606: never a real address
 
@@ -26,3 +27,10 @@ class NewSubscriber(NamedTuple):
     email: str
     name: str | None
     preferences: Preferences = DEFAULT_PREFERENCES
+
+
+class OneMail(Enum):
+    """The mails a subscriber gets once at most (SPEC 10)."""
+
+    WELCOME = "welcome"  # on confirming
+    REMINDER = "reminder"  # a pending signup's fresh confirm link

@@ -7,7 +7,10 @@ from collections.abc import Iterator, Sequence
 from datetime import date, datetime, time, timedelta, tzinfo
 
 from sqlalchemy import (
+    Select,
     and_,
+    delete,
+    exists,
     func,
     or_,
     select,
@@ -29,7 +32,7 @@ from ..db.models import (
     SubscriberStatus,
 )
 from ..db.tallies import subscriber_tally
-from .records import ERASED_DOMAIN, NewSubscriber, Preferences
+from .records import ERASED_DOMAIN, NewSubscriber, OneMail, Preferences
 
 __all__ = ["SubscriberRepository", "unsubscribe_in"]
 
@@ -171,7 +174,12 @@ class SubscriberRepository(Database):
             s.execute(update(Subscriber).where(Subscriber.id == subscriber_id).values(confirm_sent_at=now))
 
     def confirm_subscriber(
-        self, subscriber_id: int, *, now: datetime, preferences: Preferences | None = None
+        self,
+        subscriber_id: int,
+        *,
+        now: datetime,
+        preferences: Preferences | None = None,
+        issued_at: datetime | None = None,
     ) -> Subscriber | None:
         """Double opt-in done: `pending` becomes `active` (idempotent for an active one), and so
         does a closed address (complained, bounced) that was sent a confirmation after its closing,
@@ -181,6 +189,8 @@ class SubscriberRepository(Database):
             sub = s.get(Subscriber, subscriber_id)
             if sub is None:
                 return None
+            if issued_at is not None and int(issued_at.timestamp()) < int(sub.created_at.timestamp()):
+                return None  # a link older than the row: a pruned signup's, whose id this one took
             closed_at = _closed_at(sub)
             reopened = (
                 sub.status in CLOSED_STATUSES
@@ -192,6 +202,75 @@ class SubscriberRepository(Database):
                 if preferences is not None:
                     sub.sections, sub.frequency = preferences
             return sub
+
+    def claim_mail(self, subscriber_id: int, kind: OneMail, *, now: datetime) -> bool:
+        """Take the one welcome (an active reader) or the one reminder (a pending signup) for this
+        subscriber: True for the one caller that did, so two confirmations or two tidies never
+        mail it twice. A complained or bounced address is neither, so nothing is taken for it."""
+        column = Subscriber.welcomed_at if kind is OneMail.WELCOME else Subscriber.reminded_at
+        status = SubscriberStatus.ACTIVE if kind is OneMail.WELCOME else SubscriberStatus.PENDING
+        with self.write() as s:
+            result = s.execute(
+                update(Subscriber)
+                .where(Subscriber.id == subscriber_id, Subscriber.status == status, column.is_(None))
+                .values({column.key: now})
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def release_mail(self, subscriber_id: int, kind: OneMail) -> None:
+        """The relay did not take it: the next confirmation or tidy may try again."""
+        column = Subscriber.welcomed_at if kind is OneMail.WELCOME else Subscriber.reminded_at
+        with self.write() as s:
+            s.execute(update(Subscriber).where(Subscriber.id == subscriber_id).values({column.key: None}))
+
+    def signups_to_remind(self, *, mailed_before: datetime) -> list[Subscriber]:
+        """Pending signups mailed a confirmation before `mailed_before`, never reminded, whose
+        mail has not bounced (a closed address is not pending: it is never here)."""
+        with self.read() as s:
+            q = select(Subscriber).where(
+                Subscriber.status == SubscriberStatus.PENDING,
+                Subscriber.reminded_at.is_(None),
+                Subscriber.confirm_sent_at <= mailed_before,
+                Subscriber.bounce_count == 0,
+            )
+            return list(s.scalars(q.order_by(Subscriber.id)))
+
+    def stale_signups(self, *, pending_since: datetime) -> list[int]:
+        """Signups still pending since before `pending_since` (their last confirmation mail, else
+        their signup)."""
+        with self.read() as s:
+            return list(s.scalars(self._stale(pending_since).order_by(Subscriber.id)))
+
+    def prune_signups(self, *, pending_since: datetime, now: datetime) -> int:
+        """Delete the stale signups (row, name, consent IP): nobody agreed to anything. A former
+        reader who signed up again and never confirmed keeps the row their deliveries and bounces
+        name, back to `unsubscribed`, without the new signup's name and IP. Returns how many."""
+        with self.write() as s:
+            ids = list(s.scalars(self._stale(pending_since)))
+            if not ids:
+                return 0
+            history = or_(
+                exists().where(Delivery.subscriber_id == Subscriber.id),
+                exists().where(BounceEvent.subscriber_id == Subscriber.id),
+            )
+            kept = s.execute(
+                update(Subscriber)
+                .where(Subscriber.id.in_(ids), Subscriber.status == SubscriberStatus.PENDING, history)
+                .values(status=SubscriberStatus.UNSUBSCRIBED, unsubscribed_at=now, name=None, consent_ip=None)
+            ).rowcount  # type: ignore[attr-defined]
+            gone = s.execute(
+                delete(Subscriber).where(
+                    Subscriber.id.in_(ids), Subscriber.status == SubscriberStatus.PENDING
+                )
+            ).rowcount  # type: ignore[attr-defined]
+            return int(kept) + int(gone)
+
+    @staticmethod
+    def _stale(pending_since: datetime) -> Select[int]:
+        return select(Subscriber.id).where(
+            Subscriber.status == SubscriberStatus.PENDING,
+            func.coalesce(Subscriber.confirm_sent_at, Subscriber.created_at) < pending_since,
+        )
 
     def set_preferences(
         self, subscriber_id: int, preferences: Preferences, *, name: str | None

@@ -14,6 +14,7 @@ from itsdangerous import BadData
 from werkzeug.routing import IntegerConverter
 
 from ..config import Settings, read_secret_key
+from ..content.render import template_loader
 from ..delivery.sending import envelope_sender
 from ..delivery.signing import DkimSigner, signer_for
 from ..delivery.tokens import Tokens
@@ -24,7 +25,15 @@ from .confirmations import ConfirmationMailer
 from .limits import SlidingWindow, login_window
 from .proxies import TrustedProxies
 
-__all__ = ["Services", "create_app", "services", "body_limit", "PUBLIC_BODY_LIMIT", "IMPORT_BODY_LIMIT"]
+__all__ = [
+    "Services",
+    "create_app",
+    "pages_app",
+    "services",
+    "body_limit",
+    "PUBLIC_BODY_LIMIT",
+    "IMPORT_BODY_LIMIT",
+]
 
 PUBLIC_BODY_LIMIT = 64 * 1024  # a signup, an unsubscribe or a console form is a few hundred bytes
 IMPORT_BODY_LIMIT = 50 * 1024 * 1024  # a subscriber CSV uploaded to the console: about a million lines
@@ -80,20 +89,7 @@ def create_app(
     send_mail: Callable[[Envelope, bytes], SendResult] | None = None,
     now: Callable[[], datetime] | None = None,
 ) -> Flask:
-    from . import admin, archive, preferences, signup, unsubscribe
-
-    app = _App(__name__, template_folder="../templates")
-    app.config["SECRET_KEY"] = read_secret_key(settings)
-    app.config.update(
-        SESSION_COOKIE_NAME="newsletter_session",
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.newsletter.base_url.startswith("https://"),
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
-        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
-        MAX_CONTENT_LENGTH=IMPORT_BODY_LIMIT,
-    )
-    app.url_map.converters["int"] = _Id
+    app = pages_app(settings, secret_key=read_secret_key(settings))
     clock = now or (lambda: datetime.now(UTC))
     store = store or Store(settings.database_url)
     tokens = Tokens(app.config["SECRET_KEY"])
@@ -117,8 +113,29 @@ def create_app(
         ),
         signer=signer,
     )
-    app.before_request(_limit_body)
     app.wsgi_app = TrustedProxies(app.wsgi_app, settings.web.trusted_proxies)  # type: ignore[method-assign]
+    return app
+
+
+def pages_app(settings: Settings, *, secret_key: str) -> Flask:
+    """The app's routes, forms, login and templates (the operator's folder first) without its
+    services: `create_app` adds them, and `templates check` renders the pages with this alone."""
+    from . import admin, archive, preferences, signup, unsubscribe
+
+    app = _App(__name__, template_folder=None)
+    app.jinja_loader = template_loader(settings.templates_path)  # autoescaped by name, like the package's
+    app.config["SECRET_KEY"] = secret_key
+    app.config.update(
+        SESSION_COOKIE_NAME="newsletter_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.newsletter.base_url.startswith("https://"),
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
+        MAX_CONTENT_LENGTH=IMPORT_BODY_LIMIT,
+    )
+    app.url_map.converters["int"] = _Id
+    app.before_request(_limit_body)
     csrf = CSRFProtect(app)
     # Forms posted from other sites by design: the embeddable signup form and RFC 8058 one-click
     # unsubscribes (a mail client's POST). Every /admin form carries a token. The preference page

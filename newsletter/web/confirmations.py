@@ -1,4 +1,5 @@
-"""Confirmation mails, sent on a thread of their own after the visitor has the answer.
+"""Confirmation mails (and the welcome a reader gets on confirming), sent on a thread of their own
+after the visitor has the answer.
 
 So a signup is answered in the same time whether the address was new, pending or active (nobody
 learns who subscribed by timing the form), and a slow relay never holds a web worker. A mail is
@@ -19,14 +20,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ..config import Settings
+from ..content.render import render_welcome
 from ..db.models import DeliveryStatus
-from ..delivery.compose import confirmation_message
+from ..delivery.compose import confirmation_message, one_off_message
 from ..delivery.signing import DkimSigner
 from ..delivery.tokens import Tokens
 from ..delivery.transport import Envelope, SendResult
-from ..links import Links, confirmation_key
+from ..links import Links, confirmation_key, welcome_key
 from ..store import Store
-from ..subscribers.records import Preferences
+from ..subscribers.records import OneMail, Preferences
 
 __all__ = ["ConfirmationMailer", "RELAY_RETRY"]
 
@@ -40,6 +42,7 @@ class _Due:
     email: str
     name: str | None
     choice: Preferences | None = None  # made on the form: carried in the confirm link
+    welcome: bool = False  # the welcome, once confirmed (SPEC 10), not the confirmation
 
 
 class ConfirmationMailer:
@@ -73,7 +76,13 @@ class ConfirmationMailer:
             return left if left > 0 else None
 
     def submit(
-        self, subscriber_id: int, email: str, name: str | None, choice: Preferences | None = None
+        self,
+        subscriber_id: int,
+        email: str,
+        name: str | None,
+        choice: Preferences | None = None,
+        *,
+        welcome: bool = False,
     ) -> None:
         with self._lock:
             if subscriber_id in self._waiting:
@@ -82,7 +91,7 @@ class ConfirmationMailer:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="confirmations", daemon=True)
                 self._thread.start()
-        self._queue.put(_Due(subscriber_id, email, name, choice))
+        self._queue.put(_Due(subscriber_id, email, name, choice, welcome))
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """True once every mail handed in has been sent or has failed."""
@@ -107,6 +116,8 @@ class ConfirmationMailer:
                 )
 
     def _send(self, due: _Due) -> SendResult:
+        if due.welcome:
+            return self._welcome(due)
         message = confirmation_message(
             self.settings,
             to_email=due.email,
@@ -119,6 +130,27 @@ class ConfirmationMailer:
         result = self.send_mail(Envelope(self.mail_from(due.subscriber_id), due.email, key), message)
         if result.status == DeliveryStatus.SENT:
             self.store.confirmation_sent(due.subscriber_id, now=sent_at)
+        return result
+
+    def _welcome(self, due: _Due) -> SendResult:
+        """The one welcome: taken first, so a confirm clicked twice mails it once; given back
+        when the relay did not take it."""
+        sent_at = self.now()
+        if not self.store.claim_mail(due.subscriber_id, OneMail.WELCOME, now=sent_at):
+            return SendResult(DeliveryStatus.SENT, "welcomed before")
+        latest = self.store.archived_issues(limit=1)
+        rendered = render_welcome(
+            self.settings,
+            preferences_url=self.links.preferences(self.tokens.preferences(due.subscriber_id)),
+            latest_issue_url=self.links.archived_issue(latest[0].id) if latest else None,
+        )
+        message = one_off_message(
+            self.settings, rendered, to_email=due.email, to_name=due.name, signer=self.signer
+        )
+        key = welcome_key(due.subscriber_id, sent_at)
+        result = self.send_mail(Envelope(self.mail_from(due.subscriber_id), due.email, key), message)
+        if result.status != DeliveryStatus.SENT and not result.own_failure:
+            self.store.release_mail(due.subscriber_id, OneMail.WELCOME)
         return result
 
 

@@ -136,11 +136,14 @@ def confirm_page(token: str) -> tuple[str, int]:
 def confirm(token: str) -> tuple[str, int]:
     svc = services()
     try:
-        subscriber_id, choice = svc.tokens.read_confirm_choice(token)
+        subscriber_id, choice, issued = svc.tokens.read_confirm_issued(token)
     except BadToken as exc:
         return render_template("web/message.html.j2", title="Link not valid", message=str(exc)), 400
     sub = svc.store.confirm_subscriber(
-        subscriber_id, now=svc.now(), preferences=_confirmed_choice(choice, Choices.of(svc.settings))
+        subscriber_id,
+        now=svc.now(),
+        preferences=_confirmed_choice(choice, Choices.of(svc.settings)),
+        issued_at=issued,
     )
     if sub is None or sub.status != SubscriberStatus.ACTIVE:  # gone since, or closed before it was sent
         return render_template(
@@ -148,6 +151,10 @@ def confirm(token: str) -> tuple[str, int]:
             title="Link not valid",
             message="This confirmation link is no longer valid: sign up again for a new one.",
         ), 400
+    if (
+        svc.settings.subscribers.welcome and sub.welcomed_at is None
+    ):  # the one welcome, mailed after this answer
+        svc.confirmations.submit(sub.id, sub.email, sub.name, welcome=True)
     return render_template(
         "web/message.html.j2",
         title="You're subscribed",

@@ -1,29 +1,16 @@
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 
 from newsletter.config import Settings
 from newsletter.content.digest import Digest, DigestStory, Section
 from newsletter.content.render import FIXED_PLACEHOLDERS, Placeholders, fill, inline_css, render_issue
+from newsletter.content.templates import SAMPLE_NOW, sample_story
 
-NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
+NOW = SAMPLE_NOW
 
 
 def story(i: int, **kw: object) -> DigestStory:
-    base = dict(
-        id=i,
-        title=f"Headline {i} & more",
-        link=f"https://x.example/{i}",
-        source="Example Wire",
-        section="Tech News",
-        summary=f"Summary {i}.",
-        bullets=(),
-        author="A. Writer",
-        image=None,
-        published_at=NOW - timedelta(hours=i),
-        fetched_at=NOW,
-    )
-    base.update(kw)
-    return DigestStory(**base)  # type: ignore[arg-type]
+    return sample_story(i, **kw)  # the sample data `templates check` renders
 
 
 def digest() -> Digest:

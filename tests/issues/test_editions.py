@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,20 @@ from newsletter.issues.build import build, gather, gather_and_build, today
 from newsletter.store import Store
 from newsletter.subscribers.records import Preferences
 
-from ..support.editions import ALERTS, SPORT, TECH, WORLD, add, items_of, sectioned_config, titles
-from ..support.helpers import FeedServer, Gate, Route, SmtpSink, recent, rss, run_cli
+from ..support.editions import (
+    ALERTS,
+    SPORT,
+    TECH,
+    WORLD,
+    add,
+    sectioned_config,
+    sectioned_store,
+    titles,
+    weekly_today,
+)
+from ..support.helpers import FeedServer, Gate, SmtpSink, run_cli
+
+# three sections a reader may choose, and a source without one (in every reader's issue)
 
 
 @pytest.fixture
@@ -71,9 +83,7 @@ def test_each_reader_gets_only_their_sections_rendered_once_per_set(
 def test_a_reader_with_nothing_in_the_issue_gets_no_mail_and_is_counted(
     tmp_path: Path, feed_server: FeedServer, smtp_sink: SmtpSink, env: None
 ) -> None:
-    settings = sectioned_config(tmp_path, feed_server, smtp_sink)
-    store = Store(settings.database_url)
-    store.migrate()
+    settings, store = sectioned_store(tmp_path, feed_server, smtp_sink)
     # without the sectionless source, a Culture reader has nothing today
     config = tmp_path / "config.toml"
     config.write_text(config.read_text().split('\n[[sources]]\nname = "Alerts"')[0])
@@ -155,59 +165,10 @@ def test_a_preference_change_during_the_send_changes_nothing_decided(
         assert (told == sport) if i % 2 else (len(told) == 6), sub.email  # what the freeze decided
 
 
-def _week_of_stories(feeds: FeedServer) -> None:
-    """A week: one event told by three desks five days ago (the week's widest), a few single
-    stories spread over the days, and today's."""
-    old = recent(24 * 5)
-    big = [
-        {
-            "title": t,
-            "link": f"https://example.com/big{i}",
-            "date": old + timedelta(minutes=10 * i),
-            "description": d,
-        }
-        for i, (t, d) in enumerate(
-            [
-                (
-                    "Flood barrier fails as river bursts its banks in the old town",
-                    "The river rose overnight.",
-                ),
-                ("River floods old town after barrier gives way", "Residents were moved to the school hall."),
-                ("Old town under water as flood barrier breaks", "The barrier failed before dawn."),
-            ]
-        )
-    ]
-    days = [
-        {
-            "title": t,
-            "link": f"https://example.com/d{i}",
-            "date": recent(24 * (i + 1) + 3),
-            "description": t + ".",
-        }
-        for i, t in enumerate(
-            [
-                "Museum reopens its east wing after a long restoration",
-                "Ferry operator adds a night crossing for the summer",
-                "Orchestra names a new principal conductor from Lisbon",
-            ]
-        )
-    ]
-    feeds.routes["/world"] = Route(rss([big[0], *items_of(WORLD, "w")]))
-    feeds.routes["/sport"] = Route(rss([big[1], *items_of(SPORT, "s")]))
-    feeds.routes["/tech"] = Route(rss([big[2], *days, *items_of(TECH, "t")]))
-
-
 def test_the_weekly_edition_on_its_day_goes_to_weekly_readers_only(
     tmp_path: Path, feed_server: FeedServer, smtp_sink: SmtpSink, env: None
 ) -> None:
-    now = datetime.now(UTC)
-    day = WEEKDAYS[now.date().weekday()]
-    settings = sectioned_config(
-        tmp_path, feed_server, smtp_sink, weekly_day=day, extra="weekly_max_stories = 4\nwindow_hours = 24\n"
-    )
-    _week_of_stories(feed_server)
-    store = Store(settings.database_url)
-    store.migrate()
+    settings, store = weekly_today(tmp_path, feed_server, smtp_sink)
     daily = add(store, "daily@example.com")
     weekly = add(store, "weekly@example.com", frequency=Frequency.WEEKLY)
     weekly_sport = add(store, "ws@example.com", "Sport", frequency=Frequency.WEEKLY)

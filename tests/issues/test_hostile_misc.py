@@ -49,7 +49,7 @@ def test_send_json_on_the_weekly_day_is_one_json_document(
     json.loads(out)  # two documents back to back: "Extra data"
 
 
-def test_weekly_turned_off_after_the_build_gives_a_weekly_reader_two_mails(
+def test_weekly_turned_off_after_the_build_gives_a_weekly_reader_one_mail(
     tmp_path: Path, smtp_sink: SmtpSink, env: None
 ) -> None:
     config, day = _built_on_the_weekly_day(tmp_path, smtp_sink)

@@ -71,7 +71,7 @@ def _add(store: Store, address: str, *sections: str) -> Subscriber:
     return sub
 
 
-def test_sectionless_feed_naming_a_section_as_its_category_hides_its_stories(
+def test_sectionless_feed_naming_a_section_as_its_category_reaches_every_reader(
     tmp_path: Path, feed_server: FeedServer, smtp_sink: SmtpSink, env: None
 ) -> None:
     """SPEC 8: stories from a source without a `section` are in every reader's issue. A feed
@@ -100,8 +100,8 @@ def test_sectionless_feed_naming_a_section_as_its_category_hides_its_stories(
     [
         ("Long " + "x" * 250, "at most 200 characters"),  # stories keep 200: it could never be chosen
         (" Padded ", "must not begin or end with blanks"),  # posted back stripped: never chosen
-        ("A;B", "must not hold a comma, a semicolon"),  # a CSV's separator: "A;B" or "A" and "B"?
-        ("A,B", "must not hold a comma, a semicolon"),  # the command line's separator
+        ("World;World", "must not be other sections joined"),  # a CSV cell: this, or World?
+        ("World, World", "must not be other sections joined"),  # the command line's separator
         ("Tab\there", "control character"),
     ],
 )

@@ -5,112 +5,48 @@ at the cron time unless held; in hold mode nothing goes out unapproved and a sec
 
 from __future__ import annotations
 
-import email
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from email import policy
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from newsletter.config import Settings, load_settings
-from newsletter.db.models import Issue
 from newsletter.errors import ConfigError
 from newsletter.issues.edits import Action, hold_issue
-from newsletter.schedule import Scheduler, trigger
 from newsletter.store import Store
 from newsletter.subscribers.records import NewSubscriber
 
-from ..support.helpers import FeedServer, Route, SmtpSink, recent, rss, run_cli, write_config
-
-EDITOR = "editor@example.com"
-READER = "reader@example.org"
-
-
-def _config(
-    tmp_path: Path, feeds: FeedServer, sink: SmtpSink, *, review: str, editors: str = f'["{EDITOR}"]'
-) -> Path:
-    feeds.routes["/feed"] = Route(
-        rss(
-            [
-                {
-                    "title": f"Story number {i} of the day",
-                    "link": f"https://example.com/{i}",
-                    "date": recent(i + 1),
-                }
-                for i in range(3)
-            ]
-        )
-    )
-    text = write_config(
-        tmp_path,
-        sources=[("Feed", feeds.url("/feed"))],
-        delivery='transport = "smtp"',
-        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\n[schedule]\n{review}\n',
-    )
-    body = text.read_text().replace('timezone = "UTC"\n', f'timezone = "UTC"\neditors = {editors}\n')
-    text.write_text(body)
-    return text
-
-
-def _scheduler(config: Path, *, now: datetime, send_at: datetime) -> tuple[Scheduler, Store, list[str]]:
-    """A scheduler whose cron fires at `send_at` each day and whose clock says `now`."""
-    settings = load_settings(config)
-    store = Store(settings.database_url)
-    store.migrate()
-    store.import_subscribers([NewSubscriber(READER, None)], now=now)
-    lines: list[str] = []
-    when = trigger(f"{send_at.minute} {send_at.hour} * * *", settings.newsletter.tz)
-    scheduler = Scheduler(
-        settings, store, now=lambda: now, emit=lambda line, _f: lines.append(line), when=when
-    )
-    return scheduler, store, lines
-
-
-def _reviewed(
-    tmp_path: Path, feeds: FeedServer, sink: SmtpSink, review: str
-) -> tuple[Scheduler, Store, list[str], Issue, datetime]:
-    """A scheduler 20 minutes before its send time, that has built the issue and mailed the note."""
-    config = _config(tmp_path, feeds, sink, review=review)
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
-    send_at = now + timedelta(minutes=20)
-    scheduler, store, lines = _scheduler(config, now=now, send_at=send_at)
-    scheduler.review_due()
-    (issue,) = store.list_issues()
-    return scheduler, store, lines, issue, send_at
-
-
-def _mails(sink: SmtpSink, to: str) -> list[Any]:
-    return [email.message_from_bytes(m.data, policy=policy.default) for m in sink.by_recipient().get(to, [])]
+from ..support.helpers import FeedServer, SmtpSink, run_cli
+from ..support.review import EDITOR, READER, mails_to, review_config, review_scheduler, reviewed
 
 
 def test_built_ahead_the_note_is_mailed_and_the_issue_goes_at_the_cron_time(
     tmp_path: Path, feed_server: FeedServer, smtp_sink: SmtpSink, env: None
 ) -> None:
-    config = _config(tmp_path, feed_server, smtp_sink, review="review_minutes = 60")
+    config = review_config(tmp_path, feed_server, smtp_sink, review="review_minutes = 60")
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     send_at = now + timedelta(minutes=50)
-    early, store, _ = _scheduler(config, now=now - timedelta(minutes=30), send_at=send_at)
+    early, store, _ = review_scheduler(config, now=now - timedelta(minutes=30), send_at=send_at)
     early.review_due()  # 80 minutes ahead: not yet
     assert store.list_issues() == [] and smtp_sink.messages == []
 
-    scheduler, store, lines = _scheduler(config, now=now, send_at=send_at)
+    scheduler, store, lines = review_scheduler(config, now=now, send_at=send_at)
     scheduler.review_due()
     (issue,) = store.list_issues()
-    (note,) = _mails(smtp_sink, EDITOR)
+    (note,) = mails_to(smtp_sink, EDITOR)
     assert note["Subject"] == f"Review: {issue.subject}"
     body = note.get_body(("plain",)).get_content()
     assert f"https://news.example.com/admin/issues/{issue.id}" in body
     assert "Story number 0 of the day" in body and "goes out unless an editor holds it" in body
     assert f"send time {send_at:%H:%M} UTC" in body
-    assert _mails(smtp_sink, READER) == [] and any(line.startswith("review ") for line in lines)
+    assert mails_to(smtp_sink, READER) == [] and any(line.startswith("review ") for line in lines)
     scheduler.review_due()  # the next minute: built already, noted already
-    assert len(_mails(smtp_sink, EDITOR)) == 1
+    assert len(mails_to(smtp_sink, EDITOR)) == 1
 
     scheduler.run_once(send_at)
-    (got,) = _mails(smtp_sink, READER)
+    (got,) = mails_to(smtp_sink, READER)
     assert got["Subject"] == issue.subject
     assert store.get_issue(issue.id).status == "sent"  # type: ignore[union-attr]
     store.close()
@@ -119,20 +55,20 @@ def test_built_ahead_the_note_is_mailed_and_the_issue_goes_at_the_cron_time(
 def test_a_held_issue_is_not_sent_at_the_cron_time_and_goes_once_approved(
     tmp_path: Path, feed_server: FeedServer, smtp_sink: SmtpSink, env: None
 ) -> None:
-    scheduler, store, lines, issue, send_at = _reviewed(
+    scheduler, store, lines, issue, send_at = reviewed(
         tmp_path, feed_server, smtp_sink, "review_minutes = 60"
     )
     now = scheduler.now()
     hold_issue(store, issue.id, Action.HOLD, who="ann", now=now)
     scheduler.run_once(send_at)
-    assert _mails(smtp_sink, READER) == [] and store.get_issue(issue.id).status == "built"  # type: ignore[union-attr]
+    assert mails_to(smtp_sink, READER) == [] and store.get_issue(issue.id).status == "built"  # type: ignore[union-attr]
     assert any("is held by an editor: not sent" in line for line in lines)
-    assert len(_mails(smtp_sink, EDITOR)) == 1  # send mode: no second note
+    assert len(mails_to(smtp_sink, EDITOR)) == 1  # send mode: no second note
     scheduler.resume_unfinished()  # still held: nothing
-    assert _mails(smtp_sink, READER) == []
+    assert mails_to(smtp_sink, READER) == []
     hold_issue(store, issue.id, Action.APPROVE, who="ann", now=now)
     scheduler.resume_unfinished()  # approved after its time: it goes now
-    assert len(_mails(smtp_sink, READER)) == 1
+    assert len(mails_to(smtp_sink, READER)) == 1
     store.close()
 
 
@@ -140,29 +76,29 @@ def test_in_hold_mode_nothing_goes_unapproved_and_a_second_note_says_so(
     tmp_path: Path, feed_server: FeedServer, smtp_sink: SmtpSink, env: None
 ) -> None:
     review = 'review_minutes = 30\nreview_default = "hold"'
-    scheduler, store, _, issue, send_at = _reviewed(tmp_path, feed_server, smtp_sink, review)
+    scheduler, store, _, issue, send_at = reviewed(tmp_path, feed_server, smtp_sink, review)
     config = tmp_path / "config.toml"
     assert store.get_issue(issue.id).held  # type: ignore[union-attr]
     assert [(e.who, e.action) for e in store.issue_edits(issue.id)] == [("scheduler", "hold")]
-    (first,) = _mails(smtp_sink, EDITOR)
+    (first,) = mails_to(smtp_sink, EDITOR)
     assert "held: it is not sent until an editor approves it" in first.get_body(("plain",)).get_content()
     scheduler.run_once(send_at)
-    assert _mails(smtp_sink, READER) == []
-    first_again, second = _mails(smtp_sink, EDITOR)
+    assert mails_to(smtp_sink, READER) == []
+    first_again, second = mails_to(smtp_sink, EDITOR)
     assert second["Subject"] == f"Review: held, not sent: {issue.subject}"
     assert "has passed and it is still held" in second.get_body(("plain",)).get_content()
     scheduler.run_once(send_at + timedelta(days=1, minutes=-1))  # another run of the same date: no third note
-    assert len(_mails(smtp_sink, EDITOR)) == 2
+    assert len(mails_to(smtp_sink, EDITOR)) == 2
     run_cli(config, "approve", "--issue", str(issue.id))
     scheduler.resume_unfinished()
-    assert len(_mails(smtp_sink, READER)) == 1
+    assert len(mails_to(smtp_sink, READER)) == 1
     store.close()
 
 
 def test_hold_and_approve_on_the_command_line_and_run_says_it_holds(
     tmp_path: Path, feed_server: FeedServer, smtp_sink: SmtpSink, env: None
 ) -> None:
-    config = _config(tmp_path, feed_server, smtp_sink, review="review_minutes = 0")
+    config = review_config(tmp_path, feed_server, smtp_sink, review="review_minutes = 0")
     run_cli(config, "init")
     settings: Settings = load_settings(config)
     store = Store(settings.database_url)
@@ -178,7 +114,7 @@ def test_hold_and_approve_on_the_command_line_and_run_says_it_holds(
     assert "is held by an editor: not sent" in ran.stdout and smtp_sink.messages == []
     assert "is now approved" in run_cli(config, "approve").stdout
     run_cli(config, "run")
-    assert len(_mails(smtp_sink, READER)) == 1
+    assert len(mails_to(smtp_sink, READER)) == 1
     assert json.loads(run_cli(config, "status", "--json").stdout)["issues"][0]["held"] is False
     refused = run_cli(config, "hold", check=False)
     assert refused.returncode == 1 and "its send has begun" in refused.stderr
@@ -207,4 +143,4 @@ def test_the_review_keys_are_checked_and_named(
     named: str,
 ) -> None:
     with pytest.raises(ConfigError, match=re.escape(f"'{named}'")):
-        load_settings(_config(tmp_path, feed_server, smtp_sink, review=review, editors=editors))
+        load_settings(review_config(tmp_path, feed_server, smtp_sink, review=review, editors=editors))

@@ -1,16 +1,15 @@
-"""Stories in three sections a reader may choose (and a source without one), their feeds and
-config, readers with their sections, and what a received digest holds: for the tests of
-editions and of what a send does with readers' choices."""
+"""Sections and editions as their tests set them up: four sectioned desks and a source without a
+section over local HTTP, readers with their choices, and what a received digest holds."""
 
 from __future__ import annotations
 
 import email
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import policy
 from pathlib import Path
 from typing import Any
 
-from newsletter.config import Settings, load_settings
+from newsletter.config import WEEKDAYS, Settings, load_settings
 from newsletter.db.models import Frequency, Subscriber
 from newsletter.store import Store
 from newsletter.subscribers.records import Preferences
@@ -22,16 +21,21 @@ WORLD = [
     ("Harbour cranes stand idle as dock workers strike over pay", 1),
     ("Parliament passes a budget that raises pensions", 3),
 ]
+
+
 SPORT = [
     ("Cyclist wins the mountain stage after a late solo attack", 2),
     ("Tennis final postponed by rain until Monday afternoon", 4),
 ]
+
+
 TECH = [("Chip maker opens a second fabrication plant in the desert", 3)]
+
+
 ALERTS = [("Road closures for the marathon on Sunday morning", 5)]
 
 
-def items_of(stories: list[tuple[str, float]], prefix: str) -> list[dict[str, Any]]:
-    """Feed items of (title, hours ago) stories, linked as https://example.com/PREFIX<n>."""
+def story_items(stories: list[tuple[str, float]], prefix: str) -> list[dict[str, Any]]:
     return [
         {"title": t, "link": f"https://example.com/{prefix}{i}", "date": recent(h), "description": t + "."}
         for i, (t, h) in enumerate(stories)
@@ -41,11 +45,11 @@ def items_of(stories: list[tuple[str, float]], prefix: str) -> list[dict[str, An
 def sectioned_config(
     tmp_path: Path, feeds: FeedServer, sink: SmtpSink, *, weekly_day: str = "", extra: str = ""
 ) -> Settings:
-    feeds.routes["/world"] = Route(rss(items_of(WORLD, "w")))
-    feeds.routes["/sport"] = Route(rss(items_of(SPORT, "s")))
-    feeds.routes["/tech"] = Route(rss(items_of(TECH, "t")))
+    feeds.routes["/world"] = Route(rss(story_items(WORLD, "w")))
+    feeds.routes["/sport"] = Route(rss(story_items(SPORT, "s")))
+    feeds.routes["/tech"] = Route(rss(story_items(TECH, "t")))
     feeds.routes["/culture"] = Route(rss([]))  # a section with nothing today
-    feeds.routes["/alerts"] = Route(rss(items_of(ALERTS, "a")))
+    feeds.routes["/alerts"] = Route(rss(story_items(ALERTS, "a")))
     desks = [(f"{n} Desk", feeds.url("/" + n.lower()), n) for n in ("World", "Sport", "Tech", "Culture")]
     path = write_config(
         tmp_path,
@@ -73,3 +77,66 @@ def titles(raw: bytes) -> tuple[str, str, list[str]]:
     found = sorted((text.index(t), t) for t in everything if t in text)
     lead = next(line for line in text.split("== TOP STORY ==", 1)[1].splitlines() if line.strip())
     return str(msg["Subject"]), lead.strip(), [t for _, t in found]
+
+
+def week_of_stories(feeds: FeedServer) -> None:
+    """A week: one event told by three desks five days ago (the week's widest), a few single
+    stories spread over the days, and today's."""
+    old = recent(24 * 5)
+    big = [
+        {
+            "title": t,
+            "link": f"https://example.com/big{i}",
+            "date": old + timedelta(minutes=10 * i),
+            "description": d,
+        }
+        for i, (t, d) in enumerate(
+            [
+                (
+                    "Flood barrier fails as river bursts its banks in the old town",
+                    "The river rose overnight.",
+                ),
+                ("River floods old town after barrier gives way", "Residents were moved to the school hall."),
+                ("Old town under water as flood barrier breaks", "The barrier failed before dawn."),
+            ]
+        )
+    ]
+    days = [
+        {
+            "title": t,
+            "link": f"https://example.com/d{i}",
+            "date": recent(24 * (i + 1) + 3),
+            "description": t + ".",
+        }
+        for i, t in enumerate(
+            [
+                "Museum reopens its east wing after a long restoration",
+                "Ferry operator adds a night crossing for the summer",
+                "Orchestra names a new principal conductor from Lisbon",
+            ]
+        )
+    ]
+    feeds.routes["/world"] = Route(rss([big[0], *story_items(WORLD, "w")]))
+    feeds.routes["/sport"] = Route(rss([big[1], *story_items(SPORT, "s")]))
+    feeds.routes["/tech"] = Route(rss([big[2], *days, *story_items(TECH, "t")]))
+
+
+def sectioned_store(
+    tmp_path: Path, feeds: FeedServer, sink: SmtpSink, **config: str
+) -> tuple[Settings, Store]:
+    """sectioned_config's settings and its migrated SQLite store."""
+    settings = sectioned_config(tmp_path, feeds, sink, **config)
+    store = Store(settings.database_url)
+    store.migrate()
+    return settings, store
+
+
+def weekly_today(tmp_path: Path, feeds: FeedServer, sink: SmtpSink) -> tuple[Settings, Store]:
+    """Today is the weekly day (at most 4 stories a week, a 24-hour daily window), a week of
+    stories in the feeds, and the store."""
+    day = WEEKDAYS[datetime.now(UTC).date().weekday()]
+    settings, store = sectioned_store(
+        tmp_path, feeds, sink, weekly_day=day, extra="weekly_max_stories = 4\nwindow_hours = 24\n"
+    )
+    week_of_stories(feeds)
+    return settings, store

@@ -7,31 +7,12 @@ from __future__ import annotations
 import html
 from typing import Any
 
-import pytest
 from flask.testing import FlaskClient
 
 from newsletter.db.models import Issue
 from newsletter.web import PUBLIC_BODY_LIMIT
 
-from ..support.helpers import Console, SmtpSink, log_in, run_cli, token, wait_for
-
-
-@pytest.fixture
-def client(console: Console) -> FlaskClient:
-    c = console.app.test_client()
-    assert log_in(c) == 302
-    return c
-
-
-@pytest.fixture
-def built(console: Console) -> Issue:
-    console.store.add_subscriber(
-        "reader@example.org", "Reader", now=console.app.extensions["newsletter"].now()
-    )
-    run_cli(console.config, "build")
-    issue = console.store.list_issues()[0]
-    assert issue.story_count >= 3
-    return issue
+from ..support.helpers import Console, SmtpSink, token, wait_for
 
 
 def _post(client: FlaskClient, issue: Issue, path: str, **form: Any) -> Any:
