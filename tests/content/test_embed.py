@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,23 +28,13 @@ from newsletter.issues.build import gather
 from newsletter.store import Store
 
 from ..support.helpers import ROOT, FeedServer, Route, recent, rss, write_config
+from ..support.stories import wire_story
 
 NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 
 
 def fetched(n: int, title: str, summary: str = "", bullets: tuple[str, ...] = ()) -> FetchedStory:
-    return FetchedStory(
-        identity=f"https://wire.example/{n}",
-        source="Wire",
-        title=title,
-        link=f"https://wire.example/{n}",
-        summary=summary,
-        bullets=bullets,
-        author=None,
-        image=None,
-        section="News",
-        published_at=NOW - timedelta(hours=n),
-    )
+    return wire_story(n, title, summary, bullets, now=NOW)
 
 
 def stored(store: Store) -> list[Story]:

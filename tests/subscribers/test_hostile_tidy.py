@@ -10,23 +10,11 @@ from pathlib import Path
 
 from newsletter.config import load_settings
 from newsletter.db.models import SubscriberStatus
-from newsletter.store import Store
 from newsletter.web import create_app
 
-from ..support.helpers import SmtpSink, run_cli, write_config
-from ..web.test_signup import confirm_link
-from .test_tidy import signup
-
-
-def _config(tmp_path: Path, sink: SmtpSink, subscribers: str) -> tuple[Path, Store]:
-    config = write_config(
-        tmp_path,
-        delivery='transport = "smtp"',
-        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\n'
-        f"[subscribers]\n{subscribers}",
-    )
-    run_cli(config, "init")
-    return config, Store(load_settings(config).database_url)
+from ..support.helpers import SmtpSink, run_cli
+from ..support.tidy import signup, tidy_store
+from ..support.web import confirm_link
 
 
 def test_a_pruned_signups_live_link_never_confirms_the_next_strangers_signup(
@@ -34,7 +22,9 @@ def test_a_pruned_signups_live_link_never_confirms_the_next_strangers_signup(
 ) -> None:
     """SQLite reuses the highest rowid once it is deleted, and the confirm token names the id: a
     link signed before its subscriber's row was made is another signup's, and confirms nothing."""
-    config, store = _config(tmp_path, smtp_sink, "remind_after_hours = 0\nprune_pending_after_hours = 72\n")
+    config, store = tidy_store(
+        tmp_path, smtp_sink, "remind_after_hours = 0\nprune_pending_after_hours = 72\n"
+    )
     settings = load_settings(config)
     t0 = datetime.now(UTC) - timedelta(hours=80)
     app = create_app(settings, store=store, now=lambda: t0)
@@ -70,7 +60,7 @@ def test_a_pruned_signups_live_link_never_confirms_the_next_strangers_signup(
 def test_a_broken_confirm_override_stops_tidy_and_keeps_the_reminder(
     tmp_path: Path, smtp_sink: SmtpSink, env: None
 ) -> None:
-    config, store = _config(tmp_path, smtp_sink, "remind_after_hours = 48\n")
+    config, store = tidy_store(tmp_path, smtp_sink, "remind_after_hours = 48\n")
     due = signup(store, "due@example.com", SubscriberStatus.PENDING, mailed_hours_ago=50)
     mine = tmp_path / "templates/email/confirm.txt.j2"
     mine.parent.mkdir(parents=True)
@@ -84,7 +74,7 @@ def test_a_broken_confirm_override_stops_tidy_and_keeps_the_reminder(
 def test_the_reminder_taken_by_a_failed_render_is_given_back(
     tmp_path: Path, smtp_sink: SmtpSink, env: None
 ) -> None:
-    config, store = _config(tmp_path, smtp_sink, "remind_after_hours = 48\n")
+    config, store = tidy_store(tmp_path, smtp_sink, "remind_after_hours = 48\n")
     signup(store, "due@example.com", SubscriberStatus.PENDING, mailed_hours_ago=50)
     mine = tmp_path / "templates/email/confirm.txt.j2"
     mine.parent.mkdir(parents=True)
@@ -99,7 +89,7 @@ def test_the_reminder_taken_by_a_failed_render_is_given_back(
 def test_two_tidies_at_once_remind_each_signup_once(tmp_path: Path, smtp_sink: SmtpSink, env: None) -> None:
     from ..support.helpers import start_cli
 
-    config, store = _config(tmp_path, smtp_sink, "remind_after_hours = 48\n")
+    config, store = tidy_store(tmp_path, smtp_sink, "remind_after_hours = 48\n")
     for i in range(40):
         signup(store, f"p{i}@example.com", SubscriberStatus.PENDING, mailed_hours_ago=50)
     procs = [start_cli(config, "subscribers", "tidy", "--json") for _ in range(3)]

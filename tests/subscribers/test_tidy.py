@@ -11,18 +11,16 @@ from datetime import UTC, datetime, timedelta
 from email import policy
 from pathlib import Path
 
-from sqlalchemy import update
-
 from newsletter.config import load_settings
-from newsletter.db.models import Subscriber, SubscriberStatus
+from newsletter.db.models import SubscriberStatus
 from newsletter.delivery.tokens import Tokens
 from newsletter.schedule import Scheduler
-from newsletter.store import Store
 from newsletter.web import create_app
 
-from ..support.helpers import SECRET, SmtpSink, run_cli, write_config
-from ..web.test_archive_feed import issue_of
-from ..web.test_signup import confirm_link, smtp_app
+from ..support.deliveries import issue_of
+from ..support.helpers import SECRET, SmtpSink, run_cli
+from ..support.tidy import signup, tidy_store
+from ..support.web import confirm_link, smtp_app
 
 
 def text_of(data: bytes) -> tuple[str, str]:
@@ -63,32 +61,6 @@ def test_no_welcome_when_turned_off(tmp_path: Path, smtp_sink: SmtpSink, env: No
     assert app.extensions["newsletter"].confirmations.wait_idle()
     assert len(smtp_sink.by_recipient()["bo@example.com"]) == 1
     store.close()
-
-
-def tidy_store(tmp_path: Path, sink: SmtpSink) -> tuple[Path, Store]:
-    """A config mailing over SMTP to `sink`, its database made as `init` makes it, and its store."""
-    config = write_config(
-        tmp_path,
-        delivery='transport = "smtp"',
-        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {sink.port}\nsecurity = "none"\n'
-        "[subscribers]\nremind_after_hours = 47.5\nprune_pending_after_hours = 336\n",
-    )
-    run_cli(config, "init")
-    return config, Store(load_settings(config).database_url)
-
-
-def signup(
-    store: Store, address: str, status: SubscriberStatus, *, mailed_hours_ago: float, **set: object
-) -> int:
-    now = datetime.now(UTC)
-    sub, _ = store.add_subscriber(
-        address, "A Name", now=now - timedelta(hours=mailed_hours_ago), status=status, consent_ip="192.0.2.9"
-    )
-    store.confirmation_sent(sub.id, now=now - timedelta(hours=mailed_hours_ago))
-    if set:
-        with store.write() as s:
-            s.execute(update(Subscriber).where(Subscriber.id == sub.id).values(**set))
-    return sub.id
 
 
 def test_tidy_reminds_once_prunes_and_never_mails_a_closed_address(

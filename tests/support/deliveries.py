@@ -26,11 +26,30 @@ def make_issue(
     day: date = date(2026, 11, 25),
     *,
     content: tuple[str, str, str, str] = ("S", "P", "<p>h</p>", "t"),
+    story_ids: list[int] | None = None,
+    now: datetime = NOW,
 ) -> int:
-    """An issue stored for `day`, with no stories: `content` is its (subject, preheader, HTML, text)."""
-    issue = store.create_issue(day, story_ids=[], content=lambda i: content, placeholder_key=None, now=NOW)
+    """An issue stored for `day` at `now`, of `story_ids` (one item each) or of no stories:
+    `content` is its (subject, preheader, HTML, text)."""
+    ids = story_ids or []
+    issue = store.create_issue(
+        day,
+        story_ids=ids,
+        items=[[i] for i in ids] or None,
+        content=lambda i: content,
+        placeholder_key=None,
+        now=now,
+    )
     assert issue is not None
     return issue.id
+
+
+def issue_of(store: Store, day: int, story_ids: list[int], subject: str) -> int:
+    """An issue of `story_ids` with `subject` for the `day`th day after 1 October 2026, stored
+    `day` days after NOW."""
+    when = date(2026, 10, 1) + timedelta(days=day)
+    content = (subject, "", "<p>__NL_UNSUBSCRIBE_URL__</p>", "t")
+    return make_issue(store, when, content=content, story_ids=story_ids, now=NOW + timedelta(days=day))
 
 
 def issue_with_readers(store: Store, n: int, domain: str = "example.com") -> int:

@@ -8,8 +8,9 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from email import policy
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,9 @@ import httpx
 import pytest
 from flask import Flask
 
+from newsletter.config import load_settings
 from newsletter.store import Store
+from newsletter.web import create_app
 from newsletter.web.confirmations import ConfirmationMailer
 
 from .helpers import Received, SmtpSink, free_port, run_cli, start_cli, wait_for, write_config
@@ -35,6 +38,27 @@ def store_of(app: Flask) -> Store:
 
 def mailer_of(app: Flask) -> ConfirmationMailer:
     return app.extensions["newsletter"].confirmations  # type: ignore[no-any-return]
+
+
+# -- the app on its own
+
+
+def smtp_app(
+    tmp_path: Path, sink: SmtpSink | int, extra: str, now: Callable[[], datetime]
+) -> tuple[Flask, Store]:
+    """The web app on a fresh SQLite file, mailing over SMTP to `sink` (or a port), with `extra` config."""
+    port = sink if isinstance(sink, int) else sink.port
+    config = write_config(
+        tmp_path,
+        delivery='transport = "smtp"',
+        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n' + extra,
+    )
+    settings = load_settings(config)
+    store = Store(settings.database_url)
+    store.migrate()
+    application = create_app(settings, store=store, now=now)
+    application.config["TESTING"] = True
+    return application, store
 
 
 # -- the links in the mails ---------------------------------------------------------------------

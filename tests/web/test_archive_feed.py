@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import feedparser
 from flask.testing import FlaskClient
@@ -13,28 +13,15 @@ from newsletter.content.records import FetchedStory
 from newsletter.store import Store
 from newsletter.web import create_app
 
-from ..content.test_embed import fetched as embedded
+from ..support.deliveries import issue_of
+from ..support.stories import wire_story
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 HOSTILE = "Council <script>alert(1)</script> & \x0bthe ]]> budget"
 
 
 def fetched(n: int, title: str, summary: str = "") -> FetchedStory:
-    story = embedded(n, title, summary)
-    return replace(story, link=f"https://wire.example/{n}?a=1&b=2", published_at=NOW - timedelta(hours=n))
-
-
-def issue_of(store: Store, day: int, story_ids: list[int], subject: str) -> int:
-    issue = store.create_issue(
-        date(2026, 10, 1) + timedelta(days=day),
-        story_ids=story_ids,
-        items=[[i] for i in story_ids] or None,
-        content=lambda i: (subject, "", "<p>__NL_UNSUBSCRIBE_URL__</p>", "t"),
-        placeholder_key=None,
-        now=NOW + timedelta(days=day),
-    )
-    assert issue is not None
-    return issue.id
+    return replace(wire_story(n, title, summary, now=NOW), link=f"https://wire.example/{n}?a=1&b=2")
 
 
 def test_the_feed_has_the_newest_sent_issues_with_their_stories(settings: Settings) -> None:

@@ -30,16 +30,23 @@ class Running:
     proc: subprocess.Popen[bytes]
 
 
-@pytest.fixture
-def running(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Running]:
-    port, url, config = served_config(tmp_path, smtp_sink)
-    proc = start_server(config, port)
+@contextmanager
+def up(proc: subprocess.Popen[bytes], port: int, config: Path) -> Iterator[Running]:
+    """The server `proc` started on `port`, once it answers; stopped (SIGTERM) at the end."""
+    url = f"http://127.0.0.1:{port}"
     try:
-        assert wait_for(lambda: healthy(url), timeout=30), "newsletter serve did not come up"
+        assert wait_for(lambda: healthy(url), timeout=30), "the server did not come up"
         yield Running(url, port, config, proc)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+@pytest.fixture
+def running(tmp_path: Path, smtp_sink: SmtpSink) -> Iterator[Running]:
+    port, _, config = served_config(tmp_path, smtp_sink)
+    with up(start_server(config, port), port, config) as server:
+        yield server
 
 
 WITH_LIMITS = """
@@ -59,7 +66,7 @@ create_server(create_app(load_settings(Path(sys.argv[1]))), "127.0.0.1", int(sys
 def limited(tmp_path: Path, sink: SmtpSink, **limits: float) -> Iterator[Running]:
     """serve's own server (newsletter.web.server, the app serve runs) with `limits` instead of
     serve's, for a test of a limit that takes seconds to reach at serve's values."""
-    port, url, config = served_config(tmp_path, sink)
+    port, _, config = served_config(tmp_path, sink)
     proc = subprocess.Popen(
         [sys.executable, "-c", WITH_LIMITS, str(config), str(port), json.dumps(limits)],
         env=cli_environment(),
@@ -67,12 +74,8 @@ def limited(tmp_path: Path, sink: SmtpSink, **limits: float) -> Iterator[Running
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    try:
-        assert wait_for(lambda: healthy(url), timeout=30), "the server did not come up"
-        yield Running(url, port, config, proc)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+    with up(proc, port, config) as server:
+        yield server
 
 
 def buffered_on_disk(pid: int) -> int:

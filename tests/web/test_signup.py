@@ -4,7 +4,7 @@ aiosmtpd fixture and a real SQLite file."""
 import email
 import io
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from email import policy
 from pathlib import Path
@@ -21,7 +21,7 @@ from newsletter.web import create_app
 
 from ..support.deliveries import make_issue
 from ..support.helpers import SECRET, SmtpSink, free_port, write_config
-from ..support.web import confirm_link, mailer_of, store_of
+from ..support.web import confirm_link, mailer_of, smtp_app, store_of
 
 NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 
@@ -30,24 +30,6 @@ NOW = datetime(2026, 11, 25, 7, 0, tzinfo=UTC)
 def clock() -> list[datetime]:
     """The app's time: NOW, until a test moves it."""
     return [NOW]
-
-
-def smtp_app(
-    tmp_path: Path, sink: SmtpSink | int, extra: str, now: Callable[[], datetime]
-) -> tuple[Flask, Store]:
-    """The web app on a fresh SQLite file, mailing over SMTP to `sink` (or a port), with `extra` config."""
-    port = sink if isinstance(sink, int) else sink.port
-    config = write_config(
-        tmp_path,
-        delivery='transport = "smtp"',
-        extra=f'[smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n' + extra,
-    )
-    settings = load_settings(config)
-    store = Store(settings.database_url)
-    store.migrate()
-    application = create_app(settings, store=store, now=now)
-    application.config["TESTING"] = True
-    return application, store
 
 
 @pytest.fixture

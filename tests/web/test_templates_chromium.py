@@ -7,15 +7,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from playwright.sync_api import sync_playwright
-
 from ..support.helpers import ROOT, run_cli
-from .test_server import CHROMIUM, FLAGS
+from ..support.web import chromium, needs_chromium, screenshots
 
 PACKAGED_COLOUR = "#0f1b2d"
 OURS = "#0a7d3b"  # rgb(10, 125, 59)
 
 
+@needs_chromium
 def test_an_ejected_masthead_with_a_new_colour_shows_in_the_preview(tmp_path: Path) -> None:
     shutil.copy(ROOT / "config.toml", tmp_path / "config.toml")
     shutil.copytree(ROOT / "samples", tmp_path / "samples")
@@ -39,15 +38,12 @@ def test_an_ejected_masthead_with_a_new_colour_shows_in_the_preview(tmp_path: Pa
     sent = next((tmp_path / "outbox").rglob("*.eml")).read_text(encoding="utf-8", errors="replace")
     assert OURS in sent.lower()  # every reader's copy, not the preview alone
 
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    shots = screenshots(tmp_path, "screenshots")
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 700, "height": 900})
         page.goto(preview.as_uri())
         colour = page.eval_on_selector(".masthead", "e => getComputedStyle(e).backgroundColor")
         assert colour == "rgb(10, 125, 59)"
         assert "Tech Headlines Daily" in page.inner_text(".masthead")
         page.screenshot(path=str(shots / "masthead.png"))
-        browser.close()
     assert (shots / "masthead.png").stat().st_size > 10_000
