@@ -21,15 +21,17 @@ NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
 
 def test_a_character_reference_the_parser_cannot_take_is_one_broken_feed(feed_server: FeedServer) -> None:
-    """&#xD800; (a lone surrogate) and &#99999999999999999999; once raised out of feedparser and
-    ended the whole gather."""
+    """&#99999999999999999999; and &#x110000; once raised out of feedparser and ended the whole
+    gather: each is its one feed's error. &#xD800; (a lone surrogate) is read as U+FFFD, so one
+    such item no longer costs its feed's other stories."""
     for n, ref in enumerate(["&#xD800;", "&#99999999999999999999;", "&#x110000;"]):
         feed_server.routes[f"/bad{n}"] = Route(rss([{"title": f"Bad {ref}", "link": "https://x.example/b"}]))
     feed_server.routes["/good"] = Route(rss([{"title": "Good news", "link": "https://y.example/g"}]))
     names = ["bad0", "bad1", "bad2", "good"]
     results = fetch_all([SourceSettings(n, feed_server.url(f"/{n}")) for n in names], base_dir=ROOT, now=NOW)
-    assert [r.ok for r in results] == [False, False, False, True]
-    assert all("not a readable feed" in (r.error or "") for r in results[:3])
+    assert [r.ok for r in results] == [True, False, False, True]
+    assert [s.title for s in results[0].stories] == ["Bad \ufffd"]
+    assert all("not a readable feed" in (r.error or "") for r in results[1:3])
 
 
 def test_a_failure_no_rule_foresaw_is_one_broken_feed(
