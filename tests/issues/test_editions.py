@@ -5,6 +5,7 @@ nothing decided."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ import pytest
 
 from newsletter.config import WEEKDAYS, Settings
 from newsletter.db.models import Edition, Frequency
-from newsletter.delivery.sending import send
+from newsletter.delivery.sending import send, send_options
 from newsletter.issues.build import build, gather, gather_and_build, today
 from newsletter.store import Store
 from newsletter.subscribers.records import Preferences
@@ -315,3 +316,61 @@ def test_sections_edited_by_hand_into_nonsense_get_the_whole_issue(
     for reader in (odd, gone):  # nonsense, or a section no longer offered: every section
         (mail,) = smtp_sink.by_recipient()[reader.email]
         assert len(titles(mail.data)[2]) == 6
+
+
+def _right_rendering(got: dict[str, list[Any]], readers: dict[str, tuple[str, ...]]) -> None:
+    """Each reader's mail holds their sections' stories and the sectionless source's, no other."""
+    kinds = {"Sport": SPORT, "World": WORLD, "Tech": TECH}
+    for address, chosen in readers.items():
+        (mail,) = got[address]
+        wanted = {t for name in (chosen or kinds) for t, _ in kinds[name]} | {t for t, _ in ALERTS}
+        assert set(titles(mail.data)[2]) == wanted, address
+
+
+def test_a_pause_mid_send_then_resume_gives_each_reader_their_rendering_once(
+    sectioned: tuple[Settings, Store], smtp_sink: SmtpSink
+) -> None:
+    settings, store = sectioned
+    sets: list[tuple[str, ...]] = [(), ("Sport",), ("World", "Tech")]
+    readers = {f"p{i:03}@example.com": sets[i % 3] for i in range(90)}
+    for address, chosen in readers.items():
+        add(store, address, *chosen)
+    now = datetime.now(UTC)
+    _, (outcome,) = gather_and_build(settings, store, issue_date=today(settings, now), now=now)
+    issue = outcome.issue
+    assert issue is not None
+    smtp_sink.gate = Gate(after=30)
+    done: list[Any] = []
+    slowed = dataclasses.replace(send_options(settings), rate_per_second=60)  # slow enough to see the pause
+    sending = threading.Thread(target=lambda: done.append(send(settings, store, issue, options=slowed)))
+    sending.start()
+    assert smtp_sink.gate.reached.wait(30)
+    assert store.set_paused(issue.id, True)  # the operator pauses mid-send
+    smtp_sink.gate.opened.set()
+    sending.join(60)
+    assert done and done[0].paused and len(smtp_sink.messages) < 90
+    store.set_paused(issue.id, False)
+    resumed = send(settings, store, issue)
+    assert resumed.finished and resumed.variants == 3
+    _right_rendering(smtp_sink.by_recipient(), readers)  # each once, none missing, the right one
+
+
+def test_a_lost_reply_with_renderings_is_unknown_and_resent_with_the_right_one(
+    sectioned: tuple[Settings, Store], smtp_sink: SmtpSink
+) -> None:
+    settings, store = sectioned
+    readers = {"all@example.com": (), "lost@example.com": ("Sport",), "tw@example.com": ("World", "Tech")}
+    for address, chosen in readers.items():
+        add(store, address, *chosen)
+    smtp_sink.data_hook = lambda rcpts: "keep-drop" if rcpts == ["lost@example.com"] else None
+    now = datetime.now(UTC)
+    _, (outcome,) = gather_and_build(settings, store, issue_date=today(settings, now), now=now)
+    assert outcome.issue is not None
+    first = send(settings, store, outcome.issue)
+    assert first.counts == {"sent": 2, "unknown": 1}  # delivered, its 250 lost: not sent again unasked
+    assert send(settings, store, outcome.issue).counts == {}
+    smtp_sink.data_hook = None
+    smtp_sink.messages = [m for m in smtp_sink.messages if m.rcpt_tos != ["lost@example.com"]]
+    again = send(settings, store, outcome.issue, resend_unknown=True)
+    assert again.counts == {"sent": 1}
+    _right_rendering(smtp_sink.by_recipient(), readers)
