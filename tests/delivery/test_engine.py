@@ -29,9 +29,11 @@ from ..support.deliveries import (
     TEMPLATE_ARGS,
     claim,
     issue_with_readers,
+    rendering_of,
     run_send,
     smtp,
     template,
+    with_renderings,
 )
 from ..support.helpers import SECRET, Gate, SmtpSink, assert_tally_counts, free_port
 
@@ -604,6 +606,7 @@ def test_a_live_sender_declared_dead_stops_and_nobody_gets_two(store: Store, smt
     from newsletter.errors import SenderFenced
 
     issue_id = issue_with_readers(store, 300)
+    renderings = with_renderings(store, issue_id, 300)  # three renderings: each reader's is fixed
     # A's two connections (the sink's first two) are held at the 40th message: A is mid-send
     smtp_sink.gate = Gate(after=40, applies=lambda connection, _rcpts: connection <= 2)
     outcome: dict[str, object] = {}
@@ -611,7 +614,12 @@ def test_a_live_sender_declared_dead_stops_and_nobody_gets_two(store: Store, smt
     def sender_a() -> None:
         try:
             outcome["report"] = run_send(
-                store, lambda: smtp(smtp_sink), issue_id, connections=2, heartbeat_seconds=3600
+                store,
+                lambda: smtp(smtp_sink),
+                issue_id,
+                connections=2,
+                heartbeat_seconds=3600,
+                variants=renderings,
             )
         except SenderFenced as exc:
             outcome["fenced"] = exc
@@ -621,7 +629,9 @@ def test_a_live_sender_declared_dead_stops_and_nobody_gets_two(store: Store, smt
     assert smtp_sink.gate.reached.wait(timeout=30)
     with store.write() as s:  # from here A looks dead: another host's, silent since 2020
         s.execute(update(Sender).values(host="elsewhere", heartbeat_at=datetime(2020, 1, 1, tzinfo=UTC)))
-    b = run_send(store, lambda: smtp(smtp_sink), issue_id, connections=2, stale_after_seconds=1)
+    b = run_send(
+        store, lambda: smtp(smtp_sink), issue_id, connections=2, stale_after_seconds=1, variants=renderings
+    )
     smtp_sink.gate.opened.set()  # A's messages on the wire are taken; its next transaction is fenced
     a.join(timeout=60)
     assert not a.is_alive() and "fenced" in outcome, outcome
@@ -632,6 +642,9 @@ def test_a_live_sender_declared_dead_stops_and_nobody_gets_two(store: Store, smt
     assert counts.get("sent", 0) + counts.get("unknown", 0) == 300 and set(counts) <= {"sent", "unknown"}
     everyone = {f"user{i}@example.com" for i in range(300)}
     assert set(got) | _unknown_addresses(store, issue_id) == everyone  # nobody lost without a word
+    for address, (mail,) in smtp_sink.by_recipient().items():  # each with the rendering of their sections
+        i = int(address.removeprefix("user").split("@")[0])
+        assert email.message_from_bytes(mail.data)["Subject"].endswith(rendering_of(i)), address
 
 
 def _unknown_addresses(store: Store, issue_id: int) -> set[str]:

@@ -3,6 +3,7 @@ sending it with the engine over real SMTP, for the tests of the delivery ledger,
 and of what a send does to subscribers."""
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -10,7 +11,7 @@ from newsletter.config import mailbox
 from newsletter.content.render import GREETING, UNSUBSCRIBE_URL, RenderedIssue
 from newsletter.delivery.compose import MessageTemplate
 from newsletter.delivery.engine import SendOptions, SendReport, send_issue
-from newsletter.delivery.records import DeliveryTarget, Enrolment, Group, MarkResult
+from newsletter.delivery.records import WHOLE_ISSUE, Audience, DeliveryTarget, Enrolment, Group, MarkResult
 from newsletter.delivery.tokens import Tokens
 from newsletter.delivery.transport import SmtpTransport
 from newsletter.store import Store
@@ -85,7 +86,13 @@ def smtp(sink: SmtpSink) -> SmtpTransport:
 
 
 def run_send(
-    store: Store, connect: Any, issue_id: int, *, resend_unknown: bool = False, **options: Any
+    store: Store,
+    connect: Any,
+    issue_id: int,
+    *,
+    resend_unknown: bool = False,
+    variants: dict[int, MessageTemplate] | None = None,
+    **options: Any,
 ) -> SendReport:
     """The engine's send of `issue_id` over `connect()`'s transports, with `options` (SendOptions')."""
     return send_issue(
@@ -94,10 +101,40 @@ def run_send(
         template(issue_id),
         Tokens(SECRET),
         issue_id=issue_id,
+        variants=variants,
         mail_from="bounces@example.com",
         options=SendOptions(**options),
         resend_unknown=resend_unknown,
     )
+
+
+def with_renderings(store: Store, issue_id: int, n: int) -> dict[int, MessageTemplate]:
+    """Readers user0..user{n-1} dealt round three renderings of the issue: its own ("Today") for
+    userI with I % 3 == 0, "Today A" for 1, "Today B" for 2; the audience fixed with them, as
+    delivery.sending does. Returns the renderings' templates, by id."""
+    from newsletter.subscribers.records import Preferences
+
+    chosen = [(), ("A",), ("B",)]
+    for i in range(n):
+        sub = store.get_subscriber(f"user{i}@example.com")
+        assert sub is not None
+        store.set_preferences(sub.id, Preferences(chosen[i % 3]), name=sub.name)
+    for key in chosen[1:]:
+        store.add_variant(issue_id, key, (f"Today {key[0]}", "", ISSUE.html, ISSUE.text, 1), None)
+    ids = {v.sections: v.id for v in store.issue_variants(issue_id)}
+    audience = Audience(key_of=lambda c: c or ("A", "B"), variants={("A", "B"): WHOLE_ISSUE, **ids})
+    assert store.start_send(issue_id, audience) == n
+    return {
+        ids[key]: MessageTemplate(
+            replace(ISSUE, subject=f"Today {key[0]}"), issue_id=issue_id, **TEMPLATE_ARGS
+        )
+        for key in chosen[1:]
+    }
+
+
+def rendering_of(i: int) -> str:
+    """The subject userI's rendering has (with_renderings)."""
+    return ["Today", "Today A", "Today B"][i % 3]
 
 
 LEASE = timedelta(minutes=10)
