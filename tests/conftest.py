@@ -18,7 +18,29 @@ from newsletter.operators import hash_password
 from newsletter.store import Store
 from newsletter.web import create_app
 
-from .support.helpers import PASSWORD, PG_URL, REQUIRE_PG, SECRET, Console, FeedServer, SmtpSink, write_config
+from .support.helpers import (
+    PASSWORD,
+    PG_URL,
+    REQUIRE_PG,
+    SECRET,
+    STARTED,
+    Console,
+    FeedServer,
+    SmtpSink,
+    write_config,
+)
+
+
+@pytest.fixture(autouse=True)
+def no_command_left_running() -> Iterator[None]:
+    """A command a test started and did not stop (it failed first) is killed after it, so that no
+    scheduler or server outlives its test."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 @pytest.fixture

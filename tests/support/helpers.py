@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
@@ -443,26 +443,40 @@ def _cli_in_process(
     return subprocess.CompletedProcess(["newsletter", *args], result.exit_code, result.stdout, stderr)
 
 
+STARTED: list[subprocess.Popen[Any]] = []  # the commands this test started (conftest stops what is left)
+
+_P = TypeVar("_P", bound="subprocess.Popen[Any]")
+
+
+def _started(proc: _P) -> _P:
+    STARTED.append(proc)
+    return proc
+
+
 def start_cli(config: Path, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A command as a user starts it, left running; its output and errors in one pipe."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter.cli", "--config", str(config), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=cli_environment(extra_env),
-        cwd=config.parent,
+    return _started(
+        subprocess.Popen(
+            [sys.executable, "-m", "newsletter.cli", "--config", str(config), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=cli_environment(extra_env),
+            cwd=config.parent,
+        )
     )
 
 
 def start_command(config: Path, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """A command as a user starts it, left running; its output and its errors apart, as text."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter.cli", "--config", str(config), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_environment(extra_env),
-        cwd=config.parent,
+    return _started(
+        subprocess.Popen(
+            [sys.executable, "-m", "newsletter.cli", "--config", str(config), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_environment(extra_env),
+            cwd=config.parent,
+        )
     )
 
 
