@@ -7,14 +7,10 @@ aggregates and indexed pages of the store."""
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import flask_login
@@ -27,7 +23,6 @@ from flask import (
     render_template,
     request,
     session,
-    stream_with_context,
     url_for,
 )
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
@@ -35,8 +30,8 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from ..content.render import render_web
 from ..db import widths
-from ..db.models import Frequency, IssueStatus, Operator, SubscriberStatus
-from ..delivery.sending import erase_outbox_copies, send, send_test_copy
+from ..db.models import IssueStatus, Operator, SubscriberStatus
+from ..delivery.sending import send, send_test_copy
 from ..errors import NewsletterError
 from ..issues.edits import (
     INTRO_LIMIT,
@@ -53,14 +48,9 @@ from ..operators import password_matches, rehash_if_needed, session_id
 from ..reports import DELIVERY_COLUMNS, complaint_warning
 from ..schedule import schedule_summary
 from ..subscribers.rules import (
-    EXPORT_FIELDS,
     Choices,
     choice_counts,
-    chosen_sections,
-    import_csv,
     normalise_email,
-    sets_taking,
-    write_csv,
 )
 from . import services
 from .limits import LOGIN_FAILURES, LOGIN_WINDOW_SECONDS
@@ -438,114 +428,6 @@ def bounces() -> str:
 # -- subscribers ----------------------------------------------------------------------------------
 
 
-@bp.get("/subscribers")
-@login_required
-def subscribers() -> str:
-    svc = services()
-    query = (request.args.get("q") or "").strip()[:200]
-    status = request.args.get("status") or None
-    if status not in {s.value for s in SubscriberStatus}:
-        status = None
-    after = request.args.get("after", 0, type=row_id)
-    choices = Choices.of(svc.settings)
-    frequency = next((f for f in Frequency if f.value == request.args.get("frequency")), None)
-    section = request.args.get("section") if request.args.get("section") in choices.sections else None
-    held = {t.sections for t in svc.store.preference_tally()} if section else set()
-    page = svc.store.search_subscribers(
-        query=query,
-        status=status,
-        frequency=frequency,
-        sections_in=sets_taking(section, held, choices) if section else None,
-        after=after,
-        limit=PAGE,
-    )
-    return render_template(
-        "web/admin/subscribers.html.j2",
-        page=page,
-        query=query,
-        status=status,
-        statuses=[s.value for s in SubscriberStatus],
-        next_after=page[-1].id if len(page) == PAGE else None,
-        counts=svc.store.subscriber_counts(),
-        choices=choices,
-        frequency=frequency,
-        section=section,
-        taken=lambda sub: ", ".join(chosen_sections(sub.sections, choices)) or "all",
-    )
-
-
-@bp.get("/subscribers/export.csv")
-@login_required
-def export() -> Response:
-    store = services().store
-
-    def rows() -> Iterator[str]:  # streamed: a million rows never sit in memory
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(EXPORT_FIELDS)
-        for n, sub in enumerate(store.iter_subscribers(), 1):
-            write_csv([sub], buffer, header=False)
-            if n % 1000 == 0:
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-        yield buffer.getvalue()
-
-    return Response(
-        stream_with_context(rows()),
-        mimetype="text/csv",
-        headers={"Content-Disposition": "attachment; filename=subscribers.csv"},
-    )
-
-
-@bp.post("/subscribers/import")
-@login_required
-def import_file() -> str | BaseResponse:
-    svc = services()
-    upload = request.files.get("file")
-    if upload is None or not upload.filename:
-        flash("Choose a CSV file to import.", "error")
-        return redirect(url_for(".subscribers"))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "import.csv"
-        upload.save(path)
-        try:
-            report = import_csv(path, svc.store, now=svc.now(), choices=Choices.of(svc.settings))
-        except NewsletterError as exc:
-            flash(f"Nothing imported: {str(exc).replace(str(path), upload.filename)}", "error")
-            return redirect(url_for(".subscribers"))
-    log.info(
-        "admin %s imported %d subscribers (%d bad lines)", current_user.name, report.added, len(report.bad)
-    )
-    return render_template("web/admin/imported.html.j2", report=report, filename=upload.filename)
-
-
-@bp.post("/subscribers/<int:subscriber_id>/unsubscribe")
-@login_required
-def unsubscribe(subscriber_id: int) -> BaseResponse:
-    svc = services()
-    if svc.store.get_subscriber_by_id(subscriber_id) is None:
-        abort(404)
-    svc.store.unsubscribe(subscriber_id, now=svc.now())
-    log.info("admin %s unsubscribed subscriber %s", current_user.name, subscriber_id)
-    flash(f"Subscriber #{subscriber_id} is unsubscribed.")
-    return redirect(request.referrer if _local(request.referrer) else url_for(".subscribers"))
-
-
-@bp.post("/subscribers/<int:subscriber_id>/erase")
-@login_required
-def erase(subscriber_id: int) -> BaseResponse:
-    svc = services()
-    address = svc.store.erase_subscriber(subscriber_id, now=svc.now())
-    if address is None:
-        abort(404)
-    removed = erase_outbox_copies(svc.settings, subscriber_id, address)
-    # the log names the row, never the address
-    log.info("admin %s erased subscriber %s (%d outbox copies)", current_user.name, subscriber_id, removed)
-    flash(f"Subscriber #{subscriber_id} is erased: address, name and IP are gone; the counts stay.")
-    return redirect(url_for(".subscribers"))
-
-
 def row_id(value: str) -> int:
     """A row id from a query string: a number the database can hold (else the default is used)."""
     number = int(value)
@@ -556,3 +438,7 @@ def row_id(value: str) -> int:
 
 def _local(url: str | None) -> bool:
     return bool(url) and "/admin/" in (url or "") and (url or "").startswith(request.host_url)
+
+
+# The subscribers pages register their routes on `bp` as they are imported.
+from . import admin_subscribers  # noqa: E402, F401
