@@ -9,16 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from flask import (
-    Response,
-    abort,
-    flash,
-    redirect,
-    render_template,
-    request,
-    stream_with_context,
-    url_for,
-)
+from flask import Response, abort, flash, redirect, render_template, request, stream_with_context, url_for
 from flask_login import current_user
 from werkzeug.wrappers import Response as BaseResponse
 
