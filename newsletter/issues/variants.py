@@ -29,7 +29,6 @@ TRIES = 5  # editors who keep changing the issue while its send begins: give up 
 __all__ = [
     "IssueHeld",
     "IssueSections",
-    "audience_of",
     "fix_audience",
     "frequencies_of",
     "render_variant",
@@ -100,9 +99,14 @@ def render_variants(settings: Settings, store: Store, issue: Issue) -> int:
     yet; returns how many renderings the issue has, its own included. A rendering of a version an
     editor has since changed is not stored (issues.edits)."""
     digest = _digest(store, issue)
-    if digest is None:
-        return 1
-    sections = IssueSections.of(digest, settings)
+    if digest is not None:
+        _render_missing(settings, store, issue, digest, IssueSections.of(digest, settings))
+    return 1 + len(store.issue_variants(issue.id))
+
+
+def _render_missing(
+    settings: Settings, store: Store, issue: Issue, digest: Digest, sections: IssueSections
+) -> None:
     made = {v.sections for v in store.issue_variants(issue.id)}
     for key in variant_keys(settings, store, issue, sections):
         if key in made:
@@ -111,7 +115,6 @@ def render_variants(settings: Settings, store: Store, issue: Issue) -> int:
             settings, issue.id, digest, sections, key, subject=issue.chosen_subject, intro=issue.intro
         )
         store.add_variant(issue.id, key, *found, version=issue.version)
-    return 1 + len(store.issue_variants(issue.id))
 
 
 def variant_keys(
@@ -146,13 +149,9 @@ def render_variant(
     return content, rendered.placeholders.key
 
 
-def audience_of(settings: Settings, store: Store, issue: Issue) -> Audience:
-    """The issue's audience as it stands: its frequencies, each reader's rendering by their
-    sections, and how to render a set chosen since (while the audience is fixed)."""
-    digest = _digest(store, issue)
-    if digest is None:
-        return Audience(frequencies_of(settings, issue), version=issue.version)
-    sections = IssueSections.of(digest, settings)
+def _audience(
+    settings: Settings, store: Store, issue: Issue, digest: Digest, sections: IssueSections
+) -> Audience:
     variants = {v.sections: v.id for v in store.issue_variants(issue.id)}
 
     def render(key: tuple[str, ...]) -> Rendering:
@@ -189,9 +188,15 @@ def fix_audience(settings: Settings, store: Store, issue: Issue, *, held_ok: boo
                 f"issue {issue.id} is held by an editor: not sent; 'newsletter approve --issue {issue.id}' "
                 "(or the console's Approve) lets it go"
             )
-        render_variants(settings, store, current)
+        digest = _digest(store, current)  # its stories read once, for the renders and the audience
+        if digest is None:
+            audience = Audience(frequencies_of(settings, current), version=current.version)
+        else:
+            sections = IssueSections.of(digest, settings)
+            _render_missing(settings, store, current, digest, sections)
+            audience = _audience(settings, store, current, digest, sections)
         try:
-            return store.start_send(issue.id, audience_of(settings, store, current))
+            return store.start_send(issue.id, audience)
         except AudienceChanged:
             continue
     raise NewsletterError(f"the audience of issue {issue.id} could not be fixed: editors kept changing it")
